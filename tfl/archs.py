@@ -1,0 +1,92 @@
+"""The architecture registry: one entry per backbone, with its size, preprocessing and unfreeze blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Everything tfl needs to know about one `keras.applications` backbone.
+
+    `block_ends` names, bottom to top, the layer that closes each block of the backbone.
+    Unfreezing the top N blocks trains every layer after `block_ends[-N - 1]`.
+    """
+
+    name: str
+    keras_constructor: str  # attribute of keras.applications
+    image_size: int  # the size the ImageNet weights were trained at
+    min_image_size: int  # keras.applications rejects anything smaller
+    preprocessing: str  # key of tfl.model.PREPROCESSING: "tf" ([-1, 1]) or "caffe" (BGR, mean-subtracted)
+    block_ends: tuple[str, ...]
+    constructor_kwargs: tuple[str, ...] = field(default=())  # extra config keys passed through (alpha)
+    description: str = ""
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.block_ends)
+
+
+def _resnet50_block_ends() -> tuple[str, ...]:
+    blocks_per_stage = {2: 3, 3: 4, 4: 6, 5: 3}
+    ends = ["pool1_pool"]
+    for stage, count in blocks_per_stage.items():
+        ends += [f"conv{stage}_block{b}_out" for b in range(1, count + 1)]
+    return tuple(ends)
+
+
+# Inverted-residual blocks with a skip connection end in an Add layer, the others in their projection BN.
+_MOBILENETV2_RESIDUAL_BLOCKS = {2, 4, 5, 7, 8, 9, 11, 12, 14, 15}
+_MOBILENETV2_BLOCK_ENDS = (
+    ("expanded_conv_project_BN",)
+    + tuple(
+        f"block_{b}_add" if b in _MOBILENETV2_RESIDUAL_BLOCKS else f"block_{b}_project_BN"
+        for b in range(1, 17)
+    )
+    + ("out_relu",)
+)
+
+ARCHS: dict[str, ArchSpec] = {
+    spec.name: spec
+    for spec in [
+        ArchSpec(
+            name="mobilenetv2",
+            keras_constructor="MobileNetV2",
+            image_size=224,
+            min_image_size=32,
+            preprocessing="tf",
+            block_ends=_MOBILENETV2_BLOCK_ENDS,
+            constructor_kwargs=("alpha",),
+            description="MobileNetV2 (alpha 0.35-1.4): small and fast, for phones",
+        ),
+        ArchSpec(
+            name="resnet50",
+            keras_constructor="ResNet50",
+            image_size=224,
+            min_image_size=32,
+            preprocessing="caffe",
+            block_ends=_resnet50_block_ends(),
+            description="ResNet50: 23.6M parameters, a strong GPU-server baseline",
+        ),
+        ArchSpec(
+            name="inceptionv3",
+            keras_constructor="InceptionV3",
+            image_size=299,
+            min_image_size=75,
+            preprocessing="tf",
+            block_ends=tuple(f"mixed{i}" for i in range(11)),
+            description="InceptionV3: 21.8M parameters, 299 px input",
+        ),
+    ]
+}
+
+
+def get_arch(name: str) -> ArchSpec:
+    from tfl.errors import TflError
+
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise TflError(
+            f"Unknown architecture '{name}'. Choose one of: {', '.join(ARCHS)}."
+        ) from None

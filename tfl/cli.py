@@ -1,0 +1,97 @@
+"""The `tfl` command line: parses options and calls the library; user mistakes become one-paragraph errors."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from tfl.archs import ARCHS
+from tfl.backend import BACKENDS, use_backend
+from tfl.config import AUGMENT_PRESETS, CLASS_WEIGHT_MODES, load_config, override_stages
+from tfl.errors import TflError
+from tfl.runs import DEFAULT_ROOT
+
+
+def friendly_errors(command):
+    """Show a TflError as 'Error: ...' with exit code 1, never as a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except TflError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted. Nothing was finished; a partly trained run is kept with a .partial suffix.", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def progress_verbosity() -> int:
+    return 1 if sys.stdout.isatty() else 2  # a progress bar per step only on a terminal
+
+
+@click.group()
+@click.version_option(package_name="tfl")
+def main():
+    """Fine-tune Keras image classifiers from a folder of photos; evaluate, export and predict."""
+
+
+@main.command()
+@click.option("--data", required=True, help="Folder with one subfolder per class (or train/ and val/), or tfds:NAME.")
+@click.option("--arch", type=click.Choice(sorted(ARCHS)), help="Backbone (default: mobilenetv2, or the --config's).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file overriding configs/<arch>.yaml.")
+@click.option("--weights", help="imagenet (download, cached), none, or the path of a no-top backbone weights file.")
+@click.option("--alpha", type=float, help="MobileNetV2 width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4).")
+@click.option("--image-size", type=int, help="Square input size in pixels (default: the config's, else the arch's).")
+@click.option("--batch-size", type=int)
+@click.option("--augment", type=click.Choice(AUGMENT_PRESETS), help="Augmentation preset for training images.")
+@click.option("--mixup", type=float, help="MixUp alpha (0 = off).")
+@click.option("--cutmix", type=float, help="CutMix alpha (0 = off).")
+@click.option("--epochs", help="Epochs per stage, comma-separated: head,top_blocks,full (e.g. 5,5,0).")
+@click.option("--lr", help="Learning rate per stage, comma-separated (e.g. 1e-3,1e-4,1e-5).")
+@click.option("--unfreeze-blocks", help="How many top backbone blocks stage 2 trains (a number or 'all').")
+@click.option("--val-split", type=float, help="Validation fraction when --data has no val/ folder.")
+@click.option("--class-weight", type=click.Choice(CLASS_WEIGHT_MODES), help="auto: balance imbalanced classes.")
+@click.option("--seed", type=int, help="Seed for the split, augmentation and initialisation.")
+@click.option("--backend", type=click.Choice(BACKENDS), help="Keras backend (default tensorflow).")
+@click.option("--name", help="Run name (default: arch and timestamp).")
+@click.option("--output", default=DEFAULT_ROOT, show_default=True, help="Folder that holds runs.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run of the same name.")
+@friendly_errors
+def finetune(data, arch, config_file, epochs, lr, unfreeze_blocks, name, output, overwrite, **options):
+    """Fine-tune a backbone with staged unfreezing and write a run directory."""
+    config = load_config(arch, config_file, options)
+    config = override_stages(config, epochs, lr, unfreeze_blocks)
+    use_backend(config.backend)
+    from tfl.train import finetune as run_finetune
+
+    run_finetune(config, data, output=output, name=name, overwrite=overwrite, echo=click.echo,
+                 verbose=progress_verbosity())
+
+
+@main.command()
+@click.argument("run", required=False)
+@click.option("--data", help="Folder of class subfolders to evaluate on (default: the run's validation split).")
+@click.option("--output", "root", default=DEFAULT_ROOT, show_default=True, help="Runs folder, for the latest run.")
+@friendly_errors
+def evaluate(run, data, root):
+    """Recompute accuracy, loss, per-class metrics and the confusion matrix of RUN (default: the latest)."""
+    use_backend("tensorflow")
+    from tfl.evaluate import evaluate_run
+
+    metrics, run_dir = evaluate_run(run, data, root)
+    click.echo(f"Run {run_dir} on {metrics['num_images']} images: accuracy {metrics['accuracy']:.4f}, "
+               f"loss {metrics['loss']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
+    click.echo(f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}")
+    for name, row in metrics["per_class"].items():
+        click.echo(f"{name:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} {row['support']:>8}")
+
+
+@main.command()
+def archs():
+    """List the available backbones."""
+    for spec in ARCHS.values():
+        click.echo(f"{spec.name:<12} {spec.image_size:>4} px (min {spec.min_image_size:>3})  "
+                   f"{spec.num_blocks:>2} blocks  {spec.description}")

@@ -1,0 +1,295 @@
+"""Image data: scanning class folders (bad files skipped and reported), splits, tfds, and tf.data pipelines."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, UnidentifiedImageError
+
+from tfl.errors import TflError
+
+TF_DECODABLE_FORMATS = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}  # what tf.io.decode_image reads, by content
+IGNORED_NAMES = {"Thumbs.db", "desktop.ini", "__MACOSX"}
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+MEMORY_CACHE_LIMIT_BYTES = 3 * 2**30  # decoded images beyond this are cached on disk instead
+
+
+@dataclass
+class Split:
+    """One split of a dataset: image files with integer labels, or a tf.data source of (image, label)."""
+
+    paths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    source: tf.data.Dataset | None = None  # tfds: decoded uint8 images
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class ImageData:
+    class_names: list[str]
+    train: Split
+    val: Split
+    test: Split | None
+    report: dict
+
+
+@dataclass
+class ScannedFile:
+    path: str
+    problem: str | None = None  # why the file cannot be used
+    needs_conversion: bool = False  # decodable by Pillow but not by tf.io.decode_image
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in IGNORED_NAMES
+
+
+def scan_file(path: str) -> ScannedFile:
+    """Fully decode one file with Pillow to find empty, truncated and non-image files up front."""
+    try:
+        if os.path.getsize(path) == 0:
+            return ScannedFile(path, "empty file")
+        with Image.open(path) as image:
+            image_format = image.format
+            image.draft("RGB", (512, 512))  # JPEG: decode at reduced size, still reads every byte
+            image.load()
+    except UnidentifiedImageError:
+        return ScannedFile(path, "not an image")
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's truncated/corrupt errors
+        return ScannedFile(path, f"unreadable ({exc})")
+    return ScannedFile(path, needs_conversion=image_format not in TF_DECODABLE_FORMATS)
+
+
+def convert_to_png(path: str, converted_dir: Path) -> str:
+    converted_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(path.encode()).hexdigest()[:10]
+    target = converted_dir / f"{digest}_{Path(path).stem}.png"
+    with Image.open(path) as image:
+        image.convert("RGB").save(target)
+    return str(target)
+
+
+def list_class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
+
+
+def list_files(folder: Path) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        files += [os.path.join(dirpath, f) for f in sorted(filenames) if not is_hidden(f)]
+    return files
+
+
+def scan_class_folders(folder: Path, class_names: list[str], report: dict, converted_dir: Path | None) -> Split:
+    """Scan `folder/<class>/**` in parallel; usable files become the split, the rest go to the report."""
+    candidates = [(path, label) for label, name in enumerate(class_names)
+                  if (folder / name).is_dir() for path in list_files(folder / name)]
+    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
+        scanned = list(pool.map(scan_file, [path for path, _ in candidates]))
+    split = Split()
+    for (path, label), result in zip(candidates, scanned):
+        if result.problem:
+            report["skipped"].append({"path": path, "reason": result.problem})
+            continue
+        if result.needs_conversion:
+            if converted_dir is None:
+                report["skipped"].append({"path": path, "reason": "format TensorFlow cannot decode"})
+                continue
+            path = convert_to_png(path, converted_dir)
+            report["converted"].append({"path": result.path, "to": path})
+        split.paths.append(path)
+        split.labels.append(label)
+    return split
+
+
+def stratified_split(split: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    rng = np.random.default_rng(seed)
+    train, val = Split(), Split()
+    labels = np.asarray(split.labels)
+    for label in np.unique(labels):
+        indices = rng.permutation(np.flatnonzero(labels == label))
+        n_val = int(round(len(indices) * val_fraction))
+        if len(indices) >= 2:
+            n_val = min(max(n_val, 1), len(indices) - 1)  # every class in both splits
+        for i, index in enumerate(indices):
+            target = val if i < n_val else train
+            target.paths.append(split.paths[index])
+            target.labels.append(int(label))
+    return train, val
+
+
+def find_split_folders(root: Path) -> dict[str, Path]:
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        for name in names:
+            if (root / name).is_dir():
+                found[split] = root / name
+                break
+    return found
+
+
+def class_counts(split: Split, class_names: list[str]) -> dict[str, int]:
+    counts = Counter(split.labels)
+    return {name: counts.get(i, 0) for i, name in enumerate(class_names)}
+
+
+def load_image_folder(data_dir: str | Path, val_split: float = 0.2, seed: int = 42,
+                      converted_dir: Path | None = None) -> ImageData:
+    """Read `data_dir/<class>/...`, or `data_dir/{train,val[,test]}/<class>/...` when those folders exist."""
+    root = Path(data_dir).expanduser()
+    if not root.exists():
+        raise TflError(f"Data folder '{root}' does not exist. Pass --data DIR, a folder with one subfolder of images per class.")
+    if not root.is_dir():
+        raise TflError(f"--data '{root}' is a file, not a folder. Pass a folder with one subfolder of images per class.")
+    report: dict = {"source": str(root), "skipped": [], "converted": []}
+    split_folders = find_split_folders(root)
+    if "train" in split_folders and "val" in split_folders:
+        report["layout"] = "train/val folders"
+        class_names = [p.name for p in list_class_folders(split_folders["train"])]
+        check_classes(class_names, split_folders["train"])
+        for extra_split in ("val", "test"):
+            if extra_split in split_folders:
+                extra = {p.name for p in list_class_folders(split_folders[extra_split])} - set(class_names)
+                if extra:
+                    raise TflError(f"'{split_folders[extra_split]}' has class folder(s) {', '.join(sorted(extra))} that "
+                                   f"'{split_folders['train']}' lacks. Every class needs training images.")
+        splits = {name: scan_class_folders(folder, class_names, report, converted_dir)
+                  for name, folder in split_folders.items()}
+        train, val, test = splits["train"], splits["val"], splits.get("test")
+    else:
+        report["layout"] = f"stratified split, {val_split:.0%} validation, seed {seed}"
+        class_names = [p.name for p in list_class_folders(root)]
+        check_classes(class_names, root)
+        everything = scan_class_folders(root, class_names, report, converted_dir)
+        check_usable(everything, class_names, root, report)
+        train, val = stratified_split(everything, val_split, seed)
+        test = None
+    check_usable(train, class_names, root, report)
+    if len(val) == 0:
+        raise TflError(f"The validation split of '{root}' has no usable image. Add images to it, or raise --val-split.")
+    report["classes"] = class_names
+    report["counts"] = {name: class_counts(split, class_names)
+                        for name, split in (("train", train), ("val", val), ("test", test)) if split is not None}
+    return ImageData(class_names, train, val, test, report)
+
+
+def check_classes(class_names: list[str], folder: Path) -> None:
+    if len(class_names) < 2:
+        found = f"only '{class_names[0]}'" if class_names else "none"
+        raise TflError(f"'{folder}' needs at least two class subfolders (one folder of images per class); found {found}.")
+
+
+def check_usable(split: Split, class_names: list[str], root: Path, report: dict) -> None:
+    empty = [name for name, n in class_counts(split, class_names).items() if n == 0]
+    if empty:
+        problems = f" ({len(report['skipped'])} file(s) were skipped as unreadable: see the list above)" if report["skipped"] else ""
+        raise TflError(f"Class folder(s) {', '.join(empty)} in '{root}' have no usable training image{problems}. "
+                       "Add images to them or remove the folders.")
+
+
+def load_tfds(name: str, val_split: float = 0.2, data_dir: str | None = None) -> ImageData:
+    """Read a tensorflow-datasets image classification dataset ('tfds:NAME' on the command line)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        builder.download_and_prepare()
+    except Exception as exc:  # tfds raises many kinds: unknown name, download failures, ...
+        raise TflError(f"Could not load the tensorflow-datasets dataset '{name}': {str(exc).splitlines()[0]}. "
+                       "Check the name (https://www.tensorflow.org/datasets/catalog) and your internet connection.") from None
+    info = builder.info
+    image_key = next((k for k, f in info.features.items() if isinstance(f, tfds.features.Image)), None)
+    if image_key is None or "label" not in info.features:
+        raise TflError(f"tfds dataset '{name}' is not an image classification dataset (it needs an image and a 'label' feature).")
+    class_names = list(info.features["label"].names)
+    available = set(info.splits.keys())
+    val_name = next((s for s in ("validation", "val", "test") if s in available), None)
+    if val_name:
+        split_names = {"train": "train", "val": val_name}
+    else:
+        cut = int(round(100 * (1 - val_split)))
+        split_names = {"train": f"train[:{cut}%]", "val": f"train[{cut}%:]"}
+    splits = {}
+    for key, split_name in split_names.items():
+        source = builder.as_dataset(split=split_name, shuffle_files=False)
+        source = source.map(lambda ex: (ex[image_key], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE)
+        labels = [int(y) for y in source.map(lambda x, y: y).as_numpy_iterator()]
+        splits[key] = Split(labels=labels, source=source)
+    report = {"source": f"tfds:{name}", "layout": f"tfds splits {split_names}", "skipped": [], "converted": [],
+              "classes": class_names,
+              "counts": {k: class_counts(s, class_names) for k, s in splits.items()}}
+    return ImageData(class_names, splits["train"], splits["val"], None, report)
+
+
+def load_data(data: str, val_split: float, seed: int, converted_dir: Path | None = None) -> ImageData:
+    if data.startswith("tfds:"):
+        return load_tfds(data.removeprefix("tfds:"), val_split)
+    return load_image_folder(data, val_split, seed, converted_dir)
+
+
+# --- tf.data pipelines ---------------------------------------------------------------------------
+
+def resize_pixels(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Resize RGB pixels to a square of `image_size`, back to uint8 (the same in training and predict)."""
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def decode_image_file(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return resize_pixels(image, image_size)
+
+
+def decoded_images(split: Split, image_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """(uint8 image, int label) pairs, resized; file order shuffled once so a cache holds mixed classes."""
+    if split.source is not None:
+        return split.source.map(lambda x, y: (resize_pixels(x, image_size), y), num_parallel_calls=tf.data.AUTOTUNE)
+    order = np.arange(len(split))
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(order)
+    paths = [split.paths[i] for i in order]
+    labels = [split.labels[i] for i in order]
+    dataset = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, dtype=np.int32)))
+    return dataset.map(lambda p, y: (decode_image_file(p, image_size), y), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def cache(dataset: tf.data.Dataset, n_images: int, image_size: int, cache_dir: Path | None) -> tf.data.Dataset:
+    if n_images * image_size * image_size * 3 <= MEMORY_CACHE_LIMIT_BYTES or cache_dir is None:
+        return dataset.cache()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return dataset.cache(str(cache_dir / f"images_{image_size}px_{n_images}"))
+
+
+def make_pipeline(split: Split, num_classes: int, image_size: int, batch_size: int, training: bool,
+                  augmenter=None, mixer=None, seed: int = 42, cache_dir: Path | None = None) -> tf.data.Dataset:
+    """Batches of (float32 pixels 0..255, one-hot labels); augmentation on training data only."""
+    dataset = decoded_images(split, image_size, shuffle_seed=seed if training else None)
+    dataset = cache(dataset, len(split), image_size, cache_dir)
+    if training:
+        dataset = dataset.shuffle(min(len(split), 4096), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    if training and augmenter is not None:
+        dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if training and mixer is not None:
+        dataset = dataset.map(mixer, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def load_image_for_predict(path: str, image_size: int) -> np.ndarray:
+    """Pillow-decode any image file to resized uint8 RGB, as the training pipeline would see it."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    return resize_pixels(tf.constant(pixels), image_size).numpy()

@@ -1,0 +1,153 @@
+"""Metrics of a model on a labelled dataset (accuracy, loss, per-class P/R/F1, confusion matrix) and their plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tfl.runs import atomic_write_bytes, atomic_write_text
+
+
+def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, true labels) over a dataset of (pixels, one-hot labels)."""
+    probabilities, labels = [], []
+    for images, one_hot in dataset:
+        probabilities.append(np.asarray(model.predict_on_batch(images)))
+        labels.append(np.argmax(np.asarray(one_hot), axis=-1))
+    return np.concatenate(probabilities), np.concatenate(labels)
+
+
+def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
+    num_classes = len(class_names)
+    predicted = probabilities.argmax(axis=1)
+    confusion = np.zeros((num_classes, num_classes), dtype=int)
+    np.add.at(confusion, (labels, predicted), 1)
+    picked = probabilities[np.arange(len(labels)), labels]
+    per_class = {}
+    for i, name in enumerate(class_names):
+        true_positive = confusion[i, i]
+        precision = true_positive / max(confusion[:, i].sum(), 1)
+        recall = true_positive / max(confusion[i, :].sum(), 1)
+        f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+        per_class[name] = {"precision": round(float(precision), 4), "recall": round(float(recall), 4),
+                           "f1": round(float(f1), 4), "support": int(confusion[i, :].sum())}
+    return {
+        "accuracy": round(float((predicted == labels).mean()), 4),
+        "loss": round(float(-np.log(np.clip(picked, 1e-7, 1.0)).mean()), 4),
+        "num_images": int(len(labels)),
+        "macro_f1": round(float(np.mean([c["f1"] for c in per_class.values()])), 4),
+        "per_class": per_class,
+        "class_names": list(class_names),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def evaluate_model(model, dataset, class_names: list[str]) -> dict:
+    probabilities, labels = predict_dataset(model, dataset)
+    return classification_metrics(probabilities, labels, class_names)
+
+
+def write_metrics(metrics: dict, path: Path) -> None:
+    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
+
+
+def _figure_bytes(figure) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def plot_confusion_matrix(metrics: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, matrix = metrics["class_names"], np.asarray(metrics["confusion_matrix"])
+    size = max(4.0, 0.6 * len(names) + 2)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(matrix, cmap="Blues")
+    axes.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true",
+             title=f"accuracy {metrics['accuracy']:.3f} on {metrics['num_images']} images")
+    axes.set_xticklabels(names, rotation=45, ha="right")
+    axes.set_yticklabels(names)
+    for (row, col), value in np.ndenumerate(matrix):
+        axes.text(col, row, str(value), ha="center", va="center",
+                  color="white" if value > matrix.max() / 2 else "black")
+    atomic_write_bytes(path, _figure_bytes(figure))
+    plt.close(figure)
+
+
+def plot_training_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [row["epoch"] for row in history]
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = [row.get(prefix + metric) for row in history]
+            if any(v is not None for v in values):
+                axes.plot(epochs, values, style, marker="o", markersize=3, label=f"{prefix or 'train_'}{metric}")
+        for row, previous in zip(history[1:], history):
+            if row["stage"] != previous["stage"]:
+                axes.axvline(row["epoch"] - 0.5, color="grey", linewidth=0.8)
+                axes.text(row["epoch"] - 0.4, axes.get_ylim()[1], row["stage"], va="top", fontsize=8, color="grey")
+        axes.set(xlabel="epoch", title=metric)
+        axes.legend()
+    atomic_write_bytes(path, _figure_bytes(figure))
+    plt.close(figure)
+
+
+def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str | Path = "saved_models",
+                 batch_size: int = 32) -> tuple[dict, Path]:
+    """Recompute a run's metrics on `data` (a class folder), or on its own validation split."""
+    import keras
+
+    from tfl.data import Split, load_image_folder, make_pipeline
+    from tfl.errors import TflError
+    from tfl.runs import read_labels, read_run_config, resolve_run
+
+    run = resolve_run(run_dir, root)
+    class_names = read_labels(run / "labels.txt")
+    config = read_run_config(run)
+    image_size = int(config["image_size"])
+    if data is None:
+        split_file = run / "val_split.json"
+        if not split_file.is_file():
+            raise TflError(f"Run '{run}' has no saved validation split (trained from tfds?). Pass --data DIR.")
+        saved = json.loads(split_file.read_text())
+        split = Split(paths=saved["paths"], labels=saved["labels"])
+    else:
+        folder = load_image_folder_for_eval(data, class_names)
+        split = folder
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    dataset = make_pipeline(split, len(class_names), image_size, batch_size, training=False)
+    metrics = evaluate_model(model, dataset, class_names)
+    return metrics, run
+
+
+def load_image_folder_for_eval(data: str, class_names: list[str]):
+    """Every usable image of `data/<class>/`, labelled by the run's class list."""
+    from tfl.data import list_class_folders, scan_class_folders
+    from tfl.errors import TflError
+
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise TflError(f"Data folder '{root}' does not exist. Pass a folder with one subfolder of images per class.")
+    folders = [p.name for p in list_class_folders(root)]
+    unknown = sorted(set(folders) - set(class_names))
+    if unknown:
+        raise TflError(f"'{root}' has class folder(s) {', '.join(unknown)} that the model does not know. "
+                       f"Its classes are: {', '.join(class_names)}.")
+    report = {"skipped": [], "converted": []}
+    split = scan_class_folders(root, class_names, report, converted_dir=None)
+    if len(split) == 0:
+        raise TflError(f"'{root}' holds no usable image in folders named after the model's classes ({', '.join(class_names)}).")
+    return split

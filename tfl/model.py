@@ -1,0 +1,134 @@
+"""The classifier: pixels -> arch preprocessing -> frozen-BN backbone -> pooling -> dropout -> softmax; staged trainability."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tfl.archs import ArchSpec
+from tfl.errors import TflError
+
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+BACKBONE_NAME = "backbone"
+
+
+def tf_preprocessing() -> keras.layers.Layer:
+    """InceptionV3 / MobileNetV2: pixels 0..255 to [-1, 1]."""
+    return keras.layers.Rescaling(scale=1 / 127.5, offset=-1.0, name="preprocess_tf")
+
+
+def caffe_preprocessing() -> keras.layers.Layer:
+    """ResNet50: RGB to BGR and ImageNet mean subtraction, as one frozen 1x1 convolution.
+
+    A built-in layer rather than a custom one, so model.keras loads anywhere without tfl.
+    """
+    rgb_to_bgr = np.zeros((1, 1, 3, 3), dtype="float32")
+    for rgb_channel in range(3):
+        rgb_to_bgr[0, 0, rgb_channel, 2 - rgb_channel] = 1.0
+    layer = keras.layers.Conv2D(3, 1, name="preprocess_caffe", trainable=False,
+                                kernel_initializer=keras.initializers.Constant(rgb_to_bgr),
+                                bias_initializer=keras.initializers.Constant(-np.asarray(CAFFE_BGR_MEAN)))
+    return layer
+
+
+PREPROCESSING = {"tf": tf_preprocessing, "caffe": caffe_preprocessing}
+
+
+def keras_home() -> str:
+    return os.path.expanduser(os.environ.get("KERAS_HOME", os.path.join("~", ".keras")))
+
+
+def resolve_weights(weights: str) -> str | None:
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise TflError(f"Weights file '{weights}' does not exist. Pass --weights imagenet, --weights none, or the "
+                       "path of a no-top backbone weights file (.weights.h5 or .h5).")
+    return str(path)
+
+
+def build_backbone(spec: ArchSpec, image_size: int, weights: str, alpha: float = 1.0) -> keras.Model:
+    """The `keras.applications` backbone without its top; clear errors for offline downloads and bad files."""
+    kwargs = {"alpha": alpha} if "alpha" in spec.constructor_kwargs else {}
+    constructor = getattr(keras.applications, spec.keras_constructor)
+    resolved = resolve_weights(weights)
+    try:
+        return constructor(include_top=False, weights=resolved, input_shape=(image_size, image_size, 3),
+                           name=BACKBONE_NAME, **kwargs)
+    except Exception as exc:
+        message = str(exc)
+        if resolved == "imagenet" and ("URL fetch failure" in message or "urlopen" in message):
+            origin = re.search(r"on (\S+?):", message)
+            raise TflError(
+                f"Could not download the ImageNet weights for {spec.name}"
+                f"{' from ' + origin.group(1) if origin else ''} (is this machine offline?). Keras looks for them "
+                f"first in its cache, {os.path.join(keras_home(), 'models')}, where they were not found. Connect "
+                "to the internet and run again, copy the file into that cache, or pass a local no-top weights file "
+                "with --weights PATH (or --weights none to train from scratch)."
+            ) from None
+        if resolved not in (None, "imagenet"):
+            raise TflError(
+                f"Could not load the weights file '{weights}' into {spec.name}"
+                f"{f' (alpha {alpha})' if kwargs else ''}: {message.splitlines()[0]} Check that it holds no-top "
+                "weights for this architecture (and alpha)."
+            ) from None
+        raise
+
+
+def build_model(spec: ArchSpec, num_classes: int, image_size: int, weights: str = "imagenet",
+                alpha: float = 1.0, dropout: float = 0.2) -> keras.Model:
+    """Raw RGB pixels 0..255 in, class probabilities (float32) out."""
+    backbone = build_backbone(spec, image_size, weights, alpha)
+    pixels = keras.Input((image_size, image_size, 3), name="pixels")
+    x = PREPROCESSING[spec.preprocessing]()(pixels)
+    x = backbone(x, training=False)  # BatchNormalization stays in inference mode, even when unfrozen
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    probabilities = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    model = keras.Model(pixels, probabilities, name=f"tfl_{spec.name}")
+    set_trainable_blocks(model, spec, 0)
+    return model
+
+
+def get_backbone(model: keras.Model) -> keras.Model:
+    return model.get_layer(BACKBONE_NAME)
+
+
+def first_trainable_index(backbone: keras.Model, spec: ArchSpec, unfreeze_blocks: int | str) -> int:
+    """Index in backbone.layers of the first layer that trains when the top `unfreeze_blocks` blocks do."""
+    if unfreeze_blocks == "all" or unfreeze_blocks >= spec.num_blocks:
+        return 0
+    if unfreeze_blocks == 0:
+        return len(backbone.layers)
+    boundary = spec.block_ends[-unfreeze_blocks - 1]
+    names = [layer.name for layer in backbone.layers]
+    if boundary not in names:
+        raise ValueError(f"{spec.name}: block end '{boundary}' is not a layer of the backbone")
+    return names.index(boundary) + 1
+
+
+def set_trainable_blocks(model: keras.Model, spec: ArchSpec, unfreeze_blocks: int | str) -> None:
+    """Freeze the backbone but its top `unfreeze_blocks` blocks; BatchNormalization always stays frozen.
+
+    The model must be compiled again afterwards for the change to take effect.
+    """
+    backbone = get_backbone(model)
+    first = first_trainable_index(backbone, spec, unfreeze_blocks)
+    backbone.trainable = first < len(backbone.layers)
+    for index, layer in enumerate(backbone.layers):
+        layer.trainable = index >= first and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def count_params(weights) -> int:
+    return int(sum(np.prod(w.shape) for w in weights))
+
+
+def trainable_params(model: keras.Model) -> int:
+    return count_params(model.trainable_weights)
