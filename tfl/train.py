@@ -187,7 +187,7 @@ def finetune(config: TrainConfig, data: str, output: str | Path = DEFAULT_ROOT, 
         offset = len(rows)
         history = model.fit(train_ds, validation_data=val_ds, initial_epoch=offset, epochs=offset + stage.epochs,
                             callbacks=stage_callbacks(work_dir, config.patience, best_so_far, offset),
-                            class_weight=class_weight, verbose=verbose)
+                            class_weight=class_weight, shuffle=False, verbose=verbose)
         rows += history_rows(history, stage, offset)
     cache_files = list(cache_dir.glob("*")) if cache_dir.exists() else []
     for path in cache_files:

@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny generated image folders, and the real data and weights in ../shared."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("TFL_SHARED", REPO.parent / "shared"))
+FLOWERS = SHARED / "datasets" / "flowers"
+MOBILENET_035_WEIGHTS = SHARED / "weights" / "mobilenet_v2_0.35_no_top.weights.h5"
+
+CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+
+
+def make_image(colour, size=40, seed=0) -> Image.Image:
+    """A colour-coded image with noise and a random bright square, so classes are easy but not trivial."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.asarray(colour) + rng.normal(0, 25, (size, size, 3)), 0, 255)
+    x, y = rng.integers(0, size // 2, 2)
+    pixels[y:y + size // 4, x:x + size // 4] = 255
+    return Image.fromarray(pixels.astype("uint8"))
+
+
+def write_class_folders(root: Path, per_class: int, classes=CLASS_COLOURS, size=40, seed=0) -> Path:
+    for c, (name, colour) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            make_image(colour, size, seed=seed + 1000 * c + i).save(folder / f"{name}_{i}.jpg")
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path) -> Path:
+    """Three colour classes, 12 images each, 40x40 JPEGs."""
+    return write_class_folders(tmp_path / "tiny", per_class=12)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One finished run on tiny data (mobilenetv2, weights none, 32 px), shared by read-only tests."""
+    from tfl.config import load_config
+    from tfl.train import finetune
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    data = write_class_folders(root / "data", per_class=10)
+    config = load_config("mobilenetv2", overrides={"weights": "none", "image_size": 32, "alpha": 0.35,
+                                                   "batch_size": 8})
+    config.stages[0].epochs, config.stages[1].epochs = 2, 1
+    result = finetune(config, str(data), output=root / "runs", name="tiny", echo=lambda s: None, verbose=0)
+    return result.run_dir
+
+
+def require_flowers():
+    if not FLOWERS.is_dir():
+        pytest.skip(f"real images not found at {FLOWERS} (the shared datasets folder is absent)")
+    return FLOWERS
+
+
+def require_mobilenet_weights():
+    if not MOBILENET_035_WEIGHTS.is_file():
+        pytest.skip(f"shared MobileNetV2-0.35 weights not found at {MOBILENET_035_WEIGHTS}")
+    return MOBILENET_035_WEIGHTS
+
+
+def flowers_subset(target: Path, train_per_class: int, val_per_class: int) -> Path:
+    """A train/val layout of symlinks into ../shared/datasets/flowers (no image is copied)."""
+    flowers = require_flowers()
+    for class_dir in sorted(p for p in flowers.iterdir() if p.is_dir()):
+        files = sorted(class_dir.iterdir())
+        for split, chosen in (("train", files[:train_per_class]),
+                              ("val", files[train_per_class:train_per_class + val_per_class])):
+            folder = target / split / class_dir.name
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in chosen:
+                (folder / f.name).symlink_to(f)
+    return target

@@ -1,0 +1,60 @@
+import keras
+import numpy as np
+import pytest
+
+from tfl.archs import ARCHS, get_arch
+from tfl.errors import TflError
+from tfl.model import build_model, get_backbone
+
+
+def small_size(spec):
+    return max(spec.min_image_size, 32)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_block_ends_are_backbone_layers_in_order(name):
+    spec = ARCHS[name]
+    model = build_model(spec, 3, small_size(spec), weights="none", alpha=0.35)
+    names = [layer.name for layer in get_backbone(model).layers]
+    positions = [names.index(block) for block in spec.block_ends]
+    assert positions == sorted(positions)
+    assert names[-1] == spec.block_ends[-1], "the last block must end at the backbone's output"
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_every_arch_trains_one_step_on_tensorflow(name):
+    spec = ARCHS[name]
+    size = small_size(spec)
+    model = build_model(spec, 3, size, weights="none", alpha=0.35)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    y = keras.utils.to_categorical([0, 2], 3)
+    before = [w.copy() for w in model.get_layer("probabilities").get_weights()]
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    after = model.get_layer("probabilities").get_weights()
+    assert any(not np.allclose(b, a) for b, a in zip(before, after)), "one step must move the head"
+    probabilities = model.predict_on_batch(x)
+    assert probabilities.shape == (2, 3) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_tf_preprocessing_is_built_in_scaling_to_minus_one_one():
+    model = build_model(get_arch("mobilenetv2"), 2, 32, weights="none", alpha=0.35)
+    layer = model.get_layer("preprocess_tf")
+    out = np.asarray(layer(np.array([[[[0.0, 127.5, 255.0]]]], dtype="float32")))
+    np.testing.assert_allclose(out.ravel(), [-1.0, 0.0, 1.0], atol=1e-6)
+
+
+def test_caffe_preprocessing_matches_keras_resnet50_preprocess_input():
+    model = build_model(get_arch("resnet50"), 2, 32, weights="none")
+    pixels = np.random.default_rng(1).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    ours = np.asarray(model.get_layer("preprocess_caffe")(pixels))
+    reference = keras.applications.resnet50.preprocess_input(pixels.copy())
+    np.testing.assert_allclose(ours, reference, atol=1e-3)
+    assert not model.get_layer("preprocess_caffe").trainable
+
+
+def test_unknown_arch_is_a_clear_error():
+    with pytest.raises(TflError, match="Unknown architecture 'vgg'.*mobilenetv2"):
+        get_arch("vgg")

@@ -1,0 +1,146 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import make_image, write_class_folders
+from tfl.augment import build_augmenter, build_mixer
+from tfl.data import Split, load_image_folder, make_pipeline, scan_file, stratified_split
+from tfl.errors import TflError
+
+
+def jpeg_bytes(image, **kwargs):
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+    """Two classes with every kind of odd file a real photo folder has."""
+    root = write_class_folders(tmp_path / "messy", per_class=4,
+                               classes={"cats": (200, 40, 40), "dogs": (40, 60, 200)})
+    cats = root / "cats"
+    good = make_image((200, 40, 40), seed=99)
+    (cats / "truncated.jpg").write_bytes(jpeg_bytes(good)[:400])
+    (cats / "empty.jpg").write_bytes(b"")
+    (cats / "notes.jpg").write_text("this is not an image")
+    (cats / "readme.txt").write_text("hello")
+    (cats / ".DS_Store").write_bytes(b"\x00\x01binary")
+    good.save(cats / "png_named.jpg", "PNG")
+    good.save(cats / "gif_named.jpg", "GIF")
+    good.save(cats / "bmp_named.jpg", "BMP")
+    good.save(cats / "webp_named.jpg", "WEBP")
+    good.convert("L").save(cats / "grey.jpg")
+    good.convert("RGBA").save(cats / "rgba.png")
+    good.convert("CMYK").save(cats / "cmyk.jpg")
+    good.convert("P").save(cats / "palette.png")
+    good.save(cats / "scan.tiff", "TIFF")
+    (root / ".hidden_class").mkdir()
+    return root
+
+
+def test_scan_skips_bad_files_and_reports_why(messy_folder, tmp_path):
+    data = load_image_folder(messy_folder, val_split=0.25, seed=0, converted_dir=tmp_path / "converted")
+    reasons = {item["path"].split("/")[-1]: item["reason"] for item in data.report["skipped"]}
+    assert set(reasons) == {"truncated.jpg", "empty.jpg", "notes.jpg", "readme.txt"}
+    assert reasons["empty.jpg"] == "empty file"
+    assert reasons["notes.jpg"] == "not an image"
+    assert "unreadable" in reasons["truncated.jpg"]
+    assert data.class_names == ["cats", "dogs"]  # .hidden_class ignored
+    all_paths = data.train.paths + data.val.paths
+    assert not any(".DS_Store" in p for p in all_paths)
+    assert sum(data.report["counts"]["train"].values()) + sum(data.report["counts"]["val"].values()) == 4 + 9 + 4
+    assert [c["path"].split("/")[-1] for c in data.report["converted"]] == ["scan.tiff"]
+
+
+def test_every_usable_file_decodes_to_rgb_in_the_pipeline(messy_folder, tmp_path):
+    data = load_image_folder(messy_folder, val_split=0.25, seed=0, converted_dir=tmp_path / "converted")
+    everything = Split(paths=data.train.paths + data.val.paths, labels=data.train.labels + data.val.labels)
+    batches = list(make_pipeline(everything, 2, 24, batch_size=64, training=False))
+    images, labels = batches[0]
+    assert images.shape == (17, 24, 24, 3) and images.dtype.name == "float32"
+    assert labels.shape == (17, 2)
+    assert float(np.min(images)) >= 0 and float(np.max(images)) <= 255
+
+
+def test_truncated_jpeg_is_found_by_the_scan(tmp_path):
+    path = tmp_path / "t.jpg"
+    path.write_bytes(jpeg_bytes(make_image((1, 2, 3), size=64))[:-300])
+    assert scan_file(str(path)).problem is not None
+
+
+def test_stratified_split_is_seeded_and_keeps_every_class():
+    split = Split(paths=[f"f{i}" for i in range(30)], labels=[0] * 20 + [1] * 10)
+    train, val = stratified_split(split, 0.2, seed=3)
+    again_train, again_val = stratified_split(split, 0.2, seed=3)
+    assert val.paths == again_val.paths and train.paths == again_train.paths
+    assert sorted(val.labels) == [0] * 4 + [1] * 2
+    assert set(train.paths).isdisjoint(val.paths) and len(train) + len(val) == 30
+    _, other_val = stratified_split(split, 0.2, seed=4)
+    assert other_val.paths != val.paths
+
+
+def test_train_val_test_folders_are_used_as_given(tmp_path):
+    root = tmp_path / "layout"
+    write_class_folders(root / "train", per_class=5)
+    write_class_folders(root / "validation", per_class=2, seed=50)
+    write_class_folders(root / "test", per_class=3, seed=80)
+    data = load_image_folder(root)
+    assert (len(data.train), len(data.val), len(data.test)) == (15, 6, 9)
+    assert data.report["layout"] == "train/val folders"
+
+
+def test_val_class_unknown_to_train_is_an_error(tmp_path):
+    root = tmp_path / "layout"
+    write_class_folders(root / "train", per_class=3)
+    write_class_folders(root / "val", per_class=2, classes={"red": (1, 2, 3), "purple": (9, 9, 9)})
+    with pytest.raises(TflError, match="purple"):
+        load_image_folder(root)
+
+
+def test_fewer_than_two_classes_is_an_error(tmp_path):
+    write_class_folders(tmp_path / "one", per_class=3, classes={"only": (1, 2, 3)})
+    with pytest.raises(TflError, match="at least two class subfolders.*found only 'only'"):
+        load_image_folder(tmp_path / "one")
+
+
+def test_class_without_usable_image_is_an_error(tmp_path):
+    root = write_class_folders(tmp_path / "d", per_class=3, classes={"a": (1, 2, 3), "b": (9, 9, 9)})
+    (root / "c").mkdir()
+    (root / "c" / "broken.jpg").write_text("nope")
+    with pytest.raises(TflError, match="Class folder\\(s\\) c .*no usable training image.*1 file\\(s\\) were skipped"):
+        load_image_folder(root)
+
+
+@pytest.mark.parametrize("make, message", [(lambda p: p / "missing", "does not exist"),
+                                           (lambda p: p, "needs at least two class subfolders.*found none")])
+def test_missing_or_empty_data_folder(tmp_path, make, message):
+    with pytest.raises(TflError, match=message):
+        load_image_folder(make(tmp_path))
+
+
+def test_augmentation_changes_training_batches_only(tiny_folder):
+    data = load_image_folder(tiny_folder, seed=0)
+    augmenter = build_augmenter("strong", seed=1)
+    train = next(iter(make_pipeline(data.val, 3, 32, 8, training=True, augmenter=augmenter, seed=0)))
+    plain = next(iter(make_pipeline(data.val, 3, 32, 8, training=False, augmenter=augmenter)))
+    reference = next(iter(make_pipeline(data.val, 3, 32, 8, training=False)))
+    np.testing.assert_array_equal(plain[0], reference[0])  # validation data is never augmented
+    assert train[0].shape == plain[0].shape
+    assert not np.allclose(np.sort(np.asarray(train[0]).ravel()), np.sort(np.asarray(plain[0]).ravel()))
+
+
+def test_mixup_and_cutmix_mix_labels(tiny_folder):
+    data = load_image_folder(tiny_folder, seed=0)
+    mixer = build_mixer(mixup_alpha=0.4, cutmix_alpha=1.0, seed=0)
+    _, labels = next(iter(make_pipeline(data.train, 3, 32, 16, training=True, mixer=mixer)))
+    labels = np.asarray(labels)
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-5)
+    assert ((labels > 0.01) & (labels < 0.99)).any(), "mixing must produce soft labels"
+
+
+def test_unknown_augment_preset_is_an_error():
+    with pytest.raises(TflError, match="Unknown augment preset"):
+        build_augmenter("extreme")
