@@ -38,8 +38,14 @@ def caffe_preprocessing() -> keras.layers.Layer:
 PREPROCESSING = {"tf": tf_preprocessing, "caffe": caffe_preprocessing}
 
 
-def keras_home() -> str:
-    return os.path.expanduser(os.environ.get("KERAS_HOME", os.path.join("~", ".keras")))
+def keras_weights_cache() -> str:
+    """Where keras.utils.get_file looks for downloaded weights (Keras has no public accessor for it)."""
+    from keras.src.backend import config as keras_config
+
+    home = os.path.expanduser(keras_config.keras_home())
+    if not os.access(home, os.W_OK):
+        home = os.path.join("/tmp", ".keras")
+    return os.path.join(home, "models")
 
 
 def resolve_weights(weights: str) -> str | None:
@@ -65,19 +71,19 @@ def build_backbone(spec: ArchSpec, image_size: int, weights: str, alpha: float =
     except Exception as exc:
         message = str(exc)
         if resolved == "imagenet" and ("URL fetch failure" in message or "urlopen" in message):
-            origin = re.search(r"on (\S+?):", message)
+            origin = re.search(r"failure on (\S+):\s", message)
             raise TflError(
                 f"Could not download the ImageNet weights for {spec.name}"
                 f"{' from ' + origin.group(1) if origin else ''} (is this machine offline?). Keras looks for them "
-                f"first in its cache, {os.path.join(keras_home(), 'models')}, where they were not found. Connect "
+                f"first in its cache, {keras_weights_cache()}, where they were not found. Connect "
                 "to the internet and run again, copy the file into that cache, or pass a local no-top weights file "
                 "with --weights PATH (or --weights none to train from scratch)."
             ) from None
         if resolved not in (None, "imagenet"):
             raise TflError(
                 f"Could not load the weights file '{weights}' into {spec.name}"
-                f"{f' (alpha {alpha})' if kwargs else ''}: {message.splitlines()[0]} Check that it holds no-top "
-                "weights for this architecture (and alpha)."
+                f"{f' (alpha {alpha})' if kwargs else ''}; Keras said: {message.splitlines()[0].rstrip(': ')}. "
+                "Check that it holds no-top weights for the same architecture (and alpha)."
             ) from None
         raise
 
