@@ -119,14 +119,12 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
     config = read_run_config(run)
     image_size = int(config["image_size"])
     if data is None:
-        split_file = run / "val_split.json"
-        if not split_file.is_file():
-            raise TflError(f"Run '{run}' has no saved validation split (trained from tfds?). Pass --data DIR.")
-        saved = json.loads(split_file.read_text())
+        saved = json.loads((run / "splits.json").read_text()).get("val")
+        if not saved:
+            raise TflError(f"Run '{run}' has no saved validation file list (trained from tfds?). Pass --data DIR.")
         split = Split(paths=saved["paths"], labels=saved["labels"])
     else:
-        folder = load_image_folder_for_eval(data, class_names)
-        split = folder
+        split = load_image_folder_for_eval(data, class_names)
     model = keras.models.load_model(run / "model.keras", compile=False)
     dataset = make_pipeline(split, len(class_names), image_size, batch_size, training=False)
     metrics = evaluate_model(model, dataset, class_names)

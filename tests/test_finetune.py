@@ -1,0 +1,106 @@
+"""tfl finetune end to end on tiny generated data: the run directory, the screen, repeatability, evaluate."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tests.conftest import write_class_folders
+from tfl.cli import main
+from tfl.train import auto_class_weights
+
+TINY = ["--arch", "mobilenetv2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
+        "--batch-size", "8", "--augment", "light"]
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_run_directory_is_complete(tiny_run):
+    expected = {"model.keras", "labels.txt", "config.yaml", "history.csv", "metrics.json", "training_curves.png",
+                "confusion_matrix.png", "data_report.json", "splits.json", "logs"}
+    assert expected <= {p.name for p in tiny_run.iterdir()}
+    assert (tiny_run / "labels.txt").read_text().split() == ["blue", "green", "red"]
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert config["image_size"] == 32 and config["backend"] == "tensorflow" and config["arch"] == "mobilenetv2"
+    rows = list(csv.DictReader((tiny_run / "history.csv").open()))
+    assert [(r["epoch"], r["stage"], r["stage_epoch"]) for r in rows] == [("1", "head", "1"), ("2", "head", "2"),
+                                                                         ("3", "top_blocks", "1")]
+    assert all(0 <= float(r["val_accuracy"]) <= 1 for r in rows)
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert {"accuracy", "loss", "per_class", "confusion_matrix", "macro_f1"} <= set(metrics)
+    assert np.asarray(metrics["confusion_matrix"]).sum() == metrics["num_images"] == 6
+    assert set(metrics["per_class"]["red"]) == {"precision", "recall", "f1", "support"}
+    best = max(float(r["val_accuracy"]) for r in rows)
+    assert metrics["accuracy"] == pytest.approx(best, abs=1e-3), "the best checkpoint is the one kept"
+    assert list((tiny_run / "logs").rglob("events.out.tfevents*")), "TensorBoard logs"
+    assert not tiny_run.with_name("tiny.partial").exists()
+
+
+def test_cli_prints_plan_stage_headers_and_summary(tiny_folder, tmp_path):
+    result = run_cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "1,1", "--output", tmp_path, "--name", "r")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "Data: 3 classes, 30 train / 6 val images" in out
+    assert "trainable params" in out and "head only" in out and "top 4 blocks" in out
+    assert "── Stage 1/2: head" in out and "── Stage 2/2: top_blocks" in out
+    assert "Best validation accuracy" in out and "wall time" in out and str(tmp_path / "r") in out
+
+
+def test_existing_run_is_not_overwritten_silently(tiny_folder, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "keep.txt").write_text("precious")
+    result = run_cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "1,0", "--output", tmp_path, "--name", "r")
+    assert result.exit_code != 0 and "already exists" in result.output and "--overwrite" in result.output
+    assert (tmp_path / "r" / "keep.txt").read_text() == "precious"
+    result = run_cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "1,0", "--output", tmp_path, "--name", "r",
+                     "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "r" / "keep.txt").exists() and (tmp_path / "r" / "model.keras").is_file()
+
+
+def test_same_seed_gives_the_same_run(tiny_folder, tmp_path):
+    histories = []
+    for name in ("a", "b"):
+        result = run_cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "2,0", "--seed", "7",
+                         "--output", tmp_path, "--name", name)
+        assert result.exit_code == 0, result.output
+        histories.append((tmp_path / name / "history.csv").read_text())
+        assert json.loads((tmp_path / name / "splits.json").read_text())["val"]
+    assert histories[0] == histories[1]
+    assert (json.loads((tmp_path / "a" / "splits.json").read_text())
+            == json.loads((tmp_path / "b" / "splits.json").read_text()))
+
+
+def test_imbalanced_classes_get_balanced_weights_in_the_plan(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=4, classes={"few": (200, 40, 40)})
+    write_class_folders(data, per_class=16, classes={"many": (40, 60, 200)}, seed=500)
+    result = run_cli("finetune", "--data", data, *TINY, "--epochs", "1,0", "--output", tmp_path, "--name", "imb")
+    assert result.exit_code == 0, result.output
+    assert "class weights (auto, imbalanced classes): few 2.67, many 0.62" in result.output  # 3 vs 13 training images
+    result = run_cli("finetune", "--data", data, *TINY, "--epochs", "1,0", "--class-weight", "none",
+                     "--output", tmp_path, "--name", "imb2")
+    assert "class weights: none" in result.output
+
+
+def test_auto_class_weights_only_when_imbalanced():
+    assert auto_class_weights([10, 12, 11], "auto") is None
+    assert auto_class_weights([10, 40], "none") is None
+    assert auto_class_weights([10, 40], "auto") == {0: 2.5, 1: 0.625}
+
+
+def test_evaluate_recomputes_metrics_on_a_folder(tiny_run, tmp_path):
+    result = run_cli("evaluate", tiny_run)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tiny_run / "metrics.json").read_text())
+    assert f"accuracy {saved['accuracy']:.4f}" in result.output
+    other = write_class_folders(tmp_path / "other", per_class=3, classes={"red": (200, 40, 40), "blue": (40, 60, 200)})
+    result = run_cli("evaluate", tiny_run, "--data", other)
+    assert result.exit_code == 0, result.output
+    assert "on 6 images" in result.output and "green" in result.output
+    result = run_cli("evaluate", tiny_run, "--data", write_class_folders(tmp_path / "x", 1, {"purple": (9, 9, 9)}))
+    assert result.exit_code == 1 and "does not know" in result.output
