@@ -25,12 +25,24 @@ PRESETS = {
 }
 
 
-def build_augmenter(preset: str, seed: int = 42) -> keras.Sequential | None:
-    """A Sequential of random layers for float32 pixel batches in 0..255, or None for 'none'."""
+def build_augmenter(preset: str, seed: int = 42):
+    """A tf.data map function randomly transforming float32 pixel batches in 0..255, or None for 'none'.
+
+    The layers are applied one by one rather than wrapped in keras.Sequential: each Keras preprocessing layer
+    switches to TensorFlow ops inside tf.data, but a Sequential would run them on the Keras backend (JAX).
+    """
     if preset not in PRESETS:
         raise TflError(f"Unknown augment preset '{preset}'. Choose one of: {', '.join(PRESETS)}.")
     layers = PRESETS[preset](seed)
-    return keras.Sequential(layers, name=f"augment_{preset}") if layers else None
+    if not layers:
+        return None
+
+    def augment(images):
+        for layer in layers:
+            images = layer(images, training=True)
+        return images
+
+    return augment
 
 
 def build_mixer(mixup_alpha: float, cutmix_alpha: float, seed: int = 42):

@@ -95,3 +95,7 @@ def archs():
     for spec in ARCHS.values():
         click.echo(f"{spec.name:<12} {spec.image_size:>4} px (min {spec.min_image_size:>3})  "
                    f"{spec.num_blocks:>2} blocks  {spec.description}")
+
+
+if __name__ == "__main__":
+    main()

@@ -282,7 +282,7 @@ def make_pipeline(split: Split, num_classes: int, image_size: int, batch_size: i
     dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
                           num_parallel_calls=tf.data.AUTOTUNE)
     if training and augmenter is not None:
-        dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     if training and mixer is not None:
         dataset = dataset.map(mixer, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -14,7 +14,7 @@ def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, true labels) over a dataset of (pixels, one-hot labels)."""
     probabilities, labels = [], []
     for images, one_hot in dataset:
-        probabilities.append(np.asarray(model.predict_on_batch(images)))
+        probabilities.append(np.asarray(model.predict_on_batch(np.asarray(images))))
         labels.append(np.argmax(np.asarray(one_hot), axis=-1))
     return np.concatenate(probabilities), np.concatenate(labels)
 
