@@ -6,7 +6,7 @@ from tfl.errors import TflError
 
 def test_arch_yaml_supplies_defaults():
     config = load_config("inceptionv3")
-    assert config.arch == "inceptionv3" and config.resolved_image_size == 299
+    assert config.arch == "inceptionv3" and config.image_size is None  # auto
     assert [s.unfreeze_blocks for s in config.stages] == [0, 2, "all"]
 
 

@@ -104,3 +104,11 @@ def test_evaluate_recomputes_metrics_on_a_folder(tiny_run, tmp_path):
     assert "on 6 images" in result.output and "green" in result.output
     result = run_cli("evaluate", tiny_run, "--data", write_class_folders(tmp_path / "x", 1, {"purple": (9, 9, 9)}))
     assert result.exit_code == 1 and "does not know" in result.output
+
+
+def test_auto_image_size_follows_small_photos(tiny_folder, tmp_path):
+    args = [a for a in TINY if a not in ("--image-size", "32")]
+    result = run_cli("finetune", "--data", tiny_folder, *args, "--epochs", "1,0", "--output", tmp_path, "--name", "auto")
+    assert result.exit_code == 0, result.output
+    assert "at 64 px (auto: photos' median short side 40 px)" in result.output
+    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["image_size"] == 64

@@ -81,6 +81,14 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
+def auto_image_size(spec: ArchSpec, median_short_side: int | None) -> int:
+    """The arch's own size, or less when the photos are smaller: upscaling adds compute, not detail."""
+    if not median_short_side:
+        return spec.image_size
+    rounded_up = -(-median_short_side // 32) * 32
+    return max(spec.min_image_size, min(spec.image_size, rounded_up))
+
+
 def get_arch(name: str) -> ArchSpec:
     from tfl.errors import TflError
 

@@ -30,7 +30,7 @@ class Stage:
 class TrainConfig:
     arch: str = "mobilenetv2"
     alpha: float = 1.0  # MobileNetV2 width multiplier
-    image_size: int | None = None  # None: the arch's own size
+    image_size: int | None = None  # None ("auto"): the arch's size, or the photos' median size when smaller
     weights: str = "imagenet"  # "imagenet", "none" or a path to a no-top backbone weights file
     batch_size: int = 32
     augment: str = "light"
@@ -50,10 +50,6 @@ class TrainConfig:
             Stage("full", 0, 1e-5, "all"),
         ]
     )
-
-    @property
-    def resolved_image_size(self) -> int:
-        return self.image_size or get_arch(self.arch).image_size
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,7 +138,7 @@ def apply_overrides(config: TrainConfig, values: dict[str, Any], source: str) ->
                 raise TflError(f"'stages' in {source} must be a non-empty list of stages.")
             updates[key] = [_parse_stage(raw, i, source) for i, raw in enumerate(value)]
         elif key == "image_size":
-            updates[key] = None if value is None else _coerce(key, value, int, source)
+            updates[key] = None if value in (None, "auto") else _coerce(key, value, int, source)
         else:
             updates[key] = _coerce(key, value, _SCALAR_TYPES[key], source)
     return dataclasses.replace(config, **updates)

@@ -47,6 +47,7 @@ class ScannedFile:
     path: str
     problem: str | None = None  # why the file cannot be used
     needs_conversion: bool = False  # decodable by Pillow but not by tf.io.decode_image
+    short_side: int = 0  # pixels, of the image as stored
 
 
 def is_hidden(name: str) -> bool:
@@ -59,14 +60,14 @@ def scan_file(path: str) -> ScannedFile:
         if os.path.getsize(path) == 0:
             return ScannedFile(path, "empty file")
         with Image.open(path) as image:
-            image_format = image.format
+            image_format, short_side = image.format, min(image.size)
             image.draft("RGB", (512, 512))  # JPEG: decode at reduced size, still reads every byte
             image.load()
     except UnidentifiedImageError:
         return ScannedFile(path, "not an image")
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's truncated/corrupt errors
         return ScannedFile(path, f"unreadable ({exc})")
-    return ScannedFile(path, needs_conversion=image_format not in TF_DECODABLE_FORMATS)
+    return ScannedFile(path, needs_conversion=image_format not in TF_DECODABLE_FORMATS, short_side=short_side)
 
 
 def convert_to_png(path: str, converted_dir: Path) -> str:
@@ -97,6 +98,7 @@ def scan_class_folders(folder: Path, class_names: list[str], report: dict, conve
     with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
         scanned = list(pool.map(scan_file, [path for path, _ in candidates]))
     split = Split()
+    report.setdefault("short_sides", []).extend(r.short_side for r in scanned if not r.problem)
     for (path, label), result in zip(candidates, scanned):
         if result.problem:
             report["skipped"].append({"path": path, "reason": result.problem})
@@ -178,6 +180,7 @@ def load_image_folder(data_dir: str | Path, val_split: float = 0.2, seed: int = 
     if len(val) == 0:
         raise TflError(f"The validation split of '{root}' has no usable image. Add images to it, or raise --val-split.")
     report["classes"] = class_names
+    report["median_short_side"] = int(np.median(report.pop("short_sides"))) if report.get("short_sides") else None
     report["counts"] = {name: class_counts(split, class_names)
                         for name, split in (("train", train), ("val", val), ("test", test)) if split is not None}
     return ImageData(class_names, train, val, test, report)

@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from tfl import __version__
-from tfl.archs import ArchSpec, get_arch
+from tfl.archs import ArchSpec, auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
 from tfl.config import Stage, TrainConfig
 from tfl.data import ImageData, Split, load_data, make_pipeline
@@ -135,9 +135,9 @@ def split_record(split: Split | None) -> dict | None:
     return {"paths": split.paths, "labels": split.labels}
 
 
-def resolved_config(config: TrainConfig, data: str) -> dict:
+def resolved_config(config: TrainConfig, data: str, image_size: int) -> dict:
     values = config.to_dict()
-    values["image_size"] = config.resolved_image_size
+    values["image_size"] = image_size
     values["backend"] = keras.backend.backend()
     values["data"] = data
     values["versions"] = {"tfl": __version__, "keras": keras.__version__}
@@ -149,7 +149,6 @@ def finetune(config: TrainConfig, data: str, output: str | Path = DEFAULT_ROOT, 
     """Train `config` on `data` (a folder or 'tfds:NAME') and write a complete run directory."""
     start = time.time()
     spec = get_arch(config.arch)
-    image_size = config.resolved_image_size
     final_dir, work_dir = prepare_run_dir(output, name or default_run_name(config.arch), overwrite)
     keras.utils.set_random_seed(config.seed)
 
@@ -159,12 +158,15 @@ def finetune(config: TrainConfig, data: str, output: str | Path = DEFAULT_ROOT, 
     atomic_write_text(work_dir / "labels.txt", "\n".join(image_data.class_names) + "\n")
     splits = {k: split_record(s) for k, s in (("train", image_data.train), ("val", image_data.val), ("test", image_data.test))}
     atomic_write_text(work_dir / "splits.json", json.dumps({k: v for k, v in splits.items() if v}) + "\n")
-    atomic_write_text(work_dir / "config.yaml", yaml.safe_dump(resolved_config(config, data), sort_keys=False))
+    median_side = image_data.report.get("median_short_side")
+    image_size = config.image_size or auto_image_size(spec, median_side)
+    atomic_write_text(work_dir / "config.yaml", yaml.safe_dump(resolved_config(config, data, image_size), sort_keys=False))
 
     num_classes = len(image_data.class_names)
     model = build_model(spec, num_classes, image_size, config.weights, config.alpha, config.dropout)
     class_weight = auto_class_weights(list(image_data.report["counts"]["train"].values()), config.class_weight)
-    echo(f"\nModel: {spec.name} at {image_size} px, weights {config.weights}, backend {keras.backend.backend()}")
+    size_note = "" if config.image_size else f" (auto: photos' median short side {median_side} px)" if median_side else " (auto)"
+    echo(f"\nModel: {spec.name} at {image_size} px{size_note}, weights {config.weights}, backend {keras.backend.backend()}")
     echo(format_plan(plan_rows(model, spec, config.stages), class_weight, image_data.class_names))
 
     cache_dir = work_dir / "cache"
