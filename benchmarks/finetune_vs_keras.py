@@ -1,0 +1,97 @@
+"""Benchmark: tfl's default mobilenetv2 plan vs the TensorFlow transfer-learning tutorial's two-stage recipe.
+
+Both use the shared ImageNet MobileNetV2-0.35 backbone on ../shared/datasets/flowers at the same image size,
+with an 80/20 split, in one script run on the same machine. Prints a table and writes a JSON file.
+
+    python benchmarks/finetune_vs_keras.py [--image-size 128] [--out benchmarks/results/finetune_vs_keras.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfl.config import load_config  # noqa: E402
+from tfl.train import finetune  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+FLOWERS = SHARED / "datasets" / "flowers"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_0.35_no_top.weights.h5"
+
+
+def naive_keras_two_stage(image_size: int, seed: int = 42) -> dict:
+    """The tutorial recipe: frozen base 10 epochs (RMSprop 1e-4), then layers from 100 on, 10 epochs at 1e-5."""
+    start = time.time()
+    keras.utils.set_random_seed(seed)
+    train, val = keras.utils.image_dataset_from_directory(
+        FLOWERS, validation_split=0.2, subset="both", seed=seed, image_size=(image_size, image_size), batch_size=32)
+    train, val = train.prefetch(tf.data.AUTOTUNE), val.prefetch(tf.data.AUTOTUNE)
+    base = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=str(WEIGHTS),
+                                          input_shape=(image_size, image_size, 3))
+    base.trainable = False
+    inputs = keras.Input((image_size, image_size, 3))
+    x = keras.layers.RandomFlip("horizontal")(inputs)
+    x = keras.layers.RandomRotation(0.2)(x)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(5, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.RMSprop(1e-4), "sparse_categorical_crossentropy", ["accuracy"])
+    head = model.fit(train, validation_data=val, epochs=10, verbose=2)
+    base.trainable = True
+    for layer in base.layers[:100]:
+        layer.trainable = False
+    model.compile(keras.optimizers.RMSprop(1e-5), "sparse_categorical_crossentropy", ["accuracy"])
+    tuned = model.fit(train, validation_data=val, epochs=20, initial_epoch=10, verbose=2)
+    return {"val_accuracy_final": round(tuned.history["val_accuracy"][-1], 4),
+            "val_accuracy_best": round(max(head.history["val_accuracy"] + tuned.history["val_accuracy"]), 4),
+            "epochs": 20, "wall_seconds": round(time.time() - start, 1)}
+
+
+def tfl_default(image_size: int | None) -> dict:
+    overrides = {"alpha": 0.35, "weights": str(WEIGHTS), "image_size": image_size}
+    config = load_config("mobilenetv2", overrides=overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = finetune(config, str(FLOWERS), output=tmp, name="bench", verbose=2)
+        history = (result.run_dir / "history.csv").read_text().strip().splitlines()
+    return {"val_accuracy_final": result.best_val_accuracy, "val_accuracy_best": result.best_val_accuracy,
+            "epochs": len(history) - 1, "wall_seconds": round(result.wall_seconds, 1),
+            "plan": [f"{s.name}:{s.epochs}@{s.learning_rate}/{s.unfreeze_blocks}" for s in config.stages]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=128, help="the flowers photos are 128 px")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "finetune_vs_keras.json"))
+    args = parser.parse_args()
+    if not FLOWERS.is_dir() or not WEIGHTS.is_file():
+        raise SystemExit(f"needs {FLOWERS} and {WEIGHTS} (the shared folder beside the repo)")
+    results = {"tfl default plan": tfl_default(args.image_size),
+               "Keras tutorial two-stage": naive_keras_two_stage(args.image_size)}
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"
+    print(f"\nflowers (4,317 photos, 5 classes), MobileNetV2-0.35 at {args.image_size} px, {machine}")
+    print(f"{'recipe':<28} {'epochs':>6} {'val acc (kept model)':>21} {'wall time':>10}")
+    for name, row in results.items():
+        print(f"{name:<28} {row['epochs']:>6} {row['val_accuracy_final']:>21.4f} {row['wall_seconds']:>9.0f}s")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "image_size": args.image_size, "results": results}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
