@@ -50,12 +50,12 @@ def naive_keras_two_stage(image_size: int, seed: int = 42) -> dict:
     x = keras.layers.Dropout(0.2)(x)
     outputs = keras.layers.Dense(5, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
-    model.compile(keras.optimizers.RMSprop(1e-4), "sparse_categorical_crossentropy", ["accuracy"])
+    model.compile(optimizer=keras.optimizers.RMSprop(1e-4), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     head = model.fit(train, validation_data=val, epochs=10, verbose=2)
     base.trainable = True
     for layer in base.layers[:100]:
         layer.trainable = False
-    model.compile(keras.optimizers.RMSprop(1e-5), "sparse_categorical_crossentropy", ["accuracy"])
+    model.compile(optimizer=keras.optimizers.RMSprop(1e-5), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     tuned = model.fit(train, validation_data=val, epochs=20, initial_epoch=10, verbose=2)
     return {"val_accuracy_final": round(tuned.history["val_accuracy"][-1], 4),
             "val_accuracy_best": round(max(head.history["val_accuracy"] + tuned.history["val_accuracy"]), 4),

@@ -90,6 +90,51 @@ def evaluate(run, data, root):
 
 
 @main.command()
+@click.argument("run", required=False)
+@click.option("--format", "export_format", type=click.Choice(["saved_model", "tflite", "all"]), default="tflite",
+              show_default=True, help="saved_model: TF Serving layout; tflite: for phones; all: both.")
+@click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]), default="none",
+              show_default=True, help="TFLite weights: float32, float16, dynamic-range int8, or full int8.")
+@click.option("--calibration-samples", type=click.IntRange(1), default=300, show_default=True,
+              help="Training images used to calibrate int8.")
+@click.option("--verify-images", type=click.IntRange(1), default=500, show_default=True,
+              help="Validation images each artifact is checked on.")
+@click.option("--top-k", type=click.IntRange(1), default=5, show_default=True,
+              help="Classes returned by the SavedModel's classify_images signature.")
+@click.option("--max-accuracy-drop", type=float, help="Fail (and write nothing) if an artifact loses more accuracy "
+              "than this against the Keras model, e.g. 0.01.")
+@click.option("--force", is_flag=True, help="Replace existing artifacts.")
+@click.option("--output", "root", default=DEFAULT_ROOT, show_default=True, help="Runs folder, for the latest run.")
+@friendly_errors
+def export(run, root, **options):
+    """Export RUN (default: the latest) as a SavedModel and/or TFLite file, verified on its validation images."""
+    use_backend("tensorflow")  # exports need TF; a JAX-trained model.keras loads under TF as it is
+    from tfl.export import export_run
+
+    export_run(run, root=root, echo=click.echo, **options)
+
+
+@main.command()
+@click.argument("artifact")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@friendly_errors
+def predict(artifact, inputs, top_k, output_format):
+    """Classify image files or folders INPUTS with ARTIFACT (.keras, run dir, SavedModel dir or .tflite)."""
+    use_backend("tensorflow")
+    from tfl.predict import collect_images, format_rows, load_predictor, predict_files
+
+    predictor = load_predictor(artifact)
+    rows = predict_files(predictor, collect_images(list(inputs)), top_k)
+    click.echo(format_rows(rows, output_format))
+    failed = sum("error" in row for row in rows)
+    if failed:
+        click.echo(f"{failed} of {len(rows)} file(s) could not be read; the others were predicted.", err=True)
+
+
+@main.command()
 def archs():
     """List the available backbones."""
     for spec in ARCHS.values():

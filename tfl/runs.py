@@ -44,6 +44,8 @@ def atomic_path(path: str | Path, force: bool = False):
     if path.exists() and not force:
         raise TflError(f"'{path}' already exists. Pass --force to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process that was killed midway
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     target = tmp / path.name  # keep the real name: some writers care about the extension
     try:

@@ -1,0 +1,237 @@
+"""tfl export and tfl predict: every format and quantization, loaded as other apps would, verified, written safely."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import REPO, flowers_subset, make_image, require_mobilenet_weights
+from tfl.cli import main
+from tfl.data import load_image_for_predict
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def exported_run(tiny_run):
+    """tiny_run exported as a SavedModel and as TFLite in every quantization."""
+    for quantize in ("none", "float16", "dynamic", "int8"):
+        fmt = "all" if quantize == "none" else "tflite"
+        result = cli("export", tiny_run, "--format", fmt, "--quantize", quantize, "--calibration-samples", "8",
+                     "--verify-images", "6")
+        assert result.exit_code == 0, result.output
+    return tiny_run
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory):
+    """MobileNetV2-0.35 with the shared ImageNet weights, briefly trained on real flower photos."""
+    weights = require_mobilenet_weights()
+    from tfl.config import load_config, override_stages
+    from tfl.train import finetune
+
+    root = tmp_path_factory.mktemp("real_run")
+    data = flowers_subset(root / "flowers", train_per_class=30, val_per_class=12)
+    config = load_config("mobilenetv2", overrides={"alpha": 0.35, "weights": str(weights), "image_size": 96})
+    config = override_stages(config, "4,0,0", "3e-3", None)
+    return finetune(config, str(data), output=root / "runs", name="real", echo=lambda s: None, verbose=0).run_dir
+
+
+def keras_probabilities(run, images):
+    import keras
+
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    return np.asarray(model.predict_on_batch(images.astype("float32")))
+
+
+def val_images(run, n=6):
+    splits = json.loads((run / "splits.json").read_text())
+    size = int(__import__("yaml").safe_load((run / "config.yaml").read_text())["image_size"])
+    return np.stack([load_image_for_predict(p, size) for p in splits["val"]["paths"][:n]])
+
+
+def test_every_artifact_is_written_and_reported(exported_run):
+    for name in ("model_float32.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite"):
+        assert (exported_run / name).stat().st_size > 10_000
+    saved_model = exported_run / "export" / "saved_model" / "1"
+    assert (saved_model / "saved_model.pb").is_file()
+    assert (saved_model / "assets" / "labels.txt").read_text().split() == ["blue", "green", "red"]
+    report = json.loads((exported_run / "export_report.json").read_text())
+    assert {"model.keras", "export/saved_model/1", "model_int8.tflite", "model_float16.tflite"} <= set(report)
+    for row in report.values():
+        assert {"size_bytes", "accuracy", "latency_ms_batch1"} <= set(row)
+    assert report["model_float32.tflite"]["top1_agreement"] == 1.0
+    assert not list(exported_run.rglob("*.tmp")), "no temporary file may be left behind"
+
+
+def test_labels_travel_inside_the_tflite(exported_run):
+    for name in ("model_float32.tflite", "model_int8.tflite"):
+        with zipfile.ZipFile(exported_run / name) as archive:
+            assert archive.read("labels.txt").decode().split() == ["blue", "green", "red"]
+
+
+def test_tflite_runs_with_ai_edge_litert_and_matches_keras(exported_run):
+    from ai_edge_litert.interpreter import Interpreter
+
+    images = val_images(exported_run)
+    reference = keras_probabilities(exported_run, images)
+    tolerances = {"model_float32.tflite": 1e-4, "model_float16.tflite": 2e-2}
+    for name, tolerance in tolerances.items():
+        interpreter = Interpreter(model_path=str(exported_run / name))
+        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        interpreter.resize_tensor_input(inp["index"], list(images.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(inp["index"], images.astype("float32"))
+        interpreter.invoke()
+        np.testing.assert_allclose(interpreter.get_tensor(out["index"]), reference, atol=tolerance, err_msg=name)
+    int8 = Interpreter(model_path=str(exported_run / "model_int8.tflite"))
+    assert int8.get_input_details()[0]["dtype"] == np.uint8
+
+
+def test_saved_model_loads_without_tfl_or_keras(exported_run, tmp_path):
+    images = val_images(exported_run, 3)
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "reference.npy", keras_probabilities(exported_run, images))
+    make_image((10, 200, 30), size=300, seed=1).save(tmp_path / "big.jpg", quality=95)
+    make_image((200, 30, 30), size=50, seed=2).save(tmp_path / "small.png")
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["keras"] = None  # as on a server without Keras: any import of it fails
+        sys.modules["tfl"] = None
+        import numpy as np, tensorflow as tf
+        loaded = tf.saved_model.load({str(exported_run / 'export' / 'saved_model' / '1')!r})
+        images = np.load({str(tmp_path / 'images.npy')!r})
+        reference = np.load({str(tmp_path / 'reference.npy')!r})
+        float_out = loaded.signatures["serving_default"](pixels=tf.constant(images, tf.float32))["probabilities"]
+        uint8_out = loaded.signatures["serving_uint8"](pixels=tf.constant(images, tf.uint8))["probabilities"]
+        data = [open({str(tmp_path / 'big.jpg')!r}, "rb").read(), open({str(tmp_path / 'small.png')!r}, "rb").read()]
+        result = loaded.signatures["classify_images"](images=tf.constant(data))
+        print("RESULT" + json.dumps({{
+            "float_diff": float(np.abs(float_out.numpy() - reference).max()),
+            "uint8_diff": float(np.abs(uint8_out.numpy() - reference).max()),
+            "classes": [[c.decode() for c in row] for row in result["classes"].numpy()],
+            "scores": result["scores"].numpy().tolist(),
+            "probabilities": result["probabilities"].numpy().tolist(),
+            "imported": sorted(m for m in sys.modules if m.split(".")[0] in ("keras", "tfl") and sys.modules[m]),
+        }}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT")[-1])
+    assert result["imported"] == [], "the SavedModel must load and run with TensorFlow alone"
+    assert result["float_diff"] < 1e-4 and result["uint8_diff"] < 1e-4
+    assert len(result["classes"]) == 2 and all(set(row) == {"blue", "green", "red"} for row in result["classes"])
+    for probabilities, classes, scores in zip(result["probabilities"], result["classes"], result["scores"]):
+        assert scores == sorted(scores, reverse=True)
+        assert scores[0] == pytest.approx(max(probabilities))
+    # the bytes signature decodes and resizes like tfl predict does
+    keras_out = keras_probabilities(exported_run, np.stack([load_image_for_predict(str(tmp_path / n), 32)
+                                                            for n in ("big.jpg", "small.png")]))
+    np.testing.assert_allclose(result["probabilities"], keras_out, atol=1e-4)
+
+
+def test_int8_export_agrees_with_keras_on_real_photos(real_run):
+    result = cli("export", real_run, "--format", "tflite", "--quantize", "int8", "--calibration-samples", "60")
+    assert result.exit_code == 0, result.output
+    row = json.loads((real_run / "export_report.json").read_text())["model_int8.tflite"]
+    print("int8 on real photos:", row)
+    assert row["top1_agreement"] >= 0.85 and row["accuracy_change"] >= -0.1
+    keras_row = json.loads((real_run / "export_report.json").read_text())["model.keras"]
+    assert row["size_bytes"] < 0.6 * (real_run / "model.keras").stat().st_size
+    assert keras_row["accuracy"] > 0.4
+
+
+def test_existing_artifact_needs_force(exported_run):
+    before = (exported_run / "model_float32.tflite").stat().st_mtime_ns
+    result = CliRunner().invoke(main, ["export", str(exported_run), "--format", "tflite"])
+    assert result.exit_code == 1 and "already exists. Pass --force" in result.output
+    assert (exported_run / "model_float32.tflite").stat().st_mtime_ns == before
+
+
+def test_accuracy_drop_over_the_limit_fails_and_writes_nothing(tiny_run, monkeypatch, tmp_path):
+    import shutil
+
+    import tfl.export
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.tflite", "export*"))
+    real_verify = tfl.export.verify
+
+    def worse(*args, **kwargs):
+        row = real_verify(*args, **kwargs)
+        row.update(accuracy_change=-0.05, top1_agreement=0.9)
+        return row
+
+    monkeypatch.setattr(tfl.export, "verify", worse)
+    result = CliRunner().invoke(main, ["export", str(run), "--quantize", "dynamic", "--max-accuracy-drop", "0.01",
+                                       "--verify-images", "4"])
+    assert result.exit_code == 1 and "loses 5.0% accuracy" in result.output and "Nothing was written" in result.output
+    assert not (run / "model_dynamic.tflite").exists() and not list(run.glob(".*tmp"))
+
+
+def test_export_killed_midway_leaves_nothing(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.tflite", "export*"))
+    target = run / "export" / "saved_model" / "1"
+    process = subprocess.Popen([sys.executable, "-m", "tfl.cli", "export", str(run), "--format", "saved_model",
+                                "--verify-images", "4"], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(target.parent.glob(".1.*.tmp/1/*")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(target.parent.glob(".1.*.tmp")), "the export was killed while writing its temporary folder"
+    assert not target.exists(), "a killed export must not leave a partial artifact in place"
+    result = cli("export", run, "--format", "saved_model", "--verify-images", "4")
+    assert result.exit_code == 0, result.output
+    assert (target / "saved_model.pb").is_file() and not list(target.parent.glob(".1.*.tmp"))
+
+
+def test_predict_every_artifact_kind_and_report_unreadable_files(exported_run, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    make_image((200, 40, 40), seed=5).save(photos / "a.jpg")
+    make_image((40, 60, 200), seed=6).save(photos / "b.png")
+    (photos / "broken.jpg").write_text("not an image")
+    outputs = {}
+    for artifact in (exported_run, exported_run / "model.keras", exported_run / "export" / "saved_model" / "1",
+                     exported_run / "model_float32.tflite", exported_run / "model_int8.tflite"):
+        result = CliRunner(mix_stderr=False).invoke(main, ["predict", str(artifact), str(photos), "--format", "json",
+                                                           "--top-k", "2"])
+        assert result.exit_code == 0, result.output
+        rows = json.loads(result.stdout)
+        assert [r["path"].split("/")[-1] for r in rows] == ["a.jpg", "b.png", "broken.jpg"]
+        assert "error" in rows[2] and "1 of 3 file(s) could not be read" in result.stderr
+        outputs[artifact.name] = rows
+        assert all(len(r["top"]) == 2 for r in rows[:2])
+    reference = [r["top"][0]["score"] for r in outputs["model.keras"][:2]]
+    for name in ("1", "model_float32.tflite"):
+        assert [r["top"][0]["score"] for r in outputs[name][:2]] == pytest.approx(reference, abs=1e-4)
+
+
+def test_predict_table_and_csv(exported_run, tmp_path):
+    make_image((200, 40, 40), seed=5).save(tmp_path / "a.jpg")
+    table = cli("predict", exported_run / "model.keras", tmp_path / "a.jpg")
+    assert table.exit_code == 0 and "a.jpg:" in table.output and table.output.count(",") == 2
+    lines = cli("predict", exported_run, tmp_path / "a.jpg", "--format", "csv", "--top-k", "3").output.splitlines()
+    assert lines[0] == "path,rank,label,score,error" and len(lines) == 4
+
+
+def test_predict_missing_artifact_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "nope.tflite"), str(tmp_path)])
+    assert result.exit_code == 1 and "does not exist" in result.output and "Traceback" not in result.output

@@ -1,0 +1,169 @@
+"""Running a trained classifier from any artifact (.keras, run dir, SavedModel, .tflite) on image files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from tfl.data import is_hidden, load_image_for_predict
+from tfl.errors import TflError
+from tfl.runs import read_labels
+
+
+class KerasPredictor:
+    kind = "keras"
+
+    def __init__(self, model_path: Path):
+        import keras
+
+        self.model = keras.models.load_model(model_path, compile=False)
+        self.image_size = int(self.model.input_shape[1])
+        self.class_names = read_labels(model_path.parent / "labels.txt")
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_on_batch(pixels.astype("float32")))
+
+
+class SavedModelPredictor:
+    kind = "saved_model"
+
+    def __init__(self, path: Path):
+        import tensorflow as tf
+
+        self.model = tf.saved_model.load(str(path))
+        self.serve = self.model.signatures["serving_default"]
+        self.image_size = int(self.serve.structured_input_signature[1]["pixels"].shape[1])
+        self.class_names = read_labels(path / "assets" / "labels.txt")
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        return self.serve(pixels=tf.constant(pixels, tf.float32))["probabilities"].numpy()
+
+
+class TFLitePredictor:
+    kind = "tflite"
+
+    def __init__(self, path: Path):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path))
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.image_size = int(self.input["shape"][1])
+        self.batch = 0
+        self.class_names = tflite_labels(path)
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        if pixels.shape[0] != self.batch:
+            self.interpreter.resize_tensor_input(self.input["index"], list(pixels.shape))
+            self.interpreter.allocate_tensors()
+            self.batch = pixels.shape[0]
+        self.interpreter.set_tensor(self.input["index"], pixels.astype(self.input["dtype"]))
+        self.interpreter.invoke()
+        output = self.interpreter.get_tensor(self.output["index"])
+        if self.output["dtype"] != np.float32:  # a quantized output: back to probabilities
+            scale, zero_point = self.output["quantization"]
+            output = (output.astype("float32") - zero_point) * scale
+        return output
+
+
+def tflite_labels(path: Path) -> list[str]:
+    """Labels packed inside the .tflite (an associated labels.txt, read as a zip), else labels.txt beside it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [line for line in archive.read("labels.txt").decode().splitlines() if line.strip()]
+    except (zipfile.BadZipFile, KeyError):
+        beside = path.parent / "labels.txt"
+        if beside.is_file():
+            return read_labels(beside)
+        raise TflError(f"'{path}' carries no labels and has no labels.txt beside it.") from None
+
+
+def load_predictor(artifact: str | Path):
+    """Pick the predictor for a .keras file, a run directory, a SavedModel directory or a .tflite file."""
+    path = Path(artifact).expanduser()
+    if not path.exists():
+        raise TflError(f"'{path}' does not exist. Pass a .keras file, a run directory, a SavedModel directory or a .tflite file.")
+    if path.suffix == ".tflite":
+        return TFLitePredictor(path)
+    if path.suffix == ".keras":
+        return KerasPredictor(path)
+    if (path / "saved_model.pb").is_file():
+        return SavedModelPredictor(path)
+    if (path / "model.keras").is_file():
+        return KerasPredictor(path / "model.keras")
+    raise TflError(f"'{path}' is not a model tfl can run: expected a .keras or .tflite file, a run directory "
+                   "(with model.keras) or a SavedModel directory (with saved_model.pb).")
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and not any(is_hidden(part) for part in p.parts))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise TflError(f"Input '{item}' does not exist. Pass image files or folders of images.")
+    if not files:
+        raise TflError("No image files found in the inputs given.")
+    return files
+
+
+def predict_files(predictor, files: list[Path], top_k: int = 3, batch_size: int = 16) -> list[dict]:
+    """One row per file: the top-k classes and scores, or the error that kept it from being read."""
+    top_k = max(1, min(top_k, len(predictor.class_names)))
+    rows: list[dict] = []
+    batch: list[tuple[Path, np.ndarray]] = []
+
+    def flush():
+        if not batch:
+            return
+        probabilities = predictor.predict(np.stack([pixels for _, pixels in batch]))
+        for (path, _), probs in zip(batch, probabilities):
+            best = np.argsort(-probs)[:top_k]
+            rows.append({"path": str(path), "top": [(predictor.class_names[i], float(probs[i])) for i in best]})
+        batch.clear()
+
+    batch_limit = 1 if getattr(predictor, "kind", "") == "tflite" else batch_size
+    for path in files:
+        try:
+            batch.append((path, load_image_for_predict(str(path), predictor.image_size)))
+        except Exception as exc:  # Pillow raises several kinds for unreadable files
+            rows.append({"path": str(path), "error": f"could not read image ({type(exc).__name__}: {exc})"})
+        if len(batch) >= batch_limit:
+            flush()
+    flush()
+    order = {str(p): i for i, p in enumerate(files)}
+    return sorted(rows, key=lambda row: order[row["path"]])
+
+
+def format_rows(rows: list[dict], output_format: str) -> str:
+    if output_format == "json":
+        return json.dumps([{"path": r["path"], **({"error": r["error"]} if "error" in r else
+                                                  {"top": [{"label": l, "score": round(s, 5)} for l, s in r["top"]]})}
+                           for r in rows], indent=2)
+    if output_format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "rank", "label", "score", "error"])
+        for row in rows:
+            if "error" in row:
+                writer.writerow([row["path"], "", "", "", row["error"]])
+            for rank, (label, score) in enumerate(row.get("top", []), start=1):
+                writer.writerow([row["path"], rank, label, f"{score:.5f}", ""])
+        return buffer.getvalue().rstrip("\n")
+    lines = []
+    for row in rows:
+        if "error" in row:
+            lines.append(f"{row['path']}: ERROR {row['error']}")
+        else:
+            lines.append(f"{row['path']}: " + ", ".join(f"{label} {score:.3f}" for label, score in row["top"]))
+    return "\n".join(lines)
