@@ -58,3 +58,10 @@ def test_finetune_cli_end_to_end_on_jax(tmp_path):
     assert "backend jax" in result.stdout and "Stage 2/2" in result.stdout
     assert "backend: jax" in (run / "config.yaml").read_text()
     assert (run / "model.keras").is_file() and json.loads((run / "metrics.json").read_text())["num_images"] == 3
+    exported = subprocess.run(
+        [sys.executable, "-m", "tfl.cli", "export", str(run), "--format", "all", "--verify-images", "3"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stdout[-2000:] + exported.stderr[-3000:]
+    assert (run / "model_float32.tflite").is_file() and (run / "export" / "saved_model" / "1" / "saved_model.pb").is_file()
+    report = json.loads((run / "export_report.json").read_text())
+    assert report["model_float32.tflite"]["top1_agreement"] == 1.0, "a JAX-trained run exports under TF unchanged"
