@@ -212,7 +212,7 @@ def test_predict_every_artifact_kind_and_report_unreadable_files(exported_run, t
     outputs = {}
     for artifact in (exported_run, exported_run / "model.keras", exported_run / "export" / "saved_model" / "1",
                      exported_run / "model_float32.tflite", exported_run / "model_int8.tflite"):
-        result = CliRunner(mix_stderr=False).invoke(main, ["predict", str(artifact), str(photos), "--format", "json",
+        result = CliRunner().invoke(main, ["predict", str(artifact), str(photos), "--format", "json",
                                                            "--top-k", "2"])
         assert result.exit_code == 0, result.output
         rows = json.loads(result.stdout)

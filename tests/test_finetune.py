@@ -46,7 +46,7 @@ def test_cli_prints_plan_stage_headers_and_summary(tiny_folder, tmp_path):
     assert result.exit_code == 0, result.output
     out = result.output
     assert "Data: 3 classes, 30 train / 6 val images" in out
-    assert "trainable params" in out and "head only" in out and "top 4 blocks" in out
+    assert "trainable params" in out and "head only" in out and "top 16 blocks" in out
     assert "── Stage 1/2: head" in out and "── Stage 2/2: top_blocks" in out
     assert "Best validation accuracy" in out and "wall time" in out and str(tmp_path / "r") in out
 
