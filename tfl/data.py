@@ -248,10 +248,15 @@ def resize_pixels(image: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def decode_image_file(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False, dtype=tf.uint8)
+def decode_encoded(data: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP/WebP bytes to resized uint8 RGB (also inside the exported SavedModel)."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
     return resize_pixels(image, image_size)
+
+
+def decode_image_file(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    return decode_encoded(tf.io.read_file(path), image_size)
 
 
 def decoded_images(split: Split, image_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:

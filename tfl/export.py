@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfl.data import Split, decode_image_file, load_image_for_predict, resize_pixels
+from tfl.data import Split, decode_encoded, decode_image_file, load_image_for_predict
 from tfl.errors import TflError
 from tfl.predict import KerasPredictor, SavedModelPredictor, TFLitePredictor
 from tfl.runs import DEFAULT_ROOT, atomic_path, atomic_write_text, read_labels, resolve_run
@@ -48,7 +48,7 @@ def write_saved_model(model: keras.Model, class_names: list[str], target: Path, 
         return classify_pixels(tf.cast(pixels, tf.float32))
 
     def classify_images(images):
-        decoded = tf.map_fn(lambda data: decode_bytes(data, size), images,
+        decoded = tf.map_fn(lambda data: decode_encoded(data, size), images,
                             fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
         probabilities = model(tf.cast(decoded, tf.float32), training=False)
         scores, indices = tf.math.top_k(probabilities, k=k)
@@ -65,12 +65,6 @@ def write_saved_model(model: keras.Model, class_names: list[str], target: Path, 
     archive.write_out(str(target), verbose=False)
     (target / "assets").mkdir(exist_ok=True)
     (target / "assets" / "labels.txt").write_text("\n".join(class_names) + "\n")
-
-
-def decode_bytes(data: tf.Tensor, size: int) -> tf.Tensor:
-    image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-    image.set_shape([None, None, 3])
-    return resize_pixels(image, size)
 
 
 # --- TFLite ----------------------------------------------------------------------------------------
