@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tfl.errors import TflError
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -90,8 +92,6 @@ def auto_image_size(spec: ArchSpec, median_short_side: int | None) -> int:
 
 
 def get_arch(name: str) -> ArchSpec:
-    from tfl.errors import TflError
-
     try:
         return ARCHS[name]
     except KeyError:

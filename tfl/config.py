@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from tfl.archs import ARCHS, get_arch
+from tfl.archs import get_arch
 from tfl.errors import TflError
 
 AUGMENT_PRESETS = ("none", "light", "strong")
@@ -178,8 +178,7 @@ def load_config(arch: str | None = None, config_file: str | None = None,
     user_values = read_yaml(config_file) if config_file else {}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     arch = arch or overrides.get("arch") or user_values.get("arch") or TrainConfig.arch
-    if arch not in ARCHS:
-        get_arch(arch)  # raises the clear message
+    get_arch(arch)  # an unknown name fails here, before any file is read for it
     config = TrainConfig(arch=arch)
     arch_file = arch_config_path(arch)
     if arch_file:

@@ -116,8 +116,7 @@ def representative_images(train: Split, image_size: int, samples: int, seed: int
 
 # --- verification ----------------------------------------------------------------------------------
 
-def load_val_images(run: Path, image_size: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    splits = json.loads((run / "splits.json").read_text())
+def load_val_images(run: Path, splits: dict, image_size: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
     if "val" not in splits:
         raise TflError(f"Run '{run}' has no saved validation files to verify exports on (trained from tfds?).")
     paths, labels = splits["val"]["paths"], splits["val"]["labels"]
@@ -185,7 +184,8 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
 
     echo(f"Exporting {run_dir} ({len(class_names)} classes, {image_size} px); verifying on up to {verify_images} "
          "validation images")
-    images, labels = load_val_images(run_dir, image_size, verify_images)
+    splits = json.loads((run_dir / "splits.json").read_text())
+    images, labels = load_val_images(run_dir, splits, image_size, verify_images)
     reference = predict_all(keras_predictor, images, 32)
     rows = [verify(keras_predictor, run_dir / "model.keras", images, labels, None)]
     for kind, path in targets:
@@ -194,8 +194,8 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
                 write_saved_model(model, class_names, tmp, top_k)
                 predictor = SavedModelPredictor(tmp)
             else:
-                train = Split(**json.loads((run_dir / "splits.json").read_text()).get("train", {}))
-                calibration = representative_images(train, image_size, calibration_samples) if quantize == "int8" else None
+                calibration = (representative_images(Split(**splits.get("train", {})), image_size, calibration_samples)
+                               if quantize == "int8" else None)
                 write_tflite(model, class_names, tmp, quantize, calibration)
                 predictor = TFLitePredictor(tmp)
             row = verify(predictor, tmp, images, labels, reference)

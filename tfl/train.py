@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import io
 import json
 import time
@@ -84,7 +85,7 @@ def compile_for_stage(model: keras.Model, stage: Stage, steps_per_epoch: int, la
                   metrics=["accuracy"])
 
 
-def stage_callbacks(work_dir: Path, patience: int, best_so_far: float | None, epoch_offset: int) -> list:
+def stage_callbacks(work_dir: Path, patience: int, best_so_far: float | None) -> list:
     return [
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
                                       restore_best_weights=True),
@@ -188,12 +189,10 @@ def finetune(config: TrainConfig, data: str, output: str | Path = DEFAULT_ROOT, 
         best_so_far = max((r["val_accuracy"] for r in rows), default=None)
         offset = len(rows)
         history = model.fit(train_ds, validation_data=val_ds, initial_epoch=offset, epochs=offset + stage.epochs,
-                            callbacks=stage_callbacks(work_dir, config.patience, best_so_far, offset),
+                            callbacks=stage_callbacks(work_dir, config.patience, best_so_far),
                             class_weight=class_weight, shuffle=False, verbose=verbose)
         rows += history_rows(history, stage, offset)
-    cache_files = list(cache_dir.glob("*")) if cache_dir.exists() else []
-    for path in cache_files:
-        path.unlink()
+    shutil.rmtree(cache_dir, ignore_errors=True)  # a disk cache of decoded images is no part of the run
 
     best_model = keras.models.load_model(work_dir / "model.keras", compile=False)
     metrics = evaluate_model(best_model, val_ds, image_data.class_names)
