@@ -55,6 +55,9 @@ def main():
 @click.option("--val-split", type=float, help="Validation fraction when --data has no val/ folder.")
 @click.option("--class-weight", type=click.Choice(CLASS_WEIGHT_MODES), help="auto: balance imbalanced classes.")
 @click.option("--seed", type=int, help="Seed for the split, augmentation and initialisation.")
+@click.option("--feature-cache/--no-feature-cache", default=None,
+              help="Train head-only stages on backbone features computed once (default: on).")
+@click.option("--cache-views", type=click.IntRange(1), help="Feature vectors per training image (1 + augmented copies).")
 @click.option("--backend", type=click.Choice(BACKENDS), help="Keras backend (default tensorflow).")
 @click.option("--name", help="Run name (default: arch and timestamp).")
 @click.option("--output", default=DEFAULT_ROOT, show_default=True, help="Folder that holds runs.")

@@ -43,6 +43,8 @@ class TrainConfig:
     patience: int = 3  # EarlyStopping patience within a stage, in epochs
     seed: int = 42
     backend: str = "tensorflow"
+    feature_cache: bool = True  # head-only stages train on backbone features computed once
+    cache_views: int = 1  # feature vectors per training image: 1 plain, plus K-1 augmented copies
     stages: list[Stage] = field(
         default_factory=lambda: [
             Stage("head", 5, 1e-3, 0),
@@ -122,7 +124,8 @@ def _parse_stage(raw: Any, index: int, source: str) -> Stage:
 
 _SCALAR_TYPES = {"arch": str, "alpha": float, "weights": str, "batch_size": int, "augment": str,
                  "mixup": float, "cutmix": float, "dropout": float, "label_smoothing": float,
-                 "val_split": float, "class_weight": str, "patience": int, "seed": int, "backend": str}
+                 "val_split": float, "class_weight": str, "patience": int, "seed": int, "backend": str,
+                 "feature_cache": bool, "cache_views": int}
 
 
 def apply_overrides(config: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig:
@@ -157,6 +160,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise TflError(f"class_weight must be one of {', '.join(CLASS_WEIGHT_MODES)}, got '{config.class_weight}'.")
     if not 0 < config.val_split < 1:
         raise TflError(f"val_split must be between 0 and 1 (exclusive), got {config.val_split}.")
+    if config.cache_views < 1:
+        raise TflError(f"cache_views must be at least 1, got {config.cache_views}.")
     if config.batch_size < 1:
         raise TflError(f"batch_size must be at least 1, got {config.batch_size}.")
     if not 0 <= config.dropout < 1:

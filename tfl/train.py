@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import io
 import json
@@ -20,10 +21,12 @@ from tfl.archs import ArchSpec, auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
 from tfl.config import Stage, TrainConfig
 from tfl.data import ImageData, Split, load_data, make_pipeline
+from tfl.features import cache_key, cached_features, compute_features, feature_dataset, feature_extractor, head_model
 from tfl.evaluate import evaluate_model, plot_confusion_matrix, plot_training_curves, write_metrics
 from tfl.model import build_model, set_trainable_blocks, trainable_params
 from tfl.runs import (DEFAULT_ROOT, atomic_write_text, default_run_name, finish_run_dir, prepare_run_dir)
 
+FEATURE_CACHE_FOLDER = ".feature_cache"  # under the runs root, shared by runs on the same data and backbone
 IMBALANCE_RATIO = 1.5  # class_weight auto: balance when the largest class is this much bigger than the smallest
 HISTORY_COLUMNS = ["epoch", "stage", "stage_epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
 
@@ -85,14 +88,67 @@ def compile_for_stage(model: keras.Model, stage: Stage, steps_per_epoch: int, la
                   metrics=["accuracy"])
 
 
-def stage_callbacks(work_dir: Path, patience: int, best_so_far: float | None) -> list:
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Save the full classifier whenever val_accuracy beats the best so far, also while only its head trains
+    (on cached features), and atomically, so model.keras is never half-written."""
+
+    def __init__(self, classifier: keras.Model, path: Path, best: float | None):
+        super().__init__()
+        self.classifier, self.path, self.best = classifier, path, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_accuracy")
+        if value is not None and (self.best is None or value > self.best):
+            self.best = value
+            tmp = self.path.with_name(f".{self.path.stem}.tmp.keras")
+            self.classifier.save(tmp)
+            os.replace(tmp, self.path)
+
+
+def stage_callbacks(work_dir: Path, patience: int, best_so_far: float | None, classifier: keras.Model) -> list:
     return [
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
                                       restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(str(work_dir / "model.keras"), monitor="val_accuracy", mode="max",
-                                        save_best_only=True, initial_value_threshold=best_so_far),
+        BestModelCheckpoint(classifier, work_dir / "model.keras", best_so_far),
         keras.callbacks.TensorBoard(log_dir=str(work_dir / "logs"), write_graph=False),
     ]
+
+
+def uses_feature_cache(stage: Stage, config: TrainConfig) -> bool:
+    """Head-only stages of 2+ epochs train on cached features; MixUp/CutMix need pixels, so they turn it off."""
+    return (config.feature_cache and stage.unfreeze_blocks == 0 and stage.epochs >= 2
+            and not (config.mixup or config.cutmix))
+
+
+def fit_head_on_features(model: keras.Model, stage: Stage, config: TrainConfig, image_data: ImageData,
+                         image_size: int, feature_cache_dir: Path, echo: Callable[[str], None], **fit_args):
+    """Compute (or load) the frozen backbone's features once, then fit only the head on them."""
+    start = time.time()
+    extractor = feature_extractor(model)
+    augmenter = build_augmenter(config.augment, config.seed)
+    num_classes = len(image_data.class_names)
+
+    def features_of(split: Split, views: int):
+        compute = lambda: compute_features(extractor, split, num_classes, image_size, config.batch_size,  # noqa: E731
+                                           views, augmenter)
+        if split.source is not None:  # tfds: no files to fingerprint, so nothing is kept between runs
+            return (*compute(), False)
+        key = cache_key(split, config.arch, config.alpha, image_size, config.weights, views, config.augment,
+                        config.seed)
+        return cached_features(feature_cache_dir, key, compute)
+
+    train_x, train_y, train_reused = features_of(image_data.train, config.cache_views)
+    val_x, val_y, val_reused = features_of(image_data.val, 1)
+    how = "reused from" if train_reused and val_reused else "computed into"
+    echo(f"Feature cache: {len(train_x):,} train ({config.cache_views} view(s) per image) and {len(val_x):,} "
+         f"validation feature vectors of {train_x.shape[1]} values, {how} {feature_cache_dir} "
+         f"in {time.time() - start:.1f}s")
+    head = head_model(model)
+    compile_for_stage(head, stage, int(np.ceil(len(train_x) / config.batch_size)), config.label_smoothing)
+    return head.fit(feature_dataset(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed),
+                    validation_data=feature_dataset(val_x, val_y, config.batch_size, shuffle=False, seed=0),
+                    shuffle=False,  # feature_dataset shuffles
+                    **fit_args)
 
 
 def history_rows(history: keras.callbacks.History, stage: Stage, epoch_offset: int) -> list[dict]:
@@ -185,12 +241,17 @@ def finetune(config: TrainConfig, data: str, output: str | Path = DEFAULT_ROOT, 
         set_trainable_blocks(model, spec, stage.unfreeze_blocks)
         compile_for_stage(model, stage, steps_per_epoch, config.label_smoothing)
         echo(f"\n── Stage {number}/{len(active)}: {stage.name} · {describe_unfreeze(stage)} · "
-             f"{trainable_params(model):,} trainable params · {stage.epochs} epochs · lr {stage.learning_rate:.1e}")
+             f"{trainable_params(model):,} trainable params · {stage.epochs} epochs · lr {stage.learning_rate:.1e}"
+             f"{' · on cached features' if uses_feature_cache(stage, config) else ''}")
         best_so_far = max((r["val_accuracy"] for r in rows), default=None)
         offset = len(rows)
-        history = model.fit(train_ds, validation_data=val_ds, initial_epoch=offset, epochs=offset + stage.epochs,
-                            callbacks=stage_callbacks(work_dir, config.patience, best_so_far),
-                            class_weight=class_weight, shuffle=False, verbose=verbose)
+        fit_args = dict(initial_epoch=offset, epochs=offset + stage.epochs, class_weight=class_weight,
+                        callbacks=stage_callbacks(work_dir, config.patience, best_so_far, model), verbose=verbose)
+        if uses_feature_cache(stage, config):
+            history = fit_head_on_features(model, stage, config, image_data, image_size,
+                                           Path(output).expanduser() / FEATURE_CACHE_FOLDER, echo, **fit_args)
+        else:
+            history = model.fit(train_ds, validation_data=val_ds, shuffle=False, **fit_args)
         rows += history_rows(history, stage, offset)
     shutil.rmtree(cache_dir, ignore_errors=True)  # a disk cache of decoded images is no part of the run
 

@@ -1,0 +1,108 @@
+"""The feature cache: the head trained on cached features takes the same update path, and the cache is keyed right."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import make_image, require_mobilenet_weights, write_class_folders
+from tfl.archs import get_arch
+from tfl.cli import main
+from tfl.config import Stage
+from tfl.data import Split
+from tfl.features import cache_key, cached_features, feature_extractor, head_model
+from tfl.model import build_model, set_trainable_blocks
+from tfl.train import compile_for_stage
+
+
+def test_head_on_cached_features_matches_training_the_frozen_model():
+    weights = require_mobilenet_weights()
+    rng = np.random.default_rng(0)
+    images = np.stack([np.asarray(make_image((200, 40, 40) if i % 2 else (40, 60, 200), size=64, seed=i))
+                       for i in range(16)]).astype("float32")
+    labels = keras.utils.to_categorical(rng.integers(0, 3, 16), 3)
+    stage = Stage("head", 1, 1e-2, 0)
+
+    def fresh_model():
+        keras.utils.set_random_seed(1)
+        model = build_model(get_arch("mobilenetv2"), 3, 64, weights=str(weights), alpha=0.35, dropout=0.0)
+        set_trainable_blocks(model, get_arch("mobilenetv2"), 0)
+        return model
+
+    through_backbone = fresh_model()
+    initial = through_backbone.get_layer("probabilities").get_weights()
+    compile_for_stage(through_backbone, stage, steps_per_epoch=2, label_smoothing=0.1)
+    through_backbone.fit(images, labels, batch_size=8, epochs=1, shuffle=False, verbose=0)
+
+    on_features = fresh_model()
+    features = np.asarray(feature_extractor(on_features).predict(images, verbose=0))
+    head = head_model(on_features)
+    compile_for_stage(head, stage, steps_per_epoch=2, label_smoothing=0.1)
+    head.fit(features, labels, batch_size=8, epochs=1, shuffle=False, verbose=0)
+
+    for expected, got, start in zip(through_backbone.get_layer("probabilities").get_weights(),
+                                    on_features.get_layer("probabilities").get_weights(), initial):
+        assert not np.allclose(start, got), "the head must have trained"
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(on_features.predict(images, verbose=0), through_backbone.predict(images, verbose=0),
+                               atol=1e-5)
+
+
+def test_cache_key_changes_with_data_arch_size_and_weights(tiny_folder, tmp_path):
+    paths = sorted(str(p) for p in tiny_folder.rglob("*.jpg"))
+    split = Split(paths=paths, labels=[0] * len(paths))
+    base = dict(arch="mobilenetv2", alpha=0.35, image_size=96, weights="imagenet", views=1, augment="light", seed=1)
+    key = cache_key(split, **base)
+    assert cache_key(split, **base) == key
+    assert cache_key(split, **{**base, "augment": "strong"}) == key, "augmentation only matters for extra views"
+    for change in ({"arch": "resnet50"}, {"image_size": 128}, {"weights": "none"}, {"alpha": 0.5}, {"views": 2}):
+        assert cache_key(split, **{**base, **change}) != key, change
+    assert cache_key(Split(paths=paths[:-1], labels=[0] * (len(paths) - 1)), **base) != key
+    make_image((1, 2, 3), seed=123).save(paths[0])  # the same file name, new pixels
+    os.utime(paths[0], ns=(1, 1))
+    assert cache_key(split, **base) != key
+    weights_file = tmp_path / "w.weights.h5"
+    weights_file.write_bytes(b"one")
+    first = cache_key(split, **{**base, "weights": str(weights_file)})
+    weights_file.write_bytes(b"other")
+    os.utime(weights_file, ns=(2, 2))
+    assert cache_key(split, **{**base, "weights": str(weights_file)}) != first
+
+
+def test_cached_features_are_computed_once(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.ones((4, 3), "float32"), np.eye(4, 2, dtype="float32")
+
+    first = cached_features(tmp_path, "k", compute)
+    second = cached_features(tmp_path, "k", compute)
+    assert len(calls) == 1 and first[2] is False and second[2] is True
+    np.testing.assert_array_equal(first[0], second[0])
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_finetune_uses_and_reuses_the_cache(tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=8)
+    args = ["finetune", "--data", str(data), "--weights", "none", "--alpha", "0.35", "--image-size", "32",
+            "--batch-size", "8", "--epochs", "2,1", "--output", str(tmp_path / "runs")]
+    first = CliRunner().invoke(main, args + ["--name", "a"], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert "on cached features" in first.output and "computed into" in first.output
+    assert len(list((tmp_path / "runs" / ".feature_cache").iterdir())) == 2  # train and val
+    second = CliRunner().invoke(main, args + ["--name", "b"], catch_exceptions=False)
+    assert "reused from" in second.output
+    third = CliRunner().invoke(main, args + ["--name", "c", "--no-feature-cache"], catch_exceptions=False)
+    assert third.exit_code == 0 and "Feature cache" not in third.output
+    assert (tmp_path / "runs" / "c" / "model.keras").is_file()
+
+
+def test_mixup_turns_the_feature_cache_off(tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=6)
+    result = CliRunner().invoke(main, ["finetune", "--data", str(data), "--weights", "none", "--alpha", "0.35",
+                                       "--image-size", "32", "--epochs", "2,0", "--mixup", "0.2",
+                                       "--output", str(tmp_path / "runs"), "--name", "m"], catch_exceptions=False)
+    assert result.exit_code == 0 and "Feature cache" not in result.output
