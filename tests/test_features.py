@@ -53,11 +53,12 @@ def test_head_on_cached_features_matches_training_the_frozen_model():
 def test_cache_key_changes_with_data_arch_size_and_weights(tiny_folder, tmp_path):
     paths = sorted(str(p) for p in tiny_folder.rglob("*.jpg"))
     split = Split(paths=paths, labels=[0] * len(paths))
-    base = dict(arch="mobilenetv2", alpha=0.35, image_size=96, weights="imagenet", views=1, augment="light", seed=1)
+    base = dict(arch="mobilenetv2", alpha=0.35, image_size=96, weights="imagenet", views=1, augment="light", seed=1,
+                precision="float32")
     key = cache_key(split, **base)
     assert cache_key(split, **base) == key
     assert cache_key(split, **{**base, "augment": "strong"}) == key, "augmentation only matters for extra views"
-    for change in ({"arch": "resnet50"}, {"image_size": 128}, {"weights": "none"}, {"alpha": 0.5}, {"views": 2}):
+    for change in ({"arch": "resnet50"}, {"image_size": 128}, {"weights": "none"}, {"alpha": 0.5}, {"views": 2}, {"precision": "mixed_bfloat16"}):
         assert cache_key(split, **{**base, **change}) != key, change
     assert cache_key(Split(paths=paths[:-1], labels=[0] * (len(paths) - 1)), **base) != key
     make_image((1, 2, 3), seed=123).save(paths[0])  # the same file name, new pixels

@@ -14,6 +14,7 @@ from tfl.errors import TflError
 
 AUGMENT_PRESETS = ("none", "light", "strong")
 CLASS_WEIGHT_MODES = ("auto", "none")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TrainConfig:
     patience: int = 3  # EarlyStopping patience within a stage, in epochs
     seed: int = 42
     backend: str = "tensorflow"
+    precision: str = "float32"  # float32, mixed_float16, mixed_bfloat16, or auto (measured)
     feature_cache: bool = True  # head-only stages train on backbone features computed once
     cache_views: int = 1  # feature vectors per training image: 1 plain, plus K-1 augmented copies
     stages: list[Stage] = field(
@@ -125,7 +127,7 @@ def _parse_stage(raw: Any, index: int, source: str) -> Stage:
 _SCALAR_TYPES = {"arch": str, "alpha": float, "weights": str, "batch_size": int, "augment": str,
                  "mixup": float, "cutmix": float, "dropout": float, "label_smoothing": float,
                  "val_split": float, "class_weight": str, "patience": int, "seed": int, "backend": str,
-                 "feature_cache": bool, "cache_views": int}
+                 "feature_cache": bool, "cache_views": int, "precision": str}
 
 
 def apply_overrides(config: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig:
@@ -160,6 +162,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise TflError(f"class_weight must be one of {', '.join(CLASS_WEIGHT_MODES)}, got '{config.class_weight}'.")
     if not 0 < config.val_split < 1:
         raise TflError(f"val_split must be between 0 and 1 (exclusive), got {config.val_split}.")
+    if config.precision not in PRECISIONS:
+        raise TflError(f"Unknown precision '{config.precision}'. Choose one of: {', '.join(PRECISIONS)}.")
     if config.cache_views < 1:
         raise TflError(f"cache_views must be at least 1, got {config.cache_views}.")
     if config.batch_size < 1:

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tfl.data import Split, decode_encoded, decode_image_file, load_image_for_predict
 from tfl.errors import TflError
+from tfl.precision import float32_copy
 from tfl.predict import KerasPredictor, SavedModelPredictor, TFLitePredictor
 from tfl.runs import DEFAULT_ROOT, atomic_path, atomic_write_text, read_labels, resolve_run
 
@@ -172,7 +173,7 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
     run_dir = resolve_run(run, root)
     class_names = read_labels(run_dir / "labels.txt")
     keras_predictor = KerasPredictor(run_dir / "model.keras")
-    model, image_size = keras_predictor.model, keras_predictor.image_size
+    model, image_size = float32_copy(keras_predictor.model), keras_predictor.image_size
     targets = []
     if export_format in ("saved_model", "all"):
         targets.append(("saved_model", saved_model_path(run_dir)))

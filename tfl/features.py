@@ -36,12 +36,13 @@ def file_fingerprint(path: str) -> list:
 
 
 def cache_key(split: Split, arch: str, alpha: float, image_size: int, weights: str, views: int, augment: str,
-              seed: int) -> str:
+              seed: int, precision: str = "float32") -> str:
     """Changes whenever the data, arch, image size, weights or the augmented views would change the features."""
     weights_id = file_fingerprint(weights) if os.path.isfile(weights) else weights
     description = {"files": [file_fingerprint(p) for p in split.paths], "labels": split.labels, "arch": arch,
                    "alpha": alpha, "image_size": image_size, "weights": weights_id, "views": views,
-                   "augment": augment if views > 1 else "none", "seed": seed, "keras": keras.__version__}
+                   "augment": augment if views > 1 else "none", "seed": seed, "precision": precision,
+                   "keras": keras.__version__}
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -23,6 +23,7 @@ from tfl.config import Stage, TrainConfig
 from tfl.data import ImageData, Split, load_data, make_pipeline
 from tfl.features import cache_key, cached_features, compute_features, feature_dataset, feature_extractor, head_model
 from tfl.evaluate import evaluate_model, plot_confusion_matrix, plot_training_curves, write_metrics
+from tfl.precision import dtype_policy, resolve_precision
 from tfl.model import build_model, set_trainable_blocks, trainable_params
 from tfl.runs import (DEFAULT_ROOT, atomic_write_text, default_run_name, finish_run_dir, prepare_run_dir)
 
@@ -134,7 +135,7 @@ def fit_head_on_features(model: keras.Model, stage: Stage, config: TrainConfig, 
         if split.source is not None:  # tfds: no files to fingerprint, so nothing is kept between runs
             return (*compute(), False)
         key = cache_key(split, config.arch, config.alpha, image_size, config.weights, views, config.augment,
-                        config.seed)
+                        config.seed, keras.config.dtype_policy().name)
         return cached_features(feature_cache_dir, key, compute)
 
     train_x, train_y, train_reused = features_of(image_data.train, config.cache_views)
@@ -192,9 +193,10 @@ def split_record(split: Split | None) -> dict | None:
     return {"paths": split.paths, "labels": split.labels}
 
 
-def resolved_config(config: TrainConfig, data: str, image_size: int) -> dict:
+def resolved_config(config: TrainConfig, data: str, image_size: int, policy: str) -> dict:
     values = config.to_dict()
     values["image_size"] = image_size
+    values["precision"] = policy
     values["backend"] = keras.backend.backend()
     values["data"] = data
     values["versions"] = {"tfl": __version__, "keras": keras.__version__}
@@ -217,13 +219,18 @@ def finetune(config: TrainConfig, data: str, output: str | Path = DEFAULT_ROOT, 
     atomic_write_text(work_dir / "splits.json", json.dumps({k: v for k, v in splits.items() if v}) + "\n")
     median_side = image_data.report.get("median_short_side")
     image_size = config.image_size or auto_image_size(spec, median_side)
-    atomic_write_text(work_dir / "config.yaml", yaml.safe_dump(resolved_config(config, data, image_size), sort_keys=False))
 
     num_classes = len(image_data.class_names)
-    model = build_model(spec, num_classes, image_size, config.weights, config.alpha, config.dropout)
+    new_model = lambda: build_model(spec, num_classes, image_size, config.weights, config.alpha, config.dropout)  # noqa: E731
+    policy, why = resolve_precision(config.precision, new_model, image_size)
+    atomic_write_text(work_dir / "config.yaml",
+                      yaml.safe_dump(resolved_config(config, data, image_size, policy), sort_keys=False))
+    with dtype_policy(policy):  # layers take the policy when they are built
+        model = new_model()
     class_weight = auto_class_weights(list(image_data.report["counts"]["train"].values()), config.class_weight)
     size_note = "" if config.image_size else f" (auto: photos' median short side {median_side} px)" if median_side else " (auto)"
-    echo(f"\nModel: {spec.name} at {image_size} px{size_note}, weights {config.weights}, backend {keras.backend.backend()}")
+    echo(f"\nModel: {spec.name} at {image_size} px{size_note}, weights {config.weights}, backend "
+         f"{keras.backend.backend()}, precision {policy} ({why})")
     echo(format_plan(plan_rows(model, spec, config.stages), class_weight, image_data.class_names))
 
     cache_dir = work_dir / "cache"
