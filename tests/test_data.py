@@ -144,3 +144,29 @@ def test_mixup_and_cutmix_mix_labels(tiny_folder):
 def test_unknown_augment_preset_is_an_error():
     with pytest.raises(TflError, match="Unknown augment preset"):
         build_augmenter("extreme")
+
+
+def test_large_jpegs_decode_at_reduced_scale_to_nearly_the_same_pixels(tmp_path):
+    import tensorflow as tf
+
+    from tfl.data import decode_encoded, decode_image_file
+
+    small = tmp_path / "small.jpg"
+    make_image((200, 40, 40), size=60, seed=3).save(small, quality=95)
+    big = tmp_path / "big.jpg"
+    make_image((40, 180, 60), size=64, seed=4).resize((1100, 900), Image.BILINEAR).save(big, quality=95)
+    for path, tolerance in ((small, 0.0), (big, 4.0)):
+        reduced = decode_image_file(tf.constant(str(path)), 64).numpy().astype(float)
+        full = decode_encoded(tf.io.read_file(str(path)), 64).numpy().astype(float)
+        assert reduced.shape == full.shape == (64, 64, 3)
+        assert np.abs(reduced - full).mean() <= tolerance, path.name
+
+
+def test_jpeg_scale_is_the_largest_that_keeps_the_model_size():
+    import tensorflow as tf
+
+    from tfl.data import JPEG_DCT_RATIOS, jpeg_scale_index
+
+    cases = {(700, 224): 2, (900, 224): 4, (447, 224): 1, (448, 224): 2, (2000, 224): 8, (200, 224): 1, (1792, 224): 8}
+    for (short_side, size), ratio in cases.items():
+        assert JPEG_DCT_RATIOS[int(jpeg_scale_index(tf.constant(short_side), size))] == ratio, (short_side, size)

@@ -255,8 +255,30 @@ def decode_encoded(data: tf.Tensor, image_size: int) -> tf.Tensor:
     return resize_pixels(image, image_size)
 
 
+JPEG_DCT_RATIOS = (1, 2, 4, 8)  # the scales libjpeg can decode at
+
+
+def jpeg_scale_index(short_side: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Index into JPEG_DCT_RATIOS of the largest ratio that keeps the short side at least `image_size`."""
+    return tf.add_n([tf.cast(short_side >= ratio * image_size, tf.int32) for ratio in JPEG_DCT_RATIOS[1:]])
+
+
+def decode_jpeg_reduced(data: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Decode a JPEG at 1/2, 1/4 or 1/8 scale in the DCT domain when it stays at least `image_size` on its short
+    side: a 12 MP photo for a 224 px model decodes about 8x faster."""
+    short_side = tf.reduce_min(tf.io.extract_jpeg_shape(data)[:2])
+    image = tf.switch_case(jpeg_scale_index(short_side, image_size),
+                           [lambda ratio=ratio: tf.io.decode_jpeg(data, channels=3, ratio=ratio)
+                            for ratio in JPEG_DCT_RATIOS])
+    image.set_shape([None, None, 3])
+    return resize_pixels(image, image_size)
+
+
 def decode_image_file(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    return decode_encoded(tf.io.read_file(path), image_size)
+    """Training and evaluation decoding: large JPEGs at reduced scale, everything else in full."""
+    data = tf.io.read_file(path)
+    return tf.cond(tf.io.is_jpeg(data), lambda: decode_jpeg_reduced(data, image_size),
+                   lambda: decode_encoded(data, image_size))
 
 
 def decoded_images(split: Split, image_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
