@@ -1,0 +1,193 @@
+"""Benchmark: where tfl's time goes, each comparison measured side by side in this one script run.
+
+1. Head stage, 10 epochs: tfl with the feature cache vs tfl without it vs a plain Keras script fitting the frozen
+   model (the Keras guide's way), MobileNetV2-0.35 with the shared weights on the whole flowers set at 128 px.
+2. Input pipeline alone on large JPEGs (flowers photos upscaled to 1024 px): tfl's first (decoding) and later (cached)
+   epochs vs keras.utils.image_dataset_from_directory, against the frozen model's training throughput.
+3. Full fine-tuning images/s: tfl's fit on its pipeline vs plain Keras fit on in-memory arrays, same model; and each
+   precision policy.
+4. Exported TFLite float32 vs int8 latency at batch 1.
+
+    python benchmarks/speed.py [--out benchmarks/results/speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tfl.archs import get_arch  # noqa: E402
+from tfl.augment import build_augmenter  # noqa: E402
+from tfl.config import Stage, load_config, override_stages  # noqa: E402
+from tfl.data import Split, load_image_folder, make_pipeline  # noqa: E402
+from tfl.export import export_run  # noqa: E402
+from tfl.model import build_model, set_trainable_blocks  # noqa: E402
+from tfl.precision import dtype_policy  # noqa: E402
+from tfl.train import compile_for_stage, finetune  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FLOWERS = REPO.parent / "shared" / "datasets" / "flowers"
+WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_0.35_no_top.weights.h5"
+SIZE = 128
+
+
+def timed(function):
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+def head_stage(root: Path) -> dict:
+    rows = {}
+    for label, cache in (("tfl, feature cache", True), ("tfl, no feature cache", False)):
+        config = load_config("mobilenetv2", overrides={"alpha": 0.35, "weights": str(WEIGHTS), "image_size": SIZE,
+                                                       "feature_cache": cache, "patience": 100})
+        config = override_stages(config, "10,0,0", "1e-3", None)
+        result, seconds = timed(lambda: finetune(config, str(FLOWERS), output=root, name=label.replace(" ", "_")
+                                                 .replace(",", ""), verbose=0, echo=lambda s: None))
+        rows[label] = {"seconds": round(seconds, 1), "val_accuracy": result.best_val_accuracy, "run": str(result.run_dir)}
+    rows["plain Keras fit, frozen model"] = plain_keras_head()
+    base = rows["tfl, no feature cache"]["seconds"]
+    for row in rows.values():
+        row["speedup_vs_no_cache"] = round(base / row["seconds"], 2)
+    return rows
+
+
+def plain_keras_head() -> dict:
+    def run():
+        keras.utils.set_random_seed(42)
+        train, val = keras.utils.image_dataset_from_directory(FLOWERS, validation_split=0.2, subset="both", seed=42,
+                                                              image_size=(SIZE, SIZE), label_mode="categorical")
+        model = build_model(get_arch("mobilenetv2"), 5, SIZE, str(WEIGHTS), 0.35)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
+        history = model.fit(train.prefetch(tf.data.AUTOTUNE), validation_data=val, epochs=10, verbose=0)
+        return max(history.history["val_accuracy"])
+    accuracy, seconds = timed(run)
+    return {"seconds": round(seconds, 1), "val_accuracy": round(accuracy, 4)}
+
+
+def large_jpegs(folder: Path, per_class: int = 60, side: int = 1024) -> Path:
+    for class_dir in sorted(p for p in FLOWERS.iterdir() if p.is_dir()):
+        (folder / class_dir.name).mkdir(parents=True)
+        for photo in sorted(class_dir.iterdir())[:per_class]:
+            with Image.open(photo) as image:
+                image.convert("RGB").resize((side, side), Image.BICUBIC).save(folder / class_dir.name / photo.name,
+                                                                              quality=90)
+    return folder
+
+
+def images_per_second(dataset, count: int) -> float:
+    _, seconds = timed(lambda: [None for _ in dataset])
+    return round(count / seconds, 1)
+
+
+def frozen_model_throughput() -> float:
+    model = build_model(get_arch("mobilenetv2"), 5, SIZE, str(WEIGHTS), 0.35)
+    compile_for_stage(model, Stage("head", 1, 1e-3, 0), 10, 0.1)
+    x = np.random.default_rng(0).uniform(0, 255, (32, SIZE, SIZE, 3)).astype("float32")
+    y = np.eye(5, dtype="float32")[np.arange(32) % 5]
+    model.train_on_batch(x, y)
+    _, seconds = timed(lambda: [model.train_on_batch(x, y) for _ in range(10)])
+    return round(320 / seconds, 1)
+
+
+def pipeline(root: Path) -> dict:
+    folder = large_jpegs(root / "large")
+    data = load_image_folder(folder, val_split=0.01, seed=0)
+    count = len(data.train)
+    dataset = make_pipeline(data.train, 5, SIZE, 32, training=True, augmenter=build_augmenter("light"))
+    first = images_per_second(dataset, count)
+    cached = images_per_second(dataset, count)
+    keras_ds = keras.utils.image_dataset_from_directory(folder, image_size=(SIZE, SIZE), batch_size=32)
+    keras_rate = images_per_second(keras_ds, len(keras_ds.file_paths))
+    model_rate = frozen_model_throughput()
+    return {"images": count, "source_px": 1024, "tfl_first_epoch_img_s": first, "tfl_cached_epoch_img_s": cached,
+            "keras_image_dataset_from_directory_img_s": keras_rate, "frozen_model_train_img_s": model_rate,
+            "tfl_first_epoch_vs_model": round(first / model_rate, 2),
+            "tfl_first_epoch_vs_keras": round(first / keras_rate, 2)}
+
+
+def full_finetune_rates() -> dict:
+    data = load_image_folder(FLOWERS, val_split=0.85, seed=0)  # about 650 training photos
+    count = len(data.train)
+
+    def model_for(policy):
+        with dtype_policy(policy):
+            model = build_model(get_arch("mobilenetv2"), 5, SIZE, str(WEIGHTS), 0.35)
+        set_trainable_blocks(model, get_arch("mobilenetv2"), "all")
+        compile_for_stage(model, Stage("full", 2, 1e-4, "all"), 21, 0.1)
+        return model
+
+    def fit_rate(model, **data_args):
+        model.fit(epochs=1, verbose=0, **data_args)  # warm-up: tracing and, for tfl, filling the decode cache
+        _, seconds = timed(lambda: model.fit(epochs=1, verbose=0, **data_args))
+        return round(count / seconds, 1)
+
+    dataset = make_pipeline(data.train, 5, SIZE, 32, training=True, augmenter=build_augmenter("light"))
+    pixels = np.concatenate([x.numpy() for x, _ in make_pipeline(data.train, 5, SIZE, 32, training=False)])
+    labels = np.concatenate([y.numpy() for _, y in make_pipeline(data.train, 5, SIZE, 32, training=False)])
+    rows = {"tfl fit (pipeline with augmentation)": fit_rate(model_for("float32"), x=dataset),
+            "plain Keras fit (in-memory arrays)": fit_rate(model_for("float32"), x=pixels, y=labels, batch_size=32)}
+    for policy in ("mixed_bfloat16", "mixed_float16"):
+        rows[f"tfl fit, {policy}"] = fit_rate(model_for(policy), x=dataset)
+    return {"images": count, "img_s": rows}
+
+
+def tflite_latency(run: Path) -> dict:
+    rows = {}
+    for quantize in ("none", "int8"):
+        produced = export_run(run, export_format="tflite", quantize=quantize, verify_images=200, force=True,
+                              echo=lambda s: None)
+        rows[quantize] = {k: produced[-1][k] for k in ("file", "size_bytes", "accuracy", "latency_ms_batch1")}
+    rows["int8_speedup"] = round(rows["none"]["latency_ms_batch1"] / rows["int8"]["latency_ms_batch1"], 2)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "speed.json"))
+    args = parser.parse_args()
+    if not FLOWERS.is_dir() or not WEIGHTS.is_file():
+        raise SystemExit(f"needs {FLOWERS} and {WEIGHTS} (the shared folder beside the repo)")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {"machine": machine, "head_stage_10_epochs": head_stage(Path(tmp) / "runs")}
+        results["tflite"] = tflite_latency(Path(results["head_stage_10_epochs"]["tfl, feature cache"]["run"]))
+        results["pipeline"] = pipeline(Path(tmp))
+        results["full_finetune"] = full_finetune_rates()
+    print(f"\n{machine}")
+    print("1. head stage, 10 epochs, flowers at 128 px:")
+    for name, row in results["head_stage_10_epochs"].items():
+        print(f"   {name:<32} {row['seconds']:>7.1f}s  {row['speedup_vs_no_cache']:>5.2f}x  val acc {row['val_accuracy']:.4f}")
+    p = results["pipeline"]
+    print(f"2. input pipeline on {p['images']} JPEGs of 1024 px, to 128 px (images/s):")
+    for key in ("tfl_first_epoch_img_s", "tfl_cached_epoch_img_s", "keras_image_dataset_from_directory_img_s",
+                "frozen_model_train_img_s"):
+        print(f"   {key:<44} {p[key]:>8.1f}")
+    print("3. full fine-tuning (images/s):")
+    for name, rate in results["full_finetune"]["img_s"].items():
+        print(f"   {name:<44} {rate:>8.1f}")
+    t = results["tflite"]
+    print(f"4. TFLite batch-1 latency: float32 {t['none']['latency_ms_batch1']} ms, int8 "
+          f"{t['int8']['latency_ms_batch1']} ms ({t['int8_speedup']}x)")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
