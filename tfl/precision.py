@@ -16,17 +16,13 @@ from tfl.config import PRECISIONS
 
 
 def has_gpu() -> bool:
-    return any(device.platform != "cpu" for device in _backend_devices())
-
-
-def _backend_devices():
     if keras.backend.backend() == "jax":
         import jax
 
-        return jax.devices()
+        return any(device.platform != "cpu" for device in jax.devices())
     import tensorflow as tf
 
-    return [type("Device", (), {"platform": "gpu"})() for _ in tf.config.list_physical_devices("GPU")]
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def cpu_has_bfloat16() -> bool:
