@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import tfl.features as features_module
 from tests.conftest import make_image, require_mobilenet_weights, write_class_folders
 from tfl.archs import get_arch
+from tfl.augment import build_augmenter
 from tfl.cli import main
 from tfl.config import Stage
-from tfl.data import Split
-from tfl.features import cache_key, cached_features, feature_extractor, head_model
+from tfl.data import Split, load_image_folder, make_pipeline
+from tfl.features import (cache_key, cached_features, compute_features, feature_dataset, feature_extractor,
+                          head_model, load_features)
 from tfl.model import build_model, set_trainable_blocks
 from tfl.train import compile_for_stage
 
@@ -75,15 +78,78 @@ def test_cache_key_changes_with_data_arch_size_and_weights(tiny_folder, tmp_path
 def test_cached_features_are_computed_once(tmp_path):
     calls = []
 
-    def compute():
-        calls.append(1)
-        return np.ones((4, 3), "float32"), np.eye(4, 2, dtype="float32")
+    def compute(folder):
+        calls.append(folder)
+        np.save(folder / "features.npy", np.ones((4, 3), "float32"))
+        np.save(folder / "labels.npy", np.eye(4, 2, dtype="float32"))
 
     first = cached_features(tmp_path, "k", compute)
     second = cached_features(tmp_path, "k", compute)
     assert len(calls) == 1 and first[2] is False and second[2] is True
     np.testing.assert_array_equal(first[0], second[0])
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_a_failed_computation_leaves_no_cache_entry(tmp_path):
+    def compute(folder):
+        np.save(folder / "features.npy", np.ones((4, 3), "float32"))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_features(tmp_path, "k", compute)
+    assert list(tmp_path.iterdir()) == [], "a half-written cache must never be found by a later run"
+
+
+def test_compute_features_writes_every_view_of_every_image(tiny_folder, tmp_path):
+    data = load_image_folder(tiny_folder, seed=0)
+    model = build_model(get_arch("mobilenetv2"), 3, 32, weights="none", alpha=0.35)
+    extractor = feature_extractor(model)
+    compute_features(extractor, data.train, 3, 32, 4, tmp_path, views=2, augmenter=build_augmenter("light", 0))
+    features, labels = load_features(tmp_path)
+    n = len(data.train)
+    assert features.shape == (2 * n, extractor.output_shape[-1]) and labels.shape == (2 * n, 3)
+    images, one_hot = (np.concatenate(parts) for parts in
+                       zip(*make_pipeline(data.train, 3, 32, 4, training=False).as_numpy_iterator()))
+    scale = np.abs(features[:n]).max()  # untrained weights give tiny features: compare relative to their size
+    assert scale > 0
+    np.testing.assert_allclose(features[:n], extractor.predict(images, verbose=0), atol=1e-4 * scale)
+    np.testing.assert_array_equal(labels[:n], one_hot)
+    np.testing.assert_array_equal(labels[n:], one_hot)
+    assert np.abs(features[n:] - features[:n]).max() > 1e-2 * scale, "the second view is augmented"
+
+
+def test_features_over_the_memory_limit_stream_from_disk(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "features.npy", rng.normal(size=(50, 7)).astype("float32"))
+    np.save(tmp_path / "labels.npy", np.eye(5, dtype="float32")[rng.integers(0, 5, 50)])
+    in_memory = load_features(tmp_path)
+    monkeypatch.setattr(features_module, "FEATURE_MEMORY_LIMIT_BYTES", 100)
+    streamed = load_features(tmp_path)
+    assert not isinstance(in_memory[0], np.memmap) and isinstance(streamed[0], np.memmap)
+
+    def batches(arrays, shuffle):
+        return [tuple(np.asarray(t) for t in batch) for batch in feature_dataset(*arrays, 16, shuffle, seed=0)]
+
+    for (x1, y1), (x2, y2) in zip(batches(in_memory, False), batches(streamed, False), strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    dataset = feature_dataset(*streamed, 16, shuffle=True, seed=0)
+    epochs = [np.concatenate([np.asarray(x) for x, _ in dataset]) for _ in range(2)]
+    for epoch in epochs:  # every row exactly once per epoch
+        np.testing.assert_array_equal(np.sort(epoch, axis=0), np.sort(in_memory[0], axis=0))
+    assert not np.array_equal(epochs[0], epochs[1]), "each epoch draws a new order"
+
+
+def test_finetune_trains_the_head_on_streamed_features(tmp_path, monkeypatch):
+    monkeypatch.setattr(features_module, "FEATURE_MEMORY_LIMIT_BYTES", 0)
+    data = write_class_folders(tmp_path / "data", per_class=8)
+    result = CliRunner().invoke(main, ["finetune", "--data", str(data), "--weights", "none", "--alpha", "0.35",
+                                       "--image-size", "32", "--batch-size", "8", "--epochs", "3,0",
+                                       "--output", str(tmp_path / "runs"), "--name", "s"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "streamed from disk while training" in result.output
+    history = (tmp_path / "runs" / "s" / "history.csv").read_text().strip().splitlines()
+    assert len(history) == 4, "three head epochs on streamed features"
 
 
 def test_finetune_uses_and_reuses_the_cache(tmp_path):

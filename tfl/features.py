@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -46,41 +47,82 @@ def cache_key(split: Split, arch: str, alpha: float, image_size: int, weights: s
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 
+FEATURE_MEMORY_LIMIT_BYTES = 2 * 2**30  # larger feature caches are streamed from disk while the head trains
+
+
 def compute_features(extractor: keras.Model, split: Split, num_classes: int, image_size: int, batch_size: int,
-                     views: int = 1, augmenter=None) -> tuple[np.ndarray, np.ndarray]:
-    """Features and one-hot labels of every image; `views` > 1 adds augmented copies of each image."""
-    features, labels = [], []
+                     folder: Path, views: int = 1, augmenter=None) -> None:
+    """Write features.npy and one-hot labels.npy of every image into `folder`, batch by batch, so a set of any size
+    is never held in memory whole. `views` > 1 adds randomly augmented copies of each image."""
+    rows, width = len(split) * views, extractor.output_shape[-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype="float32", shape=(rows, width))
+    labels = np.lib.format.open_memmap(folder / "labels.npy", mode="w+", dtype="float32", shape=(rows, num_classes))
     plain = make_pipeline(split, num_classes, image_size, batch_size, training=False)
+    row = 0
     for view in range(views):
         dataset = plain  # the first view is the image as it is, the others randomly augmented copies
         if view > 0 and augmenter is not None:
             dataset = plain.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
         for images, one_hot in dataset:
-            features.append(np.asarray(extractor.predict_on_batch(np.asarray(images))))
-            labels.append(np.asarray(one_hot))
-    return np.concatenate(features).astype("float32"), np.concatenate(labels).astype("float32")
+            features[row:row + len(one_hot)] = np.asarray(extractor.predict_on_batch(np.asarray(images)))
+            labels[row:row + len(one_hot)] = np.asarray(one_hot)
+            row += len(one_hot)
+    features.flush()
+    labels.flush()
+    del features, labels  # close the memory maps before the folder is renamed
 
 
-def cached_features(cache_dir: Path, key: str, compute) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(features, labels, reused): loaded from `cache_dir/key`, or computed and saved there atomically."""
+def load_features(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels): read into memory when the features fit FEATURE_MEMORY_LIMIT_BYTES, else memory-mapped."""
+    fits = (folder / "features.npy").stat().st_size <= FEATURE_MEMORY_LIMIT_BYTES
+    return np.load(folder / "features.npy", mmap_mode=None if fits else "r"), np.load(folder / "labels.npy")
+
+
+def cached_features(cache_dir: Path, key: str, compute: Callable[[Path], None]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(features, labels, reused): loaded from `cache_dir/key`, or written there atomically by `compute(folder)`."""
     folder = cache_dir / key
     if (folder / "features.npy").is_file():
-        return np.load(folder / "features.npy"), np.load(folder / "labels.npy"), True
-    features, labels = compute()
+        return (*load_features(folder), True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp"))
-    np.save(tmp / "features.npy", features)
-    np.save(tmp / "labels.npy", labels)
     try:
-        os.replace(tmp, folder)
-    except OSError:  # another run wrote the same key first
+        compute(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "features.npy").is_file():
+                raise
+            # else another run wrote the same features first
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return features, labels, False
+    return (*load_features(folder), False)
 
 
 def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool,
                     seed: int) -> tf.data.Dataset:
+    """Batches of (features, labels): from memory, or streamed from a memory-mapped cache too large for memory."""
+    if isinstance(features, np.memmap):
+        return streamed_feature_dataset(features, labels, batch_size, shuffle, seed)
     dataset = tf.data.Dataset.from_tensor_slices((features, labels))
     if shuffle:
         dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def streamed_feature_dataset(features: np.memmap, labels: np.ndarray, batch_size: int, shuffle: bool,
+                             seed: int) -> tf.data.Dataset:
+    """Each epoch reads the rows of a fresh permutation batch by batch; the OS page cache keeps what fits."""
+    rng = np.random.default_rng(seed)
+
+    def batches():
+        order = rng.permutation(len(features)) if shuffle else np.arange(len(features))
+        for start in range(0, len(order), batch_size):
+            rows = np.sort(order[start:start + batch_size])  # sorted rows read the file in one forward sweep
+            yield np.asarray(features[rows]), labels[rows]
+
+    signature = (tf.TensorSpec((None, features.shape[1]), tf.float32),
+                 tf.TensorSpec((None, labels.shape[1]), tf.float32))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-len(features) // batch_size)))  # for fit
+    return dataset.prefetch(tf.data.AUTOTUNE)

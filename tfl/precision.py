@@ -10,9 +10,8 @@ from typing import Callable
 import keras
 import numpy as np
 
-from tfl.errors import TflError
-
 from tfl.config import PRECISIONS
+from tfl.errors import TflError
 
 
 def has_gpu() -> bool:

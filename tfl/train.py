@@ -21,7 +21,8 @@ from tfl.archs import ArchSpec, auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
 from tfl.config import Stage, TrainConfig
 from tfl.data import ImageData, Split, load_data, make_pipeline
-from tfl.features import cache_key, cached_features, compute_features, feature_dataset, feature_extractor, head_model
+from tfl.features import (cache_key, cached_features, compute_features, feature_dataset, feature_extractor, head_model,
+                          load_features)
 from tfl.evaluate import evaluate_model, plot_confusion_matrix, plot_training_curves, write_metrics
 from tfl.precision import dtype_policy, resolve_precision
 from tfl.model import build_model, set_trainable_blocks, trainable_params
@@ -122,28 +123,35 @@ def uses_feature_cache(stage: Stage, config: TrainConfig) -> bool:
 
 
 def fit_head_on_features(model: keras.Model, stage: Stage, config: TrainConfig, image_data: ImageData,
-                         image_size: int, feature_cache_dir: Path, echo: Callable[[str], None], **fit_args):
-    """Compute (or load) the frozen backbone's features once, then fit only the head on them."""
+                         image_size: int, feature_cache_dir: Path, scratch_dir: Path, echo: Callable[[str], None],
+                         **fit_args):
+    """Compute (or load) the frozen backbone's features once, then fit only the head on them.
+
+    Features are kept in `feature_cache_dir` for later runs on the same files; tfds splits, which have no files to
+    fingerprint, use `scratch_dir` of this run."""
     start = time.time()
     extractor = feature_extractor(model)
     augmenter = build_augmenter(config.augment, config.seed)
     num_classes = len(image_data.class_names)
 
-    def features_of(split: Split, views: int):
-        compute = lambda: compute_features(extractor, split, num_classes, image_size, config.batch_size,  # noqa: E731
-                                           views, augmenter)
-        if split.source is not None:  # tfds: no files to fingerprint, so nothing is kept between runs
-            return (*compute(), False)
+    def features_of(split: Split, views: int, name: str):
+        compute = lambda folder: compute_features(extractor, split, num_classes, image_size,  # noqa: E731
+                                                  config.batch_size, folder, views, augmenter)
+        if split.source is not None:  # tfds: no files to fingerprint, so the features stay with this run only
+            compute(scratch_dir / name)
+            return (*load_features(scratch_dir / name), False)
         key = cache_key(split, config.arch, config.alpha, image_size, config.weights, views, config.augment,
                         config.seed, keras.config.dtype_policy().name)
         return cached_features(feature_cache_dir, key, compute)
 
-    train_x, train_y, train_reused = features_of(image_data.train, config.cache_views)
-    val_x, val_y, val_reused = features_of(image_data.val, 1)
+    train_x, train_y, train_reused = features_of(image_data.train, config.cache_views, "train")
+    val_x, val_y, val_reused = features_of(image_data.val, 1, "val")
     how = "reused from" if train_reused and val_reused else "computed into"
+    folder = scratch_dir if image_data.train.source is not None else feature_cache_dir
+    held = "streamed from disk while training" if isinstance(train_x, np.memmap) else "held in memory"
     echo(f"Feature cache: {len(train_x):,} train ({config.cache_views} view(s) per image) and {len(val_x):,} "
-         f"validation feature vectors of {train_x.shape[1]} values, {how} {feature_cache_dir} "
-         f"in {time.time() - start:.1f}s")
+         f"validation feature vectors of {train_x.shape[1]} values, {how} {folder} in {time.time() - start:.1f}s, "
+         f"{held}")
     head = head_model(model)
     compile_for_stage(head, stage, int(np.ceil(len(train_x) / config.batch_size)), config.label_smoothing)
     return head.fit(feature_dataset(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed),
@@ -256,7 +264,8 @@ def finetune(config: TrainConfig, data: str, output: str | Path = DEFAULT_ROOT, 
                         callbacks=stage_callbacks(work_dir, config.patience, best_so_far, model), verbose=verbose)
         if uses_feature_cache(stage, config):
             history = fit_head_on_features(model, stage, config, image_data, image_size,
-                                           Path(output).expanduser() / FEATURE_CACHE_FOLDER, echo, **fit_args)
+                                           Path(output).expanduser() / FEATURE_CACHE_FOLDER, cache_dir / "features", echo,
+                                           **fit_args)
         else:
             history = model.fit(train_ds, validation_data=val_ds, shuffle=False, **fit_args)
         rows += history_rows(history, stage, offset)

@@ -1,0 +1,106 @@
+"""Benchmark: tfl's fused light augmentation vs the same transforms as a chain of Keras 3 layers.
+
+Both in this one script run, on ../shared/datasets/flowers with the shared MobileNetV2-0.35 backbone at 128 px:
+1. augmentation alone, images/s on decoded, cached training batches;
+2. the default mobilenetv2 plan end to end with each, wall time and validation accuracy.
+
+    python benchmarks/augment.py [--out benchmarks/results/augment.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tfl.train  # noqa: E402
+from tfl.augment import build_augmenter  # noqa: E402
+from tfl.config import load_config  # noqa: E402
+from tfl.data import load_image_folder, make_pipeline  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FLOWERS = REPO.parent / "shared" / "datasets" / "flowers"
+WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_0.35_no_top.weights.h5"
+SIZE = 128
+
+
+def keras_layer_chain(seed: int = 42):
+    """The light preset's transforms as separate Keras layers (tfl's light preset before the fused transform)."""
+    layers = [keras.layers.RandomFlip("horizontal", seed=seed),
+              keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
+              keras.layers.RandomZoom((-0.15, 0.1), fill_mode="reflect", seed=seed + 2),
+              keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3),
+              keras.layers.RandomContrast(0.15, value_range=(0, 255), seed=seed + 4)]
+
+    def augment(images):
+        for layer in layers:
+            images = layer(images, training=True)
+        return images
+    return augment
+
+
+AUGMENTERS = {"tfl light (one fused affine)": lambda seed=42: build_augmenter("light", seed),
+              "Keras layer chain": keras_layer_chain}
+
+
+def augment_throughput() -> dict:
+    data = load_image_folder(FLOWERS, val_split=0.2, seed=42)
+    batches = make_pipeline(data.train, 5, SIZE, 32, training=True).cache()
+    for _ in batches:  # decode and cache once, so only augmentation is timed
+        pass
+    rates = {}
+    for name, make in AUGMENTERS.items():
+        augmented = batches.map(lambda x, y, f=make(): (f(x), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+        for _ in augmented:  # warm-up epoch: tracing and AUTOTUNE
+            pass
+        start = time.perf_counter()
+        for _ in augmented:
+            pass
+        rates[name] = round(len(data.train) / (time.perf_counter() - start), 1)
+    return rates
+
+
+def default_plan_with(make_augmenter) -> dict:
+    config = load_config("mobilenetv2", overrides={"alpha": 0.35, "weights": str(WEIGHTS), "image_size": SIZE})
+    original = tfl.train.build_augmenter
+    tfl.train.build_augmenter = lambda preset, seed: make_augmenter(seed)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = tfl.train.finetune(config, str(FLOWERS), output=tmp, name="bench", verbose=0, echo=lambda s: None)
+    finally:
+        tfl.train.build_augmenter = original
+    return {"val_accuracy": result.best_val_accuracy, "wall_seconds": round(result.wall_seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "augment.json"))
+    args = parser.parse_args()
+    if not FLOWERS.is_dir() or not WEIGHTS.is_file():
+        raise SystemExit(f"needs {FLOWERS} and {WEIGHTS} (the shared folder beside the repo)")
+    rates = augment_throughput()
+    plans = {name: default_plan_with(make) for name, make in AUGMENTERS.items()}
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"
+    print(f"\nflowers, MobileNetV2-0.35 at {SIZE} px, default mobilenetv2 plan, {machine}")
+    print(f"{'augmentation':<30} {'img/s alone':>12} {'plan wall time':>15} {'val acc':>8}")
+    for name in AUGMENTERS:
+        print(f"{name:<30} {rates[name]:>12,.0f} {plans[name]['wall_seconds']:>14.0f}s {plans[name]['val_accuracy']:>8.4f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "image_size": SIZE, "img_per_s": rates, "default_plan": plans},
+                              indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
