@@ -2,11 +2,12 @@ import io
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from tests.conftest import make_image, write_class_folders
 from tfl.augment import build_augmenter, build_mixer
-from tfl.data import Split, load_image_folder, make_pipeline, scan_file, stratified_split
+from tfl.data import Split, load_image_folder, make_pipeline, resize_pixels, scan_file, stratified_split
 from tfl.errors import TflError
 
 
@@ -170,3 +171,17 @@ def test_jpeg_scale_is_the_largest_that_keeps_the_model_size():
     cases = {(700, 224): 2, (900, 224): 4, (447, 224): 1, (448, 224): 2, (2000, 224): 8, (200, 224): 1, (1792, 224): 8}
     for (short_side, size), ratio in cases.items():
         assert JPEG_DCT_RATIOS[int(jpeg_scale_index(tf.constant(short_side), size))] == ratio, (short_side, size)
+
+
+def test_resize_pixels_keeps_images_already_at_size_and_squashes_others():
+    rng = np.random.default_rng(0)
+    square = tf.constant(rng.integers(0, 256, (32, 32, 3)).astype("uint8"))
+    kept = resize_pixels(square, 32)
+    np.testing.assert_array_equal(kept, square)
+    wide = tf.constant(np.full((20, 64, 3), 77, "uint8"))
+    resized = resize_pixels(wide, 32)
+    assert resized.shape == (32, 32, 3) and resized.dtype == tf.uint8
+    np.testing.assert_array_equal(resized, 77)
+    traced = tf.function(lambda image: resize_pixels(image, 32)).get_concrete_function(
+        tf.TensorSpec([None, None, 3], tf.uint8))
+    assert traced.output_shapes == (32, 32, 3), "batching needs a static shape"

@@ -243,9 +243,16 @@ def load_data(data: str, val_split: float, seed: int, converted_dir: Path | None
 # --- tf.data pipelines ---------------------------------------------------------------------------
 
 def resize_pixels(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Resize RGB pixels to a square of `image_size`, back to uint8 (the same in training and predict)."""
-    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    """Resize uint8 RGB pixels to a square of `image_size` (the same in training and predict)."""
+    def resize():
+        resized = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    # Resizing to the same size gives back the same pixels but costs about half a JPEG decode: skip it.
+    pixels = tf.cond((height == image_size) & (width == image_size), lambda: tf.cast(image, tf.uint8), resize)
+    pixels.set_shape([image_size, image_size, 3])
+    return pixels
 
 
 def decode_encoded(data: tf.Tensor, image_size: int) -> tf.Tensor:
