@@ -3,7 +3,8 @@
 1. Head stage, 10 epochs: tfl with the feature cache vs tfl without it vs a plain Keras script fitting the frozen
    model (the Keras guide's way), MobileNetV2-0.35 with the shared weights on the whole flowers set at 128 px.
 2. Input pipeline alone on large JPEGs (flowers photos upscaled to 1024 px): tfl's first (decoding) and later (cached)
-   epochs vs keras.utils.image_dataset_from_directory, against the frozen model's training throughput.
+   epochs vs keras.utils.image_dataset_from_directory and vs libjpeg's DCT-scaled decoding alone (the floor of any
+   JPEG pipeline), against the frozen model's training throughput.
 3. Full fine-tuning images/s: tfl's fit on its pipeline vs plain Keras fit on in-memory arrays, same model; and each
    precision policy.
 4. Exported TFLite float32 vs int8 latency at batch 1.
@@ -94,6 +95,19 @@ def images_per_second(dataset, count: int) -> float:
     return round(count / seconds, 1)
 
 
+def best_rate(make_dataset, count: int, epoch: int, repeats: int = 3) -> float:
+    """Best over `repeats` fresh datasets of the images/s of epoch `epoch` (0: the first, decoding epoch). On this
+    2-core VM identical runs vary up to 1.6x with outside load, which only ever slows a run down: the best of a few
+    is the figure that compares (as timeit does)."""
+    rates = []
+    for _ in range(repeats):
+        dataset = make_dataset()
+        for _ in range(epoch):
+            images_per_second(dataset, count)
+        rates.append(images_per_second(dataset, count))
+    return max(rates)
+
+
 def frozen_model_throughput(alpha: float = 0.35, size: int = SIZE) -> float:
     weights = str(WEIGHTS) if alpha == 0.35 else "none"  # speed does not depend on the weights' values
     model = build_model(get_arch("mobilenetv2"), 5, size, weights, alpha)
@@ -101,21 +115,29 @@ def frozen_model_throughput(alpha: float = 0.35, size: int = SIZE) -> float:
     x = np.random.default_rng(0).uniform(0, 255, (32, size, size, 3)).astype("float32")
     y = np.eye(5, dtype="float32")[np.arange(32) % 5]
     model.train_on_batch(x, y)
-    _, seconds = timed(lambda: [model.train_on_batch(x, y) for _ in range(10)])
-    return round(320 / seconds, 1)
+    rates = [320 / timed(lambda: [model.train_on_batch(x, y) for _ in range(10)])[1] for _ in range(3)]
+    return round(max(rates), 1)
+
+
+def libjpeg_floor(paths: list[str]) -> tf.data.Dataset:
+    """Reading and DCT-scaled decoding alone (no resize, no batching work): what any JPEG pipeline must pay."""
+    def decode(path):
+        return tf.io.decode_jpeg(tf.io.read_file(path), channels=3, ratio=8)
+    return tf.data.Dataset.from_tensor_slices(paths).map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(64)
 
 
 def pipeline(root: Path) -> dict:
-    folder = large_jpegs(root / "large")
+    folder = large_jpegs(root / "large", per_class=200)
     data = load_image_folder(folder, val_split=0.01, seed=0)
     count = len(data.train)
-    rates = {}
+    rates = {"libjpeg_decode_alone_1_8_scale_img_s": best_rate(lambda: libjpeg_floor(data.train.paths), count, 0)}
     for augment in ("none", "light"):
-        dataset = make_pipeline(data.train, 5, SIZE, 32, training=True, augmenter=build_augmenter(augment))
-        rates[f"tfl_augment_{augment}_first_epoch_img_s"] = images_per_second(dataset, count)
-        rates[f"tfl_augment_{augment}_cached_epoch_img_s"] = images_per_second(dataset, count)
+        def make(augment=augment):
+            return make_pipeline(data.train, 5, SIZE, 32, training=True, augmenter=build_augmenter(augment))
+        rates[f"tfl_augment_{augment}_first_epoch_img_s"] = best_rate(make, count, 0)
+        rates[f"tfl_augment_{augment}_cached_epoch_img_s"] = best_rate(make, count, 1)
     keras_ds = keras.utils.image_dataset_from_directory(folder, image_size=(SIZE, SIZE), batch_size=32)
-    rates["keras_image_dataset_from_directory_img_s"] = images_per_second(keras_ds, len(keras_ds.file_paths))
+    rates["keras_image_dataset_from_directory_img_s"] = best_rate(lambda: keras_ds, len(keras_ds.file_paths), 0)
     rates["frozen_mobilenetv2_0.35_128px_train_img_s"] = frozen_model_throughput()
     rates["frozen_mobilenetv2_1.0_224px_train_img_s"] = frozen_model_throughput(alpha=1.0, size=224)
     return {"images": count, "source_px": 1024, **rates}
@@ -132,20 +154,22 @@ def full_finetune_rates() -> dict:
         compile_for_stage(model, Stage("full", 2, 1e-4, "all"), 21, 0.1)
         return model
 
-    def fit_rate(model, **data_args):
-        model.fit(epochs=1, verbose=0, **data_args)  # warm-up: tracing and, for tfl, filling the decode cache
-        _, seconds = timed(lambda: model.fit(epochs=1, verbose=0, **data_args))
-        return round(count / seconds, 1)
-
     dataset = make_pipeline(data.train, 5, SIZE, 32, training=True, augmenter=build_augmenter("light"))
     pixels = np.concatenate([x.numpy() for x, _ in make_pipeline(data.train, 5, SIZE, 32, training=False)])
     labels = np.concatenate([y.numpy() for _, y in make_pipeline(data.train, 5, SIZE, 32, training=False)])
     plain_pipeline = make_pipeline(data.train, 5, SIZE, 32, training=True)
-    rows = {"tfl fit, tfl pipeline, no augmentation": fit_rate(model_for("float32"), x=plain_pipeline),
-            "plain Keras fit, in-memory arrays": fit_rate(model_for("float32"), x=pixels, y=labels, batch_size=32),
-            "tfl fit, tfl pipeline, light augmentation": fit_rate(model_for("float32"), x=dataset)}
+    runs = {"tfl fit, tfl pipeline, no augmentation": (model_for("float32"), dict(x=plain_pipeline)),
+            "plain Keras fit, in-memory arrays": (model_for("float32"), dict(x=pixels, y=labels, batch_size=32)),
+            "tfl fit, tfl pipeline, light augmentation": (model_for("float32"), dict(x=dataset))}
     for policy in ("mixed_bfloat16", "mixed_float16"):
-        rows[f"tfl fit, {policy}"] = fit_rate(model_for(policy), x=dataset)
+        runs[f"tfl fit, {policy}"] = (model_for(policy), dict(x=dataset))
+    for model, data_args in runs.values():  # warm-up: tracing and, for tfl, filling the decode cache
+        model.fit(epochs=1, verbose=0, **data_args)
+    seconds = {name: [] for name in runs}
+    for _ in range(3):  # interleaved, so a slow spell of the machine hits every variant alike
+        for name, (model, data_args) in runs.items():
+            seconds[name].append(timed(lambda: model.fit(epochs=1, verbose=0, **data_args))[1])
+    rows = {name: round(count / min(times), 1) for name, times in seconds.items()}
     return {"images": count, "img_s": rows}
 
 
@@ -176,10 +200,12 @@ def main() -> None:
     for name, row in results["head_stage_10_epochs"].items():
         print(f"   {name:<32} {row['seconds']:>7.1f}s  {row['speedup_vs_no_cache']:>5.2f}x  val acc {row['val_accuracy']:.4f}")
     p = results["pipeline"]
-    print(f"2. input pipeline on {p['images']} JPEGs of 1024 px, to 128 px (images/s):")
+    model_rate = p["frozen_mobilenetv2_0.35_128px_train_img_s"]
+    print(f"2. input pipeline on {p['images']} JPEGs of 1024 px, to 128 px (images/s, median of 3; x the frozen "
+          "0.35-width model at 128 px):")
     for key, value in p.items():
         if key.endswith("img_s"):
-            print(f"   {key:<44} {value:>8.1f}")
+            print(f"   {key:<44} {value:>8.1f}  {value / model_rate:>5.1f}x")
     print("3. full fine-tuning (images/s):")
     for name, rate in results["full_finetune"]["img_s"].items():
         print(f"   {name:<44} {rate:>8.1f}")

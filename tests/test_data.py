@@ -1,10 +1,12 @@
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
+import tfl.data as data_module
 from tests.conftest import make_image, write_class_folders
 from tfl.augment import build_augmenter, build_mixer
 from tfl.data import Split, load_image_folder, make_pipeline, resize_pixels, scan_file, stratified_split
@@ -185,3 +187,16 @@ def test_resize_pixels_keeps_images_already_at_size_and_squashes_others():
     traced = tf.function(lambda image: resize_pixels(image, 32)).get_concrete_function(
         tf.TensorSpec([None, None, 3], tf.uint8))
     assert traced.output_shapes == (32, 32, 3), "batching needs a static shape"
+
+
+def test_decoded_images_over_the_memory_limit_are_cached_on_disk(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "MEMORY_CACHE_LIMIT_BYTES", 0)
+    data = load_image_folder(tiny_folder, seed=0)
+    dataset = make_pipeline(data.train, 3, 32, 4, training=False, cache_dir=tmp_path / "cache")
+    first = [x.numpy() for x, _ in dataset]
+    assert any(p.name.endswith(".index") for p in (tmp_path / "cache").iterdir()), "the cache is written to disk"
+    for path in data.train.paths:  # the second epoch must read the cache, not the photos
+        Path(path).unlink()
+    second = [x.numpy() for x, _ in dataset]
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
