@@ -10,27 +10,19 @@ Both in this one script run, on ../shared/datasets/flowers with the shared Mobil
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
-from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common import FLOWERS, RESULTS, WEIGHTS, machine, require_shared_data, write_results  # sets up TF logging
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import tensorflow as tf
 
-import tfl.train  # noqa: E402
-from tfl.augment import build_augmenter  # noqa: E402
-from tfl.config import load_config  # noqa: E402
-from tfl.data import load_image_folder, make_pipeline  # noqa: E402
+import tfl.train
+from tfl.augment import build_augmenter
+from tfl.config import load_config
+from tfl.data import load_image_folder, make_pipeline
 
-REPO = Path(__file__).resolve().parent.parent
-FLOWERS = REPO.parent / "shared" / "datasets" / "flowers"
-WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_0.35_no_top.weights.h5"
 SIZE = 128
 
 
@@ -84,22 +76,16 @@ def default_plan_with(make_augmenter) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "augment.json"))
+    parser.add_argument("--out", default=str(RESULTS / "augment.json"))
     args = parser.parse_args()
-    if not FLOWERS.is_dir() or not WEIGHTS.is_file():
-        raise SystemExit(f"needs {FLOWERS} and {WEIGHTS} (the shared folder beside the repo)")
+    require_shared_data()
     rates = augment_throughput()
     plans = {name: default_plan_with(make) for name, make in AUGMENTERS.items()}
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"
-    print(f"\nflowers, MobileNetV2-0.35 at {SIZE} px, default mobilenetv2 plan, {machine}")
+    print(f"\nflowers, MobileNetV2-0.35 at {SIZE} px, default mobilenetv2 plan, {machine()}")
     print(f"{'augmentation':<30} {'img/s alone':>12} {'plan wall time':>15} {'val acc':>8}")
     for name in AUGMENTERS:
         print(f"{name:<30} {rates[name]:>12,.0f} {plans[name]['wall_seconds']:>14.0f}s {plans[name]['val_accuracy']:>8.4f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "image_size": SIZE, "img_per_s": rates, "default_plan": plans},
-                              indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, {"machine": machine(), "image_size": SIZE, "img_per_s": rates, "default_plan": plans})
 
 
 if __name__ == "__main__":

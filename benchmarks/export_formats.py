@@ -10,25 +10,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common import FLOWERS, RESULTS, WEIGHTS, machine, require_shared_data, write_results  # sets up TF logging
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from tfl.config import load_config, override_stages  # noqa: E402
-from tfl.export import export_run  # noqa: E402
-from tfl.train import finetune  # noqa: E402
+from tfl.config import load_config, override_stages
+from tfl.export import export_run
+from tfl.train import finetune
 
-REPO = Path(__file__).resolve().parent.parent
-FLOWERS = REPO.parent / "shared" / "datasets" / "flowers"
-WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_0.35_no_top.weights.h5"
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 
 
@@ -63,10 +54,9 @@ def export_all(run: Path, verify_images: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-mobilenet-training", help="use this finished mobilenetv2 run instead of training one")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "export_formats.json"))
+    parser.add_argument("--out", default=str(RESULTS / "export_formats.json"))
     args = parser.parse_args()
-    if not FLOWERS.is_dir() or not WEIGHTS.is_file():
-        raise SystemExit(f"needs {FLOWERS} and {WEIGHTS} (the shared folder beside the repo)")
+    require_shared_data()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for arch in ("mobilenetv2", "resnet50", "inceptionv3"):
@@ -75,8 +65,7 @@ def main() -> None:
             else:
                 run = train_run(arch, Path(tmp))
             results[arch] = export_all(run, verify_images=864 if arch == "mobilenetv2" else 100)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"
-    print(f"\n{machine}")
+    print(f"\n{machine()}")
     print(f"{'arch':<12} {'artifact':<24} {'MB':>7} {'x f32':>6} {'val acc':>8} {'change':>8} {'agree':>7} {'ms/img':>7}")
     for arch, rows in results.items():
         float32 = next(r["size_bytes"] for r in rows if r["file"] == "model_float32.tflite")
@@ -86,10 +75,7 @@ def main() -> None:
             agree = f"{row['top1_agreement']:.1%}" if "top1_agreement" in row else "ref"
             print(f"{arch:<12} {row['file']:<24} {row['size_bytes'] / 1e6:>7.2f} {ratio:>6} {row['accuracy']:>8.4f} "
                   f"{change:>8} {agree:>7} {row['latency_ms_batch1']:>7.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, {"machine": machine(), "results": results})
 
 
 if __name__ == "__main__":

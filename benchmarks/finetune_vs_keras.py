@@ -9,26 +9,17 @@ with an 80/20 split, in one script run on the same machine. Prints a table and w
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
-from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common import FLOWERS, RESULTS, WEIGHTS, machine, require_shared_data, write_results  # sets up TF logging
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import tensorflow as tf
 
-from tfl.config import load_config  # noqa: E402
-from tfl.train import finetune  # noqa: E402
+from tfl.config import load_config
+from tfl.train import finetune
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-FLOWERS = SHARED / "datasets" / "flowers"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_0.35_no_top.weights.h5"
 
 
 def naive_keras_two_stage(image_size: int, seed: int = 42) -> dict:
@@ -76,21 +67,16 @@ def tfl_default(image_size: int | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=128, help="the flowers photos are 128 px")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "finetune_vs_keras.json"))
+    parser.add_argument("--out", default=str(RESULTS / "finetune_vs_keras.json"))
     args = parser.parse_args()
-    if not FLOWERS.is_dir() or not WEIGHTS.is_file():
-        raise SystemExit(f"needs {FLOWERS} and {WEIGHTS} (the shared folder beside the repo)")
+    require_shared_data()
     results = {"tfl default plan": tfl_default(args.image_size),
                "Keras tutorial two-stage": naive_keras_two_stage(args.image_size)}
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"
-    print(f"\nflowers (4,317 photos, 5 classes), MobileNetV2-0.35 at {args.image_size} px, {machine}")
+    print(f"\nflowers (4,317 photos, 5 classes), MobileNetV2-0.35 at {args.image_size} px, {machine()}")
     print(f"{'recipe':<28} {'epochs':>6} {'val acc (kept model)':>21} {'wall time':>10}")
     for name, row in results.items():
         print(f"{name:<28} {row['epochs']:>6} {row['val_accuracy_final']:>21.4f} {row['wall_seconds']:>9.0f}s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "image_size": args.image_size, "results": results}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, {"machine": machine(), "image_size": args.image_size, "results": results})
 
 
 if __name__ == "__main__":

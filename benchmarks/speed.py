@@ -15,33 +15,26 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common import FLOWERS, RESULTS, WEIGHTS, machine, require_shared_data, write_results  # sets up TF logging
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
 
-from tfl.archs import get_arch  # noqa: E402
-from tfl.augment import build_augmenter  # noqa: E402
-from tfl.config import Stage, load_config, override_stages  # noqa: E402
-from tfl.data import Split, load_image_folder, make_pipeline  # noqa: E402
-from tfl.export import export_run  # noqa: E402
-from tfl.model import build_model, set_trainable_blocks  # noqa: E402
-from tfl.precision import dtype_policy  # noqa: E402
-from tfl.train import compile_for_stage, finetune  # noqa: E402
+from tfl.archs import get_arch
+from tfl.augment import build_augmenter
+from tfl.config import Stage, load_config, override_stages
+from tfl.data import load_image_folder, make_pipeline
+from tfl.export import export_run
+from tfl.model import build_model, set_trainable_blocks
+from tfl.precision import dtype_policy
+from tfl.train import compile_for_stage, finetune
 
-REPO = Path(__file__).resolve().parent.parent
-FLOWERS = REPO.parent / "shared" / "datasets" / "flowers"
-WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_0.35_no_top.weights.h5"
 SIZE = 128
 
 
@@ -185,17 +178,15 @@ def tflite_latency(run: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "speed.json"))
+    parser.add_argument("--out", default=str(RESULTS / "speed.json"))
     args = parser.parse_args()
-    if not FLOWERS.is_dir() or not WEIGHTS.is_file():
-        raise SystemExit(f"needs {FLOWERS} and {WEIGHTS} (the shared folder beside the repo)")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"
+    require_shared_data()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {"machine": machine, "head_stage_10_epochs": head_stage(Path(tmp) / "runs")}
+        results = {"machine": machine(), "head_stage_10_epochs": head_stage(Path(tmp) / "runs")}
         results["tflite"] = tflite_latency(Path(results["head_stage_10_epochs"]["tfl, feature cache"]["run"]))
         results["pipeline"] = pipeline(Path(tmp))
         results["full_finetune"] = full_finetune_rates()
-    print(f"\n{machine}")
+    print(f"\n{machine()}")
     print("1. head stage, 10 epochs, flowers at 128 px:")
     for name, row in results["head_stage_10_epochs"].items():
         print(f"   {name:<32} {row['seconds']:>7.1f}s  {row['speedup_vs_no_cache']:>5.2f}x  val acc {row['val_accuracy']:.4f}")
@@ -212,10 +203,7 @@ def main() -> None:
     t = results["tflite"]
     print(f"4. TFLite batch-1 latency: float32 {t['none']['latency_ms_batch1']} ms, int8 "
           f"{t['int8']['latency_ms_batch1']} ms ({t['int8_speedup']}x)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":
