@@ -175,7 +175,7 @@ def test_jpeg_scale_is_the_largest_that_keeps_the_model_size():
         assert JPEG_DCT_RATIOS[int(jpeg_scale_index(tf.constant(short_side), size))] == ratio, (short_side, size)
 
 
-def test_resize_pixels_keeps_images_already_at_size_and_squashes_others():
+def test_resize_pixels_keeps_images_at_size_averages_when_shrinking_and_squashes_others():
     rng = np.random.default_rng(0)
     square = tf.constant(rng.integers(0, 256, (32, 32, 3)).astype("uint8"))
     kept = resize_pixels(square, 32)
@@ -184,6 +184,11 @@ def test_resize_pixels_keeps_images_already_at_size_and_squashes_others():
     resized = resize_pixels(wide, 32)
     assert resized.shape == (32, 32, 3) and resized.dtype == tf.uint8
     np.testing.assert_array_equal(resized, 77)
+    stripes = np.zeros((128, 128, 3), "uint8")
+    stripes[:, 3::4] = 252  # every fourth column: plain bilinear sampling at 1/4 would miss them all and give 0
+    np.testing.assert_allclose(resize_pixels(tf.constant(stripes), 32), 63, atol=1)  # shrinking averages them in
+    small = tf.constant(np.full((16, 16, 3), 200, "uint8"))
+    np.testing.assert_array_equal(resize_pixels(small, 32), 200)
     traced = tf.function(lambda image: resize_pixels(image, 32)).get_concrete_function(
         tf.TensorSpec([None, None, 3], tf.uint8))
     assert traced.output_shapes == (32, 32, 3), "batching needs a static shape"

@@ -243,14 +243,19 @@ def load_data(data: str, val_split: float, seed: int, converted_dir: Path | None
 # --- tf.data pipelines ---------------------------------------------------------------------------
 
 def resize_pixels(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Resize uint8 RGB pixels to a square of `image_size` (the same in training and predict)."""
-    def resize():
-        resized = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+    """Resize uint8 RGB pixels to a square of `image_size` (the same in training, predict and the SavedModel)."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+
+    def resize(method: str, antialias: bool):
+        resized = tf.image.resize(image, [image_size, image_size], method=method, antialias=antialias)
         return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    # Resizing to the same size gives back the same pixels but costs about half a JPEG decode: skip it.
-    pixels = tf.cond((height == image_size) & (width == image_size), lambda: tf.cast(image, tf.uint8), resize)
+    # Shrinking averages each output pixel's box of input pixels ("area": antialiased, and at 224 px 2.3x faster
+    # than antialiased bilinear, which cost more than the JPEG decode); enlarging interpolates. A photo already at
+    # the size is left alone: resizing would give back the same pixels at the cost of half a decode.
+    pixels = tf.case([((height == image_size) & (width == image_size), lambda: tf.cast(image, tf.uint8)),
+                      ((height >= image_size) & (width >= image_size), lambda: resize("area", False))],
+                     default=lambda: resize("bilinear", True))
     pixels.set_shape([image_size, image_size, 3])
     return pixels
 
