@@ -110,7 +110,7 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
     """Recompute a run's metrics on `data` (a class folder), or on its own validation split."""
     import keras
 
-    from tfl.data import Split, load_image_folder, make_pipeline
+    from tfl.data import Split, make_pipeline
     from tfl.errors import TflError
     from tfl.runs import read_labels, read_run_config, resolve_run
 

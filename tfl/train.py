@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import io
 import json
@@ -26,7 +25,7 @@ from tfl.features import (cache_key, cached_features, compute_features, feature_
 from tfl.evaluate import evaluate_model, plot_confusion_matrix, plot_training_curves, write_metrics
 from tfl.precision import dtype_policy, resolve_precision
 from tfl.model import build_model, set_trainable_blocks, trainable_params
-from tfl.runs import (DEFAULT_ROOT, atomic_write_text, default_run_name, finish_run_dir, prepare_run_dir)
+from tfl.runs import DEFAULT_ROOT, atomic_path, atomic_write_text, default_run_name, finish_run_dir, prepare_run_dir
 
 FEATURE_CACHE_FOLDER = ".feature_cache"  # under the runs root, shared by runs on the same data and backbone
 IMBALANCE_RATIO = 1.5  # class_weight auto: balance when the largest class is this much bigger than the smallest
@@ -90,28 +89,30 @@ def compile_for_stage(model: keras.Model, stage: Stage, steps_per_epoch: int, la
                   metrics=["accuracy"])
 
 
-class BestModelCheckpoint(keras.callbacks.Callback):
-    """Save the full classifier whenever val_accuracy beats the best so far, also while only its head trains
-    (on cached features), and atomically, so model.keras is never half-written."""
+class BestWeights(keras.callbacks.Callback):
+    """Remember the full classifier's weights whenever val_accuracy beats the best so far, across stages and also
+    while only its head trains on cached features. Kept in memory: saving model.keras at every improvement cost
+    more than a whole epoch on cached features. The run writes it once, at the end."""
 
-    def __init__(self, classifier: keras.Model, path: Path, best: float | None):
+    def __init__(self, classifier: keras.Model):
         super().__init__()
-        self.classifier, self.path, self.best = classifier, path, best
+        self.classifier, self.best, self.weights = classifier, None, None
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get("val_accuracy")
         if value is not None and (self.best is None or value > self.best):
-            self.best = value
-            tmp = self.path.with_name(f".{self.path.stem}.tmp.keras")
-            self.classifier.save(tmp)
-            os.replace(tmp, self.path)
+            self.best, self.weights = value, [np.copy(w) for w in self.classifier.get_weights()]
+
+    def restore(self) -> None:
+        if self.weights is not None:
+            self.classifier.set_weights(self.weights)
 
 
-def stage_callbacks(work_dir: Path, patience: int, best_so_far: float | None, classifier: keras.Model) -> list:
+def stage_callbacks(work_dir: Path, patience: int, best_weights: BestWeights) -> list:
     return [
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
                                       restore_best_weights=True),
-        BestModelCheckpoint(classifier, work_dir / "model.keras", best_so_far),
+        best_weights,
         keras.callbacks.TensorBoard(log_dir=str(work_dir / "logs"), write_graph=False),
     ]
 
@@ -251,6 +252,7 @@ def finetune(config: TrainConfig, data: str, output: str | Path = DEFAULT_ROOT, 
     steps_per_epoch = int(np.ceil(len(image_data.train) / config.batch_size))
 
     rows: list[dict] = []
+    best_weights = BestWeights(model)
     active = [s for s in config.stages if s.epochs > 0]
     for number, stage in enumerate(active, start=1):
         set_trainable_blocks(model, spec, stage.unfreeze_blocks)
@@ -258,10 +260,9 @@ def finetune(config: TrainConfig, data: str, output: str | Path = DEFAULT_ROOT, 
         echo(f"\n── Stage {number}/{len(active)}: {stage.name} · {describe_unfreeze(stage)} · "
              f"{trainable_params(model):,} trainable params · {stage.epochs} epochs · lr {stage.learning_rate:.1e}"
              f"{' · on cached features' if uses_feature_cache(stage, config) else ''}")
-        best_so_far = max((r["val_accuracy"] for r in rows), default=None)
         offset = len(rows)
         fit_args = dict(initial_epoch=offset, epochs=offset + stage.epochs, class_weight=class_weight,
-                        callbacks=stage_callbacks(work_dir, config.patience, best_so_far, model), verbose=verbose)
+                        callbacks=stage_callbacks(work_dir, config.patience, best_weights), verbose=verbose)
         if uses_feature_cache(stage, config):
             history = fit_head_on_features(model, stage, config, image_data, image_size,
                                            Path(output).expanduser() / FEATURE_CACHE_FOLDER, cache_dir / "features", echo,
@@ -271,11 +272,13 @@ def finetune(config: TrainConfig, data: str, output: str | Path = DEFAULT_ROOT, 
         rows += history_rows(history, stage, offset)
     shutil.rmtree(cache_dir, ignore_errors=True)  # a disk cache of decoded images is no part of the run
 
-    best_model = keras.models.load_model(work_dir / "model.keras", compile=False)
-    metrics = evaluate_model(best_model, val_ds, image_data.class_names)
+    best_weights.restore()
+    with atomic_path(work_dir / "model.keras", force=True) as tmp:
+        model.save(tmp)
+    metrics = evaluate_model(model, val_ds, image_data.class_names)
     if image_data.test is not None and len(image_data.test):
         test_ds = make_pipeline(image_data.test, num_classes, image_size, config.batch_size, training=False)
-        metrics["test"] = evaluate_model(best_model, test_ds, image_data.class_names)
+        metrics["test"] = evaluate_model(model, test_ds, image_data.class_names)
     best = max(rows, key=lambda r: r["val_accuracy"])
     metrics["best_epoch"] = {"epoch": best["epoch"], "stage": best["stage"]}
     metrics["wall_seconds"] = round(time.time() - start, 1)
