@@ -80,13 +80,14 @@ def format_plan(rows: list[dict], class_weight: dict | None, class_names: list[s
     return "\n".join(lines)
 
 
-def compile_for_stage(model: keras.Model, stage: Stage, steps_per_epoch: int, label_smoothing: float) -> None:
+def compile_for_stage(model: keras.Model, stage: Stage, steps_per_epoch: int, label_smoothing: float,
+                      steps_per_execution: int = 1) -> None:
     """A fresh optimizer with a cosine-decayed learning rate over the stage; needed after every trainable change."""
     schedule = keras.optimizers.schedules.CosineDecay(
         stage.learning_rate, decay_steps=max(1, steps_per_epoch * stage.epochs), alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], steps_per_execution=steps_per_execution)
 
 
 class BestWeights(keras.callbacks.Callback):
@@ -154,7 +155,10 @@ def fit_head_on_features(model: keras.Model, stage: Stage, config: TrainConfig, 
          f"validation feature vectors of {train_x.shape[1]} values, {how} {folder} in {time.time() - start:.1f}s, "
          f"{held}")
     head = head_model(model)
-    compile_for_stage(head, stage, int(np.ceil(len(train_x) / config.batch_size)), config.label_smoothing)
+    # A step on feature vectors takes microseconds: running 32 per call halves the epoch time (only epoch-level
+    # callbacks are used).
+    compile_for_stage(head, stage, int(np.ceil(len(train_x) / config.batch_size)), config.label_smoothing,
+                      steps_per_execution=32)
     return head.fit(feature_dataset(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed),
                     validation_data=feature_dataset(val_x, val_y, config.batch_size, shuffle=False, seed=0),
                     shuffle=False,  # feature_dataset shuffles
