@@ -71,6 +71,7 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
         build_backbone(get_arch("mobilenetv2"), 96, str(tmp_path / "nope.weights.h5"))
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container")  # Keras warns per layer before the error we check
 def test_weights_for_another_alpha_are_a_clear_error():
     weights_file = require_mobilenet_weights()
     with pytest.raises(TflError, match=r"Could not load the weights file .* \(alpha 1.0\).*same architecture"):
