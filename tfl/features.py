@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfl.data import Split, make_pipeline
+from tfl.runs import atomic_path
 
 POOL_LAYER, DROPOUT_LAYER, HEAD_LAYER = "pool", "dropout", "probabilities"
 
@@ -84,18 +83,9 @@ def cached_features(cache_dir: Path, key: str, compute: Callable[[Path], None]) 
     folder = cache_dir / key
     if (folder / "features.npy").is_file():
         return (*load_features(folder), True)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp"))
-    try:
-        compute(tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / "features.npy").is_file():
-                raise
-            # else another run wrote the same features first
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_path(folder, force=True) as target:  # force: another run may have written the same features
+        target.mkdir()
+        compute(target)
     return (*load_features(folder), False)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
-import shutil
 import io
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +20,11 @@ from tfl.archs import ArchSpec, auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
 from tfl.config import Stage, TrainConfig
 from tfl.data import ImageData, Split, load_data, make_pipeline
+from tfl.evaluate import evaluate_model, plot_confusion_matrix, plot_training_curves, write_metrics
 from tfl.features import (cache_key, cached_features, compute_features, feature_dataset, feature_extractor, head_model,
                           load_features)
-from tfl.evaluate import evaluate_model, plot_confusion_matrix, plot_training_curves, write_metrics
-from tfl.precision import dtype_policy, resolve_precision
 from tfl.model import build_model, set_trainable_blocks, trainable_params
+from tfl.precision import dtype_policy, resolve_precision
 from tfl.runs import DEFAULT_ROOT, atomic_path, atomic_write_text, default_run_name, finish_run_dir, prepare_run_dir
 
 FEATURE_CACHE_FOLDER = ".feature_cache"  # under the runs root, shared by runs on the same data and backbone
