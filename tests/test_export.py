@@ -236,3 +236,15 @@ def test_predict_table_and_csv(exported_run, tmp_path):
 def test_predict_missing_artifact_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["predict", str(tmp_path / "nope.tflite"), str(tmp_path)])
     assert result.exit_code == 1 and "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_predict_collects_a_folder_given_through_dot_dot_but_skips_hidden_files(tmp_path):
+    from tfl.predict import collect_images
+
+    photos = tmp_path / "photos"
+    (photos / ".thumbnails").mkdir(parents=True)
+    make_image((10, 200, 10)).save(photos / "a.jpg")
+    make_image((10, 200, 10)).save(photos / ".thumbnails" / "a.jpg")
+    (tmp_path / "elsewhere").mkdir()
+    found = collect_images([str(tmp_path / "elsewhere" / ".." / "photos")])
+    assert [p.name for p in found] == ["a.jpg"], "'..' in the input is not a hidden folder; '.thumbnails' is"

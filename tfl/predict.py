@@ -107,7 +107,8 @@ def collect_images(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and not any(is_hidden(part) for part in p.parts))
+            files += sorted(p for p in path.rglob("*")  # hidden below `path` only: '../photos' is fine
+                            if p.is_file() and not any(is_hidden(part) for part in p.relative_to(path).parts))
         elif path.exists():
             files.append(path)
         else:
