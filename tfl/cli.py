@@ -4,28 +4,43 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 
 import click
 
 from tfl.archs import ARCHS
 from tfl.backend import BACKENDS, use_backend
 from tfl.config import AUGMENT_PRESETS, CLASS_WEIGHT_MODES, PRECISIONS, load_config, override_stages
-from tfl.errors import TflError
-from tfl.runs import DEFAULT_ROOT
+from tfl.errors import TflError, TflWarning
+from tfl.runs import DEFAULT_ROOT, read_run_config, resumable_run
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    if issubclass(category, TflWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _default(message, category, filename, lineno, file, line)
 
 
 def friendly_errors(command):
-    """Show a TflError as 'Error: ...' with exit code 1, never as a traceback."""
+    """Show a TflError as 'Error: ...' with exit code 1, never as a traceback; tfl's warnings as one line."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", TflWarning)
+                warnings.showwarning = show_warning
+                return command(*args, **kwargs)
         except TflError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            click.echo("\nInterrupted. Nothing was finished; a partly trained run is kept with a .partial suffix.", err=True)
+            click.echo("\nInterrupted. A run that finished at least one epoch is kept with a .partial suffix: "
+                       "continue it with 'tfl finetune --resume NAME'.", err=True)
             sys.exit(130)
     return wrapper
+
+
+LATEST = "\0latest"  # --resume without a name
 
 
 def progress_verbosity() -> int:
@@ -39,7 +54,8 @@ def main():
 
 
 @main.command()
-@click.option("--data", required=True, help="Folder with one subfolder per class (or train/ and val/), or tfds:NAME.")
+@click.option("--data", help="Folder with one subfolder per class (or train/ and val/), or tfds:NAME (default: the "
+              "--config's data).")
 @click.option("--arch", type=click.Choice(sorted(ARCHS)), help="Backbone (default: mobilenetv2, or the --config's).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file overriding configs/<arch>.yaml.")
 @click.option("--weights", help="imagenet (download, cached), none, or the path of a no-top backbone weights file.")
@@ -64,16 +80,37 @@ def main():
 @click.option("--name", help="Run name (default: arch and timestamp).")
 @click.option("--output", default=DEFAULT_ROOT, show_default=True, help="Folder that holds runs.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run of the same name.")
+@click.option("--resume", is_flag=False, flag_value=LATEST, default=None, metavar="[NAME]",
+              help="Continue the interrupted run NAME (alone: the newest one under --output) from its last "
+                   "finished epoch, with its own settings.")
 @friendly_errors
-def finetune(data, arch, config_file, epochs, lr, unfreeze_blocks, name, output, overwrite, **options):
+def finetune(data, arch, config_file, epochs, lr, unfreeze_blocks, name, output, overwrite, resume, **options):
     """Fine-tune a backbone with staged unfreezing and write a run directory."""
+    if resume is not None:
+        return resume_run(resume, output, data, arch, config_file, epochs, lr, unfreeze_blocks, name, overwrite,
+                          options)
     config = load_config(arch, config_file, options)
     config = override_stages(config, epochs, lr, unfreeze_blocks)
+    if not (data or config.data):
+        raise click.UsageError("Missing option '--data' (a folder with one subfolder of images per class).")
     use_backend(config.backend)
     from tfl.train import finetune as run_finetune
 
     run_finetune(config, data, output=output, name=name, overwrite=overwrite, echo=click.echo,
                  verbose=progress_verbosity())
+
+
+def resume_run(resume, output, *settings):
+    """--resume takes nothing but --output: the run keeps its settings, its backend included."""
+    *flags, options = settings
+    if [v for v in flags if v not in (None, False)] + [k for k, v in options.items() if v is not None]:
+        raise TflError("--resume continues a run with the settings it was started with, so it takes no other "
+                       "training option (only --output). Drop them, or start a new run.")
+    final, partial = resumable_run(output, None if resume == LATEST else resume)
+    use_backend(read_run_config(partial).get("backend", "tensorflow"))
+    from tfl.train import resume as resume_training
+
+    resume_training(output, final.name, echo=click.echo, verbose=progress_verbosity())
 
 
 @main.command()
@@ -135,6 +172,9 @@ def predict(artifact, inputs, top_k, output_format):
     rows = predict_files(predictor, collect_images(list(inputs)), top_k)
     click.echo(format_rows(rows, output_format))
     failed = sum("error" in row for row in rows)
+    if failed == len(rows):
+        raise TflError(f"None of the {len(rows)} input file(s) could be read as an image (see the errors above). "
+                       "Pass JPEG, PNG, GIF, BMP, WebP or TIFF files.")
     if failed:
         click.echo(f"{failed} of {len(rows)} file(s) could not be read; the others were predicted.", err=True)
 

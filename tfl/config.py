@@ -10,11 +10,13 @@ from typing import Any
 import yaml
 
 from tfl.archs import get_arch
-from tfl.errors import TflError
+from tfl.errors import TflError, warn
 
 AUGMENT_PRESETS = ("none", "light", "strong")
 CLASS_WEIGHT_MODES = ("auto", "none")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
+MAX_IMAGE_SIZE = 1024  # beyond this a batch of activations no longer fits the memory of ordinary machines
+RUN_RECORD_KEYS = ("versions",)  # written into a run's config.yaml as a record, ignored when it is read back
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Stage:
 
 @dataclass
 class TrainConfig:
+    data: str | None = None  # the photos: a folder, or tfds:NAME (--data); a run's config.yaml holds its own
     arch: str = "mobilenetv2"
     alpha: float = 1.0  # MobileNetV2 width multiplier
     image_size: int | None = None  # None ("auto"): the arch's size, or the photos' median size when smaller
@@ -124,7 +127,7 @@ def _parse_stage(raw: Any, index: int, source: str) -> Stage:
     return stage
 
 
-_SCALAR_TYPES = {"arch": str, "alpha": float, "weights": str, "batch_size": int, "augment": str,
+_SCALAR_TYPES = {"data": str, "arch": str, "alpha": float, "weights": str, "batch_size": int, "augment": str,
                  "mixup": float, "cutmix": float, "dropout": float, "label_smoothing": float,
                  "val_split": float, "class_weight": str, "patience": int, "seed": int, "backend": str,
                  "feature_cache": bool, "cache_views": int, "precision": str}
@@ -132,6 +135,7 @@ _SCALAR_TYPES = {"arch": str, "alpha": float, "weights": str, "batch_size": int,
 
 def apply_overrides(config: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig:
     """Return `config` with `values` applied; unknown keys and wrong types are errors naming `source`."""
+    values = {k: v for k, v in values.items() if k not in RUN_RECORD_KEYS}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -156,6 +160,12 @@ def validate(config: TrainConfig) -> TrainConfig:
             f"Image size {config.image_size} is too small for {spec.name}: it needs at least "
             f"{spec.min_image_size} px (its default is {spec.image_size}). Pass a larger --image-size."
         )
+    if config.image_size is not None and config.image_size > MAX_IMAGE_SIZE:
+        raise TflError(f"Image size {config.image_size} is too large: tfl trains at up to {MAX_IMAGE_SIZE} px "
+                       f"({spec.name} was pretrained at {spec.image_size}). Pass a smaller --image-size.")
+    if "alpha" not in spec.constructor_kwargs and config.alpha != 1.0:
+        warn(f"alpha {config.alpha} is ignored: only mobilenetv2 has a width multiplier, {spec.name} has none.")
+        config = dataclasses.replace(config, alpha=1.0)
     if config.augment not in AUGMENT_PRESETS:
         raise TflError(f"Unknown augment preset '{config.augment}'. Choose one of: {', '.join(AUGMENT_PRESETS)}.")
     if config.class_weight not in CLASS_WEIGHT_MODES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
-from tfl.errors import TflError
+from tfl.errors import TflError, warn
 
 TF_DECODABLE_FORMATS = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}  # what tf.io.decode_image reads, by content
 IGNORED_NAMES = {"Thumbs.db", "desktop.ini", "__MACOSX"}
@@ -65,17 +66,38 @@ def scan_file(path: str) -> ScannedFile:
             image.load()
     except UnidentifiedImageError:
         return ScannedFile(path, "not an image")
+    except Image.DecompressionBombError as exc:
+        return ScannedFile(path, f"too large to decode safely ({exc}); shrink it below "
+                                 f"{Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} megapixels")
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's truncated/corrupt errors
         return ScannedFile(path, f"unreadable ({exc})")
     return ScannedFile(path, needs_conversion=image_format not in TF_DECODABLE_FORMATS, short_side=short_side)
+
+
+def rgb_image(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any Pillow image; 16-bit and float greys are scaled, not clipped (clipping turns them white)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.round(pixels / 257), 0, 255).astype(np.uint8))
+    elif image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.round(pixels * (255 if pixels.max() <= 1 else 1)), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def png_bytes_of(path: str) -> bytes:
+    """A file Pillow reads but TensorFlow cannot (TIFF, 16-bit TIFF, ...), re-encoded as an RGB PNG."""
+    buffer = io.BytesIO()
+    with Image.open(path) as image:
+        rgb_image(image).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def convert_to_png(path: str, converted_dir: Path) -> str:
     converted_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha1(path.encode()).hexdigest()[:10]
     target = converted_dir / f"{digest}_{Path(path).stem}.png"
-    with Image.open(path) as image:
-        image.convert("RGB").save(target)
+    target.write_bytes(png_bytes_of(path))
     return str(target)
 
 
@@ -176,7 +198,9 @@ def load_image_folder(data_dir: str | Path, val_split: float = 0.2, seed: int = 
         check_usable(everything, class_names, root, report)
         train, val = stratified_split(everything, val_split, seed)
         test = None
+        warn_about_small_classes(everything, val, class_names, val_split)
     check_usable(train, class_names, root, report)
+    warn_about_missing_val_classes(val, class_names)
     if len(val) == 0:
         raise TflError(f"The validation split of '{root}' has no usable image. Add images to it, or raise --val-split.")
     report["classes"] = class_names
@@ -184,6 +208,24 @@ def load_image_folder(data_dir: str | Path, val_split: float = 0.2, seed: int = 
     report["counts"] = {name: class_counts(split, class_names)
                         for name, split in (("train", train), ("val", val), ("test", test)) if split is not None}
     return ImageData(class_names, train, val, test, report)
+
+
+def warn_about_small_classes(everything: Split, val: Split, class_names: list[str], val_split: float) -> None:
+    """Say where a small class could not be split at the fraction asked for (every class keeps one of each)."""
+    totals, in_val = class_counts(everything, class_names), class_counts(val, class_names)
+    odd = [f"{name} ({in_val[name]} of {n})" for name, n in totals.items()
+           if in_val[name] != int(round(n * val_split))]
+    if odd:
+        warn(f"Some classes are too small for a {val_split:.0%} validation split, so their share differs: "
+             f"{', '.join(odd)} validation images. Their validation figures rest on very few images; add photos "
+             "to them for a fairer measure.")
+
+
+def warn_about_missing_val_classes(val: Split, class_names: list[str]) -> None:
+    missing = [name for name, n in class_counts(val, class_names).items() if n == 0]
+    if missing:
+        warn(f"Class(es) {', '.join(missing)} have no validation image, so their accuracy is not measured (and "
+             "they are left out of macro F1). Add validation photos for them.")
 
 
 def check_classes(class_names: list[str], folder: Path) -> None:
@@ -286,11 +328,16 @@ def decode_jpeg_reduced(data: tf.Tensor, image_size: int) -> tf.Tensor:
     return resize_pixels(image, image_size)
 
 
-def decode_image_file(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Training and evaluation decoding: large JPEGs at reduced scale, everything else in full."""
-    data = tf.io.read_file(path)
+def decode_image_bytes(data: tf.Tensor, image_size: int) -> tf.Tensor:
+    """THE decoder: every path (training, evaluation, export checks, predict, the SavedModel's bytes signature)
+    turns encoded bytes into resized uint8 RGB here, so a file gets the same pixels whichever way it comes in.
+    Large JPEGs decode at reduced scale, everything else in full."""
     return tf.cond(tf.io.is_jpeg(data), lambda: decode_jpeg_reduced(data, image_size),
                    lambda: decode_encoded(data, image_size))
+
+
+def decode_image_file(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    return decode_image_bytes(tf.io.read_file(path), image_size)
 
 
 def decoded_images(split: Split, image_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
@@ -331,7 +378,11 @@ def make_pipeline(split: Split, num_classes: int, image_size: int, batch_size: i
 
 
 def load_image_for_predict(path: str, image_size: int) -> np.ndarray:
-    """Pillow-decode any image file to resized uint8 RGB, as the training pipeline would see it."""
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("RGB"))
-    return resize_pixels(tf.constant(pixels), image_size).numpy()
+    """Any image file to resized uint8 RGB, exactly as training saw it: TensorFlow's decoder, with Pillow only
+    re-encoding what TensorFlow cannot read (TIFF, ...)."""
+    data = Path(path).read_bytes()
+    try:
+        pixels = decode_image_bytes(tf.constant(data), image_size)
+    except tf.errors.InvalidArgumentError:
+        pixels = decode_image_bytes(tf.constant(png_bytes_of(path)), image_size)
+    return pixels.numpy()

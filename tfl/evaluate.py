@@ -33,11 +33,13 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
         f1 = 2 * precision * recall / max(precision + recall, 1e-12)
         per_class[name] = {"precision": round(float(precision), 4), "recall": round(float(recall), 4),
                            "f1": round(float(f1), 4), "support": int(confusion[i, :].sum())}
+    # As scikit-learn does: a class neither present nor predicted has no F1, rather than an F1 of 0.
+    seen = [c["f1"] for i, c in enumerate(per_class.values()) if confusion[i, :].sum() or confusion[:, i].sum()]
     return {
         "accuracy": round(float((predicted == labels).mean()), 4),
         "loss": round(float(-np.log(np.clip(picked, 1e-7, 1.0)).mean()), 4),
         "num_images": int(len(labels)),
-        "macro_f1": round(float(np.mean([c["f1"] for c in per_class.values()])), 4),
+        "macro_f1": round(float(np.mean(seen)), 4),
         "per_class": per_class,
         "class_names": list(class_names),
         "confusion_matrix": confusion.tolist(),

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfl.data import Split, decode_encoded, decode_image_file, load_image_for_predict
+from tfl.data import Split, decode_image_bytes, load_image_for_predict
 from tfl.errors import TflError
 from tfl.precision import float32_copy
 from tfl.predict import KerasPredictor, SavedModelPredictor, TFLitePredictor
@@ -48,7 +48,7 @@ def write_saved_model(model: keras.Model, class_names: list[str], target: Path, 
         return classify_pixels(tf.cast(pixels, tf.float32))
 
     def classify_images(images):
-        decoded = tf.map_fn(lambda data: decode_encoded(data, size), images,
+        decoded = tf.map_fn(lambda data: decode_image_bytes(data, size), images,
                             fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
         probabilities = model(tf.cast(decoded, tf.float32), training=False)
         scores, indices = tf.math.top_k(probabilities, k=k)
@@ -108,8 +108,8 @@ def representative_images(train: Split, image_size: int, samples: int, seed: int
 
     def generate():
         for index in chosen:
-            pixels = decode_image_file(tf.constant(train.paths[index]), image_size)
-            yield [tf.cast(pixels, tf.float32)[tf.newaxis]]
+            pixels = load_image_for_predict(train.paths[index], image_size)
+            yield [pixels.astype(np.float32)[np.newaxis]]
 
     return generate
 

@@ -1,8 +1,9 @@
-"""Run directories: naming, atomic file writes, finding the latest run, and loading a finished run."""
+"""Run directories: naming, locking, atomic file writes, the file lists a run keeps, finding and loading runs."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -10,12 +11,28 @@ import time
 from pathlib import Path
 
 import yaml
+from filelock import FileLock, Timeout
 
 from tfl.errors import TflError
 
 DEFAULT_ROOT = "saved_models"
 PARTIAL_SUFFIX = ".partial"
-RUN_MARKER = "model.keras"
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.txt"
+CONFIG_FILE = "config.yaml"
+SPLITS_FILE = "splits.json"
+CHECKPOINT_DIR = "checkpoint"  # in <name>.partial/ while training: what --resume continues from
+CHECKPOINT_STATE = "state.json"
+RUN_MARKER = MODEL_FILE
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_current_umask()  # what open() gives a new file: 0644 under the usual umask 022
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -24,6 +41,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes owner-only files; a model server may run as another user
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
@@ -61,16 +79,46 @@ def default_run_name(arch: str) -> str:
     return f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+@contextlib.contextmanager
+def run_lock(root: str | Path, name: str):
+    """Hold an OS file lock on run `name` (released by the kernel if the process dies) while it trains."""
+    root = Path(root).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TflError(f"Cannot write the run to '{root}': {exc.strerror or exc}. Pass --output with a folder "
+                       "you can write to.") from None
+    lock = FileLock(root / f".{name}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise TflError(f"Run '{name}' in '{root}' is being trained by another tfl process right now. Wait for it "
+                       "to finish, or choose another --name.") from None
+    except OSError as exc:
+        raise TflError(f"Cannot write the run to '{root}': {exc.strerror or exc}. Pass --output with a folder "
+                       "you can write to.") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def has_checkpoint(partial: Path) -> bool:
+    return (partial / CHECKPOINT_DIR / CHECKPOINT_STATE).is_file()
+
+
 def prepare_run_dir(root: str | Path, name: str, overwrite: bool = False) -> tuple[Path, Path]:
     """Return (final run path, partial path to train into); refuse to overwrite silently."""
-    root = Path(root).expanduser()
+    root = Path(root).expanduser().resolve()
     final = root / name
     if final.exists() and not overwrite:
         raise TflError(f"A run named '{name}' already exists in '{root}'. Choose another --name, or pass "
                        "--overwrite to replace it.")
     partial = root / f"{name}{PARTIAL_SUFFIX}"
+    if has_checkpoint(partial) and not overwrite:
+        raise TflError(f"An interrupted run named '{name}' is in '{partial}'. Continue it with 'tfl finetune "
+                       f"--resume {name}', or pass --overwrite to start it anew.")
     try:
-        root.mkdir(parents=True, exist_ok=True)
         if partial.exists():
             shutil.rmtree(partial)
         partial.mkdir()
@@ -81,6 +129,27 @@ def prepare_run_dir(root: str | Path, name: str, overwrite: bool = False) -> tup
         raise TflError(f"Cannot write the run to '{root}': {exc.strerror or exc}. Pass --output with a folder "
                        "you can write to.") from None
     return final, partial
+
+
+def resumable_run(root: str | Path, name: str | None) -> tuple[Path, Path]:
+    """(final path, partial path) of the interrupted run `name`, or of the newest one when `name` is None."""
+    root = Path(root).expanduser().resolve()
+    if name is None:
+        partials = [p for p in root.glob(f"*{PARTIAL_SUFFIX}") if has_checkpoint(p)] if root.is_dir() else []
+        if not partials:
+            raise TflError(f"No interrupted run to resume in '{root}' (none has a checkpoint). Start one with "
+                           "'tfl finetune --data DIR', or pass --output with the folder that holds it.")
+        partial = max(partials, key=lambda p: (p / CHECKPOINT_DIR / CHECKPOINT_STATE).stat().st_mtime)
+        return root / partial.name.removesuffix(PARTIAL_SUFFIX), partial
+    partial = root / f"{name}{PARTIAL_SUFFIX}"
+    if has_checkpoint(partial):
+        return root / name, partial
+    if is_run_dir(root / name):
+        raise TflError(f"Run '{name}' in '{root}' has already finished; there is nothing to resume.")
+    reason = ("it stopped before its first epoch ended, so there is nothing to continue"
+              if partial.is_dir() else "no such run was started there")
+    raise TflError(f"Cannot resume run '{name}' in '{root}': {reason}. Start it again with 'tfl finetune --data "
+                   "DIR'.")
 
 
 def finish_run_dir(partial: Path, final: Path) -> Path:
@@ -97,7 +166,7 @@ def finish_run_dir(partial: Path, final: Path) -> Path:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / RUN_MARKER).is_file() and (path / "labels.txt").is_file()
+    return (path / RUN_MARKER).is_file() and (path / LABELS_FILE).is_file()
 
 
 def latest_run(root: str | Path = DEFAULT_ROOT) -> Path:
@@ -116,13 +185,39 @@ def resolve_run(run: str | Path | None, root: str | Path = DEFAULT_ROOT) -> Path
     if not path.exists():
         raise TflError(f"Run directory '{path}' does not exist. Pass a folder written by 'tfl finetune'.")
     if not is_run_dir(path):
-        raise TflError(f"'{path}' is not a finished tfl run (it lacks model.keras or labels.txt).")
+        raise TflError(f"'{path}' is not a finished tfl run (it lacks {MODEL_FILE} or {LABELS_FILE}).")
     return path
 
 
 def read_labels(path: str | Path) -> list[str]:
-    return [line for line in Path(path).read_text().splitlines() if line.strip()]
+    path = Path(path)
+    if not path.is_file():
+        raise TflError(f"'{path}' is missing: the model's class names cannot be known without it. Copy the "
+                       f"{LABELS_FILE} of the run that trained the model there.")
+    return [line for line in path.read_text().splitlines() if line.strip()]
 
 
 def read_run_config(run_dir: Path) -> dict:
-    return yaml.safe_load((run_dir / "config.yaml").read_text())
+    return yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+
+
+def write_splits(run_dir: Path, splits: dict[str, dict]) -> None:
+    """Save the file lists {split: {paths, labels}}: absolute paths, or relative ones for files the run holds
+    (converted images), so a finished or moved run folder still finds them."""
+    def portable(path: str) -> str:
+        absolute = Path(path).resolve()
+        return str(absolute.relative_to(run_dir.resolve())) if absolute.is_relative_to(run_dir.resolve()) else str(absolute)
+
+    saved = {name: {"paths": [portable(p) for p in split["paths"]], "labels": split["labels"]}
+             for name, split in splits.items()}
+    atomic_write_text(run_dir / SPLITS_FILE, json.dumps(saved) + "\n")
+
+
+def read_splits(run_dir: Path) -> dict[str, dict]:
+    """The file lists of a run ({split: {paths, labels}}), with paths resolved; {} when it saved none (tfds)."""
+    path = run_dir / SPLITS_FILE
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    return {name: {"paths": [str(run_dir / p) if not os.path.isabs(p) else p for p in split["paths"]],
+                   "labels": split["labels"]} for name, split in saved.items()}

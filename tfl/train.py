@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import io
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,14 +21,18 @@ import yaml
 from tfl import __version__
 from tfl.archs import ArchSpec, auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
-from tfl.config import Stage, TrainConfig
+from tfl.checkpoint import Checkpoint, StageTracker, TrainingState
+from tfl.config import Stage, TrainConfig, apply_overrides
 from tfl.data import ImageData, Split, load_data, make_pipeline
+from tfl.errors import TflError
 from tfl.evaluate import evaluate_model, plot_confusion_matrix, plot_training_curves, write_metrics
 from tfl.features import (cache_key, cached_features, compute_features, feature_dataset, feature_extractor, head_model,
                           load_features)
 from tfl.model import build_model, set_trainable_blocks, trainable_params
 from tfl.precision import dtype_policy, resolve_precision
-from tfl.runs import DEFAULT_ROOT, atomic_path, atomic_write_text, default_run_name, finish_run_dir, prepare_run_dir
+from tfl.runs import (CHECKPOINT_DIR, CONFIG_FILE, DEFAULT_ROOT, LABELS_FILE, MODEL_FILE, atomic_path, atomic_write_text,
+                      default_run_name, finish_run_dir, has_checkpoint, prepare_run_dir, read_labels, read_run_config,
+                      read_splits, resumable_run, run_lock, write_splits)
 
 FEATURE_CACHE_FOLDER = ".feature_cache"  # under the runs root, shared by runs on the same data and backbone
 IMBALANCE_RATIO = 1.5  # class_weight auto: balance when the largest class is this much bigger than the smallest
@@ -90,47 +97,18 @@ def compile_for_stage(model: keras.Model, stage: Stage, steps_per_epoch: int, la
                   metrics=["accuracy"], steps_per_execution=steps_per_execution)
 
 
-class BestWeights(keras.callbacks.Callback):
-    """Remember the full classifier's weights whenever val_accuracy beats the best so far, across stages and also
-    while only its head trains on cached features. Kept in memory: saving model.keras at every improvement cost
-    more than a whole epoch on cached features. The run writes it once, at the end."""
-
-    def __init__(self, classifier: keras.Model):
-        super().__init__()
-        self.classifier, self.best, self.weights = classifier, None, None
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get("val_accuracy")
-        if value is not None and (self.best is None or value > self.best):
-            self.best, self.weights = value, [np.copy(w) for w in self.classifier.get_weights()]
-
-    def restore(self) -> None:
-        if self.weights is not None:
-            self.classifier.set_weights(self.weights)
-
-
-def stage_callbacks(work_dir: Path, patience: int, best_weights: BestWeights) -> list:
-    return [
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
-                                      restore_best_weights=True),
-        best_weights,
-        keras.callbacks.TensorBoard(log_dir=str(work_dir / "logs"), write_graph=False),
-    ]
-
-
 def uses_feature_cache(stage: Stage, config: TrainConfig) -> bool:
     """Head-only stages of 2+ epochs train on cached features; MixUp/CutMix need pixels, so they turn it off."""
     return (config.feature_cache and stage.unfreeze_blocks == 0 and stage.epochs >= 2
             and not (config.mixup or config.cutmix))
 
 
-def fit_head_on_features(model: keras.Model, stage: Stage, config: TrainConfig, image_data: ImageData,
-                         image_size: int, feature_cache_dir: Path, scratch_dir: Path, echo: Callable[[str], None],
-                         **fit_args):
-    """Compute (or load) the frozen backbone's features once, then fit only the head on them.
+def feature_stage_data(model: keras.Model, config: TrainConfig, image_data: ImageData, image_size: int,
+                       feature_cache_dir: Path, scratch_dir: Path, echo: Callable[[str], None]):
+    """(head model, training batches, validation batches) for a head-only stage on cached backbone features.
 
-    Features are kept in `feature_cache_dir` for later runs on the same files; tfds splits, which have no files to
-    fingerprint, use `scratch_dir` of this run."""
+    Features are computed once (or loaded) and kept in `feature_cache_dir` for later runs on the same files; tfds
+    splits, which have no files to fingerprint, use `scratch_dir` of this run."""
     start = time.time()
     extractor = feature_extractor(model)
     augmenter = build_augmenter(config.augment, config.seed)
@@ -143,7 +121,7 @@ def fit_head_on_features(model: keras.Model, stage: Stage, config: TrainConfig, 
             compute(scratch_dir / name)
             return (*load_features(scratch_dir / name), False)
         key = cache_key(split, config.arch, config.alpha, image_size, config.weights, views, config.augment,
-                        config.seed, keras.config.dtype_policy().name)
+                        config.seed, config.precision)
         return cached_features(feature_cache_dir, key, compute)
 
     train_x, train_y, train_reused = features_of(image_data.train, config.cache_views, "train")
@@ -154,27 +132,9 @@ def fit_head_on_features(model: keras.Model, stage: Stage, config: TrainConfig, 
     echo(f"Feature cache: {len(train_x):,} train ({config.cache_views} view(s) per image) and {len(val_x):,} "
          f"validation feature vectors of {train_x.shape[1]} values, {how} {folder} in {time.time() - start:.1f}s, "
          f"{held}")
-    head = head_model(model)
-    # A step on feature vectors takes microseconds: running 32 per call halves the epoch time (only epoch-level
-    # callbacks are used).
-    compile_for_stage(head, stage, int(np.ceil(len(train_x) / config.batch_size)), config.label_smoothing,
-                      steps_per_execution=32)
-    return head.fit(feature_dataset(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed),
-                    validation_data=feature_dataset(val_x, val_y, config.batch_size, shuffle=False, seed=0),
-                    shuffle=False,  # feature_dataset shuffles
-                    **fit_args)
-
-
-def history_rows(history: keras.callbacks.History, stage: Stage, epoch_offset: int) -> list[dict]:
-    rows = []
-    for i, epoch in enumerate(history.epoch):
-        row = {"epoch": epoch + 1, "stage": stage.name, "stage_epoch": epoch - epoch_offset + 1,
-               "learning_rate": stage.learning_rate}
-        for key, values in history.history.items():
-            if key in HISTORY_COLUMNS:
-                row[key] = round(float(values[i]), 5)
-        rows.append(row)
-    return rows
+    return (head_model(model),
+            feature_dataset(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed),
+            feature_dataset(val_x, val_y, config.batch_size, shuffle=False, seed=0))
 
 
 def write_history_csv(rows: list[dict], path: Path) -> None:
@@ -216,34 +176,114 @@ def resolved_config(config: TrainConfig, data: str, image_size: int, policy: str
     return values
 
 
-def finetune(config: TrainConfig, data: str, output: str | Path = DEFAULT_ROOT, name: str | None = None,
+def absolute_data(data: str) -> str:
+    """Where the photos are, independent of the directory tfl was started from."""
+    return data if data.startswith("tfds:") else str(Path(data).expanduser().resolve())
+
+
+@contextlib.contextmanager
+def discarded_on_failure(work_dir: Path):
+    """A run that fails before its first epoch is checkpointed leaves nothing behind; after that, it is kept
+    for --resume."""
+    try:
+        yield
+    except BaseException:
+        if not has_checkpoint(work_dir):
+            shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def clear_resource_errors(config: TrainConfig, image_size: int | None):
+    """Out of memory is a setting the user can change, not a bug: say which."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__name__ == "ResourceExhaustedError" or "RESOURCE_EXHAUSTED" in str(exc):
+            raise TflError(f"Training ran out of memory at batch size {config.batch_size} and image size "
+                           f"{image_size} px. Pass a smaller --batch-size or --image-size.") from None
+        raise
+
+
+def finetune(config: TrainConfig, data: str | None = None, output: str | Path = DEFAULT_ROOT, name: str | None = None,
              overwrite: bool = False, echo: Callable[[str], None] = print, verbose: int | str = "auto") -> RunResult:
-    """Train `config` on `data` (a folder or 'tfds:NAME') and write a complete run directory."""
+    """Train `config` on `data` (a folder or 'tfds:NAME'; default: config.data) and write a complete run directory."""
     start = time.time()
     spec = get_arch(config.arch)
-    final_dir, work_dir = prepare_run_dir(output, name or default_run_name(config.arch), overwrite)
-    keras.utils.set_random_seed(config.seed)
+    name = name or default_run_name(config.arch)
+    if not (data or config.data):
+        raise TflError("No photos given: pass --data DIR, a folder with one subfolder of images per class.")
+    data = absolute_data(data or config.data)
+    with run_lock(output, name):
+        final_dir, work_dir = prepare_run_dir(output, name, overwrite)
+        with discarded_on_failure(work_dir):
+            keras.utils.set_random_seed(config.seed)
+            image_data = load_data(data, config.val_split, config.seed, converted_dir=work_dir / "converted")
+            echo(data_summary(image_data))
+            atomic_write_text(work_dir / "data_report.json", json.dumps(image_data.report, indent=2) + "\n")
+            atomic_write_text(work_dir / LABELS_FILE, "\n".join(image_data.class_names) + "\n")
+            splits = {k: split_record(s) for k, s in (("train", image_data.train), ("val", image_data.val),
+                                                      ("test", image_data.test))}
+            write_splits(work_dir, {k: v for k, v in splits.items() if v})
+            median_side = image_data.report.get("median_short_side")
+            image_size = config.image_size or auto_image_size(spec, median_side)
+            new_model = lambda: build_model(spec, len(image_data.class_names), image_size, config.weights,  # noqa: E731
+                                            config.alpha, config.dropout)
+            policy, why = resolve_precision(config.precision, new_model, image_size)
+            atomic_write_text(work_dir / CONFIG_FILE,
+                              yaml.safe_dump(resolved_config(config, data, image_size, policy), sort_keys=False))
+            size_note = ("" if config.image_size else
+                         f" (auto: photos' median short side {median_side} px)" if median_side else " (auto)")
+            echo(f"\nModel: {spec.name} at {image_size} px{size_note}, weights {config.weights}, backend "
+                 f"{keras.backend.backend()}, precision {policy} ({why})")
+            with clear_resource_errors(config, image_size):
+                return train_run(dataclasses.replace(config, image_size=image_size, precision=policy), image_data,
+                                 work_dir, final_dir, output, echo, verbose, start)
 
-    image_data = load_data(data, config.val_split, config.seed, converted_dir=work_dir / "converted")
-    echo(data_summary(image_data))
-    atomic_write_text(work_dir / "data_report.json", json.dumps(image_data.report, indent=2) + "\n")
-    atomic_write_text(work_dir / "labels.txt", "\n".join(image_data.class_names) + "\n")
-    splits = {k: split_record(s) for k, s in (("train", image_data.train), ("val", image_data.val), ("test", image_data.test))}
-    atomic_write_text(work_dir / "splits.json", json.dumps({k: v for k, v in splits.items() if v}) + "\n")
-    median_side = image_data.report.get("median_short_side")
-    image_size = config.image_size or auto_image_size(spec, median_side)
 
-    num_classes = len(image_data.class_names)
-    new_model = lambda: build_model(spec, num_classes, image_size, config.weights, config.alpha, config.dropout)  # noqa: E731
-    policy, why = resolve_precision(config.precision, new_model, image_size)
-    atomic_write_text(work_dir / "config.yaml",
-                      yaml.safe_dump(resolved_config(config, data, image_size, policy), sort_keys=False))
-    with dtype_policy(policy):  # layers take the policy when they are built
-        model = new_model()
+def resume(output: str | Path = DEFAULT_ROOT, name: str | None = None, echo: Callable[[str], None] = print,
+           verbose: int | str = "auto") -> RunResult:
+    """Continue the interrupted run `name` (default: the newest one under `output`) from its last finished epoch,
+    with the settings it was started with."""
+    start = time.time()
+    final_dir, work_dir = resumable_run(output, name)
+    with run_lock(output, final_dir.name):
+        saved = read_run_config(work_dir)
+        config = apply_overrides(TrainConfig(), saved, str(work_dir / CONFIG_FILE))
+        if saved.get("backend", keras.backend.backend()) != keras.backend.backend():
+            raise TflError(f"Run '{final_dir.name}' was trained on the {saved['backend']} backend; resume it with "
+                           f"--backend {saved['backend']}.")
+        keras.utils.set_random_seed(config.seed)
+        image_data = saved_image_data(work_dir, saved["data"], config)
+        state = Checkpoint(work_dir / CHECKPOINT_DIR).load_state()
+        echo(f"Resuming run '{final_dir.name}' after epoch {state.epochs_done} (stage {state.stage + 1}, "
+             f"{state.stage_epochs} of its epochs done) with its own settings from {work_dir / CONFIG_FILE}")
+        echo(data_summary(image_data))
+        with clear_resource_errors(config, config.image_size):
+            return train_run(config, image_data, work_dir, final_dir, output, echo, verbose, start)
+
+
+def saved_image_data(work_dir: Path, data: str, config: TrainConfig) -> ImageData:
+    """The very splits the run was started with (its splits.json), or tfds' own splits again."""
+    if data.startswith("tfds:"):
+        return load_data(data, config.val_split, config.seed)
+    splits = read_splits(work_dir)
+    report = json.loads((work_dir / "data_report.json").read_text())
+    missing = [p for s in splits.values() for p in s["paths"] if not os.path.exists(p)]
+    if missing:
+        raise TflError(f"{len(missing)} training file(s) of this run are gone (the first: '{missing[0]}'). Put the "
+                       f"photos back where they were ({data}), or start a new run.")
+    parts = {k: Split(paths=v["paths"], labels=v["labels"]) for k, v in splits.items()}
+    return ImageData(read_labels(work_dir / LABELS_FILE), parts["train"], parts["val"], parts.get("test"), report)
+
+
+def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_dir: Path, output: str | Path,
+              echo: Callable[[str], None], verbose: int | str, start: float) -> RunResult:
+    """Train the plan's stages from the checkpoint in `work_dir` (or from the start), then write the run."""
+    spec, image_size, num_classes = get_arch(config.arch), config.image_size, len(image_data.class_names)
+    with dtype_policy(config.precision):  # layers take the policy when they are built
+        model = build_model(spec, num_classes, image_size, config.weights, config.alpha, config.dropout)
     class_weight = auto_class_weights(list(image_data.report["counts"]["train"].values()), config.class_weight)
-    size_note = "" if config.image_size else f" (auto: photos' median short side {median_side} px)" if median_side else " (auto)"
-    echo(f"\nModel: {spec.name} at {image_size} px{size_note}, weights {config.weights}, backend "
-         f"{keras.backend.backend()}, precision {policy} ({why})")
     echo(format_plan(plan_rows(model, spec, config.stages), class_weight, image_data.class_names))
 
     cache_dir = work_dir / "cache"
@@ -254,46 +294,71 @@ def finetune(config: TrainConfig, data: str, output: str | Path = DEFAULT_ROOT, 
     val_ds = make_pipeline(image_data.val, num_classes, image_size, config.batch_size, training=False,
                            cache_dir=cache_dir)
     steps_per_epoch = int(np.ceil(len(image_data.train) / config.batch_size))
-
-    rows: list[dict] = []
-    best_weights = BestWeights(model)
+    checkpoint = Checkpoint(work_dir / CHECKPOINT_DIR)
+    state = checkpoint.load_state() or TrainingState()
     active = [s for s in config.stages if s.epochs > 0]
-    for number, stage in enumerate(active, start=1):
+    for index, stage in enumerate(active):
+        if index < state.stage:
+            continue
         set_trainable_blocks(model, spec, stage.unfreeze_blocks)
-        compile_for_stage(model, stage, steps_per_epoch, config.label_smoothing)
-        echo(f"\n── Stage {number}/{len(active)}: {stage.name} · {describe_unfreeze(stage)} · "
-             f"{trainable_params(model):,} trainable params · {stage.epochs} epochs · lr {stage.learning_rate:.1e}"
-             f"{' · on cached features' if uses_feature_cache(stage, config) else ''}")
-        offset = len(rows)
-        fit_args = dict(initial_epoch=offset, epochs=offset + stage.epochs, class_weight=class_weight,
-                        callbacks=stage_callbacks(work_dir, config.patience, best_weights), verbose=verbose)
-        if uses_feature_cache(stage, config):
-            history = fit_head_on_features(model, stage, config, image_data, image_size,
-                                           Path(output).expanduser() / FEATURE_CACHE_FOLDER, cache_dir / "features", echo,
-                                           **fit_args)
+        if checkpoint.has_stage(index):
+            checkpoint.restore_stage_start(index, model)
         else:
-            history = model.fit(train_ds, validation_data=val_ds, shuffle=False, **fit_args)
-        rows += history_rows(history, stage, offset)
+            checkpoint.start_stage(state, index, model)
+        on_features = uses_feature_cache(stage, config)
+        echo(f"\n── Stage {index + 1}/{len(active)}: {stage.name} · {describe_unfreeze(stage)} · "
+             f"{trainable_params(model):,} trainable params · {stage.epochs} epochs · lr {stage.learning_rate:.1e}"
+             f"{' · on cached features' if on_features else ''}"
+             f"{f' · resumed after epoch {state.stage_epochs}' if state.stage_epochs else ''}")
+        trained, train_data, val_data = model, train_ds, val_ds
+        if on_features:
+            trained, train_data, val_data = feature_stage_data(
+                model, config, image_data, image_size, Path(output).expanduser() / FEATURE_CACHE_FOLDER,
+                cache_dir / "features", echo)
+        # A step on feature vectors takes microseconds: 32 per call halve the epoch time (only epoch callbacks run).
+        compile_for_stage(trained, stage, steps_per_epoch, config.label_smoothing,
+                          steps_per_execution=32 if on_features else 1)
+        if state.stage_epochs:
+            checkpoint.restore_latest(state, trained)
+        if not state.stage_finished(stage.epochs):
+            first_epoch = state.epochs_done - state.stage_epochs
+            trained.fit(train_data, validation_data=val_data, shuffle=False,  # the pipelines shuffle
+                        initial_epoch=state.epochs_done, epochs=first_epoch + stage.epochs,
+                        class_weight=class_weight, verbose=verbose,
+                        callbacks=[StageTracker(checkpoint, state, stage.name, config.patience),
+                                   keras.callbacks.TensorBoard(log_dir=str(work_dir / "logs"), write_graph=False)])
+        checkpoint.restore_epoch(state.stage_best["epoch"], trained)  # each stage ends on its best epoch
     shutil.rmtree(cache_dir, ignore_errors=True)  # a disk cache of decoded images is no part of the run
 
-    best_weights.restore()
-    with atomic_path(work_dir / "model.keras", force=True) as tmp:
+    best_stage = active[state.best["stage"]]
+    checkpoint.restore_stage_start(state.best["stage"], model)
+    checkpoint.restore_epoch(state.best["epoch"], head_model(model) if uses_feature_cache(best_stage, config) else model)
+    return write_run(model, config, image_data, state, work_dir, final_dir, echo, start)
+
+
+def write_run(model: keras.Model, config: TrainConfig, image_data: ImageData, state: TrainingState, work_dir: Path,
+              final_dir: Path, echo: Callable[[str], None], start: float) -> RunResult:
+    """The finished run's files: model, metrics (validation and test), history, plots; then it takes its name."""
+    num_classes = len(image_data.class_names)
+    with atomic_path(work_dir / MODEL_FILE, force=True) as tmp:
         model.save(tmp)
+    val_ds = make_pipeline(image_data.val, num_classes, config.image_size, config.batch_size, training=False)
     metrics = evaluate_model(model, val_ds, image_data.class_names)
     if image_data.test is not None and len(image_data.test):
-        test_ds = make_pipeline(image_data.test, num_classes, image_size, config.batch_size, training=False)
+        test_ds = make_pipeline(image_data.test, num_classes, config.image_size, config.batch_size, training=False)
         metrics["test"] = evaluate_model(model, test_ds, image_data.class_names)
-    best = max(rows, key=lambda r: r["val_accuracy"])
-    metrics["best_epoch"] = {"epoch": best["epoch"], "stage": best["stage"]}
+    best = state.best
+    metrics["best_epoch"] = {"epoch": best["epoch"], "stage": state.rows[best["epoch"] - 1]["stage"]}
     metrics["wall_seconds"] = round(time.time() - start, 1)
     write_metrics(metrics, work_dir / "metrics.json")
-    write_history_csv(rows, work_dir / "history.csv")
-    plot_training_curves(rows, work_dir / "training_curves.png")
+    write_history_csv(state.rows, work_dir / "history.csv")
+    plot_training_curves(state.rows, work_dir / "training_curves.png")
     plot_confusion_matrix(metrics, work_dir / "confusion_matrix.png")
+    shutil.rmtree(work_dir / CHECKPOINT_DIR)  # the run is complete: nothing left to resume
     run_dir = finish_run_dir(work_dir, final_dir)
     wall = time.time() - start
-    echo(f"\nBest validation accuracy {metrics['accuracy']:.4f} (stage {best['stage']}, epoch {best['epoch']}) · "
-         f"wall time {format_duration(wall)} · run {run_dir}")
+    echo(f"\nBest validation accuracy {metrics['accuracy']:.4f} (stage {metrics['best_epoch']['stage']}, epoch "
+         f"{best['epoch']}) · wall time {format_duration(wall)} · run {run_dir}")
     return RunResult(run_dir, metrics["accuracy"], wall, metrics)
 
 
