@@ -110,24 +110,23 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
 def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str | Path = "saved_models",
                  batch_size: int = 32) -> tuple[dict, Path]:
     """Recompute a run's metrics on `data` (a class folder), or on its own validation split."""
-    import keras
-
     from tfl.data import Split, make_pipeline
     from tfl.errors import TflError
-    from tfl.runs import read_labels, read_run_config, resolve_run
+    from tfl.predict import load_predictor
+    from tfl.runs import LABELS_FILE, MODEL_FILE, check_reachable, read_labels, read_splits, resolve_run
 
     run = resolve_run(run_dir, root)
-    class_names = read_labels(run / "labels.txt")
-    config = read_run_config(run)
-    image_size = int(config["image_size"])
+    class_names = read_labels(run / LABELS_FILE)
     if data is None:
-        saved = json.loads((run / "splits.json").read_text()).get("val")
+        saved = read_splits(run).get("val")
         if not saved:
             raise TflError(f"Run '{run}' has no saved validation file list (trained from tfds?). Pass --data DIR.")
+        check_reachable(saved["paths"], run)
         split = Split(paths=saved["paths"], labels=saved["labels"])
     else:
         split = load_image_folder_for_eval(data, class_names)
-    model = keras.models.load_model(run / "model.keras", compile=False)
+    predictor = load_predictor(run / MODEL_FILE)
+    model, image_size = predictor.model, predictor.image_size
     dataset = make_pipeline(split, len(class_names), image_size, batch_size, training=False)
     metrics = evaluate_model(model, dataset, class_names)
     return metrics, run

@@ -16,8 +16,9 @@ import tensorflow as tf
 from tfl.data import Split, decode_image_bytes, load_image_for_predict
 from tfl.errors import TflError
 from tfl.precision import float32_copy
-from tfl.predict import KerasPredictor, SavedModelPredictor, TFLitePredictor
-from tfl.runs import DEFAULT_ROOT, atomic_path, atomic_write_text, read_labels, resolve_run
+from tfl.predict import SavedModelPredictor, TFLitePredictor, load_predictor
+from tfl.runs import (DEFAULT_ROOT, LABELS_FILE, MODEL_FILE, atomic_path, atomic_write_text, check_reachable, read_labels,
+                      read_splits, resolve_run)
 
 FORMATS = ("saved_model", "tflite", "all")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -120,6 +121,7 @@ def load_val_images(run: Path, splits: dict, image_size: int, limit: int) -> tup
     if "val" not in splits:
         raise TflError(f"Run '{run}' has no saved validation files to verify exports on (trained from tfds?).")
     paths, labels = splits["val"]["paths"], splits["val"]["labels"]
+    check_reachable(paths, run)
     chosen = np.random.default_rng(0).permutation(len(paths))[:limit]
     images = np.stack([load_image_for_predict(paths[i], image_size) for i in chosen])
     return images, np.asarray(labels)[chosen]
@@ -164,51 +166,72 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
                calibration_samples: int = 300, verify_images: int = 500, top_k: int = 5, force: bool = False,
                max_accuracy_drop: float | None = None, root: str | Path = DEFAULT_ROOT,
                echo: Callable[[str], None] = print) -> list[dict]:
-    """Write the requested artifacts of RUN atomically, verify each, and write export_report.json."""
+    """Write the requested artifacts of RUN atomically, verify each, and record each in export_report.json as soon
+    as it is in place (an export killed midway keeps what it finished and records it)."""
     if export_format not in FORMATS:
         raise TflError(f"Unknown export format '{export_format}'. Choose one of: {', '.join(FORMATS)}.")
     if quantize not in QUANTIZATIONS:
         raise TflError(f"Unknown quantization '{quantize}'. Choose one of: {', '.join(QUANTIZATIONS)}.")
     run_dir = resolve_run(run, root)
-    class_names = read_labels(run_dir / "labels.txt")
-    keras_predictor = KerasPredictor(run_dir / "model.keras")
-    model, image_size = float32_copy(keras_predictor.model), keras_predictor.image_size
     targets = []
     if export_format in ("saved_model", "all"):
         targets.append(("saved_model", saved_model_path(run_dir)))
     if export_format in ("tflite", "all"):
         targets.append(("tflite", tflite_path(run_dir, quantize)))
-    for _, path in targets:
-        if path.exists() and not force:
-            raise TflError(f"'{path}' already exists. Pass --force to replace it.")
-
-    echo(f"Exporting {run_dir} ({len(class_names)} classes, {image_size} px); verifying on up to {verify_images} "
-         "validation images")
-    splits = json.loads((run_dir / "splits.json").read_text())
-    images, labels = load_val_images(run_dir, splits, image_size, verify_images)
-    reference = predict_all(keras_predictor, images, 32)
-    rows = [verify(keras_predictor, run_dir / "model.keras", images, labels, None)]
-    for kind, path in targets:
-        with atomic_path(path, force=force) as tmp:
-            if kind == "saved_model":
-                write_saved_model(model, class_names, tmp, top_k)
-                predictor = SavedModelPredictor(tmp)
-            else:
-                calibration = (representative_images(Split(**splits.get("train", {})), image_size, calibration_samples)
-                               if quantize == "int8" else None)
-                write_tflite(model, class_names, tmp, quantize, calibration)
-                predictor = TFLitePredictor(tmp)
-            row = verify(predictor, tmp, images, labels, reference)
-            row["file"] = str(path.relative_to(run_dir))
-            row["quantize"] = quantize if kind == "tflite" else "none"
-            rows.append(row)
-            check_drop(row, max_accuracy_drop, echo)
     report_path = run_dir / "export_report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    report.update({row["file"]: row for row in rows})
-    atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+    finished = {path for _, path in targets if path.exists() and str(path.relative_to(run_dir)) in report}
+    if not force and finished:
+        if len(finished) == len(targets):
+            raise TflError(f"'{sorted(finished)[0]}' already exists. Pass --force to replace it.")
+        echo(f"Keeping {', '.join(str(p.relative_to(run_dir)) for p in sorted(finished))} (already exported and "
+             "verified; --force replaces it)")
+        targets = [(kind, path) for kind, path in targets if path not in finished]
+
+    class_names = read_labels(run_dir / LABELS_FILE)
+    keras_predictor = load_predictor(run_dir / MODEL_FILE)
+    model, image_size = float32_copy(keras_predictor.model), keras_predictor.image_size
+    echo(f"Exporting {run_dir} ({len(class_names)} classes, {image_size} px); verifying on up to {verify_images} "
+         "validation images")
+    splits = read_splits(run_dir)
+    images, labels = load_val_images(run_dir, splits, image_size, verify_images)
+    reference = predict_all(keras_predictor, images, 32)
+    rows = [verify(keras_predictor, run_dir / MODEL_FILE, images, labels, None)]
+    record(report, rows[0], report_path)
+    for kind, path in targets:
+        if path.exists() and not force:  # written by an export that was killed before it recorded it
+            row = verify(artifact_predictor(kind, path), path, images, labels, reference)
+        else:
+            with atomic_path(path, force=force) as tmp:
+                write_artifact(kind, model, class_names, tmp, top_k, quantize, splits, image_size, calibration_samples)
+                row = verify(artifact_predictor(kind, tmp), tmp, images, labels, reference)
+                row["file"] = str(path.relative_to(run_dir))
+                check_drop(row, max_accuracy_drop, echo)
+        row["file"] = str(path.relative_to(run_dir))
+        row["quantize"] = quantize if kind == "tflite" else "none"
+        rows.append(row)
+        record(report, row, report_path)
     echo(format_report(rows))
     return rows
+
+
+def write_artifact(kind: str, model: keras.Model, class_names: list[str], target: Path, top_k: int, quantize: str,
+                   splits: dict, image_size: int, calibration_samples: int) -> None:
+    if kind == "saved_model":
+        write_saved_model(model, class_names, target, top_k)
+        return
+    calibration = (representative_images(Split(**splits.get("train", {})), image_size, calibration_samples)
+                   if quantize == "int8" else None)
+    write_tflite(model, class_names, target, quantize, calibration)
+
+
+def artifact_predictor(kind: str, path: Path):
+    return SavedModelPredictor(path) if kind == "saved_model" else TFLitePredictor(path)
+
+
+def record(report: dict, row: dict, report_path: Path) -> None:
+    report[row["file"]] = row
+    atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
 
 
 def check_drop(row: dict, max_accuracy_drop: float | None, echo: Callable[[str], None]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import keras
@@ -66,8 +67,15 @@ def build_backbone(spec: ArchSpec, image_size: int, weights: str, alpha: float =
     constructor = getattr(keras.applications, spec.keras_constructor)
     resolved = resolve_weights(weights)
     try:
-        return constructor(include_top=False, weights=resolved, input_shape=(image_size, image_size, 3),
-                           name=BACKBONE_NAME, **kwargs)
+        # Keras warns once per layer it cannot fill (hundreds of lines for a file of another arch): collect them.
+        with warnings.catch_warnings(record=True) as skipped:
+            warnings.simplefilter("always")
+            backbone = constructor(include_top=False, weights=resolved, input_shape=(image_size, image_size, 3),
+                                   name=BACKBONE_NAME, **kwargs)
+        unfilled = [str(w.message) for w in skipped if "Skipping" in str(w.message)]
+        if unfilled:
+            raise ValueError(f"{len(unfilled)} part(s) of the model found no weights in the file ({unfilled[0]})")
+        return backbone
     except Exception as exc:
         message = str(exc)
         if resolved == "imagenet" and ("URL fetch failure" in message or "urlopen" in message):

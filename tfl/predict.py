@@ -12,7 +12,7 @@ import numpy as np
 
 from tfl.data import is_hidden, load_image_for_predict
 from tfl.errors import TflError
-from tfl.runs import read_labels
+from tfl.runs import LABELS_FILE, MODEL_FILE, read_labels
 
 
 class KerasPredictor:
@@ -23,7 +23,7 @@ class KerasPredictor:
 
         self.model = keras.models.load_model(model_path, compile=False)
         self.image_size = int(self.model.input_shape[1])
-        self.class_names = read_labels(model_path.parent / "labels.txt")
+        self.class_names = read_labels(model_path.parent / LABELS_FILE)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(pixels.astype("float32")))
@@ -91,15 +91,27 @@ def load_predictor(artifact: str | Path):
     if not path.exists():
         raise TflError(f"'{path}' does not exist. Pass a .keras file, a run directory, a SavedModel directory or a .tflite file.")
     if path.suffix == ".tflite":
-        return TFLitePredictor(path)
+        return open_artifact(TFLitePredictor, path, "TFLite model")
     if path.suffix == ".keras":
-        return KerasPredictor(path)
+        return open_artifact(KerasPredictor, path, "Keras model")
     if (path / "saved_model.pb").is_file():
-        return SavedModelPredictor(path)
-    if (path / "model.keras").is_file():
-        return KerasPredictor(path / "model.keras")
+        return open_artifact(SavedModelPredictor, path, "SavedModel")
+    if (path / MODEL_FILE).is_file():
+        return open_artifact(KerasPredictor, path / MODEL_FILE, "Keras model")
     raise TflError(f"'{path}' is not a model tfl can run: expected a .keras or .tflite file, a run directory "
-                   "(with model.keras) or a SavedModel directory (with saved_model.pb).")
+                   f"(with {MODEL_FILE}) or a SavedModel directory (with saved_model.pb).")
+
+
+def open_artifact(predictor_class, path: Path, kind: str):
+    """A damaged or foreign file is the user's to replace: say so instead of showing the loader's traceback."""
+    try:
+        return predictor_class(path)
+    except TflError:
+        raise
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise TflError(f"'{path}' cannot be read as a {kind} ({reason}). The file may be damaged, cut short or of "
+                       "another kind: export it again with 'tfl export', or pass another artifact.") from None
 
 
 def collect_images(inputs: list[str]) -> list[Path]:

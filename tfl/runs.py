@@ -26,13 +26,18 @@ CHECKPOINT_STATE = "state.json"
 RUN_MARKER = MODEL_FILE
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask would race with other threads)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-FILE_MODE = 0o666 & ~_current_umask()  # what open() gives a new file: 0644 under the usual umask 022
+def new_file_mode() -> int:
+    return 0o666 & ~current_umask()  # what open() gives a new file: 0644 under the usual umask 022
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -41,7 +46,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, FILE_MODE)  # mkstemp makes owner-only files; a model server may run as another user
+        os.fchmod(fd, new_file_mode())  # mkstemp makes owner-only files; a model server may run as another user
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
@@ -221,3 +226,11 @@ def read_splits(run_dir: Path) -> dict[str, dict]:
     saved = json.loads(path.read_text())
     return {name: {"paths": [str(run_dir / p) if not os.path.isabs(p) else p for p in split["paths"]],
                    "labels": split["labels"]} for name, split in saved.items()}
+
+
+def check_reachable(paths: list[str], run: Path) -> None:
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise TflError(f"{len(missing)} of the {len(paths)} validation photos of run '{run}' are not where it was "
+                       f"trained from (the first: '{missing[0]}'). Put them back, or evaluate on another folder "
+                       "with --data.")
