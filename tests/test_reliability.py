@@ -103,6 +103,20 @@ def own_run(tiny_run, tmp_path):
     return copy
 
 
+def test_predict_sees_exactly_the_pixels_training_saw(tmp_path):
+    from tfl.data import Split, decoded_images
+
+    paths = []
+    for i, size in enumerate((40, 300, 900)):  # small, larger than the model, large enough for a reduced decode
+        make_image((200, 40, 40), size=size, seed=i).save(tmp_path / f"{i}.jpg", quality=85)
+        paths.append(str(tmp_path / f"{i}.jpg"))
+    Image.fromarray(np.full((50, 70), 30000, np.uint16)).save(tmp_path / "deep.png")
+    paths.append(str(tmp_path / "deep.png"))
+    training = [image.numpy() for image, _ in decoded_images(Split(paths=paths, labels=[0] * len(paths)), 96)]
+    for path, seen in zip(paths, training):
+        np.testing.assert_array_equal(load_image_for_predict(path, 96), seen, err_msg=path)
+
+
 def test_metrics_and_the_export_reference_agree(own_run):
     tiny_run = own_run
     result = cli("export", tiny_run, "--format", "tflite", "--quantize", "dynamic")
