@@ -117,12 +117,12 @@ def test_killed_in_stage_two_resumes_and_finishes_like_an_uninterrupted_run(data
 
 def test_killed_in_the_head_stage_resumes_on_the_cached_features(data, long_plan, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
-    process = start_training(data, runs, "h", "400,1", long_plan)
+    process = start_training(data, runs, "h", "80,1", long_plan)
     state_path = runs / "h.partial" / "checkpoint" / "state.json"
     wait_for_state(process, state_path, lambda s: s["stage"] == 0 and s["stage_epochs"] >= 5)
     kill_hard(process)
     state = json.loads(state_path.read_text())
-    assert state["stage"] == 0 and state["stage_epochs"] < 400
+    assert state["stage"] == 0 and state["stage_epochs"] < 80
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -131,7 +131,7 @@ def test_killed_in_the_head_stage_resumes_on_the_cached_features(data, long_plan
     assert resumed.exit_code == 0, resumed.output
     assert "reused from" in resumed.output, "the feature cache of the killed run is reused"
     rows = history(runs / "h")
-    assert [r["stage"] for r in rows] == ["head"] * 400 + ["top_blocks"]
+    assert [r["stage"] for r in rows] == ["head"] * 80 + ["top_blocks"]
     evaluated = cli("evaluate", runs / "h")
     assert evaluated.exit_code == 0, evaluated.output
     assert "accuracy" in evaluated.output

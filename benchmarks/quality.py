@@ -1,0 +1,131 @@
+"""Benchmark: tfl's defaults against the Keras guide's two-stage recipe written by hand, on every shared dataset.
+
+For each set in ../shared/datasets (flowers, weather4, potato_leaf3) both train MobileNetV2-0.35 with the shared
+ImageNet weights on the same training and validation files (tfl's split, read from its splits.json) at the same
+image size (tfl's auto size), in one script run. The hand recipe is plain Keras and tf.data, no tfl code:
+10 head epochs at 1e-3 (Adam) on flipped/rotated/zoomed pixels, then 10 epochs at 1e-4 with the backbone trainable
+from block 10 on (BatchNormalization in inference mode), as in the Keras transfer-learning guide. Prints one table
+and writes benchmarks/results/quality.json.
+
+    python benchmarks/quality.py [--datasets flowers weather4 potato_leaf3] [--out ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, RESULTS, WEIGHTS, machine, write_results  # sets up TF logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfl.config import load_config
+from tfl.train import finetune
+
+DATASETS = REPO.parent / "shared" / "datasets"
+HEAD_EPOCHS, TUNE_EPOCHS, BATCH = 10, 10, 32
+
+
+def file_dataset(paths, labels, size, training, seed=42):
+    def load(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return tf.image.resize(image, (size, size)), label
+
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels)).map(load, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    if training:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)
+
+
+def hand_recipe(splits: dict, classes: int, size: int, seed: int = 42) -> dict:
+    start = time.time()
+    keras.utils.set_random_seed(seed)
+    train = file_dataset(splits["train"]["paths"], splits["train"]["labels"], size, True, seed)
+    val = file_dataset(splits["val"]["paths"], splits["val"]["labels"], size, False)
+    base = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=str(WEIGHTS),
+                                          input_shape=(size, size, 3))
+    base.trainable = False
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.RandomFlip("horizontal")(inputs)
+    x = keras.layers.RandomRotation(0.1)(x)
+    x = keras.layers.RandomZoom(0.1)(x)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    model = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    head = model.fit(train, validation_data=val, epochs=HEAD_EPOCHS, verbose=2)
+    base.trainable = True
+    first = [layer.name for layer in base.layers].index("block_10_expand")
+    for layer in base.layers[:first]:
+        layer.trainable = False
+    model.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    tuned = model.fit(train, validation_data=val, epochs=HEAD_EPOCHS + TUNE_EPOCHS, initial_epoch=HEAD_EPOCHS,
+                      verbose=2)
+    history = head.history["val_accuracy"] + tuned.history["val_accuracy"]
+    result = {"val_best": round(max(history), 4), "val_final": round(history[-1], 4),
+              "wall_seconds": round(time.time() - start, 1)}
+    if "test" in splits:
+        test = file_dataset(splits["test"]["paths"], splits["test"]["labels"], size, False)
+        result["test_final"] = round(float(model.evaluate(test, verbose=0)[1]), 4)
+    return result
+
+
+def tfl_defaults(data: Path, runs: Path) -> tuple[dict, dict, int]:
+    config = load_config("mobilenetv2", overrides={"alpha": 0.35, "weights": str(WEIGHTS)})
+    start = time.time()
+    run = finetune(config, str(data), output=runs, name=data.name, verbose=2).run_dir
+    wall = time.time() - start
+    metrics = json.loads((run / "metrics.json").read_text())
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    result = {"val_best": metrics["accuracy"], "val_final": float(rows[-1]["val_accuracy"]),
+              "wall_seconds": round(wall, 1), "epochs": len(rows), "best_epoch": metrics["best_epoch"]}
+    if "test" in metrics:
+        result["test_best_model"] = metrics["test"]["accuracy"]
+    saved = json.loads((run / "splits.json").read_text())
+    size = int(__import__("yaml").safe_load((run / "config.yaml").read_text())["image_size"])
+    return result, saved, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--datasets", nargs="+", default=["flowers", "weather4", "potato_leaf3"])
+    parser.add_argument("--out", default=str(RESULTS / "quality.json"))
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.datasets:
+            data = DATASETS / name
+            if not data.is_dir() or not WEIGHTS.is_file():
+                raise SystemExit(f"needs {data} and {WEIGHTS} (the shared folder beside the repo)")
+            ours, splits, size = tfl_defaults(data, Path(tmp))
+            classes = len(set(splits["train"]["labels"]))
+            theirs = hand_recipe(splits, classes, size)
+            rows.append({"dataset": name, "train_images": len(splits["train"]["paths"]),
+                         "val_images": len(splits["val"]["paths"]), "classes": classes, "image_size": size,
+                         "tfl": ours, "hand": theirs,
+                         "difference_best": round(ours["val_best"] - theirs["val_best"], 4)})
+            print(json.dumps(rows[-1]), flush=True)
+    header = (f"{'dataset':<13} {'train':>6} {'cls':>4} {'px':>4} | {'tfl best':>8} {'final':>6} {'time':>6} | "
+              f"{'hand best':>9} {'final':>6} {'time':>6} | {'diff':>6} | {'test tfl / hand':>15}")
+    print(header)
+    for row in rows:
+        ours, theirs = row["tfl"], row["hand"]
+        test = (f"{ours['test_best_model']:.3f} / {theirs['test_final']:.3f}" if "test_final" in theirs else "")
+        print(f"{row['dataset']:<13} {row['train_images']:>6} {row['classes']:>4} {row['image_size']:>4} | "
+              f"{ours['val_best']:>8.4f} {ours['val_final']:>6.3f} {ours['wall_seconds']:>5.0f}s | "
+              f"{theirs['val_best']:>9.4f} {theirs['val_final']:>6.3f} {theirs['wall_seconds']:>5.0f}s | "
+              f"{row['difference_best']:>+6.3f} | {test:>15}")
+    write_results(args.out, {"machine": machine(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The adaptive plan (`plan: auto`): stage lengths, unfrozen blocks and learning rates chosen from the data.
+
+The rules follow what transfers across datasets rather than what fits one (see the README's quality table):
+- Linear probe first, to convergence (Kumar et al. 2022, LP-FT): on cached features an epoch costs milliseconds, so
+  the head trains until validation stops improving instead of for a fixed 3 epochs.
+- Then gentle fine-tuning: a learning-rate warmup, a low peak rate, and fewer unfrozen blocks the fewer images
+  there are to fit them with (fastai's `fine_tune` and the Keras guide unfreeze the top; Big Transfer's
+  HyperRule sizes the schedule by dataset size).
+- A step budget, not an epoch count: small sets get more epochs of few steps, large sets fewer epochs of many.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from tfl.archs import ArchSpec
+from tfl.config import Stage, TrainConfig
+
+HEAD_MAX_EPOCHS = 100  # on cached features; early stopping ends it far sooner
+HEAD_PATIENCE = 8  # epochs without a better validation loss or accuracy
+HEAD_LEARNING_RATE = 1e-3
+FINE_TUNE_STEPS = 600  # optimizer steps in the unfreezing stage
+FINE_TUNE_EPOCHS = (3, 10)  # at least, at most
+WARMUP_FRACTION = 0.2  # of the fine-tuning epochs, at least one
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """Datasets with fewer than `below` training images per class... unfreeze this share of the blocks."""
+
+    below: float
+    block_share: float
+    learning_rate: float
+
+
+# The fewer images per class, the fewer blocks (and the lower the rate) fine-tuning may move.
+SIZE_RULES = (
+    SizeRule(below=100, block_share=0.25, learning_rate=5e-5),
+    SizeRule(below=500, block_share=0.5, learning_rate=1e-4),
+    SizeRule(below=math.inf, block_share=0.75, learning_rate=1e-4),
+)
+
+
+@dataclass(frozen=True)
+class DataStats:
+    train_images: int
+    classes: int
+
+    @property
+    def per_class(self) -> float:
+        return self.train_images / max(1, self.classes)
+
+
+def size_rule(stats: DataStats) -> SizeRule:
+    return next(rule for rule in SIZE_RULES if stats.per_class < rule.below)
+
+
+def fine_tune_epochs(stats: DataStats, batch_size: int) -> int:
+    steps_per_epoch = max(1, math.ceil(stats.train_images / batch_size))
+    low, high = FINE_TUNE_EPOCHS
+    return max(low, min(high, math.ceil(FINE_TUNE_STEPS / steps_per_epoch)))
+
+
+def auto_plan(config: TrainConfig, spec: ArchSpec, stats: DataStats) -> tuple[TrainConfig, list[str]]:
+    """The config with its stages chosen from `stats`, and one line per choice saying why."""
+    rule = size_rule(stats)
+    blocks = max(1, round(rule.block_share * spec.num_blocks))
+    epochs = fine_tune_epochs(stats, config.batch_size)
+    warmup = max(1, round(WARMUP_FRACTION * epochs))
+    stages = [
+        Stage("head", HEAD_MAX_EPOCHS, HEAD_LEARNING_RATE, 0, patience=HEAD_PATIENCE),
+        Stage("top_blocks", epochs, rule.learning_rate, blocks, warmup_epochs=warmup, patience=config.patience),
+    ]
+    where = f"{stats.train_images:,} training images in {stats.classes} classes ({stats.per_class:.0f} per class)"
+    reasons = [
+        f"head: trained to convergence on cached features (up to {HEAD_MAX_EPOCHS} epochs, stops after "
+        f"{HEAD_PATIENCE} without progress) at {HEAD_LEARNING_RATE:.0e}",
+        f"top_blocks: {where}: top {blocks} of {spec.num_blocks} blocks at {rule.learning_rate:.0e}, "
+        f"{epochs} epochs (about {FINE_TUNE_STEPS} steps), {warmup} of warmup",
+    ]
+    return dataclasses.replace(config, stages=stages, plan="fixed"), reasons
