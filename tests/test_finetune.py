@@ -110,5 +110,5 @@ def test_auto_image_size_follows_small_photos(tiny_folder, tmp_path):
     args = [a for a in TINY if a not in ("--image-size", "32")]
     result = run_cli("finetune", "--data", tiny_folder, *args, "--epochs", "1,0", "--output", tmp_path, "--name", "auto")
     assert result.exit_code == 0, result.output
-    assert "at 64 px (auto: photos' median short side 40 px)" in result.output
-    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["image_size"] == 64
+    assert "at 128 px (auto: photos' median short side 40 px)" in result.output
+    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["image_size"] == 128

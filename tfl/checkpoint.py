@@ -34,8 +34,9 @@ class TrainingState:
     stopped: bool = False  # the stage stopped early (patience ran out)
     rows: list[dict] = field(default_factory=list)  # history.csv rows of every finished epoch
     best: dict | None = None  # the run's best epoch so far: {"epoch", "stage", "value"}
-    stage_best: dict | None = None  # the stage's best epoch: {"epoch", "value"}
-    wait: int = 0  # epochs since the stage's best
+    stage_best: dict | None = None  # the stage's best epoch: {"epoch", "value", "loss"}
+    stage_min_loss: float | None = None  # the stage's lowest validation loss
+    wait: int = 0  # epochs since the stage last made progress (a better accuracy or a lower loss)
 
     @property
     def epochs_done(self) -> int:
@@ -79,6 +80,7 @@ class Checkpoint:
     def start_stage(self, state: TrainingState, stage: int, classifier: keras.Model) -> None:
         self._write_arrays(f"stage{stage}.npz", classifier.get_weights())
         state.stage, state.stage_epochs, state.stopped, state.stage_best, state.wait = stage, 0, False, None, 0
+        state.stage_min_loss = None
         self._write_state(state)
 
     def end_epoch(self, state: TrainingState, trained: keras.Model) -> None:
@@ -104,8 +106,12 @@ class Checkpoint:
 
 
 class StageTracker(keras.callbacks.Callback):
-    """Early stopping on val_accuracy within a stage, the best epoch within the stage and across the run, the
-    history rows, and a checkpoint after every epoch."""
+    """Early stopping within a stage, the best epoch within the stage and across the run, the history rows, and a
+    checkpoint after every epoch.
+
+    The best epoch has the highest validation accuracy (the lower loss breaks ties). A stage stops after `patience`
+    epochs with neither a better accuracy nor a lower loss: on a few hundred validation images accuracy moves in
+    steps of a fraction of a point and stalls on noise while the loss still improves."""
 
     def __init__(self, checkpoint: Checkpoint, state: TrainingState, stage_name: str, patience: int):
         super().__init__()
@@ -113,18 +119,19 @@ class StageTracker(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs, state = logs or {}, self.state
-        value = float(logs.get("val_accuracy", 0.0))
+        value, loss = float(logs.get("val_accuracy", 0.0)), float(logs.get("val_loss", 0.0))
         state.stage_epochs += 1
         row = {"epoch": epoch + 1, "stage": self.stage_name, "stage_epoch": state.stage_epochs,
                "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
         row |= {key: round(float(logs[key]), 5) for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in logs}
         state.rows.append(row)
-        if state.stage_best is None or value > state.stage_best["value"]:
-            state.stage_best, state.wait = {"epoch": epoch + 1, "value": value}, 0
-        else:
-            state.wait += 1
-        if state.best is None or value > state.best["value"]:
-            state.best = {"epoch": epoch + 1, "stage": state.stage, "value": value}
+        progress = state.stage_min_loss is None or loss < state.stage_min_loss
+        state.stage_min_loss = loss if progress else state.stage_min_loss
+        if state.stage_best is None or (value, -loss) > (state.stage_best["value"], -state.stage_best["loss"]):
+            state.stage_best, progress = {"epoch": epoch + 1, "value": value, "loss": loss}, True
+        state.wait = 0 if progress else state.wait + 1
+        if state.best is None or (value, -loss) > (state.best["value"], -state.best["loss"]):
+            state.best = {"epoch": epoch + 1, "stage": state.stage, "value": value, "loss": loss}
         if state.wait >= self.patience:
             state.stopped = True
             self.model.stop_training = True

@@ -16,7 +16,8 @@ AUGMENT_PRESETS = ("none", "light", "strong")
 CLASS_WEIGHT_MODES = ("auto", "none")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 MAX_IMAGE_SIZE = 1024  # beyond this a batch of activations no longer fits the memory of ordinary machines
-RUN_RECORD_KEYS = ("versions",)  # written into a run's config.yaml as a record, ignored when it is read back
+RUN_RECORD_KEYS = ("versions", "plan_reasons")
+PLANS = ("auto", "fixed")  # written into a run's config.yaml as a record, ignored when it is read back
 
 
 @dataclass
@@ -27,12 +28,15 @@ class Stage:
     epochs: int
     learning_rate: float
     unfreeze_blocks: int | str = 0  # 0: head only; N: the top N backbone blocks; "all": the whole backbone
+    warmup_epochs: int = 0  # the learning rate rises linearly from 0 over these first epochs
+    patience: int | None = None  # early stopping within the stage; None: the config's patience
 
 
 @dataclass
 class TrainConfig:
     data: str | None = None  # the photos: a folder, or tfds:NAME (--data); a run's config.yaml holds its own
     arch: str = "mobilenetv2"
+    plan: str = "auto"  # auto: stages chosen from the data (tfl/plan.py); fixed: the stages below, as given
     alpha: float = 1.0  # MobileNetV2 width multiplier
     image_size: int | None = None  # None ("auto"): the arch's size, or the photos' median size when smaller
     weights: str = "imagenet"  # "imagenet", "none" or a path to a no-top backbone weights file
@@ -116,18 +120,22 @@ def _parse_stage(raw: Any, index: int, source: str) -> Stage:
         blocks = _coerce("unfreeze_blocks", blocks, int, source)
         if blocks < 0:
             raise TflError(f"'unfreeze_blocks' in stage {index + 1} of {source} must be 0 or more, or 'all'.")
+    patience = raw.get("patience")
     stage = Stage(
         name=str(raw.get("name", f"stage{index + 1}")),
         epochs=_coerce("epochs", raw.get("epochs", 0), int, source),
         learning_rate=_coerce("learning_rate", raw.get("learning_rate", 1e-4), float, source),
         unfreeze_blocks=blocks,
+        warmup_epochs=_coerce("warmup_epochs", raw.get("warmup_epochs", 0), int, source),
+        patience=None if patience is None else _coerce("patience", patience, int, source),
     )
-    if stage.epochs < 0 or stage.learning_rate <= 0:
-        raise TflError(f"Stage {index + 1} of {source} needs epochs >= 0 and a learning_rate above 0.")
+    if stage.epochs < 0 or stage.learning_rate <= 0 or stage.warmup_epochs < 0 or (stage.patience or 1) < 1:
+        raise TflError(f"Stage {index + 1} of {source} needs epochs >= 0, a learning_rate above 0, warmup_epochs "
+                       ">= 0 and a patience of 1 or more.")
     return stage
 
 
-_SCALAR_TYPES = {"data": str, "arch": str, "alpha": float, "weights": str, "batch_size": int, "augment": str,
+_SCALAR_TYPES = {"data": str, "plan": str, "arch": str, "alpha": float, "weights": str, "batch_size": int, "augment": str,
                  "mixup": float, "cutmix": float, "dropout": float, "label_smoothing": float,
                  "val_split": float, "class_weight": str, "patience": int, "seed": int, "backend": str,
                  "feature_cache": bool, "cache_views": int, "precision": str}
@@ -166,6 +174,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     if "alpha" not in spec.constructor_kwargs and config.alpha != 1.0:
         warn(f"alpha {config.alpha} is ignored: only mobilenetv2 has a width multiplier, {spec.name} has none.")
         config = dataclasses.replace(config, alpha=1.0)
+    if config.plan not in PLANS:
+        raise TflError(f"Unknown plan '{config.plan}'. Choose one of: {', '.join(PLANS)}.")
     if config.augment not in AUGMENT_PRESETS:
         raise TflError(f"Unknown augment preset '{config.augment}'. Choose one of: {', '.join(AUGMENT_PRESETS)}.")
     if config.class_weight not in CLASS_WEIGHT_MODES:
@@ -203,6 +213,8 @@ def load_config(arch: str | None = None, config_file: str | None = None,
     if arch_file:
         config = apply_overrides(config, read_yaml(arch_file), str(arch_file))
     if config_file:
+        if "stages" in user_values and "plan" not in user_values:
+            user_values = user_values | {"plan": "fixed"}  # stages written out are meant to be used as they are
         config = apply_overrides(config, user_values, config_file)
     config = apply_overrides(config, overrides | {"arch": arch}, "the command line")
     return validate(config)
@@ -218,7 +230,11 @@ def parse_per_stage(text: str, kind: type, flag: str) -> list:
 
 def override_stages(config: TrainConfig, epochs: str | None, learning_rates: str | None,
                     unfreeze_blocks: str | None) -> TrainConfig:
-    """Apply --epochs 5,5,0 / --lr 1e-3,1e-4 / --unfreeze-blocks N (stage 2) to the plan."""
+    """Apply --epochs 5,5,0 / --lr 1e-3,1e-4 / --unfreeze-blocks N (stage 2) to the arch's fixed plan: giving any
+    of them switches `plan: auto` off."""
+    if (epochs, learning_rates, unfreeze_blocks) == (None, None, None):
+        return config
+    config = dataclasses.replace(config, plan="fixed")
     stages = [dataclasses.replace(s) for s in config.stages]
     for flag, text, attr, kind in (("--epochs", epochs, "epochs", int), ("--lr", learning_rates, "learning_rate", float)):
         if text is None:

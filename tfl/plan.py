@@ -57,10 +57,13 @@ def size_rule(stats: DataStats) -> SizeRule:
     return next(rule for rule in SIZE_RULES if stats.per_class < rule.below)
 
 
+def steps_per_epoch(stats: DataStats, batch_size: int) -> int:
+    return max(1, math.ceil(stats.train_images / batch_size))
+
+
 def fine_tune_epochs(stats: DataStats, batch_size: int) -> int:
-    steps_per_epoch = max(1, math.ceil(stats.train_images / batch_size))
     low, high = FINE_TUNE_EPOCHS
-    return max(low, min(high, math.ceil(FINE_TUNE_STEPS / steps_per_epoch)))
+    return max(low, min(high, math.ceil(FINE_TUNE_STEPS / steps_per_epoch(stats, batch_size))))
 
 
 def auto_plan(config: TrainConfig, spec: ArchSpec, stats: DataStats) -> tuple[TrainConfig, list[str]]:
@@ -78,6 +81,7 @@ def auto_plan(config: TrainConfig, spec: ArchSpec, stats: DataStats) -> tuple[Tr
         f"head: trained to convergence on cached features (up to {HEAD_MAX_EPOCHS} epochs, stops after "
         f"{HEAD_PATIENCE} without progress) at {HEAD_LEARNING_RATE:.0e}",
         f"top_blocks: {where}: top {blocks} of {spec.num_blocks} blocks at {rule.learning_rate:.0e}, "
-        f"{epochs} epochs (about {FINE_TUNE_STEPS} steps), {warmup} of warmup",
+        f"{epochs} epochs of {steps_per_epoch(stats, config.batch_size)} steps (aiming at {FINE_TUNE_STEPS} steps, "
+        f"{FINE_TUNE_EPOCHS[0]} to {FINE_TUNE_EPOCHS[1]} epochs), the first {warmup} warming up",
     ]
     return dataclasses.replace(config, stages=stages, plan="fixed"), reasons

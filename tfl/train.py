@@ -29,6 +29,7 @@ from tfl.evaluate import evaluate_model, plot_confusion_matrix, plot_training_cu
 from tfl.features import (cache_key, cached_features, compute_features, feature_dataset, feature_extractor, head_model,
                           load_features)
 from tfl.model import build_model, set_trainable_blocks, trainable_params
+from tfl.plan import DataStats, auto_plan
 from tfl.precision import dtype_policy, resolve_precision
 from tfl.runs import (CHECKPOINT_DIR, CONFIG_FILE, DEFAULT_ROOT, LABELS_FILE, MODEL_FILE, atomic_path, atomic_write_text,
                       default_run_name, finish_run_dir, has_checkpoint, prepare_run_dir, read_labels, read_run_config,
@@ -73,12 +74,15 @@ def plan_rows(model: keras.Model, spec: ArchSpec, stages: list[Stage]) -> list[d
     return rows
 
 
-def format_plan(rows: list[dict], class_weight: dict | None, class_names: list[str]) -> str:
+def format_plan(rows: list[dict], class_weight: dict | None, class_names: list[str],
+                reasons: list[str] | None = None) -> str:
     lines = [f"{'stage':<12} {'trains':<16} {'trainable params':>17} {'epochs':>7} {'lr':>9}"]
     for row in rows:
         skipped = "  (skipped)" if row["epochs"] == 0 else ""
         lines.append(f"{row['stage']:<12} {row['trains']:<16} {row['trainable_params']:>17,} {row['epochs']:>7} "
                      f"{row['learning_rate']:>9.1e}{skipped}")
+    if reasons:
+        lines += ["plan auto, chosen from the data:"] + [f"  {reason}" for reason in reasons]
     if class_weight:
         weights = ", ".join(f"{class_names[i]} {w:.2f}" for i, w in class_weight.items())
         lines.append(f"class weights (auto, imbalanced classes): {weights}")
@@ -87,11 +91,21 @@ def format_plan(rows: list[dict], class_weight: dict | None, class_names: list[s
     return "\n".join(lines)
 
 
+def learning_rate_schedule(stage: Stage, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Cosine decay over the stage, after a linear warmup from 0 over its first `warmup_epochs`: a fresh optimizer
+    on newly unfrozen blocks then cannot jolt the pretrained features before its moment estimates settle."""
+    warmup_steps = steps_per_epoch * min(stage.warmup_epochs, stage.epochs)
+    decay_steps = max(1, steps_per_epoch * stage.epochs - warmup_steps)
+    if not warmup_steps:
+        return keras.optimizers.schedules.CosineDecay(stage.learning_rate, decay_steps=decay_steps, alpha=0.05)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=decay_steps, alpha=0.05,
+                                                  warmup_target=stage.learning_rate, warmup_steps=warmup_steps)
+
+
 def compile_for_stage(model: keras.Model, stage: Stage, steps_per_epoch: int, label_smoothing: float,
                       steps_per_execution: int = 1) -> None:
-    """A fresh optimizer with a cosine-decayed learning rate over the stage; needed after every trainable change."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        stage.learning_rate, decay_steps=max(1, steps_per_epoch * stage.epochs), alpha=0.05)
+    """A fresh optimizer with the stage's learning-rate schedule; needed after every trainable change."""
+    schedule = learning_rate_schedule(stage, steps_per_epoch)
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
                   metrics=["accuracy"], steps_per_execution=steps_per_execution)
@@ -227,18 +241,23 @@ def finetune(config: TrainConfig, data: str | None = None, output: str | Path = 
             write_splits(work_dir, {k: v for k, v in splits.items() if v})
             median_side = image_data.report.get("median_short_side")
             image_size = config.image_size or auto_image_size(spec, median_side)
+            reasons = None
+            if config.plan == "auto":
+                stats = DataStats(len(image_data.train), len(image_data.class_names))
+                config, reasons = auto_plan(config, spec, stats)
             new_model = lambda: build_model(spec, len(image_data.class_names), image_size, config.weights,  # noqa: E731
                                             config.alpha, config.dropout)
             policy, why = resolve_precision(config.precision, new_model, image_size)
-            atomic_write_text(work_dir / CONFIG_FILE,
-                              yaml.safe_dump(resolved_config(config, data, image_size, policy), sort_keys=False))
+            atomic_write_text(work_dir / CONFIG_FILE, yaml.safe_dump(
+                resolved_config(config, data, image_size, policy) | ({"plan_reasons": reasons} if reasons else {}),
+                sort_keys=False))
             size_note = ("" if config.image_size else
                          f" (auto: photos' median short side {median_side} px)" if median_side else " (auto)")
             echo(f"\nModel: {spec.name} at {image_size} px{size_note}, weights {config.weights}, backend "
                  f"{keras.backend.backend()}, precision {policy} ({why})")
             with clear_resource_errors(config, image_size):
                 return train_run(dataclasses.replace(config, image_size=image_size, precision=policy), image_data,
-                                 work_dir, final_dir, output, echo, verbose, start)
+                                 work_dir, final_dir, output, echo, verbose, start, reasons)
 
 
 def resume(output: str | Path = DEFAULT_ROOT, name: str | None = None, echo: Callable[[str], None] = print,
@@ -278,13 +297,14 @@ def saved_image_data(work_dir: Path, data: str, config: TrainConfig) -> ImageDat
 
 
 def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_dir: Path, output: str | Path,
-              echo: Callable[[str], None], verbose: int | str, start: float) -> RunResult:
+              echo: Callable[[str], None], verbose: int | str, start: float,
+              reasons: list[str] | None = None) -> RunResult:
     """Train the plan's stages from the checkpoint in `work_dir` (or from the start), then write the run."""
     spec, image_size, num_classes = get_arch(config.arch), config.image_size, len(image_data.class_names)
     with dtype_policy(config.precision):  # layers take the policy when they are built
         model = build_model(spec, num_classes, image_size, config.weights, config.alpha, config.dropout)
     class_weight = auto_class_weights(list(image_data.report["counts"]["train"].values()), config.class_weight)
-    echo(format_plan(plan_rows(model, spec, config.stages), class_weight, image_data.class_names))
+    echo(format_plan(plan_rows(model, spec, config.stages), class_weight, image_data.class_names, reasons))
 
     cache_dir = work_dir / "cache"
     train_ds = make_pipeline(image_data.train, num_classes, image_size, config.batch_size, training=True,
@@ -325,7 +345,7 @@ def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_
             trained.fit(train_data, validation_data=val_data, shuffle=False,  # the pipelines shuffle
                         initial_epoch=state.epochs_done, epochs=first_epoch + stage.epochs,
                         class_weight=class_weight, verbose=verbose,
-                        callbacks=[StageTracker(checkpoint, state, stage.name, config.patience),
+                        callbacks=[StageTracker(checkpoint, state, stage.name, stage.patience or config.patience),
                                    keras.callbacks.TensorBoard(log_dir=str(work_dir / "logs"), write_graph=False)])
         checkpoint.restore_epoch(state.stage_best["epoch"], trained)  # each stage ends on its best epoch
     shutil.rmtree(cache_dir, ignore_errors=True)  # a disk cache of decoded images is no part of the run
