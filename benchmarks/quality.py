@@ -7,7 +7,7 @@ image size (tfl's auto size), in one script run. The hand recipe is plain Keras 
 from block 10 on (BatchNormalization in inference mode), as in the Keras transfer-learning guide. Prints one table
 and writes benchmarks/results/quality.json.
 
-    python benchmarks/quality.py [--datasets flowers weather4 potato_leaf3] [--out ...]
+    python benchmarks/quality.py [--plan auto|fixed] [--datasets flowers weather4 potato_leaf3] [--out ...]
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def hand_recipe(splits: dict, classes: int, size: int, seed: int = 42) -> dict:
     return result
 
 
-def tfl_defaults(data: Path, runs: Path) -> tuple[dict, dict, int]:
-    config = load_config("mobilenetv2", overrides={"alpha": 0.35, "weights": str(WEIGHTS)})
+def tfl_defaults(data: Path, runs: Path, plan: str | None) -> tuple[dict, dict, int]:
+    config = load_config("mobilenetv2", overrides={"alpha": 0.35, "weights": str(WEIGHTS), "plan": plan})
     start = time.time()
     run = finetune(config, str(data), output=runs, name=data.name, verbose=2).run_dir
     wall = time.time() - start
@@ -98,6 +98,7 @@ def tfl_defaults(data: Path, runs: Path) -> tuple[dict, dict, int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--datasets", nargs="+", default=["flowers", "weather4", "potato_leaf3"])
+    parser.add_argument("--plan", choices=["auto", "fixed"], help="tfl's plan (default: the config's)")
     parser.add_argument("--out", default=str(RESULTS / "quality.json"))
     args = parser.parse_args()
     rows = []
@@ -106,7 +107,7 @@ def main() -> None:
             data = DATASETS / name
             if not data.is_dir() or not WEIGHTS.is_file():
                 raise SystemExit(f"needs {data} and {WEIGHTS} (the shared folder beside the repo)")
-            ours, splits, size = tfl_defaults(data, Path(tmp))
+            ours, splits, size = tfl_defaults(data, Path(tmp), args.plan)
             classes = len(set(splits["train"]["labels"]))
             theirs = hand_recipe(splits, classes, size)
             rows.append({"dataset": name, "train_images": len(splits["train"]["paths"]),
@@ -124,7 +125,7 @@ def main() -> None:
               f"{ours['val_best']:>8.4f} {ours['val_final']:>6.3f} {ours['wall_seconds']:>5.0f}s | "
               f"{theirs['val_best']:>9.4f} {theirs['val_final']:>6.3f} {theirs['wall_seconds']:>5.0f}s | "
               f"{row['difference_best']:>+6.3f} | {test:>15}")
-    write_results(args.out, {"machine": machine(), "rows": rows})
+    write_results(args.out, {"machine": machine(), "plan": args.plan or "config default", "rows": rows})
 
 
 if __name__ == "__main__":

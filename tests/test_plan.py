@@ -44,8 +44,9 @@ def test_a_tiny_set_per_class_moves_fewest_blocks():
 
 
 def test_stage_flags_or_written_stages_switch_the_auto_plan_off(tmp_path):
-    assert load_config("mobilenetv2").plan == "auto"
-    assert override_stages(load_config("mobilenetv2"), "5,5,0", None, None).plan == "fixed"
+    auto = load_config("mobilenetv2", overrides={"plan": "auto"})
+    assert auto.plan == "auto"
+    assert override_stages(auto, "5,5,0", None, None).plan == "fixed"
     written = tmp_path / "mine.yaml"
     written.write_text("stages:\n  - {name: only, epochs: 2, learning_rate: 1e-3}\n")
     assert load_config("mobilenetv2", str(written)).plan == "fixed"
@@ -106,8 +107,8 @@ def test_accuracy_decides_the_best_epoch():
 @pytest.mark.slow
 def test_the_auto_plan_is_printed_saved_and_warms_up(tiny_folder, tmp_path):
     result = CliRunner().invoke(main, ["finetune", "--data", str(tiny_folder), "--weights", "none", "--alpha", "0.35",
-                                       "--image-size", "32", "--batch-size", "8", "--output", str(tmp_path),
-                                       "--name", "auto"])
+                                       "--image-size", "32", "--batch-size", "8", "--plan", "auto",
+                                       "--output", str(tmp_path), "--name", "auto"])
     assert result.exit_code == 0, result.output
     assert "plan auto, chosen from the data:" in result.output
     assert "30 training images in 3 classes (10 per class): top 4 of 18 blocks" in result.output

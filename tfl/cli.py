@@ -10,7 +10,7 @@ import click
 
 from tfl.archs import ARCHS
 from tfl.backend import BACKENDS, use_backend
-from tfl.config import AUGMENT_PRESETS, CLASS_WEIGHT_MODES, PRECISIONS, load_config, override_stages
+from tfl.config import AUGMENT_PRESETS, CLASS_WEIGHT_MODES, PLANS, PRECISIONS, load_config, override_stages
 from tfl.errors import TflError, TflWarning
 from tfl.runs import DEFAULT_ROOT, read_run_config, resumable_run
 
@@ -65,6 +65,8 @@ def main():
 @click.option("--augment", type=click.Choice(AUGMENT_PRESETS), help="Augmentation preset for training images.")
 @click.option("--mixup", type=float, help="MixUp alpha (0 = off).")
 @click.option("--cutmix", type=float, help="CutMix alpha (0 = off).")
+@click.option("--plan", type=click.Choice(PLANS), help="fixed: the config's stages; auto: stages chosen from the "
+              "number of images and classes (head to convergence, then warmed-up fine-tuning).")
 @click.option("--epochs", help="Epochs per stage, comma-separated: head,top_blocks,full (e.g. 5,5,0).")
 @click.option("--lr", help="Learning rate per stage, comma-separated (e.g. 1e-3,1e-4,1e-5).")
 @click.option("--unfreeze-blocks", help="How many top backbone blocks stage 2 trains (a number or 'all').")

@@ -377,8 +377,10 @@ def write_run(model: keras.Model, config: TrainConfig, image_data: ImageData, st
     shutil.rmtree(work_dir / CHECKPOINT_DIR)  # the run is complete: nothing left to resume
     run_dir = finish_run_dir(work_dir, final_dir)
     wall = time.time() - start
+    test = f" · test accuracy {metrics['test']['accuracy']:.4f}" if "test" in metrics else ""
     echo(f"\nBest validation accuracy {metrics['accuracy']:.4f} (stage {metrics['best_epoch']['stage']}, epoch "
-         f"{best['epoch']}) · wall time {format_duration(wall)} · run {run_dir}")
+         f"{best['epoch']}; chosen on this validation set, so optimistic){test} · wall time "
+         f"{format_duration(wall)} · run {run_dir}")
     return RunResult(run_dir, metrics["accuracy"], wall, metrics)
 
 
