@@ -119,6 +119,3 @@ def test_the_auto_plan_is_printed_saved_and_warms_up(tiny_folder, tmp_path):
     rates = np.asarray([float(r["learning_rate"]) for r in rows])
     warmup = config["stages"][1]["warmup_epochs"]
     assert np.all(np.diff(rates[:warmup]) > 0), "the rate rises through the warmup"
-    again = CliRunner().invoke(main, ["finetune", "--config", str(tmp_path / "auto" / "config.yaml"),
-                                      "--output", str(tmp_path), "--name", "again"])
-    assert again.exit_code == 0 and "plan auto" not in again.output, "a saved plan is used as it is"
