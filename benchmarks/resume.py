@@ -54,7 +54,7 @@ def killed_and_resumed(runs: Path, kill_after: int) -> dict:
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     killed_at = {"stage": 2, "stage_epochs_done": state["stage_epochs"], "seconds": round(time.time() - start, 1)}
-    resume_seconds = run_to_completion(COMMAND[:3] + ["--resume", "killed", "--output", str(runs)])
+    resume_seconds = run_to_completion(COMMAND[:4] + ["--resume", "killed", "--output", str(runs)])
     result = summary(runs / "killed", time.time() - start)
     return result | {"killed_at": killed_at, "resume_seconds": round(resume_seconds, 1)}
 

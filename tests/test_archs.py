@@ -61,9 +61,9 @@ def test_unknown_arch_is_a_clear_error():
 
 
 @pytest.mark.parametrize("name, median_side, expected", [("mobilenetv2", 128, 128), ("mobilenetv2", 129, 160),
-                                                         ("mobilenetv2", 3000, 224), ("inceptionv3", 40, 75),
-                                                         ("resnet50", None, 224)])
-def test_auto_image_size_never_upscales_past_the_photos(name, median_side, expected):
+                                                         ("mobilenetv2", 3000, 224), ("inceptionv3", 40, 128),
+                                                         ("inceptionv3", 100, 128), ("resnet50", None, 224)])
+def test_auto_image_size_follows_the_photos_but_enlarges_tiny_ones(name, median_side, expected):
     from tfl.archs import auto_image_size
 
     assert auto_image_size(ARCHS[name], median_side) == expected

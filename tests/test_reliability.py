@@ -184,12 +184,14 @@ def test_a_run_that_fails_before_training_leaves_nothing(problem, tiny_folder, t
     assert not (runs / "f.partial").exists() and not (runs / "f").exists()
 
 
-def test_alpha_for_an_arch_without_it_is_a_warning(tiny_folder, tmp_path):
-    result = cli("finetune", "--data", tiny_folder, "--arch", "resnet50", "--alpha", "0.35", "--weights", "none",
-                 "--image-size", "32", "--epochs", "1,0", "--output", tmp_path, "--name", "rn")
-    assert result.exit_code == 0, result.output
-    assert "Warning: alpha 0.35 is ignored" in result.output
-    assert yaml.safe_load((tmp_path / "rn" / "config.yaml").read_text())["alpha"] == 1.0
+def test_alpha_for_an_arch_without_it_is_a_warning(tmp_path):
+    from tfl.config import load_config
+    from tfl.errors import TflWarning
+
+    with pytest.warns(TflWarning, match="alpha 0.35 is ignored"):
+        assert load_config("resnet50", overrides={"alpha": 0.35}).alpha == 1.0  # what config.yaml records
+    result = cli("finetune", "--data", tmp_path / "nope", "--arch", "resnet50", "--alpha", "0.35")
+    assert result.output.startswith("Warning: alpha 0.35 is ignored: only mobilenetv2 has a width multiplier")
 
 
 def test_a_runs_config_yaml_reproduces_the_run(tiny_folder, tmp_path):
@@ -200,19 +202,25 @@ def test_a_runs_config_yaml_reproduces_the_run(tiny_folder, tmp_path):
 
 
 def test_small_classes_are_warned_about_and_left_out_of_macro_f1(tmp_path):
+    from tfl.data import load_image_folder
+    from tfl.errors import TflWarning
+    from tfl.evaluate import classification_metrics
+
     data = write_class_folders(tmp_path / "d", per_class=10)
     write_class_folders(data, per_class=2, classes={"pair": (200, 200, 40)}, seed=900)
     write_class_folders(data, per_class=1, classes={"single": (40, 200, 200)}, seed=950)
-    result = cli("finetune", "--data", data, *TINY, "--epochs", "1,0", "--output", tmp_path / "runs", "--name", "s")
-    assert result.exit_code == 0, result.output
-    assert "too small for a 20% validation split" in result.output and "pair (1 of 2)" in result.output
-    assert "single have no validation image" in result.output
-    metrics = json.loads((tmp_path / "runs" / "s" / "metrics.json").read_text())
-    per_class = metrics["per_class"]
-    assert per_class["single"]["support"] == 0
-    counted = [name for name, row in per_class.items()
-               if row["support"] or np.asarray(metrics["confusion_matrix"])[:, metrics["class_names"].index(name)].sum()]
-    assert metrics["macro_f1"] == pytest.approx(np.mean([per_class[n]["f1"] for n in counted]), abs=1e-4)
+    with pytest.warns(TflWarning) as caught:
+        loaded = load_image_folder(data, val_split=0.2, seed=0)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "too small for a 20% validation split" in messages and "pair (1 of 2)" in messages
+    assert "single have no validation image" in messages
+    assert loaded.report["counts"]["val"]["single"] == 0
+
+    names = ["a", "b", "never"]  # 'never' is neither in the labels nor predicted
+    probabilities = np.eye(3)[[0, 0, 1, 0]]
+    metrics = classification_metrics(probabilities, np.asarray([0, 0, 1, 1]), names)
+    f1 = {name: row["f1"] for name, row in metrics["per_class"].items()}
+    assert metrics["macro_f1"] == pytest.approx((f1["a"] + f1["b"]) / 2, abs=1e-4) and f1["never"] == 0
 
 
 def test_an_export_killed_after_its_saved_model_finishes_on_a_rerun(own_run, monkeypatch):
