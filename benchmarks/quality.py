@@ -22,7 +22,6 @@ from pathlib import Path
 from common import REPO, RESULTS, WEIGHTS, machine, write_results  # sets up TF logging
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfl.config import load_config
