@@ -77,6 +77,17 @@ def test_a_moved_run_evaluates_and_exports_from_another_directory(moved_run, tmp
     assert (moved_run / "model_int8.tflite").is_file()
 
 
+def test_a_relative_weights_path_is_saved_absolute(tiny_folder, tmp_path, monkeypatch):
+    from tests.conftest import require_mobilenet_weights
+
+    weights = require_mobilenet_weights()
+    monkeypatch.chdir(weights.parent)
+    result = cli("finetune", "--data", tiny_folder, "--weights", weights.name, "--alpha", "0.35", "--image-size", "32",
+                 "--epochs", "1,0", "--output", tmp_path, "--name", "w")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "w" / "config.yaml").read_text())["weights"] == str(weights.resolve())
+
+
 def test_files_get_ordinary_modes(moved_run):
     umask = os.umask(0o022)
     os.umask(umask)

@@ -228,6 +228,8 @@ def finetune(config: TrainConfig, data: str | None = None, output: str | Path = 
     if not (data or config.data):
         raise TflError("No photos given: pass --data DIR, a folder with one subfolder of images per class.")
     data = absolute_data(data or config.data)
+    if config.weights not in ("imagenet", "none"):  # a weights file: saved so that it is found from any directory
+        config = dataclasses.replace(config, weights=str(Path(config.weights).expanduser().resolve()))
     with run_lock(output, name):
         final_dir, work_dir = prepare_run_dir(output, name, overwrite)
         with discarded_on_failure(work_dir):
