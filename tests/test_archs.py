@@ -5,6 +5,7 @@ import pytest
 from tfl.archs import ARCHS, get_arch
 from tfl.errors import TflError
 from tfl.model import build_model, get_backbone
+from tfl.model import get_head
 
 
 def small_size(spec):
@@ -29,10 +30,10 @@ def test_every_arch_trains_one_step_on_tensorflow(name):
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
     y = keras.utils.to_categorical([0, 2], 3)
-    before = [w.copy() for w in model.get_layer("probabilities").get_weights()]
+    before = [w.copy() for w in get_head(model).get_layer("probabilities").get_weights()]
     loss = model.train_on_batch(x, y)
     assert np.isfinite(loss)
-    after = model.get_layer("probabilities").get_weights()
+    after = get_head(model).get_layer("probabilities").get_weights()
     assert any(not np.allclose(b, a) for b, a in zip(before, after)), "one step must move the head"
     probabilities = model.predict_on_batch(x)
     assert probabilities.shape == (2, 3) and probabilities.dtype == np.float32

@@ -59,7 +59,7 @@ def test_per_stage_flags_override_the_plan():
     assert config.stages[1].unfreeze_blocks == 5
 
 
-@pytest.mark.parametrize("epochs, message", [("1,2,3,4", "gives 4 values but the plan has 3"),
+@pytest.mark.parametrize("epochs, message", [("1,2,3,4", "4 epochs given, but the plan has 3 stages"),
                                              ("a,b", "comma-separated numbers"),
                                              ("0,0,0", "nothing to train")])
 def test_bad_per_stage_flags(epochs, message):

@@ -5,6 +5,7 @@ import os
 import keras
 import numpy as np
 import pytest
+
 from click.testing import CliRunner
 
 import tfl.features as features_module
@@ -15,9 +16,10 @@ from tfl.cli import main
 from tfl.config import Stage
 from tfl.data import Split, load_image_folder, make_pipeline
 from tfl.features import (cache_key, cached_features, compute_features, feature_dataset, feature_extractor,
-                          head_model, load_features)
+                          load_features)
 from tfl.model import build_model, set_trainable_blocks
 from tfl.train import compile_for_stage
+from tfl.model import get_head
 
 
 def test_head_on_cached_features_matches_training_the_frozen_model():
@@ -35,18 +37,18 @@ def test_head_on_cached_features_matches_training_the_frozen_model():
         return model
 
     through_backbone = fresh_model()
-    initial = through_backbone.get_layer("probabilities").get_weights()
+    initial = get_head(through_backbone).get_layer("probabilities").get_weights()
     compile_for_stage(through_backbone, stage, steps_per_epoch=2, label_smoothing=0.1)
     through_backbone.fit(images, labels, batch_size=8, epochs=1, shuffle=False, verbose=0)
 
     on_features = fresh_model()
     features = np.asarray(feature_extractor(on_features).predict(images, verbose=0))
-    head = head_model(on_features)
+    head = get_head(on_features)
     compile_for_stage(head, stage, steps_per_epoch=2, label_smoothing=0.1)
     head.fit(features, labels, batch_size=8, epochs=1, shuffle=False, verbose=0)
 
-    for expected, got, start in zip(through_backbone.get_layer("probabilities").get_weights(),
-                                    on_features.get_layer("probabilities").get_weights(), initial):
+    for expected, got, start in zip(get_head(through_backbone).get_layer("probabilities").get_weights(),
+                                    get_head(on_features).get_layer("probabilities").get_weights(), initial):
         assert not np.allclose(start, got), "the head must have trained"
         np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_allclose(on_features.predict(images, verbose=0), through_backbone.predict(images, verbose=0),

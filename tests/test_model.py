@@ -6,7 +6,7 @@ import pytest
 
 from tfl.archs import ARCHS, get_arch
 from tfl.config import Stage
-from tfl.model import build_model, get_backbone, set_trainable_blocks, trainable_params
+from tfl.model import build_model, get_backbone, get_head, set_trainable_blocks, trainable_params
 from tfl.train import compile_for_stage
 
 
@@ -19,7 +19,7 @@ def test_trainable_counts_grow_stage_by_stage_and_bn_stays_frozen(name):
     spec = ARCHS[name]
     model = build_model(spec, 4, max(spec.min_image_size, 32), weights="none", alpha=0.35)
     head = trainable_params(model)
-    dense = model.get_layer("probabilities")
+    dense = get_head(model).get_layer("probabilities")
     assert head == int(np.prod(dense.kernel.shape) + np.prod(dense.bias.shape))
     counts = []
     for blocks in (1, 2, spec.num_blocks, "all"):

@@ -1,13 +1,17 @@
-"""Training-time augmentation presets: one fused random affine transform, Keras 3 core preprocessing layers, MixUp/CutMix."""
+"""Training-time augmentation presets: one fused random affine transform, Keras 3 core preprocessing layers, MixUp/CutMix.
+
+Keras and TensorFlow are imported inside the functions: the preset names (PRESETS) are read by the config and the
+CLI before the Keras backend is chosen, and importing Keras would fix it."""
 
 from __future__ import annotations
 
 import math
-
-import keras
-import tensorflow as tf
+from typing import TYPE_CHECKING
 
 from tfl.errors import TflError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 class RandomAffine:
@@ -28,6 +32,8 @@ class RandomAffine:
 
     def sample(self, batch: tf.Tensor) -> dict[str, tf.Tensor]:
         """Per-image parameters: flip sign, angle (radians), zoom factor, shift (fractions of width and height)."""
+        import tensorflow as tf
+
         def uniform(low, high, offset, shape=(batch,)):
             return tf.random.uniform(shape, low, high, seed=self.seed + offset)
         flip = tf.where(uniform(0.0, 1.0, 0) < 0.5, -1.0, 1.0) if self.flip else tf.ones([batch])
@@ -36,6 +42,8 @@ class RandomAffine:
                 "shift": uniform(-self.translation, self.translation, 3, shape=(batch, 2))}
 
     def __call__(self, images: tf.Tensor, training: bool = True) -> tf.Tensor:
+        import tensorflow as tf
+
         if not training:
             return images
         return apply_affine(images, self.sample(tf.shape(images)[0]), self.fill_mode)
@@ -46,6 +54,8 @@ def affine_transforms(params: dict[str, tf.Tensor], height: tf.Tensor, width: tf
 
     input = center + R(angle) @ diag(flip * zoom, zoom) @ (output - center) + shift * (width, height)
     """
+    import tensorflow as tf
+
     cos, sin = tf.cos(params["angle"]), tf.sin(params["angle"])
     zoom_x, zoom_y = params["flip"] * params["zoom"], params["zoom"]
     a0, a1, b0, b1 = cos * zoom_x, -sin * zoom_y, sin * zoom_x, cos * zoom_y
@@ -57,6 +67,8 @@ def affine_transforms(params: dict[str, tf.Tensor], height: tf.Tensor, width: tf
 
 
 def apply_affine(images: tf.Tensor, params: dict[str, tf.Tensor], fill_mode: str = "REFLECT") -> tf.Tensor:
+    import tensorflow as tf
+
     height, width = tf.shape(images)[1], tf.shape(images)[2]
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=affine_transforms(params, height, width), output_shape=tf.stack([height, width]),
@@ -64,13 +76,21 @@ def apply_affine(images: tf.Tensor, params: dict[str, tf.Tensor], fill_mode: str
 
 
 def light_layers(seed: int) -> list:
+    import keras
+
     return [RandomAffine(seed=seed), keras.layers.RandomContrast(0.15, value_range=(0, 255), seed=seed + 4)]
+
+
+def rand_augment(seed: int):
+    import keras
+
+    return keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed)
 
 
 PRESETS = {
     "none": lambda seed: [],
     "light": light_layers,
-    "strong": lambda seed: light_layers(seed) + [keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed + 5)],
+    "strong": lambda seed: light_layers(seed) + [rand_augment(seed + 5)],
 }
 
 
@@ -96,6 +116,9 @@ def build_augmenter(preset: str, seed: int = 42):
 
 def build_mixer(mixup_alpha: float, cutmix_alpha: float, seed: int = 42):
     """A tf.data map function mixing images and one-hot labels of a batch; each batch gets one of the two."""
+    import keras
+
+    import tensorflow as tf
     mixers = []
     if mixup_alpha > 0:
         mixers.append(keras.layers.MixUp(alpha=mixup_alpha, seed=seed))

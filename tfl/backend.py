@@ -1,23 +1,58 @@
-"""Choosing the Keras backend (TensorFlow or JAX), which must happen before Keras is imported."""
+"""The Keras backend (TensorFlow or JAX) and the native start-up chatter: both settled before Keras is imported."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
 import os
 import sys
+import tempfile
 
 from tfl.errors import TflError
 
 BACKENDS = ("tensorflow", "jax")
+VERBOSE_ENV = "TFL_VERBOSE"  # set (tfl --verbose does) to see TensorFlow's, XLA's and absl's native log lines
+
+
+def verbose_native_logs() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def native_stderr_held():
+    """Hold what C++ code writes to file descriptor 2, and show it only if the block fails.
+
+    TensorFlow's and XLA's start-up lines on a machine without a GPU (the cudart stub, absl's pre-init notice) are
+    written before TF_CPP_MIN_LOG_LEVEL is read (tensorflow/tensorflow#100442), so only the descriptor can hide them.
+    """
+    if verbose_native_logs():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            os.write(2, held.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def use_backend(name: str) -> None:
-    """Make Keras use `name`; an error if Keras already runs on another backend in this process."""
+    """Make Keras use `name` and import it quietly; an error if Keras already runs on another backend."""
     if name not in BACKENDS:
         raise TflError(f"Unknown backend '{name}'. Choose one of: {', '.join(BACKENDS)}.")
     if name == "jax" and importlib.util.find_spec("jax") is None:
         raise TflError("The JAX backend needs JAX, which is not installed. Install it with: pip install 'tfl[jax]'.")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the screen
+    if not verbose_native_logs():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ info, warning and error lines
     if "keras" in sys.modules:
         import keras
 
@@ -29,3 +64,10 @@ def use_backend(name: str) -> None:
             )
         return
     os.environ["KERAS_BACKEND"] = name
+    with native_stderr_held():
+        importlib.import_module("tensorflow")  # the input pipelines use tf.data on either backend
+        importlib.import_module("keras")
+        if name == "jax":
+            import jax
+
+            jax.devices()  # XLA's CUDA probing prints here, once

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import warnings
 
 import click
 
+import tfl
+from tfl.api import make_config
 from tfl.archs import ARCHS
-from tfl.backend import BACKENDS, use_backend
-from tfl.config import AUGMENT_PRESETS, CLASS_WEIGHT_MODES, PLANS, PRECISIONS, load_config, override_stages
+from tfl.backend import VERBOSE_ENV, use_backend
+from tfl.config import SETTINGS, parse_per_stage
 from tfl.errors import TflError, TflWarning
-from tfl.runs import DEFAULT_ROOT, read_run_config, resumable_run
+from tfl.runs import DEFAULT_ROOT, EXPORT_FORMATS, QUANTIZATIONS
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
@@ -49,36 +52,41 @@ def progress_verbosity() -> int:
 
 @click.group()
 @click.version_option(package_name="tfl")
-def main():
+@click.option("--verbose", is_flag=True, help="Show TensorFlow's, XLA's and absl's own log lines.")
+def main(verbose):
     """Fine-tune Keras image classifiers from a folder of photos; evaluate, export and predict."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+
+
+def setting_options(command):
+    """One option per TrainConfig field (its help, type and choices from the field), so adding a setting there adds
+    it here."""
+    for name, spec in reversed(SETTINGS.items()):
+        meta = spec.metadata
+        if not meta["cli"]:
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = {None: "auto" if name == "image_size" else "none", True: "on", False: "off"}.get(spec.default,
+                                                                                                 spec.default)
+        help_text = f"{meta['help']} [default: {default}]"
+        if meta["kind"] is bool:
+            command = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)(command)
+        else:
+            kind = click.Choice(meta["choices"]) if meta["choices"] else meta["kind"]
+            command = click.option(flag, name, type=kind, help=help_text)(command)
+    return command
 
 
 @main.command()
 @click.option("--data", help="Folder with one subfolder per class (or train/ and val/), or tfds:NAME (default: the "
               "--config's data).")
-@click.option("--arch", type=click.Choice(sorted(ARCHS)), help="Backbone (default: mobilenetv2, or the --config's).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file overriding configs/<arch>.yaml.")
-@click.option("--weights", help="imagenet (download, cached), none, or the path of a no-top backbone weights file.")
-@click.option("--alpha", type=float, help="MobileNetV2 width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4).")
-@click.option("--image-size", type=int, help="Square input size in pixels (default: the config's, else the arch's).")
-@click.option("--batch-size", type=int)
-@click.option("--augment", type=click.Choice(AUGMENT_PRESETS), help="Augmentation preset for training images.")
-@click.option("--mixup", type=float, help="MixUp alpha (0 = off).")
-@click.option("--cutmix", type=float, help="CutMix alpha (0 = off).")
-@click.option("--plan", type=click.Choice(PLANS), help="fixed: the config's stages; auto: stages chosen from the "
-              "number of images and classes (head to convergence, then warmed-up fine-tuning).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file overriding configs/<arch>.yaml "
+              "(a run's config.yaml reproduces that run).")
 @click.option("--epochs", help="Epochs per stage, comma-separated: head,top_blocks,full (e.g. 5,5,0).")
 @click.option("--lr", help="Learning rate per stage, comma-separated (e.g. 1e-3,1e-4,1e-5).")
 @click.option("--unfreeze-blocks", help="How many top backbone blocks stage 2 trains (a number or 'all').")
-@click.option("--val-split", type=float, help="Validation fraction when --data has no val/ folder.")
-@click.option("--class-weight", type=click.Choice(CLASS_WEIGHT_MODES), help="auto: balance imbalanced classes.")
-@click.option("--seed", type=int, help="Seed for the split, augmentation and initialisation.")
-@click.option("--precision", type=click.Choice(PRECISIONS), help="Dtype policy (default float32); auto: float16 "
-              "on a GPU, bfloat16 on a CPU where it measures faster, else float32.")
-@click.option("--feature-cache/--no-feature-cache", default=None,
-              help="Train head-only stages on backbone features computed once (default: on).")
-@click.option("--cache-views", type=click.IntRange(1), help="Feature vectors per training image (1 + augmented copies).")
-@click.option("--backend", type=click.Choice(BACKENDS), help="Keras backend (default tensorflow).")
+@setting_options
 @click.option("--name", help="Run name (default: arch and timestamp).")
 @click.option("--output", default=DEFAULT_ROOT, show_default=True, help="Folder that holds runs.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run of the same name.")
@@ -86,19 +94,16 @@ def main():
               help="Continue the interrupted run NAME (alone: the newest one under --output) from its last "
                    "finished epoch, with its own settings.")
 @friendly_errors
-def finetune(data, arch, config_file, epochs, lr, unfreeze_blocks, name, output, overwrite, resume, **options):
+def finetune(data, config_file, epochs, lr, unfreeze_blocks, name, output, overwrite, resume, **settings):
     """Fine-tune a backbone with staged unfreezing and write a run directory."""
     if resume is not None:
-        return resume_run(resume, output, data, arch, config_file, epochs, lr, unfreeze_blocks, name, overwrite,
-                          options)
-    config = load_config(arch, config_file, options)
-    config = override_stages(config, epochs, lr, unfreeze_blocks)
+        return resume_run(resume, output, data, config_file, epochs, lr, unfreeze_blocks, name, overwrite, settings)
+    config = make_config(config_file, settings,
+                         None if epochs is None else parse_per_stage(epochs, int, "--epochs"),
+                         None if lr is None else parse_per_stage(lr, float, "--lr"), unfreeze_blocks)
     if not (data or config.data):
         raise click.UsageError("Missing option '--data' (a folder with one subfolder of images per class).")
-    use_backend(config.backend)
-    from tfl.train import finetune as run_finetune
-
-    run_finetune(config, data, output=output, name=name, overwrite=overwrite, echo=click.echo,
+    tfl.finetune(data, config=config, output=output, name=name, overwrite=overwrite, echo=click.echo,
                  verbose=progress_verbosity())
 
 
@@ -108,11 +113,7 @@ def resume_run(resume, output, *settings):
     if [v for v in flags if v not in (None, False)] + [k for k, v in options.items() if v is not None]:
         raise TflError("--resume continues a run with the settings it was started with, so it takes no other "
                        "training option (only --output). Drop them, or start a new run.")
-    final, partial = resumable_run(output, None if resume == LATEST else resume)
-    use_backend(read_run_config(partial).get("backend", "tensorflow"))
-    from tfl.train import resume as resume_training
-
-    resume_training(output, final.name, echo=click.echo, verbose=progress_verbosity())
+    tfl.resume(None if resume == LATEST else resume, output=output, echo=click.echo, verbose=progress_verbosity())
 
 
 @main.command()
@@ -123,10 +124,9 @@ def resume_run(resume, output, *settings):
 def evaluate(run, data, root):
     """Recompute accuracy, loss, per-class metrics and the confusion matrix of RUN (default: the latest)."""
     use_backend("tensorflow")
-    from tfl.evaluate import evaluate_run
-
-    metrics, run_dir = evaluate_run(run, data, root)
-    click.echo(f"Run {run_dir} on {metrics['num_images']} images: accuracy {metrics['accuracy']:.4f}, "
+    found = tfl.open_run(run, root)
+    metrics = found.evaluate(data)
+    click.echo(f"Run {found.path} on {metrics['num_images']} images: accuracy {metrics['accuracy']:.4f}, "
                f"loss {metrics['loss']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
     click.echo(f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}")
     for name, row in metrics["per_class"].items():
@@ -135,9 +135,9 @@ def evaluate(run, data, root):
 
 @main.command()
 @click.argument("run", required=False)
-@click.option("--format", "export_format", type=click.Choice(["saved_model", "tflite", "all"]), default="tflite",
+@click.option("--format", "export_format", type=click.Choice(EXPORT_FORMATS), default="tflite",
               show_default=True, help="saved_model: TF Serving layout; tflite: for phones; all: both.")
-@click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]), default="none",
+@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default="none",
               show_default=True, help="TFLite weights: float32, float16, dynamic-range int8, or full int8.")
 @click.option("--calibration-samples", type=click.IntRange(1), default=300, show_default=True,
               help="Training images used to calibrate int8.")
@@ -150,12 +150,10 @@ def evaluate(run, data, root):
 @click.option("--force", is_flag=True, help="Replace existing artifacts.")
 @click.option("--output", "root", default=DEFAULT_ROOT, show_default=True, help="Runs folder, for the latest run.")
 @friendly_errors
-def export(run, root, **options):
+def export(run, root, export_format, quantize, **options):
     """Export RUN (default: the latest) as a SavedModel and/or TFLite file, verified on its validation images."""
     use_backend("tensorflow")  # exports need TF; a JAX-trained model.keras loads under TF as it is
-    from tfl.export import export_run
-
-    export_run(run, root=root, echo=click.echo, **options)
+    tfl.open_run(run, root).export(export_format, quantize, echo=click.echo, **options)
 
 
 @main.command()
@@ -168,10 +166,9 @@ def export(run, root, **options):
 def predict(artifact, inputs, top_k, output_format):
     """Classify image files or folders INPUTS with ARTIFACT (.keras, run dir, SavedModel dir or .tflite)."""
     use_backend("tensorflow")
-    from tfl.predict import collect_images, format_rows, load_predictor, predict_files
+    from tfl.predict import format_rows
 
-    predictor = load_predictor(artifact)
-    rows = predict_files(predictor, collect_images(list(inputs)), top_k)
+    rows = tfl.load(artifact).predict(list(inputs), top_k)
     click.echo(format_rows(rows, output_format))
     failed = sum("error" in row for row in rows)
     if failed == len(rows):

@@ -5,65 +5,96 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import yaml
 
-from tfl.archs import get_arch
+from tfl.archs import ARCHS, get_arch
+from tfl.augment import PRESETS as AUGMENT_PRESETS
+from tfl.backend import BACKENDS
 from tfl.errors import TflError, warn
 
-AUGMENT_PRESETS = ("none", "light", "strong")
 CLASS_WEIGHT_MODES = ("auto", "none")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
+PLANS = ("auto", "fixed")
 MAX_IMAGE_SIZE = 1024  # beyond this a batch of activations no longer fits the memory of ordinary machines
-RUN_RECORD_KEYS = ("versions", "plan_reasons")
-PLANS = ("auto", "fixed")  # written into a run's config.yaml as a record, ignored when it is read back
+RUN_RECORD_KEYS = ("versions", "plan_reasons")  # written into a run's config.yaml as a record, ignored when read back
+
+
+def setting(default: Any, help: str, kind: type | None = None, choices: tuple | None = None, low: float | None = None,
+            high: float | None = None, factory: Callable | None = None, cli: bool = True) -> Any:
+    """A config field with what the YAML loader, validation and the CLI need to know about it.
+
+    `kind` is the type values are converted to (default: the default's type); `choices`, `low` and `high` are
+    checked in one place, `validate`; `cli=False` keeps a field off the command line's generic options."""
+    metadata = {"help": help, "kind": kind or type(default), "choices": choices, "low": low, "high": high, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class Stage:
     """One stage of the fine-tuning plan: which blocks train, for how long, at what learning rate."""
 
-    name: str
-    epochs: int
-    learning_rate: float
-    unfreeze_blocks: int | str = 0  # 0: head only; N: the top N backbone blocks; "all": the whole backbone
-    warmup_epochs: int = 0  # the learning rate rises linearly from 0 over these first epochs
-    patience: int | None = None  # early stopping within the stage; None: the config's patience
+    name: str = setting("stage", "Shown in the plan table, history.csv and the curves.")
+    epochs: int = setting(0, "Epochs of this stage (0 skips it).", low=0)
+    learning_rate: float = setting(1e-4, "Peak learning rate (cosine decay to 5% of it).", low=1e-12)
+    unfreeze_blocks: int | str = setting(0, "0: head only; N: the top N backbone blocks; 'all': the whole backbone.",
+                                         kind=int)
+    warmup_epochs: int = setting(0, "Epochs over which the learning rate rises linearly from 0.", low=0)
+    patience: int | None = setting(None, "Early stopping within the stage, in epochs (none: the config's).", kind=int,
+                                   low=1)
+
+
+def default_stages() -> list[Stage]:
+    return [Stage("head", 5, 1e-3, 0), Stage("top_blocks", 5, 1e-4, 3), Stage("full", 0, 1e-5, "all")]
 
 
 @dataclass
 class TrainConfig:
-    data: str | None = None  # the photos: a folder, or tfds:NAME (--data); a run's config.yaml holds its own
-    arch: str = "mobilenetv2"
-    plan: str = "auto"  # auto: stages chosen from the data (tfl/plan.py); fixed: the stages below, as given
-    alpha: float = 1.0  # MobileNetV2 width multiplier
-    image_size: int | None = None  # None ("auto"): the arch's size, or the photos' median size when smaller
-    weights: str = "imagenet"  # "imagenet", "none" or a path to a no-top backbone weights file
-    batch_size: int = 32
-    augment: str = "light"
-    mixup: float = 0.0  # MixUp alpha, 0 turns it off
-    cutmix: float = 0.0  # CutMix alpha, 0 turns it off
-    dropout: float = 0.2
-    label_smoothing: float = 0.1
-    val_split: float = 0.2
-    class_weight: str = "auto"
-    patience: int = 3  # EarlyStopping patience within a stage, in epochs
-    seed: int = 42
-    backend: str = "tensorflow"
-    precision: str = "float32"  # float32, mixed_float16, mixed_bfloat16, or auto (measured)
-    feature_cache: bool = True  # head-only stages train on backbone features computed once
-    cache_views: int = 1  # feature vectors per training image: 1 plain, plus K-1 augmented copies
-    stages: list[Stage] = field(
-        default_factory=lambda: [
-            Stage("head", 5, 1e-3, 0),
-            Stage("top_blocks", 5, 1e-4, 3),
-            Stage("full", 0, 1e-5, "all"),
-        ]
-    )
+    """Every training setting, its meaning and its default: the one place a setting is added.
+
+    configs/<arch>.yaml holds only what differs for an arch, a user's --config file and the CLI options (one per
+    field, derived from this table) override it, and a run's config.yaml holds all of them as used."""
+
+    data: str | None = setting(None, "The photos: a folder with one subfolder per class (or train/ and val/), or "
+                               "tfds:NAME.", kind=str, cli=False)
+    arch: str = setting("mobilenetv2", "Backbone (`tfl archs` lists them).", choices=tuple(ARCHS))
+    plan: str = setting("auto", "auto: stages chosen from the number of images and classes (tfl/plan.py: head to "
+                        "convergence, then warmed-up fine-tuning); fixed: the config's stages as given.",
+                        choices=PLANS)
+    alpha: float = setting(1.0, "MobileNetV2 width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4).", low=0.01)
+    image_size: int | None = setting(None, "Square input size in pixels; auto: the arch's size, or the photos' "
+                                     "median short side when smaller.", kind=int, low=1)
+    weights: str = setting("imagenet", "imagenet (downloaded once, cached), none, or the path of a no-top backbone "
+                           "weights file.")
+    batch_size: int = setting(32, "Images per training step.", low=1)
+    augment: str = setting("light", "Augmentation preset for training images.", choices=tuple(AUGMENT_PRESETS))
+    mixup: float = setting(0.0, "MixUp alpha (0: off).", low=0)
+    cutmix: float = setting(0.0, "CutMix alpha (0: off).", low=0)
+    dropout: float = setting(0.2, "Dropout before the classifier layer.", low=0, high=0.999)
+    label_smoothing: float = setting(0.1, "Label smoothing of the cross-entropy loss.", low=0, high=0.999)
+    val_split: float = setting(0.2, "Validation fraction when the data has no val/ folder.", low=0.001, high=0.999)
+    class_weight: str = setting("auto", "auto: weight the loss to balance imbalanced classes; none: never.",
+                                choices=CLASS_WEIGHT_MODES)
+    patience: int = setting(3, "Early-stopping patience within a stage, in epochs.", low=1)
+    seed: int = setting(42, "Seed for the split, augmentation and initialisation.")
+    backend: str = setting("tensorflow", "Keras backend.", choices=BACKENDS)
+    precision: str = setting("float32", "Dtype policy; auto: float16 on a GPU, bfloat16 on a CPU where it measures "
+                             "faster, else float32.", choices=PRECISIONS)
+    feature_cache: bool = setting(True, "Train head-only stages on backbone features computed once.")
+    cache_views: int = setting(1, "Feature vectors per training image in the cache: 1 plain, plus augmented copies.",
+                               low=1)
+    stages: list[Stage] = setting(None, "The fixed plan: a list of stages.", kind=list, factory=default_stages,
+                                  cli=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+SETTINGS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+STAGE_SETTINGS = {f.name: f for f in dataclasses.fields(Stage)}
 
 
 def _config_dirs() -> list[Path]:
@@ -108,60 +139,71 @@ def _coerce(name: str, value: Any, kind: type, source: str) -> Any:
         raise TflError(f"'{name}' in {source} must be a {kind.__name__}, got {value!r}.") from None
 
 
-def _parse_stage(raw: Any, index: int, source: str) -> Stage:
-    if not isinstance(raw, dict):
-        raise TflError(f"Stage {index + 1} in {source} must be a mapping with keys name, epochs, learning_rate, unfreeze_blocks.")
-    known = {f.name for f in dataclasses.fields(Stage)}
-    unknown = sorted(set(raw) - known)
+def _coerce_field(spec: dataclasses.Field, value: Any, source: str) -> Any:
+    """A YAML, CLI or Python value of one setting in its field's type ('auto' and 'all' where a field takes them)."""
+    if spec.name == "image_size" and value in (None, "auto"):
+        return None
+    if spec.name == "unfreeze_blocks" and value == "all":
+        return "all"
+    if value is None and spec.default is None:
+        return None
+    if spec.name == "stages":
+        return _parse_stages(value, source)
+    return _coerce(spec.name, value, spec.metadata["kind"], source)
+
+
+def _unknown_keys(values: dict, known: dict, where: str) -> None:
+    unknown = sorted(set(values) - set(known))
     if unknown:
-        raise TflError(f"Unknown key(s) {', '.join(unknown)} in stage {index + 1} of {source}. Valid keys: {', '.join(sorted(known))}.")
-    blocks = raw.get("unfreeze_blocks", 0)
-    if blocks != "all":
-        blocks = _coerce("unfreeze_blocks", blocks, int, source)
-        if blocks < 0:
-            raise TflError(f"'unfreeze_blocks' in stage {index + 1} of {source} must be 0 or more, or 'all'.")
-    patience = raw.get("patience")
-    stage = Stage(
-        name=str(raw.get("name", f"stage{index + 1}")),
-        epochs=_coerce("epochs", raw.get("epochs", 0), int, source),
-        learning_rate=_coerce("learning_rate", raw.get("learning_rate", 1e-4), float, source),
-        unfreeze_blocks=blocks,
-        warmup_epochs=_coerce("warmup_epochs", raw.get("warmup_epochs", 0), int, source),
-        patience=None if patience is None else _coerce("patience", patience, int, source),
-    )
-    if stage.epochs < 0 or stage.learning_rate <= 0 or stage.warmup_epochs < 0 or (stage.patience or 1) < 1:
-        raise TflError(f"Stage {index + 1} of {source} needs epochs >= 0, a learning_rate above 0, warmup_epochs "
-                       ">= 0 and a patience of 1 or more.")
-    return stage
+        raise TflError(f"Unknown key(s) {', '.join(unknown)} in {where}. Valid keys: {', '.join(sorted(known))}."
+                       if where.startswith("stage") else
+                       f"Unknown config key(s) {', '.join(unknown)} in {where}. Valid keys: {', '.join(sorted(known))}.")
 
 
-_SCALAR_TYPES = {"data": str, "plan": str, "arch": str, "alpha": float, "weights": str, "batch_size": int, "augment": str,
-                 "mixup": float, "cutmix": float, "dropout": float, "label_smoothing": float,
-                 "val_split": float, "class_weight": str, "patience": int, "seed": int, "backend": str,
-                 "feature_cache": bool, "cache_views": int, "precision": str}
+def _parse_stages(value: Any, source: str) -> list[Stage]:
+    if isinstance(value, list) and all(isinstance(stage, Stage) for stage in value) and value:
+        return [dataclasses.replace(stage) for stage in value]
+    if not isinstance(value, list) or not value:
+        raise TflError(f"'stages' in {source} must be a non-empty list of stages.")
+    stages = []
+    for index, raw in enumerate(value):
+        if not isinstance(raw, dict):
+            raise TflError(f"Stage {index + 1} in {source} must be a mapping with keys name, epochs, learning_rate, "
+                           "unfreeze_blocks.")
+        _unknown_keys(raw, STAGE_SETTINGS, f"stage {index + 1} of {source}")
+        values = {"name": f"stage{index + 1}"} | raw
+        stages.append(Stage(**{k: _coerce_field(STAGE_SETTINGS[k], v, source) for k, v in values.items()}))
+    return stages
 
 
 def apply_overrides(config: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig:
     """Return `config` with `values` applied; unknown keys and wrong types are errors naming `source`."""
     values = {k: v for k, v in values.items() if k not in RUN_RECORD_KEYS}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise TflError(f"Unknown config key(s) {', '.join(unknown)} in {source}. Valid keys: {', '.join(sorted(known))}.")
-    updates: dict[str, Any] = {}
-    for key, value in values.items():
-        if key == "stages":
-            if not isinstance(value, list) or not value:
-                raise TflError(f"'stages' in {source} must be a non-empty list of stages.")
-            updates[key] = [_parse_stage(raw, i, source) for i, raw in enumerate(value)]
-        elif key == "image_size":
-            updates[key] = None if value in (None, "auto") else _coerce(key, value, int, source)
-        else:
-            updates[key] = _coerce(key, value, _SCALAR_TYPES[key], source)
-    return dataclasses.replace(config, **updates)
+    _unknown_keys(values, SETTINGS, source)
+    return dataclasses.replace(config, **{k: _coerce_field(SETTINGS[k], v, source) for k, v in values.items()})
+
+
+def _check_field(spec: dataclasses.Field, value: Any, where: str) -> None:
+    """The bounds and choices a field declares."""
+    if value is None or isinstance(value, (list, bool)) or value == "all":
+        return
+    meta, label = spec.metadata, f"{spec.name.replace('_', ' ')}{where}"
+    if meta["choices"] and value not in meta["choices"]:
+        raise TflError(f"Unknown {label} '{value}'. Choose one of: {', '.join(meta['choices'])}.")
+    low, high = meta["low"], meta["high"]
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = (f"between {low} and {high}" if low is not None and high is not None
+                  else f"at least {low}" if low is not None else f"at most {high}")
+        raise TflError(f"{label[0].upper()}{label[1:]} must be {bounds}, got {value}.")
 
 
 def validate(config: TrainConfig) -> TrainConfig:
+    """Every check of a config, in one place: declared bounds and choices, then what depends on the arch."""
+    for name, spec in SETTINGS.items():
+        _check_field(spec, getattr(config, name), "")
+    for index, stage in enumerate(config.stages):
+        for name, spec in STAGE_SETTINGS.items():
+            _check_field(spec, getattr(stage, name), f" of stage {index + 1} ({stage.name})")
     spec = get_arch(config.arch)
     if config.image_size is not None and config.image_size < spec.min_image_size:
         raise TflError(
@@ -174,22 +216,6 @@ def validate(config: TrainConfig) -> TrainConfig:
     if "alpha" not in spec.constructor_kwargs and config.alpha != 1.0:
         warn(f"alpha {config.alpha} is ignored: only mobilenetv2 has a width multiplier, {spec.name} has none.")
         config = dataclasses.replace(config, alpha=1.0)
-    if config.plan not in PLANS:
-        raise TflError(f"Unknown plan '{config.plan}'. Choose one of: {', '.join(PLANS)}.")
-    if config.augment not in AUGMENT_PRESETS:
-        raise TflError(f"Unknown augment preset '{config.augment}'. Choose one of: {', '.join(AUGMENT_PRESETS)}.")
-    if config.class_weight not in CLASS_WEIGHT_MODES:
-        raise TflError(f"class_weight must be one of {', '.join(CLASS_WEIGHT_MODES)}, got '{config.class_weight}'.")
-    if not 0 < config.val_split < 1:
-        raise TflError(f"val_split must be between 0 and 1 (exclusive), got {config.val_split}.")
-    if config.precision not in PRECISIONS:
-        raise TflError(f"Unknown precision '{config.precision}'. Choose one of: {', '.join(PRECISIONS)}.")
-    if config.cache_views < 1:
-        raise TflError(f"cache_views must be at least 1, got {config.cache_views}.")
-    if config.batch_size < 1:
-        raise TflError(f"batch_size must be at least 1, got {config.batch_size}.")
-    if not 0 <= config.dropout < 1:
-        raise TflError(f"dropout must be in [0, 1), got {config.dropout}.")
     for stage in config.stages:
         if isinstance(stage.unfreeze_blocks, int) and stage.unfreeze_blocks > spec.num_blocks:
             raise TflError(
@@ -228,27 +254,46 @@ def parse_per_stage(text: str, kind: type, flag: str) -> list:
         raise TflError(f"{flag} takes comma-separated numbers, one per stage (like 5,5,0), got '{text}'.") from None
 
 
-def override_stages(config: TrainConfig, epochs: str | None, learning_rates: str | None,
-                    unfreeze_blocks: str | None) -> TrainConfig:
-    """Apply --epochs 5,5,0 / --lr 1e-3,1e-4 / --unfreeze-blocks N (stage 2) to the arch's fixed plan: giving any
-    of them switches `plan: auto` off."""
+def with_stages(config: TrainConfig, epochs: Sequence[int] | None = None,
+                learning_rates: Sequence[float] | None = None, unfreeze_blocks: int | str | None = None) -> TrainConfig:
+    """The config's fixed plan with epochs / learning rates per stage and stage 2's unfrozen blocks replaced:
+    giving any of them switches `plan: auto` off."""
     if (epochs, learning_rates, unfreeze_blocks) == (None, None, None):
         return config
-    config = dataclasses.replace(config, plan="fixed")
     stages = [dataclasses.replace(s) for s in config.stages]
-    for flag, text, attr, kind in (("--epochs", epochs, "epochs", int), ("--lr", learning_rates, "learning_rate", float)):
-        if text is None:
+    for what, values, attr in (("epochs", epochs, "epochs"), ("learning rates", learning_rates, "learning_rate")):
+        if values is None:
             continue
-        values = parse_per_stage(text, kind, flag)
         if len(values) > len(stages):
-            raise TflError(f"{flag} gives {len(values)} values but the plan has {len(stages)} stages ({', '.join(s.name for s in stages)}).")
+            raise TflError(f"{len(values)} {what} given, but the plan has {len(stages)} stages "
+                           f"({', '.join(s.name for s in stages)}).")
         for stage, value in zip(stages, values):
-            setattr(stage, attr, value)
+            setattr(stage, attr, _coerce_field(STAGE_SETTINGS[attr], value, f"the {what} given"))
     if unfreeze_blocks is not None:
         if len(stages) < 2:
-            raise TflError("--unfreeze-blocks sets stage 2, but the plan has only one stage.")
-        stages[1].unfreeze_blocks = "all" if unfreeze_blocks == "all" else _coerce("--unfreeze-blocks", unfreeze_blocks, int, "the command line")
-    for stage in stages:
-        if stage.epochs < 0 or stage.learning_rate <= 0:
-            raise TflError("Epochs must be 0 or more and learning rates above 0.")
-    return validate(dataclasses.replace(config, stages=stages))
+            raise TflError("unfreeze_blocks sets stage 2, but the plan has only one stage.")
+        stages[1].unfreeze_blocks = _coerce_field(STAGE_SETTINGS["unfreeze_blocks"], unfreeze_blocks,
+                                                  "the unfrozen blocks given")
+    return validate(dataclasses.replace(config, stages=stages, plan="fixed"))
+
+
+def override_stages(config: TrainConfig, epochs: str | None, learning_rates: str | None,
+                    unfreeze_blocks: str | None) -> TrainConfig:
+    """The CLI's --epochs 5,5,0 / --lr 1e-3,1e-4 / --unfreeze-blocks N, as `with_stages`."""
+    return with_stages(config, None if epochs is None else parse_per_stage(epochs, int, "--epochs"),
+                       None if learning_rates is None else parse_per_stage(learning_rates, float, "--lr"),
+                       unfreeze_blocks)
+
+
+def run_record(config: TrainConfig, data: str, image_size: int, precision: str, backend: str,
+               versions: dict[str, str], plan_reasons: list[str] | None) -> str:
+    """A run's config.yaml: every setting as used (so `--config` reproduces the run), plus a record of versions
+    and of why the plan was chosen."""
+    values = config.to_dict() | {"data": data, "image_size": image_size, "precision": precision, "backend": backend,
+                                 "versions": versions}
+    return yaml.safe_dump(values | ({"plan_reasons": plan_reasons} if plan_reasons else {}), sort_keys=False)
+
+
+def from_run_record(values: dict[str, Any], source: str) -> TrainConfig:
+    """The config a run was trained with, from its config.yaml."""
+    return apply_overrides(TrainConfig(), values, source)

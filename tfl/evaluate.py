@@ -113,19 +113,19 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
     from tfl.data import Split, make_pipeline
     from tfl.errors import TflError
     from tfl.predict import load_predictor
-    from tfl.runs import LABELS_FILE, MODEL_FILE, check_reachable, read_labels, read_splits, resolve_run
+    from tfl.runs import Run, check_reachable
 
-    run = resolve_run(run_dir, root)
-    class_names = read_labels(run / LABELS_FILE)
+    found = Run.open(run_dir, root)
+    run, class_names = found.path, found.class_names
     if data is None:
-        saved = read_splits(run).get("val")
+        saved = found.splits.get("val")
         if not saved:
             raise TflError(f"Run '{run}' has no saved validation file list (trained from tfds?). Pass --data DIR.")
         check_reachable(saved["paths"], run)
         split = Split(paths=saved["paths"], labels=saved["labels"])
     else:
         split = load_image_folder_for_eval(data, class_names)
-    predictor = load_predictor(run / MODEL_FILE)
+    predictor = load_predictor(found.model_file)
     model, image_size = predictor.model, predictor.image_size
     dataset = make_pipeline(split, len(class_names), image_size, batch_size, training=False)
     metrics = evaluate_model(model, dataset, class_names)

@@ -17,21 +17,10 @@ from tfl.data import Split, decode_image_bytes, load_image_for_predict
 from tfl.errors import TflError
 from tfl.precision import float32_copy
 from tfl.predict import SavedModelPredictor, TFLitePredictor, load_predictor
-from tfl.runs import (DEFAULT_ROOT, LABELS_FILE, MODEL_FILE, atomic_path, atomic_write_text, check_reachable, read_labels,
-                      read_splits, resolve_run)
+from tfl.runs import (DEFAULT_ROOT, EXPORT_FORMATS, LABELS_FILE, QUANTIZATIONS, Run, atomic_path, atomic_write_text,
+                      check_reachable)
 
-FORMATS = ("saved_model", "tflite", "all")
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-SAVED_MODEL_VERSION = "1"
 LOUD_DROP = 0.01  # a quantized export losing more than 1 point of accuracy is reported loudly
-
-
-def tflite_path(run: Path, quantize: str) -> Path:
-    return run / f"model_{'float32' if quantize == 'none' else quantize}.tflite"
-
-
-def saved_model_path(run: Path) -> Path:
-    return run / "export" / "saved_model" / SAVED_MODEL_VERSION
 
 
 # --- SavedModel ------------------------------------------------------------------------------------
@@ -65,7 +54,7 @@ def write_saved_model(model: keras.Model, class_names: list[str], target: Path, 
                          input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     archive.write_out(str(target), verbose=False)
     (target / "assets").mkdir(exist_ok=True)
-    (target / "assets" / "labels.txt").write_text("\n".join(class_names) + "\n")
+    (target / "assets" / LABELS_FILE).write_text("\n".join(class_names) + "\n")
 
 
 # --- TFLite ----------------------------------------------------------------------------------------
@@ -89,7 +78,7 @@ def with_labels(tflite_bytes: bytes, class_names: list[str]) -> bytes:
     finds it, and the interpreter ignores bytes after the flatbuffer."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("labels.txt", "\n".join(class_names) + "\n")
+        archive.writestr(LABELS_FILE, "\n".join(class_names) + "\n")
     return tflite_bytes + buffer.getvalue()
 
 
@@ -128,16 +117,16 @@ def load_val_images(run: Path, splits: dict, image_size: int, limit: int) -> tup
 
 
 def predict_all(predictor, images: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate([predictor.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return np.concatenate([predictor.predict_pixels(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def latency_ms(predictor, image: np.ndarray, repeats: int = 30) -> float:
     for _ in range(3):
-        predictor.predict(image)
+        predictor.predict_pixels(image)
     timings = []
     for _ in range(repeats):
         start = time.perf_counter()
-        predictor.predict(image)
+        predictor.predict_pixels(image)
         timings.append(time.perf_counter() - start)
     return round(1000 * float(np.median(timings)), 2)
 
@@ -168,17 +157,18 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
                echo: Callable[[str], None] = print) -> list[dict]:
     """Write the requested artifacts of RUN atomically, verify each, and record each in export_report.json as soon
     as it is in place (an export killed midway keeps what it finished and records it)."""
-    if export_format not in FORMATS:
-        raise TflError(f"Unknown export format '{export_format}'. Choose one of: {', '.join(FORMATS)}.")
+    if export_format not in EXPORT_FORMATS:
+        raise TflError(f"Unknown export format '{export_format}'. Choose one of: {', '.join(EXPORT_FORMATS)}.")
     if quantize not in QUANTIZATIONS:
         raise TflError(f"Unknown quantization '{quantize}'. Choose one of: {', '.join(QUANTIZATIONS)}.")
-    run_dir = resolve_run(run, root)
+    run = Run.open(run, root)
+    run_dir = run.path
     targets = []
     if export_format in ("saved_model", "all"):
-        targets.append(("saved_model", saved_model_path(run_dir)))
+        targets.append(("saved_model", run.saved_model_dir))
     if export_format in ("tflite", "all"):
-        targets.append(("tflite", tflite_path(run_dir, quantize)))
-    report_path = run_dir / "export_report.json"
+        targets.append(("tflite", run.tflite_file(quantize)))
+    report_path = run.export_report_file
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     finished = {path for _, path in targets if path.exists() and str(path.relative_to(run_dir)) in report}
     if not force and finished:
@@ -188,15 +178,15 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
              "verified; --force replaces it)")
         targets = [(kind, path) for kind, path in targets if path not in finished]
 
-    class_names = read_labels(run_dir / LABELS_FILE)
-    keras_predictor = load_predictor(run_dir / MODEL_FILE)
+    class_names = run.class_names
+    keras_predictor = load_predictor(run.model_file)
     model, image_size = float32_copy(keras_predictor.model), keras_predictor.image_size
     echo(f"Exporting {run_dir} ({len(class_names)} classes, {image_size} px); verifying on up to {verify_images} "
          "validation images")
-    splits = read_splits(run_dir)
+    splits = run.splits
     images, labels = load_val_images(run_dir, splits, image_size, verify_images)
     reference = predict_all(keras_predictor, images, 32)
-    rows = [verify(keras_predictor, run_dir / MODEL_FILE, images, labels, None)]
+    rows = [verify(keras_predictor, run.model_file, images, labels, None)]
     record(report, rows[0], report_path)
     for kind, path in targets:
         if path.exists() and not force:  # written by an export that was killed before it recorded it

@@ -1,33 +1,38 @@
-"""Cached backbone features for the head-only stage: pooled features computed once, the head trained on them."""
+"""The feature cache: when a head-only stage trains on backbone features computed once, and how they are kept."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfl.data import Split, make_pipeline
+from tfl.data import ImageData, Split, make_pipeline
+from tfl.model import get_head
 from tfl.runs import atomic_path
 
-POOL_LAYER, DROPOUT_LAYER, HEAD_LAYER = "pool", "dropout", "probabilities"
+if TYPE_CHECKING:
+    from tfl.config import Stage, TrainConfig
+
+FEATURE_CACHE_FOLDER = ".feature_cache"  # under the runs root, shared by runs on the same data and backbone
+
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
-    """pixels -> preprocessing -> frozen backbone -> pooled features, sharing the model's layers."""
-    return keras.Model(model.input, model.get_layer(POOL_LAYER).output, name="feature_extractor")
-
-
-def head_model(model: keras.Model) -> keras.Model:
-    """features -> dropout -> softmax, the very layers of `model`: training it trains the full model's head."""
-    features = keras.Input(model.get_layer(POOL_LAYER).output.shape[1:], name="features")
-    probabilities = model.get_layer(HEAD_LAYER)(model.get_layer(DROPOUT_LAYER)(features))
-    return keras.Model(features, probabilities, name="head")
+    """pixels -> everything before the head, in inference mode, sharing the model's layers (the classifier is a
+    chain of layers ending in its head)."""
+    head = get_head(model)
+    pixels = keras.Input(model.input_shape[1:], name="pixels")
+    x = pixels
+    for layer in model.layers[1:model.layers.index(head)]:
+        x = layer(x, training=False)
+    return keras.Model(pixels, x, name="feature_extractor")
 
 
 def file_fingerprint(path: str) -> list:
@@ -116,3 +121,42 @@ def streamed_feature_dataset(features: np.memmap, labels: np.ndarray, batch_size
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-len(features) // batch_size)))  # for fit
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def uses_feature_cache(stage: Stage, config: TrainConfig) -> bool:
+    """Head-only stages of 2+ epochs train on cached features; MixUp/CutMix need pixels, so they turn it off."""
+    return (config.feature_cache and stage.unfreeze_blocks == 0 and stage.epochs >= 2
+            and not (config.mixup or config.cutmix))
+
+
+def feature_stage_data(model: keras.Model, config: TrainConfig, image_data: ImageData, image_size: int, augmenter,
+                       feature_cache_dir: Path, scratch_dir: Path, echo: Callable[[str], None]):
+    """(head model, training batches, validation batches) for a head-only stage on cached backbone features.
+
+    Features are computed once (or loaded) and kept in `feature_cache_dir` for later runs on the same files; tfds
+    splits, which have no files to fingerprint, use `scratch_dir` of this run."""
+    start = time.time()
+    extractor = feature_extractor(model)
+    num_classes = len(image_data.class_names)
+
+    def features_of(split: Split, views: int, name: str):
+        compute = lambda folder: compute_features(extractor, split, num_classes, image_size,  # noqa: E731
+                                                  config.batch_size, folder, views, augmenter)
+        if split.source is not None:  # tfds: no files to fingerprint, so the features stay with this run only
+            compute(scratch_dir / name)
+            return (*load_features(scratch_dir / name), False)
+        key = cache_key(split, config.arch, config.alpha, image_size, config.weights, views, config.augment,
+                        config.seed, config.precision)
+        return cached_features(feature_cache_dir, key, compute)
+
+    train_x, train_y, train_reused = features_of(image_data.train, config.cache_views, "train")
+    val_x, val_y, val_reused = features_of(image_data.val, 1, "val")
+    how = "reused from" if train_reused and val_reused else "computed into"
+    folder = scratch_dir if image_data.train.source is not None else feature_cache_dir
+    held = "streamed from disk while training" if isinstance(train_x, np.memmap) else "held in memory"
+    echo(f"Feature cache: {len(train_x):,} train ({config.cache_views} view(s) per image) and {len(val_x):,} "
+         f"validation feature vectors of {train_x.shape[1]} values, {how} {folder} in {time.time() - start:.1f}s, "
+         f"{held}")
+    return (get_head(model),
+            feature_dataset(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed),
+            feature_dataset(val_x, val_y, config.batch_size, shuffle=False, seed=0))

@@ -15,6 +15,7 @@ from tfl.errors import TflError
 
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 BACKBONE_NAME = "backbone"
+HEAD_NAME = "head"  # pooled features -> dropout -> softmax: the part a head-only stage trains
 
 
 def tf_preprocessing() -> keras.layers.Layer:
@@ -103,12 +104,21 @@ def build_model(spec: ArchSpec, num_classes: int, image_size: int, weights: str 
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
     x = PREPROCESSING[spec.preprocessing]()(pixels)
     x = backbone(x, training=False)  # BatchNormalization stays in inference mode, even when unfrozen
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
-    probabilities = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
-    model = keras.Model(pixels, probabilities, name=f"tfl_{spec.name}")
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(pixels, build_head(features.shape[-1], num_classes, dropout)(features), name=f"tfl_{spec.name}")
     set_trainable_blocks(model, spec, 0)
     return model
+
+
+def build_head(feature_size: int, num_classes: int, dropout: float) -> keras.Model:
+    features = keras.Input((feature_size,), name="features")
+    x = keras.layers.Dropout(dropout, name="dropout")(features)
+    probabilities = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(features, probabilities, name=HEAD_NAME)
+
+
+def get_head(model: keras.Model) -> keras.Model:
+    return model.get_layer(HEAD_NAME)
 
 
 def get_backbone(model: keras.Model) -> keras.Model:

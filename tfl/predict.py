@@ -15,7 +15,27 @@ from tfl.errors import TflError
 from tfl.runs import LABELS_FILE, MODEL_FILE, read_labels
 
 
-class KerasPredictor:
+class Predictor:
+    """What every artifact kind offers: its class names and input size, probabilities for a batch of pixels
+    (`predict_pixels`), and top-k classes for image files or folders (`predict`)."""
+
+    kind: str
+    image_size: int
+    class_names: list[str]
+    batch_limit = 16  # images per call of predict_pixels
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """[batch, size, size, 3] RGB pixels 0..255 -> [batch, classes] probabilities."""
+        raise NotImplementedError
+
+    def predict(self, inputs: str | Path | list[str | Path], top_k: int = 3) -> list[dict]:
+        """One row per image file in `inputs` (files or folders): {"path", "top": [(class, score), ...]}, or
+        {"path", "error"} for a file that could not be read."""
+        return predict_files(self, collect_images([inputs] if isinstance(inputs, (str, Path)) else list(inputs)),
+                             top_k, self.batch_limit)
+
+
+class KerasPredictor(Predictor):
     kind = "keras"
 
     def __init__(self, model_path: Path):
@@ -25,11 +45,11 @@ class KerasPredictor:
         self.image_size = int(self.model.input_shape[1])
         self.class_names = read_labels(model_path.parent / LABELS_FILE)
 
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(pixels.astype("float32")))
 
 
-class SavedModelPredictor:
+class SavedModelPredictor(Predictor):
     kind = "saved_model"
 
     def __init__(self, path: Path):
@@ -38,16 +58,17 @@ class SavedModelPredictor:
         self.model = tf.saved_model.load(str(path))
         self.serve = self.model.signatures["serving_default"]
         self.image_size = int(self.serve.structured_input_signature[1]["pixels"].shape[1])
-        self.class_names = read_labels(path / "assets" / "labels.txt")
+        self.class_names = read_labels(path / "assets" / LABELS_FILE)
 
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
         return self.serve(pixels=tf.constant(pixels, tf.float32))["probabilities"].numpy()
 
 
-class TFLitePredictor:
+class TFLitePredictor(Predictor):
     kind = "tflite"
+    batch_limit = 1  # resizing the interpreter's input for every batch size costs more than it saves
 
     def __init__(self, path: Path):
         from ai_edge_litert.interpreter import Interpreter
@@ -59,7 +80,7 @@ class TFLitePredictor:
         self.batch = 0
         self.class_names = tflite_labels(path)
 
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         if pixels.shape[0] != self.batch:
             self.interpreter.resize_tensor_input(self.input["index"], list(pixels.shape))
             self.interpreter.allocate_tensors()
@@ -77,15 +98,15 @@ def tflite_labels(path: Path) -> list[str]:
     """Labels packed inside the .tflite (an associated labels.txt, read as a zip), else labels.txt beside it."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return [line for line in archive.read("labels.txt").decode().splitlines() if line.strip()]
+            return [line for line in archive.read(LABELS_FILE).decode().splitlines() if line.strip()]
     except (zipfile.BadZipFile, KeyError):
-        beside = path.parent / "labels.txt"
+        beside = path.parent / LABELS_FILE
         if beside.is_file():
             return read_labels(beside)
         raise TflError(f"'{path}' carries no labels and has no labels.txt beside it.") from None
 
 
-def load_predictor(artifact: str | Path):
+def load_predictor(artifact: str | Path) -> Predictor:
     """Pick the predictor for a .keras file, a run directory, a SavedModel directory or a .tflite file."""
     path = Path(artifact).expanduser()
     if not path.exists():
@@ -130,7 +151,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return files
 
 
-def predict_files(predictor, files: list[Path], top_k: int = 3, batch_size: int = 16) -> list[dict]:
+def predict_files(predictor: Predictor, files: list[Path], top_k: int = 3, batch_size: int = 16) -> list[dict]:
     """One row per file: the top-k classes and scores, or the error that kept it from being read."""
     top_k = max(1, min(top_k, len(predictor.class_names)))
     rows: list[dict] = []
@@ -139,13 +160,13 @@ def predict_files(predictor, files: list[Path], top_k: int = 3, batch_size: int 
     def flush():
         if not batch:
             return
-        probabilities = predictor.predict(np.stack([pixels for _, pixels in batch]))
+        probabilities = predictor.predict_pixels(np.stack([pixels for _, pixels in batch]))
         for (path, _), probs in zip(batch, probabilities):
             best = np.argsort(-probs)[:top_k]
             rows.append({"path": str(path), "top": [(predictor.class_names[i], float(probs[i])) for i in best]})
         batch.clear()
 
-    batch_limit = 1 if getattr(predictor, "kind", "") == "tflite" else batch_size
+    batch_limit = min(batch_size, predictor.batch_limit)
     for path in files:
         try:
             batch.append((path, load_image_for_predict(str(path), predictor.image_size)))

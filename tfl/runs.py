@@ -1,4 +1,4 @@
-"""Run directories: naming, locking, atomic file writes, the file lists a run keeps, finding and loading runs."""
+"""The run folder: `Run` names every file in it and reads them; naming, locking, atomic writes, finding runs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+from typing import Any
+
 import yaml
 from filelock import FileLock, Timeout
 
@@ -18,12 +21,94 @@ from tfl.errors import TflError
 DEFAULT_ROOT = "saved_models"
 PARTIAL_SUFFIX = ".partial"
 MODEL_FILE = "model.keras"
-LABELS_FILE = "labels.txt"
+LABELS_FILE = "labels.txt"  # also the name of the labels inside a SavedModel's assets and a .tflite
 CONFIG_FILE = "config.yaml"
 SPLITS_FILE = "splits.json"
 CHECKPOINT_DIR = "checkpoint"  # in <name>.partial/ while training: what --resume continues from
 CHECKPOINT_STATE = "state.json"
 RUN_MARKER = MODEL_FILE
+EXPORT_FORMATS = ("saved_model", "tflite", "all")
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+SAVED_MODEL_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run folder (finished, or <name>.partial while it trains): the one place its file names are spelled, their
+    readers, and what can be done with a finished run (evaluate, export, predict)."""
+
+    path: Path
+
+    @classmethod
+    def open(cls, run: str | Path | None = None, root: str | Path = DEFAULT_ROOT) -> "Run":
+        """A finished run: the folder `run`, or the newest run under `root`."""
+        return cls(resolve_run(run, root))
+
+    model_file = property(lambda self: self.path / MODEL_FILE)
+    labels_file = property(lambda self: self.path / LABELS_FILE)
+    config_file = property(lambda self: self.path / CONFIG_FILE)
+    splits_file = property(lambda self: self.path / SPLITS_FILE)
+    metrics_file = property(lambda self: self.path / "metrics.json")
+    history_file = property(lambda self: self.path / "history.csv")
+    curves_file = property(lambda self: self.path / "training_curves.png")
+    confusion_file = property(lambda self: self.path / "confusion_matrix.png")
+    data_report_file = property(lambda self: self.path / "data_report.json")
+    export_report_file = property(lambda self: self.path / "export_report.json")
+    checkpoint_dir = property(lambda self: self.path / CHECKPOINT_DIR)
+    converted_dir = property(lambda self: self.path / "converted")  # photos TensorFlow cannot decode, as PNG
+    cache_dir = property(lambda self: self.path / "cache")  # decoded images while training; removed at the end
+    logs_dir = property(lambda self: self.path / "logs")  # TensorBoard
+    saved_model_dir = property(lambda self: self.path / "export" / "saved_model" / SAVED_MODEL_VERSION)
+
+    def tflite_file(self, quantize: str = "none") -> Path:
+        return self.path / f"model_{'float32' if quantize == 'none' else quantize}.tflite"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def class_names(self) -> list[str]:
+        return read_labels(self.labels_file)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return read_run_config(self.path)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """metrics.json: validation accuracy, loss, per-class figures of the model kept; `test` where there is one."""
+        return json.loads(self.metrics_file.read_text())
+
+    @property
+    def data_report(self) -> dict[str, Any]:
+        return json.loads(self.data_report_file.read_text())
+
+    @property
+    def splits(self) -> dict[str, dict]:
+        return read_splits(self.path)
+
+    def evaluate(self, data: str | Path | None = None) -> dict[str, Any]:
+        """Metrics on `data` (a folder of class subfolders), or on the run's validation files."""
+        from tfl.evaluate import evaluate_run
+
+        return evaluate_run(self.path, None if data is None else str(data))[0]
+
+    def export(self, format: str = "tflite", quantize: str = "none", **options) -> Path:
+        """Write and verify an artifact (see tfl.export.export_run for the options); its path, the last when
+        format is 'all'."""
+        from tfl.export import export_run
+
+        rows = export_run(self.path, format, quantize, **options)
+        return self.path / rows[-1]["file"]
+
+    def predictor(self):
+        from tfl.predict import load_predictor
+
+        return load_predictor(self.model_file)
+
+    def predict(self, inputs, top_k: int = 3) -> list[dict]:
+        return self.predictor().predict(inputs, top_k)
 
 
 def current_umask() -> int:

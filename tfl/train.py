@@ -10,42 +10,29 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
-import yaml
 
 from tfl import __version__
 from tfl.archs import ArchSpec, auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
 from tfl.checkpoint import Checkpoint, StageTracker, TrainingState
-from tfl.config import Stage, TrainConfig, apply_overrides
+from tfl.config import Stage, TrainConfig, from_run_record, run_record
 from tfl.data import ImageData, Split, load_data, make_pipeline
 from tfl.errors import TflError
 from tfl.evaluate import evaluate_model, plot_confusion_matrix, plot_training_curves, write_metrics
-from tfl.features import (cache_key, cached_features, compute_features, feature_dataset, feature_extractor, head_model,
-                          load_features)
-from tfl.model import build_model, set_trainable_blocks, trainable_params
+from tfl.features import FEATURE_CACHE_FOLDER, feature_stage_data, uses_feature_cache
+from tfl.model import build_model, get_head, set_trainable_blocks, trainable_params
 from tfl.plan import DataStats, auto_plan
 from tfl.precision import dtype_policy, resolve_precision
-from tfl.runs import (CHECKPOINT_DIR, CONFIG_FILE, DEFAULT_ROOT, LABELS_FILE, MODEL_FILE, atomic_path, atomic_write_text,
-                      default_run_name, finish_run_dir, has_checkpoint, prepare_run_dir, read_labels, read_run_config,
-                      read_splits, resumable_run, run_lock, write_splits)
+from tfl.runs import (DEFAULT_ROOT, Run, atomic_path, atomic_write_text, default_run_name, finish_run_dir, has_checkpoint,
+                      prepare_run_dir, read_run_config, resumable_run, run_lock, write_splits)
 
-FEATURE_CACHE_FOLDER = ".feature_cache"  # under the runs root, shared by runs on the same data and backbone
 IMBALANCE_RATIO = 1.5  # class_weight auto: balance when the largest class is this much bigger than the smallest
 HISTORY_COLUMNS = ["epoch", "stage", "stage_epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    best_val_accuracy: float
-    wall_seconds: float
-    metrics: dict
 
 
 def auto_class_weights(counts: list[int], mode: str) -> dict[int, float] | None:
@@ -111,46 +98,6 @@ def compile_for_stage(model: keras.Model, stage: Stage, steps_per_epoch: int, la
                   metrics=["accuracy"], steps_per_execution=steps_per_execution)
 
 
-def uses_feature_cache(stage: Stage, config: TrainConfig) -> bool:
-    """Head-only stages of 2+ epochs train on cached features; MixUp/CutMix need pixels, so they turn it off."""
-    return (config.feature_cache and stage.unfreeze_blocks == 0 and stage.epochs >= 2
-            and not (config.mixup or config.cutmix))
-
-
-def feature_stage_data(model: keras.Model, config: TrainConfig, image_data: ImageData, image_size: int,
-                       feature_cache_dir: Path, scratch_dir: Path, echo: Callable[[str], None]):
-    """(head model, training batches, validation batches) for a head-only stage on cached backbone features.
-
-    Features are computed once (or loaded) and kept in `feature_cache_dir` for later runs on the same files; tfds
-    splits, which have no files to fingerprint, use `scratch_dir` of this run."""
-    start = time.time()
-    extractor = feature_extractor(model)
-    augmenter = build_augmenter(config.augment, config.seed)
-    num_classes = len(image_data.class_names)
-
-    def features_of(split: Split, views: int, name: str):
-        compute = lambda folder: compute_features(extractor, split, num_classes, image_size,  # noqa: E731
-                                                  config.batch_size, folder, views, augmenter)
-        if split.source is not None:  # tfds: no files to fingerprint, so the features stay with this run only
-            compute(scratch_dir / name)
-            return (*load_features(scratch_dir / name), False)
-        key = cache_key(split, config.arch, config.alpha, image_size, config.weights, views, config.augment,
-                        config.seed, config.precision)
-        return cached_features(feature_cache_dir, key, compute)
-
-    train_x, train_y, train_reused = features_of(image_data.train, config.cache_views, "train")
-    val_x, val_y, val_reused = features_of(image_data.val, 1, "val")
-    how = "reused from" if train_reused and val_reused else "computed into"
-    folder = scratch_dir if image_data.train.source is not None else feature_cache_dir
-    held = "streamed from disk while training" if isinstance(train_x, np.memmap) else "held in memory"
-    echo(f"Feature cache: {len(train_x):,} train ({config.cache_views} view(s) per image) and {len(val_x):,} "
-         f"validation feature vectors of {train_x.shape[1]} values, {how} {folder} in {time.time() - start:.1f}s, "
-         f"{held}")
-    return (head_model(model),
-            feature_dataset(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed),
-            feature_dataset(val_x, val_y, config.batch_size, shuffle=False, seed=0))
-
-
 def write_history_csv(rows: list[dict], path: Path) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
@@ -178,16 +125,6 @@ def split_record(split: Split | None) -> dict | None:
     if split is None or split.source is not None:
         return None
     return {"paths": split.paths, "labels": split.labels}
-
-
-def resolved_config(config: TrainConfig, data: str, image_size: int, policy: str) -> dict:
-    values = config.to_dict()
-    values["image_size"] = image_size
-    values["precision"] = policy
-    values["backend"] = keras.backend.backend()
-    values["data"] = data
-    values["versions"] = {"tfl": __version__, "keras": keras.__version__}
-    return values
 
 
 def absolute_data(data: str) -> str:
@@ -220,65 +157,79 @@ def clear_resource_errors(config: TrainConfig, image_size: int | None):
 
 
 def finetune(config: TrainConfig, data: str | None = None, output: str | Path = DEFAULT_ROOT, name: str | None = None,
-             overwrite: bool = False, echo: Callable[[str], None] = print, verbose: int | str = "auto") -> RunResult:
-    """Train `config` on `data` (a folder or 'tfds:NAME'; default: config.data) and write a complete run directory."""
+             overwrite: bool = False, echo: Callable[[str], None] = print, verbose: int | str = "auto",
+             augmenter: Callable | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Run:
+    """Train `config` on `data` (a folder or 'tfds:NAME'; default: config.data) and write a complete run directory.
+
+    `augmenter` replaces the config's augmentation preset (a function of a float32 pixel batch); `callbacks` are
+    Keras callbacks added to every stage's fit."""
     start = time.time()
     spec = get_arch(config.arch)
     name = name or default_run_name(config.arch)
     if not (data or config.data):
-        raise TflError("No photos given: pass --data DIR, a folder with one subfolder of images per class.")
+        raise TflError("No photos given: pass --data DIR (data= in Python), a folder with one subfolder of images "
+                       "per class.")
     data = absolute_data(data or config.data)
     if config.weights not in ("imagenet", "none"):  # a weights file: saved so that it is found from any directory
         config = dataclasses.replace(config, weights=str(Path(config.weights).expanduser().resolve()))
     with run_lock(output, name):
         final_dir, work_dir = prepare_run_dir(output, name, overwrite)
+        run = Run(work_dir)
         with discarded_on_failure(work_dir):
+            # The data: scanned, split, and the split saved, so that evaluation and resume see the same files.
             keras.utils.set_random_seed(config.seed)
-            image_data = load_data(data, config.val_split, config.seed, converted_dir=work_dir / "converted")
+            image_data = load_data(data, config.val_split, config.seed, converted_dir=run.converted_dir)
             echo(data_summary(image_data))
-            atomic_write_text(work_dir / "data_report.json", json.dumps(image_data.report, indent=2) + "\n")
-            atomic_write_text(work_dir / LABELS_FILE, "\n".join(image_data.class_names) + "\n")
-            splits = {k: split_record(s) for k, s in (("train", image_data.train), ("val", image_data.val),
-                                                      ("test", image_data.test))}
-            write_splits(work_dir, {k: v for k, v in splits.items() if v})
+            write_data_files(run, image_data)
+
+            # The plan: image size, stages and precision, chosen from the data where the config says auto.
             median_side = image_data.report.get("median_short_side")
             image_size = config.image_size or auto_image_size(spec, median_side)
             reasons = None
             if config.plan == "auto":
-                stats = DataStats(len(image_data.train), len(image_data.class_names))
-                config, reasons = auto_plan(config, spec, stats)
+                config, reasons = auto_plan(config, spec, DataStats(len(image_data.train), len(image_data.class_names)))
             new_model = lambda: build_model(spec, len(image_data.class_names), image_size, config.weights,  # noqa: E731
                                             config.alpha, config.dropout)
             policy, why = resolve_precision(config.precision, new_model, image_size)
-            atomic_write_text(work_dir / CONFIG_FILE, yaml.safe_dump(
-                resolved_config(config, data, image_size, policy) | ({"plan_reasons": reasons} if reasons else {}),
-                sort_keys=False))
+            atomic_write_text(run.config_file, run_record(
+                config, data, image_size, policy, keras.backend.backend(),
+                {"tfl": __version__, "keras": keras.__version__}, reasons))
             size_note = ("" if config.image_size else
                          f" (auto: photos' median short side {median_side} px)" if median_side else " (auto)")
             echo(f"\nModel: {spec.name} at {image_size} px{size_note}, weights {config.weights}, backend "
                  f"{keras.backend.backend()}, precision {policy} ({why})")
+
+            # The training, stage by stage, checkpointed every epoch.
             with clear_resource_errors(config, image_size):
                 return train_run(dataclasses.replace(config, image_size=image_size, precision=policy), image_data,
-                                 work_dir, final_dir, output, echo, verbose, start, reasons)
+                                 work_dir, final_dir, output, echo, verbose, start, reasons, augmenter, callbacks)
+
+
+def write_data_files(run: Run, image_data: ImageData) -> None:
+    atomic_write_text(run.data_report_file, json.dumps(image_data.report, indent=2) + "\n")
+    atomic_write_text(run.labels_file, "\n".join(image_data.class_names) + "\n")
+    splits = {k: split_record(s) for k, s in (("train", image_data.train), ("val", image_data.val),
+                                              ("test", image_data.test))}
+    write_splits(run.path, {k: v for k, v in splits.items() if v})
 
 
 def resume(output: str | Path = DEFAULT_ROOT, name: str | None = None, echo: Callable[[str], None] = print,
-           verbose: int | str = "auto") -> RunResult:
+           verbose: int | str = "auto") -> Run:
     """Continue the interrupted run `name` (default: the newest one under `output`) from its last finished epoch,
     with the settings it was started with."""
     start = time.time()
     final_dir, work_dir = resumable_run(output, name)
     with run_lock(output, final_dir.name):
         saved = read_run_config(work_dir)
-        config = apply_overrides(TrainConfig(), saved, str(work_dir / CONFIG_FILE))
+        config = from_run_record(saved, str(Run(work_dir).config_file))
         if saved.get("backend", keras.backend.backend()) != keras.backend.backend():
             raise TflError(f"Run '{final_dir.name}' was trained on the {saved['backend']} backend; resume it with "
                            f"--backend {saved['backend']}.")
         keras.utils.set_random_seed(config.seed)
         image_data = saved_image_data(work_dir, saved["data"], config)
-        state = Checkpoint(work_dir / CHECKPOINT_DIR).load_state()
+        state = Checkpoint(Run(work_dir).checkpoint_dir).load_state()
         echo(f"Resuming run '{final_dir.name}' after epoch {state.epochs_done} (stage {state.stage + 1}, "
-             f"{state.stage_epochs} of its epochs done) with its own settings from {work_dir / CONFIG_FILE}")
+             f"{state.stage_epochs} of its epochs done) with its own settings from {Run(work_dir).config_file}")
         echo(data_summary(image_data))
         with clear_resource_errors(config, config.image_size):
             return train_run(config, image_data, work_dir, final_dir, output, echo, verbose, start)
@@ -288,19 +239,19 @@ def saved_image_data(work_dir: Path, data: str, config: TrainConfig) -> ImageDat
     """The very splits the run was started with (its splits.json), or tfds' own splits again."""
     if data.startswith("tfds:"):
         return load_data(data, config.val_split, config.seed)
-    splits = read_splits(work_dir)
-    report = json.loads((work_dir / "data_report.json").read_text())
+    run = Run(work_dir)
+    splits, report = run.splits, run.data_report
     missing = [p for s in splits.values() for p in s["paths"] if not os.path.exists(p)]
     if missing:
         raise TflError(f"{len(missing)} training file(s) of this run are gone (the first: '{missing[0]}'). Put the "
                        f"photos back where they were ({data}), or start a new run.")
     parts = {k: Split(paths=v["paths"], labels=v["labels"]) for k, v in splits.items()}
-    return ImageData(read_labels(work_dir / LABELS_FILE), parts["train"], parts["val"], parts.get("test"), report)
+    return ImageData(run.class_names, parts["train"], parts["val"], parts.get("test"), report)
 
 
 def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_dir: Path, output: str | Path,
-              echo: Callable[[str], None], verbose: int | str, start: float,
-              reasons: list[str] | None = None) -> RunResult:
+              echo: Callable[[str], None], verbose: int | str, start: float, reasons: list[str] | None = None,
+              augmenter: Callable | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Run:
     """Train the plan's stages from the checkpoint in `work_dir` (or from the start), then write the run."""
     spec, image_size, num_classes = get_arch(config.arch), config.image_size, len(image_data.class_names)
     with dtype_policy(config.precision):  # layers take the policy when they are built
@@ -308,15 +259,17 @@ def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_
     class_weight = auto_class_weights(list(image_data.report["counts"]["train"].values()), config.class_weight)
     echo(format_plan(plan_rows(model, spec, config.stages), class_weight, image_data.class_names, reasons))
 
-    cache_dir = work_dir / "cache"
+    run = Run(work_dir)
+    cache_dir = run.cache_dir
+    augmenter = augmenter or build_augmenter(config.augment, config.seed)
     train_ds = make_pipeline(image_data.train, num_classes, image_size, config.batch_size, training=True,
-                             augmenter=build_augmenter(config.augment, config.seed),
+                             augmenter=augmenter,
                              mixer=build_mixer(config.mixup, config.cutmix, config.seed),
                              seed=config.seed, cache_dir=cache_dir)
     val_ds = make_pipeline(image_data.val, num_classes, image_size, config.batch_size, training=False,
                            cache_dir=cache_dir)
     steps_per_epoch = int(np.ceil(len(image_data.train) / config.batch_size))
-    checkpoint = Checkpoint(work_dir / CHECKPOINT_DIR)
+    checkpoint = Checkpoint(run.checkpoint_dir)
     state = checkpoint.load_state() or TrainingState()
     active = [s for s in config.stages if s.epochs > 0]
     for index, stage in enumerate(active):
@@ -335,7 +288,7 @@ def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_
         trained, train_data, val_data = model, train_ds, val_ds
         if on_features:
             trained, train_data, val_data = feature_stage_data(
-                model, config, image_data, image_size, Path(output).expanduser() / FEATURE_CACHE_FOLDER,
+                model, config, image_data, image_size, augmenter, Path(output).expanduser() / FEATURE_CACHE_FOLDER,
                 cache_dir / "features", echo)
         # A step on feature vectors takes microseconds: 32 per call halve the epoch time (only epoch callbacks run).
         compile_for_stage(trained, stage, steps_per_epoch, config.label_smoothing,
@@ -348,21 +301,22 @@ def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_
                         initial_epoch=state.epochs_done, epochs=first_epoch + stage.epochs,
                         class_weight=class_weight, verbose=verbose,
                         callbacks=[StageTracker(checkpoint, state, stage.name, stage.patience or config.patience),
-                                   keras.callbacks.TensorBoard(log_dir=str(work_dir / "logs"), write_graph=False)])
+                                   keras.callbacks.TensorBoard(log_dir=str(run.logs_dir), write_graph=False),
+                                   *callbacks])
         checkpoint.restore_epoch(state.stage_best["epoch"], trained)  # each stage ends on its best epoch
     shutil.rmtree(cache_dir, ignore_errors=True)  # a disk cache of decoded images is no part of the run
 
     best_stage = active[state.best["stage"]]
     checkpoint.restore_stage_start(state.best["stage"], model)
-    checkpoint.restore_epoch(state.best["epoch"], head_model(model) if uses_feature_cache(best_stage, config) else model)
+    checkpoint.restore_epoch(state.best["epoch"], get_head(model) if uses_feature_cache(best_stage, config) else model)
     return write_run(model, config, image_data, state, work_dir, final_dir, echo, start)
 
 
 def write_run(model: keras.Model, config: TrainConfig, image_data: ImageData, state: TrainingState, work_dir: Path,
-              final_dir: Path, echo: Callable[[str], None], start: float) -> RunResult:
+              final_dir: Path, echo: Callable[[str], None], start: float) -> Run:
     """The finished run's files: model, metrics (validation and test), history, plots; then it takes its name."""
-    num_classes = len(image_data.class_names)
-    with atomic_path(work_dir / MODEL_FILE, force=True) as tmp:
+    num_classes, run = len(image_data.class_names), Run(work_dir)
+    with atomic_path(run.model_file, force=True) as tmp:
         model.save(tmp)
     val_ds = make_pipeline(image_data.val, num_classes, config.image_size, config.batch_size, training=False)
     metrics = evaluate_model(model, val_ds, image_data.class_names)
@@ -372,18 +326,18 @@ def write_run(model: keras.Model, config: TrainConfig, image_data: ImageData, st
     best = state.best
     metrics["best_epoch"] = {"epoch": best["epoch"], "stage": state.rows[best["epoch"] - 1]["stage"]}
     metrics["wall_seconds"] = round(time.time() - start, 1)
-    write_metrics(metrics, work_dir / "metrics.json")
-    write_history_csv(state.rows, work_dir / "history.csv")
-    plot_training_curves(state.rows, work_dir / "training_curves.png")
-    plot_confusion_matrix(metrics, work_dir / "confusion_matrix.png")
-    shutil.rmtree(work_dir / CHECKPOINT_DIR)  # the run is complete: nothing left to resume
+    write_metrics(metrics, run.metrics_file)
+    write_history_csv(state.rows, run.history_file)
+    plot_training_curves(state.rows, run.curves_file)
+    plot_confusion_matrix(metrics, run.confusion_file)
+    shutil.rmtree(run.checkpoint_dir)  # the run is complete: nothing left to resume
     run_dir = finish_run_dir(work_dir, final_dir)
     wall = time.time() - start
     test = f" · test accuracy {metrics['test']['accuracy']:.4f}" if "test" in metrics else ""
     echo(f"\nBest validation accuracy {metrics['accuracy']:.4f} (stage {metrics['best_epoch']['stage']}, epoch "
          f"{best['epoch']}; chosen on this validation set, so optimistic){test} · wall time "
          f"{format_duration(wall)} · run {run_dir}")
-    return RunResult(run_dir, metrics["accuracy"], wall, metrics)
+    return Run(run_dir)
 
 
 def format_duration(seconds: float) -> str:
