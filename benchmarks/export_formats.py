@@ -16,9 +16,8 @@ from pathlib import Path
 from common import FLOWERS, RESULTS, WEIGHTS, machine, require_shared_data, write_results  # sets up TF logging
 
 
-from tfl.config import load_config, override_stages
+import tfl
 from tfl.export import export_run
-from tfl.train import finetune
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 
@@ -33,12 +32,11 @@ def flowers_subset(target: Path, per_class: int) -> Path:
 
 def train_run(arch: str, workdir: Path) -> Path:
     if arch == "mobilenetv2":
-        config = load_config(arch, overrides={"alpha": 0.35, "weights": str(WEIGHTS)})
-        data = FLOWERS
-    else:
-        config = override_stages(load_config(arch, overrides={"weights": "none", "batch_size": 16}), "1,0,0", None, None)
-        data = flowers_subset(workdir / f"{arch}_data", per_class=30)
-    return finetune(config, str(data), output=workdir / "runs", name=arch, verbose=2).run_dir
+        return tfl.finetune(FLOWERS, arch=arch, alpha=0.35, weights=WEIGHTS, output=workdir / "runs", name=arch,
+                            verbose=2).path
+    data = flowers_subset(workdir / f"{arch}_data", per_class=30)
+    return tfl.finetune(data, arch=arch, weights="none", batch_size=16, epochs=(1, 0, 0), output=workdir / "runs",
+                        name=arch, verbose=2).path
 
 
 def export_all(run: Path, verify_images: int) -> list[dict]:

@@ -17,8 +17,7 @@ from common import FLOWERS, RESULTS, WEIGHTS, machine, require_shared_data, writ
 import keras
 import tensorflow as tf
 
-from tfl.config import load_config
-from tfl.train import finetune
+import tfl
 
 
 
@@ -54,14 +53,14 @@ def naive_keras_two_stage(image_size: int, seed: int = 42) -> dict:
 
 
 def tfl_default(image_size: int | None) -> dict:
-    overrides = {"alpha": 0.35, "weights": str(WEIGHTS), "image_size": image_size}
-    config = load_config("mobilenetv2", overrides=overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        result = finetune(config, str(FLOWERS), output=tmp, name="bench", verbose=2)
-        history = (result.run_dir / "history.csv").read_text().strip().splitlines()
-    return {"val_accuracy_final": result.best_val_accuracy, "val_accuracy_best": result.best_val_accuracy,
-            "epochs": len(history) - 1, "wall_seconds": round(result.wall_seconds, 1),
-            "plan": [f"{s.name}:{s.epochs}@{s.learning_rate}/{s.unfreeze_blocks}" for s in config.stages]}
+        run = tfl.finetune(FLOWERS, alpha=0.35, weights=WEIGHTS, image_size=image_size, output=tmp, name="bench",
+                           verbose=2)
+        history = run.history_file.read_text().strip().splitlines()
+        return {"val_accuracy_final": run.metrics["accuracy"], "val_accuracy_best": run.metrics["accuracy"],
+                "epochs": len(history) - 1, "wall_seconds": run.metrics["wall_seconds"],
+                "plan": [f"{s['name']}:{s['epochs']}@{s['learning_rate']}/{s['unfreeze_blocks']}"
+                         for s in run.config["stages"]]}
 
 
 def main() -> None:

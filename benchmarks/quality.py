@@ -24,8 +24,7 @@ from common import REPO, RESULTS, WEIGHTS, machine, write_results  # sets up TF 
 import keras
 import tensorflow as tf
 
-from tfl.config import load_config
-from tfl.train import finetune
+import tfl
 
 DATASETS = REPO.parent / "shared" / "datasets"
 HEAD_EPOCHS, TUNE_EPOCHS, BATCH = 10, 10, 32
@@ -79,19 +78,16 @@ def hand_recipe(splits: dict, classes: int, size: int, seed: int = 42) -> dict:
 
 
 def tfl_defaults(data: Path, runs: Path, plan: str | None) -> tuple[dict, dict, int]:
-    config = load_config("mobilenetv2", overrides={"alpha": 0.35, "weights": str(WEIGHTS), "plan": plan})
     start = time.time()
-    run = finetune(config, str(data), output=runs, name=data.name, verbose=2).run_dir
+    run = tfl.finetune(data, alpha=0.35, weights=WEIGHTS, plan=plan, output=runs, name=data.name, verbose=2)
     wall = time.time() - start
-    metrics = json.loads((run / "metrics.json").read_text())
-    rows = list(csv.DictReader((run / "history.csv").open()))
+    metrics = run.metrics
+    rows = list(csv.DictReader(run.history_file.open()))
     result = {"val_best": metrics["accuracy"], "val_final": float(rows[-1]["val_accuracy"]),
               "wall_seconds": round(wall, 1), "epochs": len(rows), "best_epoch": metrics["best_epoch"]}
     if "test" in metrics:
         result["test_best_model"] = metrics["test"]["accuracy"]
-    saved = json.loads((run / "splits.json").read_text())
-    size = int(__import__("yaml").safe_load((run / "config.yaml").read_text())["image_size"])
-    return result, saved, size
+    return result, run.splits, int(run.config["image_size"])
 
 
 def main() -> None:

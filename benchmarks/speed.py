@@ -26,14 +26,15 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+import tfl
 from tfl.archs import get_arch
 from tfl.augment import build_augmenter
-from tfl.config import Stage, load_config, override_stages
+from tfl.config import Stage
 from tfl.data import JPEG_DCT_RATIOS, load_image_folder, make_pipeline
 from tfl.export import export_run
 from tfl.model import build_model, set_trainable_blocks
 from tfl.precision import dtype_policy
-from tfl.train import compile_for_stage, finetune
+from tfl.train import compile_for_stage
 
 SIZE = 128
 
@@ -47,12 +48,11 @@ def timed(function):
 def head_stage(root: Path) -> dict:
     rows = {}
     for label, cache in (("tfl, feature cache", True), ("tfl, no feature cache", False)):
-        config = load_config("mobilenetv2", overrides={"alpha": 0.35, "weights": str(WEIGHTS), "image_size": SIZE,
-                                                       "feature_cache": cache, "patience": 100})
-        config = override_stages(config, "10,0,0", "1e-3", None)
-        result, seconds = timed(lambda: finetune(config, str(FLOWERS), output=root, name=label.replace(" ", "_")
-                                                 .replace(",", ""), verbose=0, echo=lambda s: None))
-        rows[label] = {"seconds": round(seconds, 1), "val_accuracy": result.best_val_accuracy, "run": str(result.run_dir)}
+        run, seconds = timed(lambda: tfl.finetune(
+            FLOWERS, alpha=0.35, weights=WEIGHTS, image_size=SIZE, feature_cache=cache, patience=100,
+            epochs=(10, 0, 0), learning_rates=(1e-3,), output=root, name=label.replace(" ", "_").replace(",", ""),
+            verbose=0, echo=lambda s: None))
+        rows[label] = {"seconds": round(seconds, 1), "val_accuracy": run.metrics["accuracy"], "run": str(run.path)}
     rows["plain Keras fit, frozen model"] = plain_keras_head()
     base = rows["tfl, no feature cache"]["seconds"]
     for row in rows.values():

@@ -46,16 +46,13 @@ def tiny_folder(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """One finished run on tiny data (mobilenetv2, weights none, 32 px), shared by read-only tests."""
-    from tfl.config import load_config, override_stages
-    from tfl.train import finetune
+    import tfl
 
     root = tmp_path_factory.mktemp("tiny_run")
     data = write_class_folders(root / "data", per_class=10)
-    config = load_config("mobilenetv2", overrides={"weights": "none", "image_size": 32, "alpha": 0.35,
-                                                   "batch_size": 8})
-    config = override_stages(config, "2,1", None, None)
-    result = finetune(config, str(data), output=root / "runs", name="tiny", echo=lambda s: None, verbose=0)
-    return result.run_dir
+    run = tfl.finetune(data, arch="mobilenetv2", weights="none", image_size=32, alpha=0.35, batch_size=8,
+                       epochs=(2, 1), output=root / "runs", name="tiny", echo=lambda s: None, verbose=0)
+    return run.path
 
 
 def require_flowers():

@@ -37,14 +37,12 @@ def exported_run(tiny_run):
 def real_run(tmp_path_factory):
     """MobileNetV2-0.35 with the shared ImageNet weights, briefly trained on real flower photos."""
     weights = require_mobilenet_weights()
-    from tfl.config import load_config, override_stages
-    from tfl.train import finetune
+    import tfl
 
     root = tmp_path_factory.mktemp("real_run")
     data = flowers_subset(root / "flowers", train_per_class=30, val_per_class=12)
-    config = load_config("mobilenetv2", overrides={"alpha": 0.35, "weights": str(weights), "image_size": 96})
-    config = override_stages(config, "4,0,0", "3e-3", None)
-    return finetune(config, str(data), output=root / "runs", name="real", echo=lambda s: None, verbose=0).run_dir
+    return tfl.finetune(data, alpha=0.35, weights=weights, image_size=96, epochs=(4, 0, 0), learning_rates=(3e-3,),
+                        output=root / "runs", name="real", echo=lambda s: None, verbose=0).path
 
 
 def keras_probabilities(run, images):
