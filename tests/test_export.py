@@ -69,6 +69,8 @@ def test_every_artifact_is_written_and_reported(exported_run):
     for row in report.values():
         assert {"size_bytes", "accuracy", "latency_ms_batch1"} <= set(row)
     assert report["model_float32.tflite"]["top1_agreement"] == 1.0
+    assert report["model.onnx"]["top1_agreement"] == 1.0 and report["model.onnx"]["max_abs_diff"] < 1e-4
+    assert report["model.onnx"]["format"] == "onnx"
     assert not list(exported_run.rglob("*.tmp")), "no temporary file may be left behind"
 
 
@@ -140,6 +142,35 @@ def test_saved_model_loads_without_tfl_or_keras(exported_run, tmp_path):
     np.testing.assert_allclose(result["probabilities"], keras_out, atol=1e-4)
 
 
+def test_onnx_runs_with_onnxruntime_alone(exported_run, tmp_path):
+    """As a C#, Java or browser app would run it: no TensorFlow, no Keras, no tfl; labels from the file itself."""
+    images = val_images(exported_run, 6)
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "reference.npy", keras_probabilities(exported_run, images))
+    script = textwrap.dedent(f"""
+        import json, sys
+        for blocked in ("tensorflow", "keras", "tfl"):
+            sys.modules[blocked] = None  # any import of them fails
+        import numpy as np, onnxruntime
+        session = onnxruntime.InferenceSession({str(exported_run / 'model.onnx')!r})
+        images = np.load({str(tmp_path / 'images.npy')!r}).astype(np.float32)
+        reference = np.load({str(tmp_path / 'reference.npy')!r})
+        out = session.run(None, {{session.get_inputs()[0].name: images}})[0]
+        print("RESULT" + json.dumps({{
+            "diff": float(np.abs(out - reference).max()),
+            "agreement": float((out.argmax(1) == reference.argmax(1)).mean()),
+            "labels": session.get_modelmeta().custom_metadata_map["labels"].split(),
+            "imported": sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tfl")
+                               and sys.modules[m]),
+        }}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT")[-1])
+    assert result["imported"] == [] and result["labels"] == ["blue", "green", "red"]
+    assert result["diff"] < 1e-4 and result["agreement"] == 1.0
+
+
 def test_int8_export_agrees_with_keras_on_real_photos(real_run):
     result = cli("export", real_run, "--format", "tflite", "--quantize", "int8", "--calibration-samples", "60")
     assert result.exit_code == 0, result.output
@@ -209,7 +240,8 @@ def test_predict_every_artifact_kind_and_report_unreadable_files(exported_run, t
     (photos / "broken.jpg").write_text("not an image")
     outputs = {}
     for artifact in (exported_run, exported_run / "model.keras", exported_run / "export" / "saved_model" / "1",
-                     exported_run / "model_float32.tflite", exported_run / "model_int8.tflite"):
+                     exported_run / "model_float32.tflite", exported_run / "model_int8.tflite",
+                     exported_run / "model.onnx"):
         result = CliRunner().invoke(main, ["predict", str(artifact), str(photos), "--format", "json",
                                                            "--top-k", "2"])
         assert result.exit_code == 0, result.output
@@ -219,7 +251,7 @@ def test_predict_every_artifact_kind_and_report_unreadable_files(exported_run, t
         outputs[artifact.name] = rows
         assert all(len(r["top"]) == 2 for r in rows[:2])
     reference = [r["top"][0]["score"] for r in outputs["model.keras"][:2]]
-    for name in ("1", "model_float32.tflite"):
+    for name in ("1", "model_float32.tflite", "model.onnx"):
         assert [r["top"][0]["score"] for r in outputs[name][:2]] == pytest.approx(reference, abs=1e-4)
 
 

@@ -13,10 +13,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfl.backend import native_stderr_held
 from tfl.data import Split, decode_image_bytes, load_image_for_predict
 from tfl.errors import TflError
 from tfl.precision import float32_copy
-from tfl.predict import SavedModelPredictor, TFLitePredictor, load_predictor
+from tfl.predict import OnnxPredictor, SavedModelPredictor, TFLitePredictor, load_predictor
 from tfl.runs import (DEFAULT_ROOT, EXPORT_FORMATS, LABELS_FILE, QUANTIZATIONS, Run, atomic_path, atomic_write_text,
                       check_reachable)
 
@@ -104,6 +105,28 @@ def representative_images(train: Split, image_size: int, samples: int, seed: int
     return generate
 
 
+# --- ONNX ------------------------------------------------------------------------------------------
+
+ONNX_LABELS_KEY = "labels"  # metadata_props entry: the class names, one per line
+
+
+def write_onnx(model: keras.Model, class_names: list[str], target: Path) -> None:
+    """Keras' own ONNX export (tf2onnx under the TensorFlow backend), then the class names into its metadata, so the
+    file carries its labels as the .tflite does."""
+    import onnx
+
+    size = int(model.input_shape[1])
+    model(np.zeros((1, size, size, 3), np.float32), training=False)  # Keras exports only models it has called
+    plain = target.with_name(target.name + ".plain.onnx")
+    with native_stderr_held():
+        model.export(str(plain), format="onnx", verbose=False)
+    proto = onnx.load(str(plain))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ONNX_LABELS_KEY, "\n".join(class_names)
+    onnx.save(proto, str(target))
+    plain.unlink()
+
+
 # --- verification ----------------------------------------------------------------------------------
 
 def load_val_images(run: Path, splits: dict, image_size: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +159,7 @@ def size_bytes(path: Path) -> int:
 
 
 def verify(predictor, path: Path, images, labels, reference: np.ndarray | None) -> dict:
-    batch = 1 if predictor.kind == "tflite" else 32
-    probabilities = predict_all(predictor, images, batch)
+    probabilities = predict_all(predictor, images, min(32, predictor.batch_limit))
     predicted = probabilities.argmax(axis=1)
     row = {"format": predictor.kind, "file": path.name, "size_bytes": size_bytes(path),
            "accuracy": round(float((predicted == labels).mean()), 4),
@@ -168,6 +190,8 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
         targets.append(("saved_model", run.saved_model_dir))
     if export_format in ("tflite", "all"):
         targets.append(("tflite", run.tflite_file(quantize)))
+    if export_format in ("onnx", "all"):
+        targets.append(("onnx", run.onnx_file))
     report_path = run.export_report_file
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     finished = {path for _, path in targets if path.exists() and str(path.relative_to(run_dir)) in report}
@@ -210,13 +234,16 @@ def write_artifact(kind: str, model: keras.Model, class_names: list[str], target
     if kind == "saved_model":
         write_saved_model(model, class_names, target, top_k)
         return
+    if kind == "onnx":
+        write_onnx(model, class_names, target)
+        return
     calibration = (representative_images(Split(**splits.get("train", {})), image_size, calibration_samples)
                    if quantize == "int8" else None)
     write_tflite(model, class_names, target, quantize, calibration)
 
 
 def artifact_predictor(kind: str, path: Path):
-    return SavedModelPredictor(path) if kind == "saved_model" else TFLitePredictor(path)
+    return {"saved_model": SavedModelPredictor, "tflite": TFLitePredictor, "onnx": OnnxPredictor}[kind](path)
 
 
 def record(report: dict, row: dict, report_path: Path) -> None:

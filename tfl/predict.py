@@ -94,6 +94,25 @@ class TFLitePredictor(Predictor):
         return output
 
 
+class OnnxPredictor(Predictor):
+    """An ONNX file, run by ONNX Runtime (no TensorFlow needed); its labels are in its metadata."""
+
+    kind = "onnx"
+
+    def __init__(self, path: Path):
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0]
+        self.image_size = int(self.input.shape[1])
+        labels = self.session.get_modelmeta().custom_metadata_map.get("labels")
+        self.class_names = ([line for line in labels.splitlines() if line.strip()] if labels
+                            else read_labels(path.parent / LABELS_FILE))
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input.name: pixels.astype(np.float32)})[0]
+
+
 def tflite_labels(path: Path) -> list[str]:
     """Labels packed inside the .tflite (an associated labels.txt, read as a zip), else labels.txt beside it."""
     try:
@@ -113,6 +132,8 @@ def load_predictor(artifact: str | Path) -> Predictor:
         raise TflError(f"'{path}' does not exist. Pass a .keras file, a run directory, a SavedModel directory or a .tflite file.")
     if path.suffix == ".tflite":
         return open_artifact(TFLitePredictor, path, "TFLite model")
+    if path.suffix == ".onnx":
+        return open_artifact(OnnxPredictor, path, "ONNX model")
     if path.suffix == ".keras":
         return open_artifact(KerasPredictor, path, "Keras model")
     if (path / "saved_model.pb").is_file():

@@ -27,7 +27,7 @@ SPLITS_FILE = "splits.json"
 CHECKPOINT_DIR = "checkpoint"  # in <name>.partial/ while training: what --resume continues from
 CHECKPOINT_STATE = "state.json"
 RUN_MARKER = MODEL_FILE
-EXPORT_FORMATS = ("saved_model", "tflite", "all")
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "all")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 SAVED_MODEL_VERSION = "1"
 
@@ -59,6 +59,7 @@ class Run:
     cache_dir = property(lambda self: self.path / "cache")  # decoded images while training; removed at the end
     logs_dir = property(lambda self: self.path / "logs")  # TensorBoard
     saved_model_dir = property(lambda self: self.path / "export" / "saved_model" / SAVED_MODEL_VERSION)
+    onnx_file = property(lambda self: self.path / "model.onnx")
 
     def tflite_file(self, quantize: str = "none") -> Path:
         return self.path / f"model_{'float32' if quantize == 'none' else quantize}.tflite"
