@@ -1,13 +1,19 @@
 """tfl export and tfl predict: every format and quantization, loaded as other apps would, verified, written safely."""
 
+import contextlib
+import http.server
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,3 +284,67 @@ def test_predict_collects_a_folder_given_through_dot_dot_but_skips_hidden_files(
     (tmp_path / "elsewhere").mkdir()
     found = collect_images([str(tmp_path / "elsewhere" / ".." / "photos")])
     assert [p.name for p in found] == ["a.jpg"], "'..' in the input is not a hidden folder; '.thumbnails' is"
+
+
+def chromium_binary() -> str:
+    found = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                  if shutil.which(name)), None)
+    if not found:
+        pytest.skip("the browser check needs Chromium (Debian: apt-get install chromium); not installed here")
+    return found
+
+
+def web_example_folder(target: Path) -> Path:
+    """examples/web with ONNX Runtime Web from the npm registry (npm ci, or its node_modules when installed)."""
+    source = REPO / "examples" / "web"
+    target.mkdir()
+    for name in ("index.html", "app.js", "package.json", "package-lock.json"):
+        shutil.copy(source / name, target / name)
+    if (source / "node_modules" / "onnxruntime-web").is_dir():
+        (target / "node_modules").symlink_to(source / "node_modules")
+    elif not shutil.which("npm") or subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=target,
+                                                   capture_output=True, timeout=300).returncode:
+        pytest.skip("the browser check needs onnxruntime-web from the npm registry, and npm could not install it")
+    return target
+
+
+@contextlib.contextmanager
+def served(folder: Path):
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)  # a free port, chosen now
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_web_page_classifies_a_photo_like_tfl_predict(real_run, tmp_path):
+    """examples/web in headless Chromium: ONNX Runtime Web's top-1 for a real photo is tfl predict's."""
+    browser = chromium_binary()
+    result = cli("export", real_run, "--format", "onnx", "--verify-images", "12", "--force")
+    assert result.exit_code == 0, result.output
+    photos = json.loads((real_run / "splits.json").read_text())["val"]["paths"][:12]
+    predicted = json.loads(cli("predict", real_run / "model.onnx", *photos, "--format", "json").stdout)
+    confident = max(predicted, key=lambda row: row["top"][0]["score"] - row["top"][1]["score"])
+    site = web_example_folder(tmp_path / "site")
+    shutil.copy(real_run / "model.onnx", site / "model.onnx")
+    shutil.copy(confident["path"], site / "photo.jpg")
+    with served(site) as address:
+        page = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=60000", "--dump-dom",
+             f"{address}/index.html?image=photo.jpg"], capture_output=True, text=True, timeout=180)
+    status = re.search(r'<p id="status"([^>]*)>([^<]*)</p>', page.stdout)
+    assert status and status.group(2) == "done", f"the page did not classify the photo: {status and status.group(2)}"
+    top1 = re.search(r'data-top1="([^"]+)"', status.group(1)).group(1)
+    assert top1 == confident["top"][0]["label"]
+    assert len(re.findall(r"<li data-label=", page.stdout)) == 3

@@ -136,7 +136,8 @@ def evaluate(run, data, root):
 @main.command()
 @click.argument("run", required=False)
 @click.option("--format", "export_format", type=click.Choice(EXPORT_FORMATS), default="tflite",
-              show_default=True, help="saved_model: TF Serving layout; tflite: for phones; all: both.")
+              show_default=True,
+              help="saved_model: TF Serving layout; tflite: for phones; onnx: for ONNX Runtime apps; all: each one.")
 @click.option("--quantize", type=click.Choice(QUANTIZATIONS), default="none",
               show_default=True, help="TFLite weights: float32, float16, dynamic-range int8, or full int8.")
 @click.option("--calibration-samples", type=click.IntRange(1), default=300, show_default=True,
@@ -151,7 +152,7 @@ def evaluate(run, data, root):
 @click.option("--output", "root", default=DEFAULT_ROOT, show_default=True, help="Runs folder, for the latest run.")
 @friendly_errors
 def export(run, root, export_format, quantize, **options):
-    """Export RUN (default: the latest) as a SavedModel and/or TFLite file, verified on its validation images."""
+    """Export RUN (default: the latest) as a SavedModel, TFLite or ONNX file, verified on its validation images."""
     use_backend("tensorflow")  # exports need TF; a JAX-trained model.keras loads under TF as it is
     tfl.open_run(run, root).export(export_format, quantize, echo=click.echo, **options)
 
@@ -164,7 +165,7 @@ def export(run, root, export_format, quantize, **options):
               show_default=True)
 @friendly_errors
 def predict(artifact, inputs, top_k, output_format):
-    """Classify image files or folders INPUTS with ARTIFACT (.keras, run dir, SavedModel dir or .tflite)."""
+    """Classify image files or folders INPUTS with ARTIFACT (.keras, run dir, SavedModel dir, .tflite or .onnx)."""
     use_backend("tensorflow")
     from tfl.predict import format_rows
 

@@ -1,0 +1,92 @@
+// Classifies a photo with a tfl model.onnx: RGB pixels 0..255 in [1, size, size, 3], probabilities out, class names
+// in the model's metadata ("labels", one per line). ?model=URL picks the model (default model.onnx beside this
+// page); ?image=URL classifies that photo at once (how tests drive the page).
+const params = new URLSearchParams(location.search);
+const status = document.getElementById("status");
+ort.env.wasm.wasmPaths = new URL("node_modules/onnxruntime-web/dist/", location.href).href;
+ort.env.wasm.numThreads = 1;  // threads need a cross-origin isolated page; one is enough for one photo
+
+async function loadModel(url) {
+  const session = await ort.InferenceSession.create(url, { executionProviders: ["wasm"] });
+  const labels = await classNames(url);
+  const size = session.inputMetadata?.[0]?.shape?.[1] ?? Number(params.get("size"));
+  return { session, labels, size };
+}
+
+async function classNames(modelUrl) {
+  // ONNX Runtime Web does not expose custom metadata: read it from the file's protobuf, or from labels.txt.
+  const bytes = new Uint8Array(await (await fetch(modelUrl)).arrayBuffer());
+  const text = metadataValue(bytes, "labels");
+  if (text !== null) return text.split("\n").filter(Boolean);
+  return (await (await fetch("labels.txt")).text()).split("\n").filter(Boolean);
+}
+
+function metadataValue(bytes, key) {
+  // ModelProto field 14 is metadata_props: StringStringEntryProto {1: key, 2: value}.
+  let pos = 0;
+  const varint = () => { let v = 0, shift = 0, b; do { b = bytes[pos++]; v += (b & 0x7f) * 2 ** shift; shift += 7; } while (b & 0x80); return v; };
+  const decode = (start, end) => new TextDecoder().decode(bytes.subarray(start, end));
+  while (pos < bytes.length) {
+    const tag = varint(), field = Math.floor(tag / 8), wire = tag & 7;
+    if (wire === 0) { varint(); continue; }
+    if (wire === 1) { pos += 8; continue; }
+    if (wire === 5) { pos += 4; continue; }
+    if (wire !== 2) return null;
+    const length = varint(), end = pos + length;
+    if (field === 14) {
+      let entryKey = null, entryValue = null;
+      while (pos < end) {
+        const t = varint(), n = varint();
+        if (t >> 3 === 1) entryKey = decode(pos, pos + n); else if (t >> 3 === 2) entryValue = decode(pos, pos + n);
+        pos += n;
+      }
+      if (entryKey === key) return entryValue;
+    }
+    pos = end;
+  }
+  return null;
+}
+
+function pixels(image, size) {
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = size;
+  const context = canvas.getContext("2d");
+  context.drawImage(image, 0, 0, size, size);
+  const rgba = context.getImageData(0, 0, size, size).data;
+  const rgb = new Float32Array(size * size * 3);
+  for (let i = 0, j = 0; i < rgba.length; i += 4) { rgb[j++] = rgba[i]; rgb[j++] = rgba[i + 1]; rgb[j++] = rgba[i + 2]; }
+  return new ort.Tensor("float32", rgb, [1, size, size, 3]);
+}
+
+async function classify(model, image) {
+  const feeds = { [model.session.inputNames[0]]: pixels(image, model.size) };
+  const output = (await model.session.run(feeds))[model.session.outputNames[0]].data;
+  const ranked = Array.from(output, (p, i) => [model.labels[i], p]).sort((a, b) => b[1] - a[1]).slice(0, 3);
+  document.getElementById("top").innerHTML = ranked
+    .map(([label, p]) => `<li data-label="${label}">${label} ${(100 * p).toFixed(1)}%</li>`).join("");
+  status.textContent = "done";
+  status.dataset.top1 = ranked[0][0];
+}
+
+function imageFrom(url) {
+  return new Promise((resolve, reject) => {
+    const image = document.getElementById("preview");
+    image.onload = () => resolve(image);
+    image.onerror = () => reject(new Error(`cannot load ${url}`));
+    image.src = url;
+  });
+}
+
+(async () => {
+  try {
+    const model = await loadModel(params.get("model") ?? "model.onnx");
+    status.textContent = `Model ready: ${model.labels.length} classes, ${model.size} px. Pick a photo.`;
+    document.getElementById("file").addEventListener("change", async (event) => {
+      const file = event.target.files[0];
+      if (file) await classify(model, await imageFrom(URL.createObjectURL(file)));
+    });
+    if (params.get("image")) await classify(model, await imageFrom(params.get("image")));
+  } catch (error) {
+    status.textContent = `error: ${error.message}`;
+  }
+})();
