@@ -348,3 +348,12 @@ def test_web_page_classifies_a_photo_like_tfl_predict(real_run, tmp_path):
     top1 = re.search(r'data-top1="([^"]+)"', status.group(1)).group(1)
     assert top1 == confident["top"][0]["label"]
     assert len(re.findall(r"<li data-label=", page.stdout)) == 3
+
+
+def test_the_report_names_the_fastest_artifact_measured():
+    from tfl.export import format_report
+
+    rows = [{"file": name, "size_bytes": 1000, "accuracy": 0.9, "latency_ms_batch1": ms}
+            for name, ms in (("model.keras", 7.0), ("model_float32.tflite", 0.6), ("model_int8.tflite", 0.8))]
+    assert format_report(rows).splitlines()[-1].startswith(
+        "Fastest at batch 1 on this machine: model_float32.tflite (0.60 ms")
