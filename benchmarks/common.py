@@ -7,8 +7,9 @@ import os
 import platform
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfl.backend import use_backend
+
+use_backend(os.environ.get("KERAS_BACKEND", "tensorflow"))  # before Keras is imported; TF's start-up lines held
 
 REPO = Path(__file__).resolve().parent.parent
 FLOWERS = REPO.parent / "shared" / "datasets" / "flowers"

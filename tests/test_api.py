@@ -99,6 +99,9 @@ def test_every_setting_is_accepted_by_the_cli_the_yaml_and_python(tmp_path):
     generic = {p.name for p in finetune_command.params} - {"data", "config_file", "epochs", "lr", "unfreeze_blocks",
                                                            "name", "output", "overwrite", "resume"}
     assert generic == {f.name for f in fields}, "each CLI training option is one TrainConfig field, and back"
+    helps = {p.name: p.help for p in finetune_command.params}
+    assert helps["alpha"].endswith("[default: 1.0]") and helps["mixup"].endswith("[default: 0.0]")
+    assert helps["feature_cache"].endswith("[default: on]") and helps["image_size"].endswith("[default: auto]")
     for field in fields:
         value = other_value(field)
         flag = "--" + field.name.replace("_", "-")

@@ -65,8 +65,10 @@ def use_backend(name: str) -> None:
         return
     os.environ["KERAS_BACKEND"] = name
     with native_stderr_held():
-        importlib.import_module("tensorflow")  # the input pipelines use tf.data on either backend
+        tensorflow = importlib.import_module("tensorflow")  # the input pipelines use tf.data on either backend
         importlib.import_module("keras")
+    if not verbose_native_logs():
+        tensorflow.get_logger().setLevel("ERROR")  # its Python-side notes (retracing...) are for TF developers
         if name == "jax":
             import jax
 

@@ -67,8 +67,9 @@ def setting_options(command):
         if not meta["cli"]:
             continue
         flag = "--" + name.replace("_", "-")
-        default = {None: "auto" if name == "image_size" else "none", True: "on", False: "off"}.get(spec.default,
-                                                                                                 spec.default)
+        default = spec.default
+        if isinstance(default, bool) or default is None:
+            default = {True: "on", False: "off", None: "auto" if name == "image_size" else "none"}[default]
         help_text = f"{meta['help']} [default: {default}]"
         if meta["kind"] is bool:
             command = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)(command)
