@@ -56,10 +56,12 @@ def test_custom_augmenter_and_callbacks_are_used(tmp_path):
 
     data = write_class_folders(tmp_path / "data", per_class=6)
     run = tfl.finetune(data, weights="none", alpha=0.35, image_size=32, batch_size=8, epochs=(2, 1, 0),
-                       augmenter=augmenter, callbacks=[EpochCounter()], output=tmp_path / "runs", name="custom",
-                       echo=lambda s: None, verbose=0)
+                       cache_views=2, augmenter=augmenter, callbacks=[EpochCounter()], output=tmp_path / "runs",
+                       name="custom", echo=lambda s: None, verbose=0)
     assert calls, "the pipeline never applied the custom augmenter"
     assert EpochCounter.epochs == 3
+    shared = [p for p in (tmp_path / "runs" / ".feature_cache").iterdir() if not p.name.startswith(".")]
+    assert len(shared) == 1, "views made by a caller's augmenter are not shared under the preset's cache key"
     assert run.config["stages"][1]["epochs"] == 1 and run.config["plan"] == "fixed"
 
 

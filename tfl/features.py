@@ -130,29 +130,32 @@ def uses_feature_cache(stage: Stage, config: TrainConfig) -> bool:
 
 
 def feature_stage_data(model: keras.Model, config: TrainConfig, image_data: ImageData, image_size: int, augmenter,
-                       feature_cache_dir: Path, scratch_dir: Path, echo: Callable[[str], None]):
+                       feature_cache_dir: Path, scratch_dir: Path, echo: Callable[[str], None],
+                       custom_augmenter: bool = False):
     """(head model, training batches, validation batches) for a head-only stage on cached backbone features.
 
-    Features are computed once (or loaded) and kept in `feature_cache_dir` for later runs on the same files; tfds
-    splits, which have no files to fingerprint, use `scratch_dir` of this run."""
+    Features are computed once (or loaded) and kept in `feature_cache_dir` for later runs on the same files. What
+    cannot be fingerprinted stays in `scratch_dir` of this run: tfds splits (no files), and augmented views made by a
+    caller's own augmenter (the key knows presets by name only)."""
     start = time.time()
     extractor = feature_extractor(model)
     num_classes = len(image_data.class_names)
 
-    def features_of(split: Split, views: int, name: str):
+    def features_of(split: Split, views: int, name: str, private: bool):
         compute = lambda folder: compute_features(extractor, split, num_classes, image_size,  # noqa: E731
                                                   config.batch_size, folder, views, augmenter)
-        if split.source is not None:  # tfds: no files to fingerprint, so the features stay with this run only
+        if private:
             compute(scratch_dir / name)
             return (*load_features(scratch_dir / name), False)
         key = cache_key(split, config.arch, config.alpha, image_size, config.weights, views, config.augment,
                         config.seed, config.precision)
         return cached_features(feature_cache_dir, key, compute)
 
-    train_x, train_y, train_reused = features_of(image_data.train, config.cache_views, "train")
-    val_x, val_y, val_reused = features_of(image_data.val, 1, "val")
+    private = image_data.train.source is not None or (custom_augmenter and config.cache_views > 1)
+    train_x, train_y, train_reused = features_of(image_data.train, config.cache_views, "train", private)
+    val_x, val_y, val_reused = features_of(image_data.val, 1, "val", image_data.val.source is not None)
     how = "reused from" if train_reused and val_reused else "computed into"
-    folder = scratch_dir if image_data.train.source is not None else feature_cache_dir
+    folder = scratch_dir if private else feature_cache_dir
     held = "streamed from disk while training" if isinstance(train_x, np.memmap) else "held in memory"
     echo(f"Feature cache: {len(train_x):,} train ({config.cache_views} view(s) per image) and {len(val_x):,} "
          f"validation feature vectors of {train_x.shape[1]} values, {how} {folder} in {time.time() - start:.1f}s, "

@@ -261,6 +261,7 @@ def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_
 
     run = Run(work_dir)
     cache_dir = run.cache_dir
+    custom_augmenter = augmenter is not None
     augmenter = augmenter or build_augmenter(config.augment, config.seed)
     train_ds = make_pipeline(image_data.train, num_classes, image_size, config.batch_size, training=True,
                              augmenter=augmenter,
@@ -289,7 +290,7 @@ def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_
         if on_features:
             trained, train_data, val_data = feature_stage_data(
                 model, config, image_data, image_size, augmenter, Path(output).expanduser() / FEATURE_CACHE_FOLDER,
-                cache_dir / "features", echo)
+                cache_dir / "features", echo, custom_augmenter)
         # A step on feature vectors takes microseconds: 32 per call halve the epoch time (only epoch callbacks run).
         compile_for_stage(trained, stage, steps_per_epoch, config.label_smoothing,
                           steps_per_execution=32 if on_features else 1)
