@@ -9,8 +9,9 @@ from PIL import Image
 import tfl.data as data_module
 from tests.conftest import make_image, write_class_folders
 from tfl.augment import build_augmenter, build_mixer
-from tfl.data import Split, load_image_folder, make_pipeline, resize_pixels, scan_file, stratified_split
+from tfl.data import Split, load_image_folder, make_pipeline, resize_pixels, stratified_split
 from tfl.errors import TflError
+from tfl.scan import scan_file
 
 
 def jpeg_bytes(image, **kwargs):

@@ -72,6 +72,7 @@ def test_same_seed_gives_the_same_run(tiny_folder, tmp_path):
         histories.append((tmp_path / name / "history.csv").read_text())
         assert json.loads((tmp_path / name / "splits.json").read_text())["val"]
     assert histories[0] == histories[1]
+    assert len(list((tmp_path / ".scan_cache").glob("*.json"))) == 1, "the second run read the first one's scan"
     assert (json.loads((tmp_path / "a" / "splits.json").read_text())
             == json.loads((tmp_path / "b" / "splits.json").read_text()))
 

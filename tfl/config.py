@@ -17,6 +17,7 @@ from tfl.errors import TflError, warn
 CLASS_WEIGHT_MODES = ("auto", "none")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 PLANS = ("auto", "fixed")
+DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")
 MAX_IMAGE_SIZE = 1024  # beyond this a batch of activations no longer fits the memory of ordinary machines
 RUN_RECORD_KEYS = ("versions", "plan_reasons")  # written into a run's config.yaml as a record, ignored when read back
 
@@ -83,6 +84,10 @@ class TrainConfig:
     backend: str = setting("tensorflow", "Keras backend.", choices=BACKENDS)
     precision: str = setting("float32", "Dtype policy; auto: float16 on a GPU, bfloat16 on a CPU where it measures "
                              "faster, else float32.", choices=PRECISIONS)
+    distribute: str = setting("auto", "Devices and machines: auto (every GPU of this machine when it has several, "
+                              "else one device), none, mirrored (every device of this machine), multiworker (several "
+                              "machines: TF_CONFIG on TensorFlow, KERAS_DISTRIBUTION_* on JAX; see the README).",
+                              choices=DISTRIBUTE_MODES)
     feature_cache: bool = setting(True, "Train head-only stages on backbone features computed once.")
     cache_views: int = setting(1, "Feature vectors per training image in the cache: 1 plain, plus augmented copies.",
                                low=1)

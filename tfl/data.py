@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from tfl.errors import TflError, warn
+from tfl.scan import ScanCache, scan_cache_file, scan_files
 
-TF_DECODABLE_FORMATS = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}  # what tf.io.decode_image reads, by content
 IGNORED_NAMES = {"Thumbs.db", "desktop.ini", "__MACOSX"}
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
 MEMORY_CACHE_LIMIT_BYTES = 3 * 2**30  # decoded images beyond this are cached on disk instead
@@ -43,35 +43,8 @@ class ImageData:
     report: dict
 
 
-@dataclass
-class ScannedFile:
-    path: str
-    problem: str | None = None  # why the file cannot be used
-    needs_conversion: bool = False  # decodable by Pillow but not by tf.io.decode_image
-    short_side: int = 0  # pixels, of the image as stored
-
-
 def is_hidden(name: str) -> bool:
     return name.startswith(".") or name in IGNORED_NAMES
-
-
-def scan_file(path: str) -> ScannedFile:
-    """Fully decode one file with Pillow to find empty, truncated and non-image files up front."""
-    try:
-        if os.path.getsize(path) == 0:
-            return ScannedFile(path, "empty file")
-        with Image.open(path) as image:
-            image_format, short_side = image.format, min(image.size)
-            image.draft("RGB", (512, 512))  # JPEG: decode at reduced size, still reads every byte
-            image.load()
-    except UnidentifiedImageError:
-        return ScannedFile(path, "not an image")
-    except Image.DecompressionBombError as exc:
-        return ScannedFile(path, f"too large to decode safely ({exc}); shrink it below "
-                                 f"{Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} megapixels")
-    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's truncated/corrupt errors
-        return ScannedFile(path, f"unreadable ({exc})")
-    return ScannedFile(path, needs_conversion=image_format not in TF_DECODABLE_FORMATS, short_side=short_side)
 
 
 def rgb_image(image: Image.Image) -> Image.Image:
@@ -113,12 +86,13 @@ def list_files(folder: Path) -> list[str]:
     return files
 
 
-def scan_class_folders(folder: Path, class_names: list[str], report: dict, converted_dir: Path | None) -> Split:
+def scan_class_folders(folder: Path, class_names: list[str], report: dict, converted_dir: Path | None,
+                       scan_cache: ScanCache | None = None) -> Split:
     """Scan `folder/<class>/**` in parallel; usable files become the split, the rest go to the report."""
     candidates = [(path, label) for label, name in enumerate(class_names)
                   if (folder / name).is_dir() for path in list_files(folder / name)]
-    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
-        scanned = list(pool.map(scan_file, [path for path, _ in candidates]))
+    paths = [path for path, _ in candidates]
+    scanned = scan_cache.scan(paths) if scan_cache else scan_files(paths)
     split = Split()
     report.setdefault("short_sides", []).extend(r.short_side for r in scanned if not r.problem)
     for (path, label), result in zip(candidates, scanned):
@@ -168,14 +142,26 @@ def class_counts(split: Split, class_names: list[str]) -> dict[str, int]:
 
 
 def load_image_folder(data_dir: str | Path, val_split: float = 0.2, seed: int = 42,
-                      converted_dir: Path | None = None) -> ImageData:
-    """Read `data_dir/<class>/...`, or `data_dir/{train,val[,test]}/<class>/...` when those folders exist."""
+                      converted_dir: Path | None = None, scan_cache_dir: Path | None = None) -> ImageData:
+    """Read `data_dir/<class>/...`, or `data_dir/{train,val[,test]}/<class>/...` when those folders exist.
+
+    With `scan_cache_dir`, files scanned by an earlier run and unchanged since are not decoded again."""
     root = Path(data_dir).expanduser()
     if not root.exists():
         raise TflError(f"Data folder '{root}' does not exist. Pass --data DIR, a folder with one subfolder of images per class.")
     if not root.is_dir():
         raise TflError(f"--data '{root}' is a file, not a folder. Pass a folder with one subfolder of images per class.")
     report: dict = {"source": str(root), "skipped": [], "converted": []}
+    scan_cache = ScanCache.load(scan_cache_file(scan_cache_dir, root)) if scan_cache_dir else None
+    try:
+        return read_image_folder(root, val_split, seed, converted_dir, scan_cache, report)
+    finally:
+        if scan_cache:
+            scan_cache.save()
+
+
+def read_image_folder(root: Path, val_split: float, seed: int, converted_dir: Path | None,
+                      scan_cache: ScanCache | None, report: dict) -> ImageData:
     split_folders = find_split_folders(root)
     if "train" in split_folders and "val" in split_folders:
         report["layout"] = "train/val folders"
@@ -187,14 +173,14 @@ def load_image_folder(data_dir: str | Path, val_split: float = 0.2, seed: int = 
                 if extra:
                     raise TflError(f"'{split_folders[extra_split]}' has class folder(s) {', '.join(sorted(extra))} that "
                                    f"'{split_folders['train']}' lacks. Every class needs training images.")
-        splits = {name: scan_class_folders(folder, class_names, report, converted_dir)
+        splits = {name: scan_class_folders(folder, class_names, report, converted_dir, scan_cache)
                   for name, folder in split_folders.items()}
         train, val, test = splits["train"], splits["val"], splits.get("test")
     else:
         report["layout"] = f"stratified split, {val_split:.0%} validation, seed {seed}"
         class_names = [p.name for p in list_class_folders(root)]
         check_classes(class_names, root)
-        everything = scan_class_folders(root, class_names, report, converted_dir)
+        everything = scan_class_folders(root, class_names, report, converted_dir, scan_cache)
         check_usable(everything, class_names, root, report)
         train, val = stratified_split(everything, val_split, seed)
         test = None
@@ -276,10 +262,11 @@ def load_tfds(name: str, val_split: float = 0.2, data_dir: str | None = None) ->
     return ImageData(class_names, splits["train"], splits["val"], None, report)
 
 
-def load_data(data: str, val_split: float, seed: int, converted_dir: Path | None = None) -> ImageData:
+def load_data(data: str, val_split: float, seed: int, converted_dir: Path | None = None,
+              scan_cache_dir: Path | None = None) -> ImageData:
     if data.startswith("tfds:"):
         return load_tfds(data.removeprefix("tfds:"), val_split)
-    return load_image_folder(data, val_split, seed, converted_dir)
+    return load_image_folder(data, val_split, seed, converted_dir, scan_cache_dir)
 
 
 # --- tf.data pipelines ---------------------------------------------------------------------------
@@ -361,12 +348,16 @@ def cache(dataset: tf.data.Dataset, n_images: int, image_size: int, cache_dir: P
 
 
 def make_pipeline(split: Split, num_classes: int, image_size: int, batch_size: int, training: bool,
-                  augmenter=None, mixer=None, seed: int = 42, cache_dir: Path | None = None) -> tf.data.Dataset:
-    """Batches of (float32 pixels 0..255, one-hot labels); augmentation on training data only."""
+                  augmenter=None, mixer=None, seed: int = 42, cache_dir: Path | None = None,
+                  repeat: bool = False) -> tf.data.Dataset:
+    """Batches of (float32 pixels 0..255, one-hot labels); augmentation on training data only. `repeat`: an
+    endless stream of full batches (distributed training counts steps, not passes)."""
     dataset = decoded_images(split, image_size, shuffle_seed=seed if training else None)
     dataset = cache(dataset, len(split), image_size, cache_dir)
     if training:
         dataset = dataset.shuffle(min(len(split), 4096), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
     dataset = dataset.batch(batch_size)
     dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
                           num_parallel_calls=tf.data.AUTOTUNE)

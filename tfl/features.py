@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfl.data import ImageData, Split, make_pipeline
+from tfl.distribute import Cluster
 from tfl.model import get_head
 from tfl.runs import atomic_path
 
@@ -94,14 +95,18 @@ def cached_features(cache_dir: Path, key: str, compute: Callable[[Path], None]) 
     return (*load_features(folder), False)
 
 
-def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool,
-                    seed: int) -> tf.data.Dataset:
-    """Batches of (features, labels): from memory, or streamed from a memory-mapped cache too large for memory."""
+def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool, seed: int,
+                    repeat: bool = False) -> tf.data.Dataset:
+    """Batches of (features, labels): from memory, or streamed from a memory-mapped cache too large for memory.
+    `repeat`: an endless stream of full batches."""
     if isinstance(features, np.memmap):
-        return streamed_feature_dataset(features, labels, batch_size, shuffle, seed)
+        dataset = streamed_feature_dataset(features, labels, batch_size, shuffle, seed)
+        return dataset.repeat().rebatch(batch_size, drop_remainder=True) if repeat else dataset
     dataset = tf.data.Dataset.from_tensor_slices((features, labels))
     if shuffle:
         dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -131,8 +136,10 @@ def uses_feature_cache(stage: Stage, config: TrainConfig) -> bool:
 
 def feature_stage_data(model: keras.Model, config: TrainConfig, image_data: ImageData, image_size: int, augmenter,
                        feature_cache_dir: Path, scratch_dir: Path, echo: Callable[[str], None],
-                       custom_augmenter: bool = False):
-    """(head model, training batches, validation batches) for a head-only stage on cached backbone features.
+                       custom_augmenter: bool = False, cluster: Cluster | None = None,
+                       class_weight: dict | None = None):
+    """(head model, training data, validation data, class weights for fit) for a head-only stage on cached
+    backbone features. On several workers each computes the features of its own share of the training files.
 
     Features are computed once (or loaded) and kept in `feature_cache_dir` for later runs on the same files. What
     cannot be fingerprinted stays in `scratch_dir` of this run: tfds splits (no files), and augmented views made by a
@@ -151,8 +158,10 @@ def feature_stage_data(model: keras.Model, config: TrainConfig, image_data: Imag
                         config.seed, config.precision)
         return cached_features(feature_cache_dir, key, compute)
 
+    cluster = cluster or Cluster()
     private = image_data.train.source is not None or (custom_augmenter and config.cache_views > 1)
-    train_x, train_y, train_reused = features_of(image_data.train, config.cache_views, "train", private)
+    train_x, train_y, train_reused = features_of(cluster.shard(image_data.train), config.cache_views, "train",
+                                                 private)
     val_x, val_y, val_reused = features_of(image_data.val, 1, "val", image_data.val.source is not None)
     how = "reused from" if train_reused and val_reused else "computed into"
     folder = scratch_dir if private else feature_cache_dir
@@ -160,6 +169,6 @@ def feature_stage_data(model: keras.Model, config: TrainConfig, image_data: Imag
     echo(f"Feature cache: {len(train_x):,} train ({config.cache_views} view(s) per image) and {len(val_x):,} "
          f"validation feature vectors of {train_x.shape[1]} values, {how} {folder} in {time.time() - start:.1f}s, "
          f"{held}")
-    return (get_head(model),
-            feature_dataset(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed),
-            feature_dataset(val_x, val_y, config.batch_size, shuffle=False, seed=0))
+    return (get_head(model), *cluster.fit_data(
+        lambda batch, repeat: feature_dataset(train_x, train_y, batch, shuffle=True, seed=config.seed, repeat=repeat),
+        lambda batch: feature_dataset(val_x, val_y, batch, shuffle=False, seed=0), config.batch_size, class_weight))

@@ -68,11 +68,14 @@ def fine_tune_epochs(stats: DataStats, batch_size: int) -> int:
     return max(low, min(high, math.ceil(FINE_TUNE_STEPS / steps_per_epoch(stats, batch_size))))
 
 
-def auto_plan(config: TrainConfig, spec: ArchSpec, stats: DataStats) -> tuple[TrainConfig, list[str]]:
-    """The config with its stages chosen from `stats`, and one line per choice saying why."""
+def auto_plan(config: TrainConfig, spec: ArchSpec, stats: DataStats,
+              global_batch: int | None = None) -> tuple[TrainConfig, list[str]]:
+    """The config with its stages chosen from `stats`, and one line per choice saying why. `global_batch`: the
+    images per step over every replica, when training is distributed."""
     rule = size_rule(stats)
     blocks = max(1, round(rule.block_share * spec.num_blocks))
-    epochs = fine_tune_epochs(stats, config.batch_size)
+    batch = global_batch or config.batch_size
+    epochs = fine_tune_epochs(stats, batch)
     warmup = max(1, round(WARMUP_FRACTION * epochs))
     stages = [
         Stage("head", HEAD_MAX_EPOCHS, HEAD_LEARNING_RATE, 0, patience=HEAD_PATIENCE),
@@ -83,7 +86,7 @@ def auto_plan(config: TrainConfig, spec: ArchSpec, stats: DataStats) -> tuple[Tr
         f"head: trained to convergence on cached features (up to {HEAD_MAX_EPOCHS} epochs, stops after "
         f"{HEAD_PATIENCE} without progress) at {HEAD_LEARNING_RATE:.0e}",
         f"top_blocks: {where}: top {blocks} of {spec.num_blocks} blocks at {rule.learning_rate:.0e}, "
-        f"{epochs} epochs of {steps_per_epoch(stats, config.batch_size)} steps (aiming at {FINE_TUNE_STEPS} steps, "
+        f"{epochs} epochs of {steps_per_epoch(stats, batch)} steps (aiming at {FINE_TUNE_STEPS} steps, "
         f"{FINE_TUNE_EPOCHS[0]} to {FINE_TUNE_EPOCHS[1]} epochs), the first {warmup} warming up",
     ]
     return dataclasses.replace(config, stages=stages, plan="fixed"), reasons

@@ -9,12 +9,12 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
-import numpy as np
 
 from tfl import __version__
 from tfl.archs import ArchSpec, auto_image_size, get_arch
@@ -22,6 +22,7 @@ from tfl.augment import build_augmenter, build_mixer
 from tfl.checkpoint import Checkpoint, StageTracker, TrainingState
 from tfl.config import Stage, TrainConfig, from_run_record, run_record
 from tfl.data import ImageData, Split, load_data, make_pipeline
+from tfl.distribute import Cluster, connect, disconnect
 from tfl.errors import TflError
 from tfl.evaluate import evaluate_model, plot_confusion_matrix, plot_training_curves, write_metrics
 from tfl.features import FEATURE_CACHE_FOLDER, feature_stage_data, uses_feature_cache
@@ -30,6 +31,7 @@ from tfl.plan import DataStats, auto_plan
 from tfl.precision import dtype_policy, resolve_precision
 from tfl.runs import (DEFAULT_ROOT, Run, atomic_path, atomic_write_text, default_run_name, finish_run_dir, has_checkpoint,
                       prepare_run_dir, read_run_config, resumable_run, run_lock, write_splits)
+from tfl.scan import SCAN_CACHE_FOLDER
 
 IMBALANCE_RATIO = 1.5  # class_weight auto: balance when the largest class is this much bigger than the smallest
 HISTORY_COLUMNS = ["epoch", "stage", "stage_epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
@@ -90,12 +92,19 @@ def learning_rate_schedule(stage: Stage, steps_per_epoch: int) -> keras.optimize
 
 
 def compile_for_stage(model: keras.Model, stage: Stage, steps_per_epoch: int, label_smoothing: float,
-                      steps_per_execution: int = 1) -> None:
-    """A fresh optimizer with the stage's learning-rate schedule; needed after every trainable change."""
+                      steps_per_execution: int = 1, cluster: Cluster | None = None) -> None:
+    """A fresh optimizer with the stage's learning-rate schedule; needed after every trainable change.
+
+    Distributed batches carry weights (0 for the rows that pad a short validation batch), so accuracy is then a
+    weighted metric: Keras' plain `metrics` ignore sample weights."""
+    cluster = cluster or Cluster()
+    stage = dataclasses.replace(stage, learning_rate=stage.learning_rate * cluster.learning_rate_scale())
     schedule = learning_rate_schedule(stage, steps_per_epoch)
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-                  metrics=["accuracy"], steps_per_execution=steps_per_execution)
+    accuracy = {"weighted_metrics" if cluster.distributed else "metrics": ["accuracy"]}
+    with cluster.scope():
+        model.compile(optimizer=keras.optimizers.Adam(schedule),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+                      steps_per_execution=steps_per_execution, **accuracy)
 
 
 def write_history_csv(rows: list[dict], path: Path) -> None:
@@ -158,12 +167,25 @@ def clear_resource_errors(config: TrainConfig, image_size: int | None):
 
 def finetune(config: TrainConfig, data: str | None = None, output: str | Path = DEFAULT_ROOT, name: str | None = None,
              overwrite: bool = False, echo: Callable[[str], None] = print, verbose: int | str = "auto",
-             augmenter: Callable | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Run:
+             augmenter: Callable | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Run | None:
     """Train `config` on `data` (a folder or 'tfds:NAME'; default: config.data) and write a complete run directory.
 
     `augmenter` replaces the config's augmentation preset (a function of a float32 pixel batch); `callbacks` are
-    Keras callbacks added to every stage's fit."""
+    Keras callbacks added to every stage's fit. With `config.distribute` multiworker, the chief returns the run and
+    the other workers None."""
     start = time.time()
+    cluster = connect(config.distribute)  # first: TensorFlow's multi-worker setup must precede any TensorFlow op
+    if not cluster.is_chief:  # only the chief writes the run; a worker's files live and die in a temporary folder
+        with tempfile.TemporaryDirectory(prefix=f"tfl_worker{cluster.worker_index}_") as scratch:
+            finetune_on(cluster, config, data, scratch, name, False, echo, verbose, augmenter, callbacks, start)
+        echo(f"Worker {cluster.worker_index} of {cluster.workers} done; the chief (worker 0) wrote the run.")
+        return None
+    return finetune_on(cluster, config, data, output, name, overwrite, echo, verbose, augmenter, callbacks, start)
+
+
+def finetune_on(cluster: Cluster, config: TrainConfig, data: str | None, output: str | Path, name: str | None,
+                overwrite: bool, echo: Callable[[str], None], verbose: int | str, augmenter: Callable | None,
+                callbacks: Sequence[keras.callbacks.Callback], start: float) -> Run | None:
     spec = get_arch(config.arch)
     name = name or default_run_name(config.arch)
     if not (data or config.data):
@@ -178,7 +200,8 @@ def finetune(config: TrainConfig, data: str | None = None, output: str | Path = 
         with discarded_on_failure(work_dir):
             # The data: scanned, split, and the split saved, so that evaluation and resume see the same files.
             keras.utils.set_random_seed(config.seed)
-            image_data = load_data(data, config.val_split, config.seed, converted_dir=run.converted_dir)
+            image_data = load_data(data, config.val_split, config.seed, converted_dir=run.converted_dir,
+                                   scan_cache_dir=Path(output).expanduser() / SCAN_CACHE_FOLDER)
             echo(data_summary(image_data))
             write_data_files(run, image_data)
 
@@ -187,7 +210,8 @@ def finetune(config: TrainConfig, data: str | None = None, output: str | Path = 
             image_size = config.image_size or auto_image_size(spec, median_side)
             reasons = None
             if config.plan == "auto":
-                config, reasons = auto_plan(config, spec, DataStats(len(image_data.train), len(image_data.class_names)))
+                config, reasons = auto_plan(config, spec, DataStats(len(image_data.train), len(image_data.class_names)),
+                                            cluster.global_batch(config.batch_size))
             new_model = lambda: build_model(spec, len(image_data.class_names), image_size, config.weights,  # noqa: E731
                                             config.alpha, config.dropout)
             policy, why = resolve_precision(config.precision, new_model, image_size)
@@ -200,9 +224,13 @@ def finetune(config: TrainConfig, data: str | None = None, output: str | Path = 
                  f"{keras.backend.backend()}, precision {policy} ({why})")
 
             # The training, stage by stage, checkpointed every epoch.
+            distributed = cluster.describe(config.batch_size)
+            if distributed:
+                echo(distributed)
             with clear_resource_errors(config, image_size):
                 return train_run(dataclasses.replace(config, image_size=image_size, precision=policy), image_data,
-                                 work_dir, final_dir, output, echo, verbose, start, reasons, augmenter, callbacks)
+                                 work_dir, final_dir, output, echo, verbose, start, reasons, augmenter, callbacks,
+                                 cluster)
 
 
 def write_data_files(run: Run, image_data: ImageData) -> None:
@@ -222,6 +250,10 @@ def resume(output: str | Path = DEFAULT_ROOT, name: str | None = None, echo: Cal
     with run_lock(output, final_dir.name):
         saved = read_run_config(work_dir)
         config = from_run_record(saved, str(Run(work_dir).config_file))
+        if config.distribute == "multiworker":
+            raise TflError(f"Run '{final_dir.name}' trained on several machines, and only its chief kept a checkpoint: "
+                           "such a run cannot be resumed yet. Start it again.")
+        cluster = connect(config.distribute)
         if saved.get("backend", keras.backend.backend()) != keras.backend.backend():
             raise TflError(f"Run '{final_dir.name}' was trained on the {saved['backend']} backend; resume it with "
                            f"--backend {saved['backend']}.")
@@ -232,7 +264,7 @@ def resume(output: str | Path = DEFAULT_ROOT, name: str | None = None, echo: Cal
              f"{state.stage_epochs} of its epochs done) with its own settings from {Run(work_dir).config_file}")
         echo(data_summary(image_data))
         with clear_resource_errors(config, config.image_size):
-            return train_run(config, image_data, work_dir, final_dir, output, echo, verbose, start)
+            return train_run(config, image_data, work_dir, final_dir, output, echo, verbose, start, cluster=cluster)
 
 
 def saved_image_data(work_dir: Path, data: str, config: TrainConfig) -> ImageData:
@@ -251,10 +283,13 @@ def saved_image_data(work_dir: Path, data: str, config: TrainConfig) -> ImageDat
 
 def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_dir: Path, output: str | Path,
               echo: Callable[[str], None], verbose: int | str, start: float, reasons: list[str] | None = None,
-              augmenter: Callable | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Run:
-    """Train the plan's stages from the checkpoint in `work_dir` (or from the start), then write the run."""
+              augmenter: Callable | None = None, callbacks: Sequence[keras.callbacks.Callback] = (),
+              cluster: Cluster | None = None) -> Run | None:
+    """Train the plan's stages from the checkpoint in `work_dir` (or from the start), then write the run (on the
+    chief; the other workers of a cluster return None)."""
+    cluster = cluster or Cluster()
     spec, image_size, num_classes = get_arch(config.arch), config.image_size, len(image_data.class_names)
-    with dtype_policy(config.precision):  # layers take the policy when they are built
+    with cluster.scope(), dtype_policy(config.precision):  # layers take the policy and the devices when built
         model = build_model(spec, num_classes, image_size, config.weights, config.alpha, config.dropout)
     class_weight = auto_class_weights(list(image_data.report["counts"]["train"].values()), config.class_weight)
     echo(format_plan(plan_rows(model, spec, config.stages), class_weight, image_data.class_names, reasons))
@@ -263,13 +298,15 @@ def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_
     cache_dir = run.cache_dir
     custom_augmenter = augmenter is not None
     augmenter = augmenter or build_augmenter(config.augment, config.seed)
-    train_ds = make_pipeline(image_data.train, num_classes, image_size, config.batch_size, training=True,
-                             augmenter=augmenter,
-                             mixer=build_mixer(config.mixup, config.cutmix, config.seed),
-                             seed=config.seed, cache_dir=cache_dir)
-    val_ds = make_pipeline(image_data.val, num_classes, image_size, config.batch_size, training=False,
-                           cache_dir=cache_dir)
-    steps_per_epoch = int(np.ceil(len(image_data.train) / config.batch_size))
+    mixer, train_files = build_mixer(config.mixup, config.cutmix, config.seed), cluster.shard(image_data.train)
+    train_ds, val_ds, fit_class_weight = cluster.fit_data(
+        lambda batch, repeat: make_pipeline(train_files, num_classes, image_size, batch, training=True,
+                                            augmenter=augmenter, mixer=mixer, seed=config.seed, cache_dir=cache_dir,
+                                            repeat=repeat),
+        lambda batch: make_pipeline(image_data.val, num_classes, image_size, batch, training=False,
+                                    cache_dir=cache_dir),
+        config.batch_size, class_weight)
+    steps_per_epoch = cluster.steps_per_epoch(len(image_data.train), config.batch_size)
     checkpoint = Checkpoint(run.checkpoint_dir)
     state = checkpoint.load_state() or TrainingState()
     active = [s for s in config.stages if s.epochs > 0]
@@ -286,39 +323,46 @@ def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_
              f"{trainable_params(model):,} trainable params · {stage.epochs} epochs · lr {stage.learning_rate:.1e}"
              f"{' · on cached features' if on_features else ''}"
              f"{f' · resumed after epoch {state.stage_epochs}' if state.stage_epochs else ''}")
-        trained, train_data, val_data = model, train_ds, val_ds
+        trained, train_data, val_data, stage_class_weight = model, train_ds, val_ds, fit_class_weight
         if on_features:
-            trained, train_data, val_data = feature_stage_data(
+            trained, train_data, val_data, stage_class_weight = feature_stage_data(
                 model, config, image_data, image_size, augmenter, Path(output).expanduser() / FEATURE_CACHE_FOLDER,
-                cache_dir / "features", echo, custom_augmenter)
+                cache_dir / "features", echo, custom_augmenter, cluster, class_weight)
         # A step on feature vectors takes microseconds: 32 per call halve the epoch time (only epoch callbacks run).
         compile_for_stage(trained, stage, steps_per_epoch, config.label_smoothing,
-                          steps_per_execution=32 if on_features else 1)
+                          steps_per_execution=32 if on_features and not cluster.distributed else 1, cluster=cluster)
         if state.stage_epochs:
             checkpoint.restore_latest(state, trained)
         if not state.stage_finished(stage.epochs):
             first_epoch = state.epochs_done - state.stage_epochs
             trained.fit(train_data, validation_data=val_data, shuffle=False,  # the pipelines shuffle
                         initial_epoch=state.epochs_done, epochs=first_epoch + stage.epochs,
-                        class_weight=class_weight, verbose=verbose,
+                        steps_per_epoch=steps_per_epoch if cluster.distributed else None,
+                        validation_steps=cluster.validation_steps(len(image_data.val), config.batch_size),
+                        class_weight=stage_class_weight, verbose=verbose,
                         callbacks=[StageTracker(checkpoint, state, stage.name, stage.patience or config.patience),
                                    keras.callbacks.TensorBoard(log_dir=str(run.logs_dir), write_graph=False),
                                    *callbacks])
         checkpoint.restore_epoch(state.stage_best["epoch"], trained)  # each stage ends on its best epoch
     shutil.rmtree(cache_dir, ignore_errors=True)  # a disk cache of decoded images is no part of the run
+    if not cluster.is_chief:
+        return None
 
     best_stage = active[state.best["stage"]]
     checkpoint.restore_stage_start(state.best["stage"], model)
     checkpoint.restore_epoch(state.best["epoch"], get_head(model) if uses_feature_cache(best_stage, config) else model)
-    return write_run(model, config, image_data, state, work_dir, final_dir, echo, start)
+    return write_run(model, config, image_data, state, work_dir, final_dir, echo, start, cluster)
 
 
 def write_run(model: keras.Model, config: TrainConfig, image_data: ImageData, state: TrainingState, work_dir: Path,
-              final_dir: Path, echo: Callable[[str], None], start: float) -> Run:
+              final_dir: Path, echo: Callable[[str], None], start: float, cluster: Cluster | None = None) -> Run:
     """The finished run's files: model, metrics (validation and test), history, plots; then it takes its name."""
     num_classes, run = len(image_data.class_names), Run(work_dir)
     with atomic_path(run.model_file, force=True) as tmp:
         model.save(tmp)
+    if cluster is not None and cluster.distributed:  # evaluated here alone: a plain copy, not the replicated model
+        disconnect(cluster)
+        model = keras.saving.load_model(run.model_file)
     val_ds = make_pipeline(image_data.val, num_classes, config.image_size, config.batch_size, training=False)
     metrics = evaluate_model(model, val_ds, image_data.class_names)
     if image_data.test is not None and len(image_data.test):

@@ -1,0 +1,111 @@
+"""The pre-training scan: every file decoded once with Pillow, on every core, and remembered between runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from tfl.runs import atomic_write_text
+
+TF_DECODABLE_FORMATS = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}  # what tf.io.decode_image reads, by content
+SCAN_CACHE_FOLDER = ".scan_cache"  # under the runs root, one file per data folder
+
+
+@dataclass
+class ScannedFile:
+    path: str
+    problem: str | None = None  # why the file cannot be used
+    needs_conversion: bool = False  # decodable by Pillow but not by tf.io.decode_image
+    short_side: int = 0  # pixels, of the image as stored
+
+
+def scan_file(path: str) -> ScannedFile:
+    """Fully decode one file with Pillow to find empty, truncated and non-image files up front."""
+    try:
+        if os.path.getsize(path) == 0:
+            return ScannedFile(path, "empty file")
+        with Image.open(path) as image:
+            image_format, short_side = image.format, min(image.size)
+            image.draft("RGB", (512, 512))  # JPEG: decode at reduced size, still reads every byte
+            image.load()
+    except UnidentifiedImageError:
+        return ScannedFile(path, "not an image")
+    except Image.DecompressionBombError as exc:
+        return ScannedFile(path, f"too large to decode safely ({exc}); shrink it below "
+                                 f"{Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} megapixels")
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's truncated/corrupt errors
+        return ScannedFile(path, f"unreadable ({exc})")
+    return ScannedFile(path, needs_conversion=image_format not in TF_DECODABLE_FORMATS, short_side=short_side)
+
+
+def scan_files(paths: list[str]) -> list[ScannedFile]:
+    """scan_file on every path, on every core: Pillow releases the GIL while it decodes. (Threads, not processes:
+    forking a process that runs TensorFlow's threads can deadlock, and spawned processes would re-run a user's
+    script that has no `if __name__ == "__main__"` guard.)"""
+    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:
+        return list(pool.map(scan_file, paths))
+
+
+class ScanCache:
+    """Scan results kept between runs, keyed by path, size and modification time: a second run on the same folder
+    decodes only new or changed files (a stat per file instead of a full decode)."""
+
+    VERSION = 1
+
+    def __init__(self, path: Path | None = None, entries: dict | None = None):
+        self.path, self.entries, self.changed = path, entries or {}, False
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ScanCache":
+        path = Path(path)
+        try:
+            saved = json.loads(path.read_text())
+            entries = saved["files"] if saved.get("version") == cls.VERSION else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none yet, or damaged: scan all again
+            entries = {}
+        if not isinstance(entries, dict):
+            entries = {}
+        return cls(path, entries)
+
+    @staticmethod
+    def signature(path: str) -> list[int] | None:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        return [stat.st_size, stat.st_mtime_ns]
+
+    def scan(self, paths: list[str]) -> list[ScannedFile]:
+        """Like scan_files, from the cache where a file's size and modification time are unchanged."""
+        signatures = [self.signature(path) for path in paths]
+        results: list[ScannedFile | None] = []
+        for path, signature in zip(paths, signatures):
+            entry = self.entries.get(path)
+            hit = signature is not None and isinstance(entry, list) and len(entry) == 4 and entry[0] == signature
+            results.append(ScannedFile(path, *entry[1:]) if hit else None)
+        todo = [i for i, result in enumerate(results) if result is None]
+        for i, result in zip(todo, scan_files([paths[i] for i in todo])):
+            results[i] = result
+            if signatures[i] is not None:
+                self.entries[paths[i]] = [signatures[i], result.problem, result.needs_conversion, result.short_side]
+        self.changed = self.changed or bool(todo)
+        return results
+
+    def save(self) -> None:
+        if self.path is not None and self.changed:
+            atomic_write_text(self.path, json.dumps({"version": self.VERSION, "files": self.entries}))
+            self.changed = False
+
+
+def scan_cache_file(cache_dir: Path, data_root: Path) -> Path:
+    """One cache file per data folder, so that runs on different folders do not rewrite each other's."""
+    return cache_dir / f"{hashlib.sha1(str(data_root.resolve()).encode()).hexdigest()[:16]}.json"
+
+
+
