@@ -18,16 +18,17 @@ def finetune(data: str | Path | None = None, *, config: str | Path | TrainConfig
              unfreeze_blocks: int | str | None = None, stages: Sequence[Stage | dict] | None = None,
              augmenter: Callable | None = None, callbacks: Sequence[Any] = (), output: str | Path = DEFAULT_ROOT,
              name: str | None = None, overwrite: bool = False, echo: Callable[[str], None] = print,
-             verbose: int | str = "auto", **settings: Any) -> Run:
+             verbose: int | str = "auto", **settings: Any) -> Run | None:
     """Fine-tune a backbone on the photos in `data` and return the finished run.
 
     `settings` are fields of TrainConfig (arch, alpha, weights, image_size, batch_size, augment, ...; see its
     table). `config` is a YAML file or a TrainConfig they override. `epochs` / `learning_rates` per stage,
     `unfreeze_blocks` (stage 2) or whole `stages` fix the plan instead of choosing it from the data. `augmenter`
     replaces the augmentation preset (a function of a float32 pixel batch, 0..255); `callbacks` are Keras callbacks
-    added to every stage, for progress or logging."""
+    added to every stage, for progress or logging. With `distribute="multiworker"` only the chief (worker 0) writes
+    and returns the run; the other workers return None."""
     train_config = make_config(config, settings, epochs, learning_rates, unfreeze_blocks, stages)
-    use_backend(train_config.backend)
+    use_backend(train_config.backend, start_devices=train_config.distribute != "multiworker")
     from tfl.train import finetune as train
 
     return train(train_config, None if data is None else str(data), output=output, name=name, overwrite=overwrite,

@@ -45,8 +45,10 @@ def native_stderr_held():
             os.close(saved)
 
 
-def use_backend(name: str) -> None:
-    """Make Keras use `name` and import it quietly; an error if Keras already runs on another backend."""
+def use_backend(name: str, start_devices: bool = True) -> None:
+    """Make Keras use `name` and import it quietly; an error if Keras already runs on another backend.
+
+    `start_devices=False` leaves JAX's devices alone, for `jax.distributed.initialize` to come first."""
     if name not in BACKENDS:
         raise TflError(f"Unknown backend '{name}'. Choose one of: {', '.join(BACKENDS)}.")
     if name == "jax" and importlib.util.find_spec("jax") is None:
@@ -69,7 +71,13 @@ def use_backend(name: str) -> None:
         importlib.import_module("keras")
     if not verbose_native_logs():
         tensorflow.get_logger().setLevel("ERROR")  # its Python-side notes (retracing...) are for TF developers
-        if name == "jax":
-            import jax
+        if name == "jax" and start_devices:
+            start_jax()
 
-            jax.devices()  # XLA's CUDA probing prints here, once
+
+def start_jax() -> None:
+    """Start JAX's devices quietly (XLA's CUDA probing prints when they start)."""
+    import jax
+
+    with native_stderr_held():
+        jax.devices()

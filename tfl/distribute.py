@@ -22,6 +22,7 @@ from typing import Any
 
 import keras
 
+from tfl.backend import start_jax
 from tfl.config import DISTRIBUTE_MODES
 from tfl.data import Split
 from tfl.errors import TflError, warn
@@ -115,6 +116,26 @@ class Cluster:
         local = local.with_options(no_auto_shard(tf)).prefetch(tf.data.AUTOTUNE)
         return self.strategy.distribute_datasets_from_function(lambda context: local)
 
+    def wait_for_all(self, name: str) -> None:
+        """A barrier for JAX processes: a worker that finished training waits for the chief to write the run, as
+        JAX's shutdown barrier would otherwise time out (and abort both) while the chief evaluates."""
+        if self.distribution is not None and self.workers > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(name)
+
+    @contextlib.contextmanager
+    def peers_explained(self):
+        """A worker whose peer stopped gets a message saying so, not the collective operation's internals."""
+        try:
+            yield
+        except Exception as exc:
+            if self.workers > 1 and any(sign in str(exc) for sign in LOST_PEER_SIGNS):
+                raise TflError(f"Worker {self.worker_index} lost contact with the other workers of the cluster: one "
+                               "of them stopped or cannot be reached. Look at the other workers' output for the "
+                               "first error, then start every worker again.") from None
+            raise
+
     def describe(self, batch_size: int) -> str:
         if not self.distributed:
             return ""
@@ -152,6 +173,9 @@ def padded_batches(dataset, batch_size: int, class_weight: dict[int, float] | No
 
     return dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE)
 
+
+LOST_PEER_SIGNS = ("Collective ops is aborted", "Socket closed", "heartbeat timeout", "Connection reset by peer",
+                   "failed to connect to all addresses")
 
 _CLUSTERS: dict[tuple[str, str], Cluster] = {}  # a process joins a cluster once; TensorFlow allows no second time
 
@@ -313,6 +337,7 @@ def jax_cluster(mode: str) -> Cluster:
                            "separated), KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID on every "
                            "machine (or start tfl under a launcher JAX detects, such as SLURM). See the README.")
         keras.distribution.initialize()
+    start_jax()
     devices = jax.devices()
     processes, index = jax.process_count(), jax.process_index()
     if len(devices) < 2:

@@ -79,6 +79,8 @@ def build_backbone(spec: ArchSpec, image_size: int, weights: str, alpha: float =
         return backbone
     except Exception as exc:
         message = str(exc)
+        if "Collective ops is aborted" in message:  # another worker stopped while the weights were broadcast
+            raise
         if resolved == "imagenet" and ("URL fetch failure" in message or "urlopen" in message):
             origin = re.search(r"failure on (\S+):\s", message)
             raise TflError(

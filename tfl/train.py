@@ -176,11 +176,16 @@ def finetune(config: TrainConfig, data: str | None = None, output: str | Path = 
     start = time.time()
     cluster = connect(config.distribute)  # first: TensorFlow's multi-worker setup must precede any TensorFlow op
     if not cluster.is_chief:  # only the chief writes the run; a worker's files live and die in a temporary folder
-        with tempfile.TemporaryDirectory(prefix=f"tfl_worker{cluster.worker_index}_") as scratch:
+        scratch_folder = tempfile.TemporaryDirectory(prefix=f"tfl_worker{cluster.worker_index}_")
+        with cluster.peers_explained(), scratch_folder as scratch:
             finetune_on(cluster, config, data, scratch, name, False, echo, verbose, augmenter, callbacks, start)
+            cluster.wait_for_all("tfl: run written")
         echo(f"Worker {cluster.worker_index} of {cluster.workers} done; the chief (worker 0) wrote the run.")
         return None
-    return finetune_on(cluster, config, data, output, name, overwrite, echo, verbose, augmenter, callbacks, start)
+    with cluster.peers_explained():
+        run = finetune_on(cluster, config, data, output, name, overwrite, echo, verbose, augmenter, callbacks, start)
+        cluster.wait_for_all("tfl: run written")
+    return run
 
 
 def finetune_on(cluster: Cluster, config: TrainConfig, data: str | None, output: str | Path, name: str | None,
@@ -345,24 +350,27 @@ def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_
                                    *callbacks])
         checkpoint.restore_epoch(state.stage_best["epoch"], trained)  # each stage ends on its best epoch
     shutil.rmtree(cache_dir, ignore_errors=True)  # a disk cache of decoded images is no part of the run
-    if not cluster.is_chief:
-        return None
 
     best_stage = active[state.best["stage"]]
     checkpoint.restore_stage_start(state.best["stage"], model)
     checkpoint.restore_epoch(state.best["epoch"], get_head(model) if uses_feature_cache(best_stage, config) else model)
-    return write_run(model, config, image_data, state, work_dir, final_dir, echo, start, cluster)
+    if cluster.distributed:
+        weights = model.get_weights()  # on every worker: reading JAX's multi-process arrays is a collective step
+        if not cluster.is_chief:
+            return None
+        disconnect(cluster)  # the chief saves and evaluates a plain copy on its own
+        with dtype_policy(config.precision):
+            model = build_model(spec, num_classes, image_size, "none", config.alpha, config.dropout)
+        model.set_weights(weights)
+    return write_run(model, config, image_data, state, work_dir, final_dir, echo, start)
 
 
 def write_run(model: keras.Model, config: TrainConfig, image_data: ImageData, state: TrainingState, work_dir: Path,
-              final_dir: Path, echo: Callable[[str], None], start: float, cluster: Cluster | None = None) -> Run:
+              final_dir: Path, echo: Callable[[str], None], start: float) -> Run:
     """The finished run's files: model, metrics (validation and test), history, plots; then it takes its name."""
     num_classes, run = len(image_data.class_names), Run(work_dir)
     with atomic_path(run.model_file, force=True) as tmp:
         model.save(tmp)
-    if cluster is not None and cluster.distributed:  # evaluated here alone: a plain copy, not the replicated model
-        disconnect(cluster)
-        model = keras.saving.load_model(run.model_file)
     val_ds = make_pipeline(image_data.val, num_classes, config.image_size, config.batch_size, training=False)
     metrics = evaluate_model(model, val_ds, image_data.class_names)
     if image_data.test is not None and len(image_data.test):
