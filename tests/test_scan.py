@@ -78,3 +78,28 @@ def test_a_damaged_or_old_cache_file_means_a_full_scan_not_an_error(tmp_path, de
         data = load_image_folder(root, val_split=0.34, seed=0, scan_cache_dir=caches)
         assert len(decoded) == 6 and len(data.train) + len(data.val) == 6
         assert ScanCache.load(cache_file).entries  # rewritten whole
+
+
+def test_worker_processes_scan_exactly_like_threads(tmp_path, monkeypatch):
+    """Large folders are scanned by one `python -m tfl.scan` process per core; a small limit sends these few
+    files there, bad ones included, and a worker that cannot start leaves the work to threads."""
+    root = write_class_folders(tmp_path / "photos", per_class=5, classes={"a": (200, 0, 0), "b": (0, 0, 200)})
+    (root / "a" / "empty.jpg").write_bytes(b"")
+    (root / "a" / "text.jpg").write_text("not a photo")
+    make_image((0, 200, 0), seed=3).save(root / "b" / "scan.tiff", "TIFF")
+    good = root / "b" / "b_0.jpg"
+    (root / "b" / "truncated.jpg").write_bytes(good.read_bytes()[:300])
+    paths = sorted(str(p) for p in root.rglob("*.*"))
+    expected = scan_module.scan_in_threads(paths)
+    assert sum(1 for r in expected if r.problem) == 3 and any(r.needs_conversion for r in expected)
+
+    monkeypatch.setattr(scan_module, "PROCESS_POOL_MIN_FILES", 1)
+    monkeypatch.setattr(scan_module.os, "cpu_count", lambda: 3)
+    started = []
+    real_start = scan_module.start_scan_worker
+    monkeypatch.setattr(scan_module, "start_scan_worker", lambda share: started.append(share) or real_start(share))
+    assert scan_module.scan_files(paths) == expected
+    assert len(started) == 3 and sorted(sum(started, [])) == paths
+
+    monkeypatch.setattr(scan_module.sys, "executable", str(tmp_path / "no-python-here"))
+    assert scan_module.scan_files(paths) == expected
