@@ -355,14 +355,23 @@ def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_
     checkpoint.restore_stage_start(state.best["stage"], model)
     checkpoint.restore_epoch(state.best["epoch"], get_head(model) if uses_feature_cache(best_stage, config) else model)
     if cluster.distributed:
-        weights = model.get_weights()  # on every worker: reading JAX's multi-process arrays is a collective step
-        if not cluster.is_chief:
+        model = plain_copy(model, cluster, config, spec, num_classes)
+        if model is None:
             return None
-        disconnect(cluster)  # the chief saves and evaluates a plain copy on its own
-        with dtype_policy(config.precision):
-            model = build_model(spec, num_classes, image_size, "none", config.alpha, config.dropout)
-        model.set_weights(weights)
     return write_run(model, config, image_data, state, work_dir, final_dir, echo, start)
+
+
+def plain_copy(model: keras.Model, cluster: Cluster, config: TrainConfig, spec: ArchSpec,
+               num_classes: int) -> keras.Model | None:
+    """On the chief, the trained weights in a model of one device, to save and evaluate alone; None elsewhere."""
+    weights = model.get_weights()  # on every worker: reading JAX's multi-process arrays is a collective step
+    if not cluster.is_chief:
+        return None
+    disconnect(cluster)
+    with dtype_policy(config.precision):
+        copy = build_model(spec, num_classes, config.image_size, "none", config.alpha, config.dropout)
+    copy.set_weights(weights)
+    return copy
 
 
 def write_run(model: keras.Model, config: TrainConfig, image_data: ImageData, state: TrainingState, work_dir: Path,
