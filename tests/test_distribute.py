@@ -43,6 +43,12 @@ def colours(tmp_path_factory):
     return data, weights, single.metrics["accuracy"]
 
 
+# Each engine's pixel stage is tested once per backend (TensorFlow with two workers, JAX on two devices); the
+# other test of that backend trains the head stage alone, to keep the suite short.
+EPOCHS = {("tensorflow", "multiworker"): "2,1", ("jax", "multiworker"): "2,0",
+          ("tensorflow", "mirrored"): "2,0", ("jax", "mirrored"): "2,1"}
+
+
 def run_workers(backend: str, data, weights: str, tmp_path) -> list[str]:
     """Start two `tfl finetune --distribute multiworker` processes on free local ports; their outputs."""
     ports = [free_port(), free_port()]
@@ -53,13 +59,15 @@ def run_workers(backend: str, data, weights: str, tmp_path) -> list[str]:
         env = dict(os.environ, TMPDIR=str(scratch), TF_CONFIG=json.dumps(
             {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}),
             KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{ports[0]}", KERAS_DISTRIBUTION_NUM_PROCESSES="2",
-            KERAS_DISTRIBUTION_PROCESS_ID=str(index), OMP_NUM_THREADS="1")
+            KERAS_DISTRIBUTION_PROCESS_ID=str(index), OMP_NUM_THREADS="1", TF_NUM_INTRAOP_THREADS="1",
+            TF_NUM_INTEROP_THREADS="1")  # one core each, as two machines would have their own
         env.pop("XLA_FLAGS", None)
         log = open(tmp_path / f"worker{index}.log", "w+")
         logs.append(log)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "tfl.cli", "finetune", "--data", str(data), "--weights", weights,
-             *cli_args(SETTINGS), "--backend", backend, "--distribute", "multiworker", "--output",
+             *cli_args(dict(SETTINGS, epochs=EPOCHS[backend, "multiworker"])), "--backend", backend,
+             "--distribute", "multiworker", "--output",
              str(tmp_path / "runs"), "--name", "together"], stdout=log, stderr=subprocess.STDOUT, env=env))
     deadline = time.time() + WORKER_TIMEOUT
     try:
@@ -98,16 +106,18 @@ def test_two_workers_train_one_run_together(colours, backend, tmp_path):
     assert {"model.keras", "metrics.json", "history.csv", "splits.json", "config.yaml"} <= {
         p.name for p in run.path.iterdir()}
     history = (run.path / "history.csv").read_text().splitlines()
-    assert [row.split(",")[1] for row in history[1:]] == ["head", "head", "top_blocks"]
+    stages = ["head", "head"] + (["top_blocks"] if EPOCHS[backend, "multiworker"] == "2,1" else [])
+    assert [row.split(",")[1] for row in history[1:]] == stages
     accuracy = run.metrics["accuracy"]
     assert abs(accuracy - single_accuracy) <= 2 / 6 + 1e-6, (accuracy, single_accuracy)  # 6 validation photos
     assert run.evaluate()["accuracy"] == pytest.approx(accuracy, abs=1e-6)
-    assert run.export(format="saved_model").is_dir()
+    if backend == "tensorflow":  # a JAX-trained run exports under TensorFlow: tests/test_backends.py
+        assert run.export(format="saved_model").is_dir()
 
 
 MIRRORED_SCRIPT = """
 import json, os, sys
-backend, data, weights, output = sys.argv[1:5]
+backend, data, weights, output, epochs = sys.argv[1:6]
 import tfl
 from tfl.backend import use_backend
 use_backend(backend)
@@ -118,7 +128,7 @@ if backend == "tensorflow":
 lines = []
 run = tfl.finetune(data, backend=backend, weights=weights, output=output, name="mirrored", distribute="mirrored",
                    echo=lines.append, verbose=0, arch="mobilenetv2", alpha=0.35, image_size=32, batch_size=4,
-                   epochs=(2, 1), unfreeze_blocks=2, seed=3)
+                   epochs=[int(e) for e in epochs.split(",")], unfreeze_blocks=2, seed=3)
 print(json.dumps({"lines": lines, "accuracy": run.metrics["accuracy"], "path": str(run.path)}))
 """
 
@@ -128,7 +138,8 @@ def test_mirrored_trains_on_two_logical_devices(colours, backend, tmp_path):
     data, weights, single_accuracy = colours
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2") if backend == "jax" else None
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(MIRRORED_SCRIPT), backend, str(data), weights,
-                             str(tmp_path / "runs")], capture_output=True, text=True, timeout=WORKER_TIMEOUT, env=env)
+                             str(tmp_path / "runs"), EPOCHS[backend, "mirrored"]],
+                            capture_output=True, text=True, timeout=WORKER_TIMEOUT, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     engine = "MirroredStrategy" if backend == "tensorflow" else "DataParallel"
