@@ -34,3 +34,12 @@ def write_results(path: str | Path, results: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def flowers_subset(target: Path, per_class: int) -> Path:
+    """The first `per_class` shared flower photos of each class, linked (not copied) into `target`."""
+    for class_dir in sorted(p for p in FLOWERS.iterdir() if p.is_dir()):
+        (target / class_dir.name).mkdir(parents=True)
+        for photo in sorted(class_dir.iterdir())[:per_class]:
+            (target / class_dir.name / photo.name).symlink_to(photo)
+    return target

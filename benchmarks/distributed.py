@@ -22,18 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import FLOWERS, RESULTS, WEIGHTS, machine, require_shared_data, write_results
+from common import RESULTS, WEIGHTS, flowers_subset, machine, require_shared_data, write_results
 
 PLAN = ["--arch", "mobilenetv2", "--alpha", "0.35", "--image-size", "128", "--batch-size", "32", "--epochs", "3,2",
         "--unfreeze-blocks", "4", "--seed", "42"]
-
-
-def linked_subset(target: Path, per_class: int) -> Path:
-    for class_dir in sorted(p for p in FLOWERS.iterdir() if p.is_dir()):
-        (target / class_dir.name).mkdir(parents=True)
-        for photo in sorted(class_dir.iterdir())[:per_class]:
-            (target / class_dir.name / photo.name).symlink_to(photo)
-    return target
 
 
 def free_port() -> int:
@@ -95,7 +87,7 @@ def main() -> None:
     require_shared_data()
     work = Path(tempfile.mkdtemp(prefix="tfl_distributed_"))
     try:
-        data = linked_subset(work / "data", args.per_class)
+        data = flowers_subset(work / "data", args.per_class)
         rows = {"one process": single(data, work / "runs", args.backend),
                 "2 workers on 127.0.0.1": two_workers(data, work / "runs", args.backend)}
         if gpu_count() >= 2:

@@ -13,21 +13,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import FLOWERS, RESULTS, WEIGHTS, machine, require_shared_data, write_results  # sets up TF logging
+from common import FLOWERS, RESULTS, WEIGHTS, flowers_subset, machine, require_shared_data, write_results  # sets up TF logging
 
 
 import tfl
 from tfl.export import export_run
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-
-
-def flowers_subset(target: Path, per_class: int) -> Path:
-    for class_dir in sorted(p for p in FLOWERS.iterdir() if p.is_dir()):
-        (target / class_dir.name).mkdir(parents=True)
-        for photo in sorted(class_dir.iterdir())[:per_class]:
-            (target / class_dir.name / photo.name).symlink_to(photo)
-    return target
 
 
 def train_run(arch: str, workdir: Path) -> Path:
