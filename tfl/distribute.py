@@ -17,7 +17,7 @@ import contextlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -40,7 +40,6 @@ class Cluster:
     strategy: Any = None  # the tf.distribute strategy on TensorFlow
     distribution: Any = None  # the keras.distribution on JAX
     local_devices: int = 1
-    notes: list[str] = field(default_factory=list)
 
     @property
     def is_chief(self) -> bool:
@@ -106,12 +105,13 @@ class Cluster:
         """Padded global batches (see `padded_batches`), split so that every replica gets its part of each."""
         import tensorflow as tf
 
-        part = batch_size * (self.local_devices if self.strategy is None else 1)
-        first = self.worker_index * self.local_devices  # the replicas on this worker, in the global order
-        keep = lambda i, _: tf.logical_and(i % self.replicas >= first,  # noqa: E731
-                                            i % self.replicas < first + self.local_devices)
         if self.strategy is None:  # JAX: one process's share of each global batch
-            return dataset.rebatch(part).shard(self.workers, self.worker_index).prefetch(tf.data.AUTOTUNE)
+            return (dataset.rebatch(self.pipeline_batch(batch_size)).shard(self.workers, self.worker_index)
+                    .prefetch(tf.data.AUTOTUNE))
+        # TensorFlow: the per-replica parts of this worker's replicas, which come in the global order
+        first = self.worker_index * self.local_devices
+        keep = lambda i, _: tf.logical_and(i % self.replicas >= first,  # noqa: E731
+                                           i % self.replicas < first + self.local_devices)
         local = dataset.rebatch(batch_size).enumerate().filter(keep).map(lambda i, batch: batch)
         local = local.with_options(no_auto_shard(tf)).prefetch(tf.data.AUTOTUNE)
         return self.strategy.distribute_datasets_from_function(lambda context: local)
