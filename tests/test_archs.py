@@ -4,7 +4,7 @@ import pytest
 
 from tfl.archs import ARCHS, get_arch
 from tfl.errors import TflError
-from tfl.model import build_model, get_backbone
+from tfl.model import build_model, first_trainable_index, get_backbone
 from tfl.model import get_head
 
 
@@ -20,6 +20,26 @@ def test_block_ends_are_backbone_layers_in_order(name):
     positions = [names.index(block) for block in spec.block_ends]
     assert positions == sorted(positions)
     assert names[-1] == spec.block_ends[-1], "the last block must end at the backbone's output"
+
+
+def output_side(layer) -> int | None:
+    """The spatial side of a layer's output; None for layers that compute nothing per pixel (padding, pooling
+    to a vector)."""
+    shape = layer.output.shape
+    return shape[1] if len(shape) == 4 and not isinstance(layer, keras.layers.ZeroPadding2D) else None
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_stem_blocks_are_exactly_the_blocks_with_a_layer_at_stride_4_or_less(name):
+    spec = ARCHS[name]
+    size = spec.image_size
+    backbone = get_backbone(build_model(spec, 3, size, weights="none", alpha=0.35))
+    layers = backbone.layers
+    above_stem = first_trainable_index(backbone, spec, spec.tunable_blocks)
+    with_top_stem_block = first_trainable_index(backbone, spec, spec.tunable_blocks + 1)
+    sides = [output_side(layer) for layer in layers]
+    assert all(side is None or side <= size / 8 for side in sides[above_stem:])
+    assert any(side and side > size / 8 for side in sides[with_top_stem_block:above_stem])
 
 
 @pytest.mark.parametrize("name", sorted(ARCHS))

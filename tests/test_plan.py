@@ -29,12 +29,20 @@ def test_small_sets_fine_tune_fewer_blocks_more_gently_than_large_ones():
         assert (head.unfreeze_blocks, head.learning_rate) == (0, 1e-3) and head.epochs >= 50 and head.patience >= 5
         assert tune.warmup_epochs >= 1 and config.plan == "fixed"
     small_tune, large_tune = small.stages[1], large.stages[1]
-    assert small_tune.unfreeze_blocks < large_tune.unfreeze_blocks <= MOBILENET.num_blocks
+    assert small_tune.unfreeze_blocks < large_tune.unfreeze_blocks <= MOBILENET.tunable_blocks
     assert small_tune.learning_rate <= large_tune.learning_rate
     # a step budget: 200 images are few steps per epoch, so more epochs; 20,000 images need fewer
     assert small_tune.epochs > large_tune.epochs >= 3
     assert "200 training images in 2 classes (100 per class)" in small_reasons[1]
     assert f"top {large_tune.unfreeze_blocks} of 18 blocks" in large_reasons[1]
+
+
+@pytest.mark.parametrize("arch", ["mobilenetv2", "resnet50", "inceptionv3"])
+def test_the_stem_stays_frozen_however_large_the_set(arch):
+    spec = get_arch(arch)
+    config, reasons = auto_plan(load_config(arch), spec, DataStats(100_000, 10))
+    assert config.stages[1].unfreeze_blocks == spec.num_blocks - spec.stem_blocks
+    assert f"top {spec.tunable_blocks} of {spec.num_blocks} blocks" in reasons[1] and "above the stem" in reasons[1]
 
 
 def test_a_tiny_set_per_class_moves_fewest_blocks():
