@@ -127,3 +127,16 @@ def test_the_auto_plan_is_printed_saved_and_warms_up(tiny_folder, tmp_path):
     rates = np.asarray([float(r["learning_rate"]) for r in rows])
     warmup = config["stages"][1]["warmup_epochs"]
     assert np.all(np.diff(rates[:warmup]) > 0), "the rate rises through the warmup"
+
+
+def test_the_curves_star_the_epoch_each_stage_kept(tmp_path):
+    from tfl.evaluate import kept_epochs, plot_training_curves
+
+    def row(epoch, stage, val_accuracy, val_loss):
+        return {"epoch": epoch, "stage": stage, "loss": 1.0, "accuracy": 0.8, "val_loss": val_loss,
+                "val_accuracy": val_accuracy}
+    history = [row(1, "head", 0.70, 1.0), row(2, "head", 0.72, 0.9), row(3, "head", 0.72, 0.8),
+               row(4, "head", 0.71, 0.7), row(5, "top_blocks", 0.69, 1.0), row(6, "top_blocks", 0.75, 0.9)]
+    assert kept_epochs(history) == {"head": 3, "top_blocks": 6}  # equal accuracy: the lower loss wins
+    plot_training_curves(history, tmp_path / "curves.png", cached_stages={"head"})
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,23 @@ def plot_confusion_matrix(metrics: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def plot_training_curves(history: list[dict], path: Path) -> None:
+def kept_epochs(history: list[dict]) -> dict[str, int]:
+    """Each stage's best epoch, the one it ends on and the next stage starts from: highest validation accuracy,
+    the lower loss breaking ties (the rule of tfl.checkpoint.StageTracker)."""
+    best: dict[str, dict] = {}
+    for row in history:
+        if row.get("val_accuracy") is None:
+            continue
+        kept = best.get(row["stage"])
+        if kept is None or (row["val_accuracy"], -row["val_loss"]) > (kept["val_accuracy"], -kept["val_loss"]):
+            best[row["stage"]] = row
+    return {stage: row["epoch"] for stage, row in best.items()}
+
+
+def plot_training_curves(history: list[dict], path: Path, cached_stages: Collection[str] = ()) -> None:
+    """Loss and accuracy per epoch, a line between stages and a star on the epoch each stage kept. Stages in
+    `cached_stages` trained on cached features of un-augmented photos, so their training accuracy runs higher
+    than that of a later stage on augmented pixels; the label says so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,17 +109,23 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
 
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
     epochs = [row["epoch"] for row in history]
+    kept = kept_epochs(history)
     for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
             values = [row.get(prefix + metric) for row in history]
             if any(v is not None for v in values):
                 axes.plot(epochs, values, style, marker="o", markersize=3, label=f"{prefix or 'train_'}{metric}")
-        for row, previous in zip(history[1:], history):
-            if row["stage"] != previous["stage"]:
-                axes.axvline(row["epoch"] - 0.5, color="grey", linewidth=0.8)
-                axes.text(row["epoch"] - 0.4, axes.get_ylim()[1], row["stage"], va="top", fontsize=8, color="grey")
+        kept_rows = [history[epoch - 1] for epoch in kept.values()]
+        axes.plot([row["epoch"] for row in kept_rows], [row["val_" + metric] for row in kept_rows], "*",
+                  color="black", markersize=10, label="kept by its stage", linestyle="none")
+        for index, row in enumerate(history):
+            if index == 0 or row["stage"] != history[index - 1]["stage"]:
+                if index:
+                    axes.axvline(row["epoch"] - 0.5, color="grey", linewidth=0.8)
+                label = row["stage"] + (" (cached features,\nnot augmented)" if row["stage"] in cached_stages else "")
+                axes.text(row["epoch"] - 0.4, axes.get_ylim()[1], label, va="top", fontsize=8, color="grey")
         axes.set(xlabel="epoch", title=metric)
-        axes.legend()
+        axes.legend(loc="best", fontsize=8)
     atomic_write_bytes(path, _figure_bytes(figure))
     plt.close(figure)
 

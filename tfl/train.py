@@ -390,7 +390,8 @@ def write_run(model: keras.Model, config: TrainConfig, image_data: ImageData, st
     metrics["wall_seconds"] = round(time.time() - start, 1)
     write_metrics(metrics, run.metrics_file)
     write_history_csv(state.rows, run.history_file)
-    plot_training_curves(state.rows, run.curves_file)
+    cached = {stage.name for stage in config.stages if uses_feature_cache(stage, config)}
+    plot_training_curves(state.rows, run.curves_file, cached)
     plot_confusion_matrix(metrics, run.confusion_file)
     shutil.rmtree(run.checkpoint_dir)  # the run is complete: nothing left to resume
     run_dir = finish_run_dir(work_dir, final_dir)
