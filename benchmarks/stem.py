@@ -21,7 +21,7 @@ from tfl.archs import get_arch
 from tfl.model import build_model, set_trainable_blocks
 
 SPEC = get_arch("mobilenetv2")
-BATCH, STEPS, REPEATS = 32, 30, 3
+BATCH, STEPS, REPEATS = 32, 20, 3
 
 
 def training_model(size: int, blocks: int | str) -> keras.Model:
