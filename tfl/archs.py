@@ -15,8 +15,8 @@ class ArchSpec:
     Unfreezing the top N blocks trains every layer after `block_ends[-N - 1]`.
     `stem_blocks` counts the bottom blocks holding a layer that outputs at stride 4 or less (tests/test_archs.py
     checks it against the built backbone). The auto plan keeps them frozen: they are generic edge and colour
-    filters, and the costliest to train, since their activations are the largest (MobileNetV2-0.35 trains 1.7x
-    faster at 128 px, 2x at 224, with them frozen).
+    filters, and the costliest to train, since their activations are the largest (MobileNetV2-0.35 trains 1.95x
+    faster at 128 px and 1.68x at 224 with them frozen: benchmarks/stem.py).
     """
 
     name: str
