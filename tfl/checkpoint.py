@@ -105,6 +105,12 @@ class Checkpoint:
             variable.assign(value)
 
 
+def beats(accuracy: float, loss: float, best: dict | None) -> bool:
+    """Whether an epoch beats the `best` so far ({"value": accuracy, "loss": loss}): higher validation accuracy, the
+    lower loss breaking ties."""
+    return best is None or (accuracy, -loss) > (best["value"], -best["loss"])
+
+
 class StageTracker(keras.callbacks.Callback):
     """Early stopping within a stage, the best epoch within the stage and across the run, the history rows, and a
     checkpoint after every epoch.
@@ -127,10 +133,10 @@ class StageTracker(keras.callbacks.Callback):
         state.rows.append(row)
         progress = state.stage_min_loss is None or loss < state.stage_min_loss
         state.stage_min_loss = loss if progress else state.stage_min_loss
-        if state.stage_best is None or (value, -loss) > (state.stage_best["value"], -state.stage_best["loss"]):
+        if beats(value, loss, state.stage_best):
             state.stage_best, progress = {"epoch": epoch + 1, "value": value, "loss": loss}, True
         state.wait = 0 if progress else state.wait + 1
-        if state.best is None or (value, -loss) > (state.best["value"], -state.best["loss"]):
+        if beats(value, loss, state.best):
             state.best = {"epoch": epoch + 1, "stage": state.stage, "value": value, "loss": loss}
         if state.wait >= self.patience:
             state.stopped = True

@@ -86,16 +86,14 @@ def plot_confusion_matrix(metrics: dict, path: Path) -> None:
 
 
 def kept_epochs(history: list[dict]) -> dict[str, int]:
-    """Each stage's best epoch, the one it ends on and the next stage starts from: highest validation accuracy,
-    the lower loss breaking ties (the rule of tfl.checkpoint.StageTracker)."""
+    """Each stage's best epoch, the one it ends on and the next stage starts from (tfl.checkpoint.beats)."""
+    from tfl.checkpoint import beats
+
     best: dict[str, dict] = {}
     for row in history:
-        if row.get("val_accuracy") is None:
-            continue
-        kept = best.get(row["stage"])
-        if kept is None or (row["val_accuracy"], -row["val_loss"]) > (kept["val_accuracy"], -kept["val_loss"]):
-            best[row["stage"]] = row
-    return {stage: row["epoch"] for stage, row in best.items()}
+        if row.get("val_accuracy") is not None and beats(row["val_accuracy"], row["val_loss"], best.get(row["stage"])):
+            best[row["stage"]] = {"value": row["val_accuracy"], "loss": row["val_loss"], "epoch": row["epoch"]}
+    return {stage: kept["epoch"] for stage, kept in best.items()}
 
 
 def plot_training_curves(history: list[dict], path: Path, cached_stages: Collection[str] = ()) -> None:
