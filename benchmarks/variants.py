@@ -31,7 +31,7 @@ import keras
 
 import tfl
 from tfl.archs import get_arch
-from tfl.augment import RandomAffine
+from tfl.augment import light_layers
 from tfl.config import Stage, TrainConfig
 from tfl.data import load_data
 from tfl.plan import DataStats, auto_plan
@@ -57,33 +57,29 @@ def split_token(token: str, prefixes) -> tuple[str, str] | None:
     return None
 
 
+def light_preset_zooming_in(zoom_in: float):
+    """The light preset (fused affine transform, then contrast) with zooms in up to `zoom_in` instead of 0.15."""
+    layers = light_layers(seed=42)
+    layers[0].zoom = (-zoom_in, layers[0].zoom[1])
+
+    def augment(images):
+        for layer in layers:
+            images = layer(images, training=True)
+        return images
+
+    return augment
+
+
 def parse_variant(variant: str, stages: list[Stage]) -> tuple[list[Stage], dict]:
     """(stages, finetune keyword arguments) for a variant of the auto plan's `stages` (head, then top_blocks)."""
     head, tune = stages
     settings: dict = {}
     gradual = None
     for token in variant.split("+"):
-        if token == "auto":
-            continue
-        if token == "nols":
-            settings["label_smoothing"] = 0.0
-        elif token.startswith("zoom"):
-            affine = RandomAffine(zoom=(-float(token[4:]), 0.1))
-            contrast = keras.layers.RandomContrast(0.15, value_range=(0, 255), seed=46)
-            settings["augmenter"] = lambda images: contrast(affine(images), training=True)
-        elif token.startswith("gradual"):
-            blocks, epochs = token[7:].split("x")
-            gradual = int(blocks), int(epochs)
-        elif token.startswith("aug"):
-            settings["augment"] = token[3:]
-        elif found := split_token(token, STAGE_FIELDS):
-            name, kind = STAGE_FIELDS[found[0]]
-            tune = dataclasses.replace(tune, **{name: kind(found[1])})
-        elif found := split_token(token, SETTINGS):
-            name, kind = SETTINGS[found[0]]
-            settings[name] = kind(found[1])
-        else:
-            raise SystemExit(f"unknown token '{token}' in variant '{variant}'")
+        try:
+            tune, gradual = apply_token(token, tune, settings, gradual)
+        except ValueError:
+            raise SystemExit(f"bad value in token '{token}' of variant '{variant}'") from None
     if gradual is None:
         return [head, tune], settings
     blocks, epochs = gradual
@@ -91,6 +87,28 @@ def parse_variant(variant: str, stages: list[Stage]) -> tuple[list[Stage], dict]
     rest = dataclasses.replace(tune, name="top_more", epochs=tune.epochs - epochs,
                                warmup_epochs=max(1, tune.warmup_epochs - 1))
     return [head, first, rest], settings
+
+
+def apply_token(token: str, tune: Stage, settings: dict, gradual):
+    """(fine-tuning stage, gradual) after one token; `settings` are updated in place."""
+    if token == "nols":
+        settings["label_smoothing"] = 0.0
+    elif token.startswith("zoom"):
+        settings["augmenter"] = light_preset_zooming_in(float(token[4:]))
+    elif token.startswith("gradual"):
+        blocks, epochs = token[7:].split("x")
+        gradual = int(blocks), int(epochs)
+    elif token.startswith("aug"):
+        settings["augment"] = token[3:]
+    elif found := split_token(token, STAGE_FIELDS):
+        name, kind = STAGE_FIELDS[found[0]]
+        tune = dataclasses.replace(tune, **{name: kind(found[1])})
+    elif found := split_token(token, SETTINGS):
+        name, kind = SETTINGS[found[0]]
+        settings[name] = kind(found[1])
+    elif token != "auto":
+        raise SystemExit(f"unknown token '{token}'")
+    return tune, gradual
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -105,8 +123,7 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(round(time.perf_counter() - self.started, 1))
 
 
-def run_variant(data: Path, variant: str, output: Path) -> dict:
-    stages, settings = parse_variant(variant, auto_stages(data))
+def run_variant(data: Path, stages: list[Stage], settings: dict, variant: str, output: Path) -> dict:
     timer = EpochTimer()
     start = time.perf_counter()
     run = tfl.finetune(str(data), arch="mobilenetv2", alpha=0.35, weights=str(WEIGHTS), stages=stages,
@@ -130,11 +147,11 @@ def main() -> None:
     data = DATASETS / args.data
     if not data.is_dir() or not WEIGHTS.is_file():
         raise SystemExit(f"needs {data} and {WEIGHTS} (the shared folder beside the repo)")
-    for variant in args.variants:
-        parse_variant(variant, auto_stages(data))  # a typo fails before any training
+    plan = auto_stages(data)
+    parsed = {variant: parse_variant(variant, plan) for variant in args.variants}  # a typo fails before training
     with tempfile.TemporaryDirectory() as output:
-        for variant in args.variants:
-            result = run_variant(data, variant, Path(output))
+        for variant, (stages, settings) in parsed.items():
+            result = run_variant(data, stages, settings, variant, Path(output))
             print(f"{args.data} {variant}: best validation {result['val_best']:.4f} in {result['wall_seconds']:.0f} s",
                   flush=True)
             with open(args.out, "a") as out:
