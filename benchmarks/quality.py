@@ -13,7 +13,6 @@ and writes benchmarks/results/quality.json.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import tempfile
 import time
@@ -82,7 +81,7 @@ def tfl_defaults(data: Path, runs: Path, plan: str | None) -> tuple[dict, dict, 
     run = tfl.finetune(data, alpha=0.35, weights=WEIGHTS, plan=plan, output=runs, name=data.name, verbose=2)
     wall = time.time() - start
     metrics = run.metrics
-    rows = list(csv.DictReader(run.history_file.open()))
+    rows = run.history
     result = {"val_best": metrics["accuracy"], "val_final": float(rows[-1]["val_accuracy"]),
               "wall_seconds": round(wall, 1), "epochs": len(rows), "best_epoch": metrics["best_epoch"]}
     if "test" in metrics:

@@ -18,7 +18,6 @@ identical runs on flowers vary by about 1.6 points, so a single difference small
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import tempfile
@@ -31,7 +30,7 @@ import keras
 
 import tfl
 from tfl.archs import get_arch
-from tfl.augment import light_layers
+from tfl.augment import apply_in_turn, light_layers
 from tfl.config import Stage, TrainConfig
 from tfl.data import load_data
 from tfl.plan import DataStats, auto_plan
@@ -61,13 +60,7 @@ def light_preset_zooming_in(zoom_in: float):
     """The light preset (fused affine transform, then contrast) with zooms in up to `zoom_in` instead of 0.15."""
     layers = light_layers(seed=42)
     layers[0].zoom = (-zoom_in, layers[0].zoom[1])
-
-    def augment(images):
-        for layer in layers:
-            images = layer(images, training=True)
-        return images
-
-    return augment
+    return apply_in_turn(layers)
 
 
 def parse_variant(variant: str, stages: list[Stage]) -> tuple[list[Stage], dict]:
@@ -129,7 +122,7 @@ def run_variant(data: Path, stages: list[Stage], settings: dict, variant: str, o
     run = tfl.finetune(str(data), arch="mobilenetv2", alpha=0.35, weights=str(WEIGHTS), stages=stages,
                        output=str(output), name="variant", overwrite=True, verbose=0, echo=lambda line: None,
                        callbacks=[timer], **settings)
-    rows = list(csv.DictReader(run.history_file.open()))
+    rows = run.history
     return {"data": data.name, "variant": variant, "val_best": run.metrics["accuracy"],
             "best_epoch": run.metrics["best_epoch"], "test": run.metrics.get("test", {}).get("accuracy"),
             "wall_seconds": round(time.perf_counter() - start, 1), "epoch_seconds": timer.seconds,

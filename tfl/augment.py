@@ -103,9 +103,11 @@ def build_augmenter(preset: str, seed: int = 42):
     if preset not in PRESETS:
         raise TflError(f"Unknown augment preset '{preset}'. Choose one of: {', '.join(PRESETS)}.")
     layers = PRESETS[preset](seed)
-    if not layers:
-        return None
+    return apply_in_turn(layers) if layers else None
 
+
+def apply_in_turn(layers: list):
+    """A function of a pixel batch applying each augmentation layer in training mode, one after the other."""
     def augment(images):
         for layer in layers:
             images = layer(images, training=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -80,6 +81,12 @@ class Run:
     def metrics(self) -> dict[str, Any]:
         """metrics.json: validation accuracy, loss, per-class figures of the model kept; `test` where there is one."""
         return json.loads(self.metrics_file.read_text())
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        """history.csv: one row per epoch (epoch, stage, stage_epoch, losses, accuracies, learning_rate), as text."""
+        with self.history_file.open(newline="") as rows:
+            return list(csv.DictReader(rows))
 
     @property
     def data_report(self) -> dict[str, Any]:
