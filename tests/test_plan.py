@@ -112,17 +112,6 @@ def test_accuracy_decides_the_best_epoch():
     assert state.best["epoch"] == 2 and state.stopped and state.epochs_done == 5
 
 
-def test_a_perfect_validation_score_ends_the_stage_though_the_loss_still_falls():
-    state = track([(0.9, 0.6), (1.0, 0.5), (1.0, 0.4), (1.0, 0.3), (1.0, 0.2), (1.0, 0.1)], patience=3)
-    assert state.stopped and state.epochs_done == 5, "three epochs at 1.000 after the first are no progress"
-    assert state.best == {"epoch": 5, "stage": 0, "value": 1.0, "loss": 0.2}, "the lowest loss among them is kept"
-
-
-def test_below_a_perfect_score_a_falling_loss_still_keeps_the_stage_going():
-    state = track([(0.9, 0.6), (0.99, 0.5), (0.99, 0.4), (0.99, 0.3), (0.99, 0.2), (0.99, 0.1)], patience=3)
-    assert not state.stopped and state.epochs_done == 6
-
-
 @pytest.mark.slow
 def test_the_auto_plan_is_printed_saved_and_warms_up(tiny_folder, tmp_path):
     result = CliRunner().invoke(main, ["finetune", "--data", str(tiny_folder), "--weights", "none", "--alpha", "0.35",

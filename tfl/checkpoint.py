@@ -105,9 +105,6 @@ class Checkpoint:
             variable.assign(value)
 
 
-PERFECT = 1.0  # validation accuracy with no errors left
-
-
 def beats(accuracy: float, loss: float, best: dict | None) -> bool:
     """Whether an epoch beats the `best` so far ({"value": accuracy, "loss": loss}): higher validation accuracy, the
     lower loss breaking ties."""
@@ -120,9 +117,7 @@ class StageTracker(keras.callbacks.Callback):
 
     The best epoch has the highest validation accuracy (the lower loss breaks ties). A stage stops after `patience`
     epochs with neither a better accuracy nor a lower loss: on a few hundred validation images accuracy moves in
-    steps of a fraction of a point and stalls on noise while the loss still improves. But once validation has no
-    errors left, a lower loss is no progress: it only says the model grows more confident on images it already
-    gets right (potato_leaf3 trained 10 more epochs at 1.000 that way, with the same test accuracy at the end)."""
+    steps of a fraction of a point and stalls on noise while the loss still improves."""
 
     def __init__(self, checkpoint: Checkpoint, state: TrainingState, stage_name: str, patience: int):
         super().__init__()
@@ -136,13 +131,10 @@ class StageTracker(keras.callbacks.Callback):
                "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
         row |= {key: round(float(logs[key]), 5) for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in logs}
         state.rows.append(row)
-        better_accuracy = state.stage_best is None or value > state.stage_best["value"]
-        lower_loss = state.stage_min_loss is None or loss < state.stage_min_loss
-        state.stage_min_loss = loss if lower_loss else state.stage_min_loss
-        improved = beats(value, loss, state.stage_best)
-        if improved:
-            state.stage_best = {"epoch": epoch + 1, "value": value, "loss": loss}
-        progress = better_accuracy or ((lower_loss or improved) and value < PERFECT)
+        progress = state.stage_min_loss is None or loss < state.stage_min_loss
+        state.stage_min_loss = loss if progress else state.stage_min_loss
+        if beats(value, loss, state.stage_best):
+            state.stage_best, progress = {"epoch": epoch + 1, "value": value, "loss": loss}, True
         state.wait = 0 if progress else state.wait + 1
         if beats(value, loss, state.best):
             state.best = {"epoch": epoch + 1, "stage": state.stage, "value": value, "loss": loss}
