@@ -93,7 +93,62 @@ def test_train_val_test_folders_are_used_as_given(tmp_path):
     write_class_folders(root / "test", per_class=3, seed=80)
     data = load_image_folder(root)
     assert (len(data.train), len(data.val), len(data.test)) == (15, 6, 9)
-    assert data.report["layout"] == "train/val folders"
+    assert data.report["layout"] == "split folders: train/ (training), validation/ (validation), test/ (held-out test)"
+
+
+@pytest.mark.parametrize("names", [("Train", "Valid", None), ("train", "dev", "TEST"), ("TRAINING", "val", "Testing")])
+def test_split_folders_are_recognised_in_any_case(tmp_path, names):
+    train_name, val_name, test_name = names
+    write_class_folders(tmp_path / train_name, per_class=5)
+    write_class_folders(tmp_path / val_name, per_class=2, seed=50)
+    if test_name:
+        write_class_folders(tmp_path / test_name, per_class=3, seed=80)
+    data = load_image_folder(tmp_path)
+    assert data.class_names == ["blue", "green", "red"]
+    assert (len(data.train), len(data.val)) == (15, 6)
+    assert (len(data.test) if data.test else 0) == (9 if test_name else 0)
+    assert f"{val_name}/ (validation)" in data.report["layout"]
+
+
+def test_train_and_test_folders_hold_out_validation_from_train(tmp_path):
+    """Kaggle's train/ + test/: not two classes 'test' and 'train', but training photos and a test set."""
+    write_class_folders(tmp_path / "train", per_class=10)
+    write_class_folders(tmp_path / "test", per_class=3, seed=80)
+    data = load_image_folder(tmp_path, val_split=0.2, seed=1)
+    assert data.class_names == ["blue", "green", "red"]
+    assert (len(data.train), len(data.val), len(data.test)) == (24, 6, 9)
+    assert set(data.val.paths).isdisjoint(data.train.paths)
+    assert all("/train/" in p for p in data.val.paths)
+    assert data.report["layout"] == ("split folders: train/ (training, 20% of it held out for validation, seed 1), "
+                                     "test/ (held-out test)")
+
+
+def test_unlabelled_test_folder_is_no_test_set(tmp_path):
+    write_class_folders(tmp_path / "train", per_class=6)
+    (tmp_path / "test").mkdir()
+    make_image((1, 2, 3)).save(tmp_path / "test" / "unknown.jpg")
+    with pytest.warns(UserWarning, match="no test set"):
+        data = load_image_folder(tmp_path)
+    assert data.test is None and len(data.val) == 3
+
+
+@pytest.mark.parametrize("folders, message", [
+    (("seg_train", "seg_test"), "named like dataset splits \\(seg_test, seg_train\\)"),
+    (("train_set", "val_set"), "named like dataset splits"),
+    (("val", "test"), "no training folder"),
+    (("train", "Train"), "two training folders"),
+])
+def test_split_like_folders_that_are_not_recognised_stop_with_a_message(tmp_path, folders, message):
+    for name in folders:
+        write_class_folders(tmp_path / name, per_class=3)
+    with pytest.raises(TflError, match=message):
+        load_image_folder(tmp_path)
+
+
+def test_a_class_named_like_a_split_among_many_is_still_a_class(tmp_path):
+    root = write_class_folders(tmp_path / "lab", per_class=4, classes={"test_tube": (1, 2, 3), "flask": (9, 9, 9),
+                                                                      "beaker": (200, 9, 9)})
+    assert load_image_folder(root).class_names == ["beaker", "flask", "test_tube"]
 
 
 def test_val_class_unknown_to_train_is_an_error(tmp_path):

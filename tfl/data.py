@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,13 @@ from tfl.errors import TflError, warn
 from tfl.scan import ScanCache, scan_cache_file, scan_files
 
 IGNORED_NAMES = {"Thumbs.db", "desktop.ini", "__MACOSX"}
-SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+# Split folder names, matched in any case: Kaggle downloads, Roboflow exports and torchvision's ImageFolder sets.
+SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"),
+                 "test": ("test", "testing")}
+SPLIT_ROLES = {"train": "training", "val": "validation", "test": "held-out test"}
+# A top-level folder named like a split that tfl does not know (seg_train, train_set, Test-Images): a class it is not.
+SPLIT_LIKE = re.compile(r"(?i)(^|[^a-z])(train|training|trn|val|valid|validation|dev|test|testing|tst)"
+                        r"(set|data|ing)?([^a-z]|$)")
 MEMORY_CACHE_LIMIT_BYTES = 3 * 2**30  # decoded images beyond this are cached on disk instead
 
 
@@ -126,13 +133,43 @@ def stratified_split(split: Split, val_fraction: float, seed: int) -> tuple[Spli
 
 
 def find_split_folders(root: Path) -> dict[str, Path]:
-    found = {}
-    for split, names in SPLIT_FOLDERS.items():
-        for name in names:
-            if (root / name).is_dir():
-                found[split] = root / name
-                break
+    """The split folders at the top of `root` ({"train": path, "val": path, "test": path}, each optional), matched
+    in any case; folders that look like splits but are none of these stop with a message rather than become
+    classes."""
+    folders = list_class_folders(root)
+    roles = {name: split for split, names in SPLIT_FOLDERS.items() for name in names}
+    found: dict[str, Path] = {}
+    for folder in folders:
+        split = roles.get(folder.name.lower())
+        if split is None:
+            continue
+        if split in found:
+            raise TflError(f"'{root}' has two {SPLIT_ROLES[split]} folders, '{found[split].name}' and "
+                           f"'{folder.name}'. Keep one of them (merge or rename the other).")
+        found[split] = folder
+    lookalikes = [f.name for f in folders if f not in found.values() and SPLIT_LIKE.search(f.name)]
+    if found and "train" not in found:
+        raise TflError(f"'{root}' has split folder(s) {', '.join(f.name + '/' for f in found.values())} but no "
+                       "training folder. Add a train/ folder of class subfolders beside them (or pass --data with a "
+                       "folder of class subfolders).")
+    if lookalikes and (found or len(lookalikes) >= 2 or not folders[1:]):
+        raise TflError(f"'{root}' holds folder(s) named like dataset splits ({', '.join(lookalikes)}), which tfl "
+                       "does not recognise, so it cannot tell them from classes. Rename them train/ and val/ "
+                       "(or valid/, validation/, dev/; test/ for a held-out test set), or pass --data the folder "
+                       "whose subfolders are the classes.")
+    if found:
+        others = [f.name for f in folders if f not in found.values()]
+        if others:
+            warn(f"'{root}' has split folders, so its other top-level folder(s) {', '.join(others)} are ignored.")
     return found
+
+
+def describe_layout(split_folders: dict[str, Path], val_split: float, seed: int) -> str:
+    """What each top-level folder serves as, in words (printed before training and kept in data_report.json)."""
+    parts = [f"{split_folders[s].name}/ ({SPLIT_ROLES[s]}" + (
+             f", {val_split:.0%} of it held out for validation, seed {seed})" if s == "train" and "val" not in
+             split_folders else ")") for s in ("train", "val", "test") if s in split_folders]
+    return "split folders: " + ", ".join(parts)
 
 
 def class_counts(split: Split, class_names: list[str]) -> dict[str, int]:
@@ -162,29 +199,33 @@ def load_image_folder(data_dir: str | Path, val_split: float = 0.2, seed: int = 
 def read_image_folder(root: Path, val_split: float, seed: int, converted_dir: Path | None,
                       scan_cache: ScanCache | None, report: dict) -> ImageData:
     split_folders = find_split_folders(root)
-    if "train" in split_folders and "val" in split_folders:
-        report["layout"] = "train/val folders"
-        class_names = [p.name for p in list_class_folders(split_folders["train"])]
-        check_classes(class_names, split_folders["train"])
-        for extra_split in ("val", "test"):
-            if extra_split in split_folders:
-                extra = {p.name for p in list_class_folders(split_folders[extra_split])} - set(class_names)
-                if extra:
-                    raise TflError(f"'{split_folders[extra_split]}' has class folder(s) {', '.join(sorted(extra))} that "
-                                   f"'{split_folders['train']}' lacks. Every class needs training images.")
-        splits = {name: scan_class_folders(folder, class_names, report, converted_dir, scan_cache)
-                  for name, folder in split_folders.items()}
-        train, val, test = splits["train"], splits["val"], splits.get("test")
+    class_root = split_folders.get("train", root)
+    class_names = [p.name for p in list_class_folders(class_root)]
+    check_classes(class_names, class_root)
+    for extra_split in ("val", "test"):
+        if extra_split in split_folders:
+            extra = {p.name for p in list_class_folders(split_folders[extra_split])} - set(class_names)
+            if extra:
+                raise TflError(f"'{split_folders[extra_split]}' has class folder(s) {', '.join(sorted(extra))} that "
+                               f"'{class_root}' lacks. Every class needs training images.")
+    report["layout"] = (describe_layout(split_folders, val_split, seed) if split_folders
+                        else f"stratified split, {val_split:.0%} validation, seed {seed}")
+    everything = scan_class_folders(class_root, class_names, report, converted_dir, scan_cache)
+    if "val" in split_folders:
+        train = everything
+        val = scan_class_folders(split_folders["val"], class_names, report, converted_dir, scan_cache)
     else:
-        report["layout"] = f"stratified split, {val_split:.0%} validation, seed {seed}"
-        class_names = [p.name for p in list_class_folders(root)]
-        check_classes(class_names, root)
-        everything = scan_class_folders(root, class_names, report, converted_dir, scan_cache)
-        check_usable(everything, class_names, root, report)
+        check_usable(everything, class_names, class_root, report)
         train, val = stratified_split(everything, val_split, seed)
-        test = None
         warn_about_small_classes(everything, val, class_names, val_split)
-    check_usable(train, class_names, root, report)
+    test = None
+    if "test" in split_folders:
+        test = scan_class_folders(split_folders["test"], class_names, report, converted_dir, scan_cache)
+        if not len(test):
+            warn(f"'{split_folders['test']}' holds no image in class subfolders named like the training classes, so "
+                 "there is no test set (unlabelled photos can be classified with 'tfl predict').")
+            test = None
+    check_usable(train, class_names, class_root, report)
     warn_about_missing_val_classes(val, class_names)
     if len(val) == 0:
         raise TflError(f"The validation split of '{root}' has no usable image. Add images to it, or raise --val-split.")
