@@ -261,3 +261,44 @@ def test_decoded_images_over_the_memory_limit_are_cached_on_disk(tiny_folder, tm
     second = [x.numpy() for x, _ in dataset]
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def with_exif_orientation(jpeg: bytes, orientation: int, big_endian: bool) -> bytes:
+    """The JPEG with an APP1 EXIF segment holding only the orientation tag, in either byte order."""
+    order, mark = (">", b"MM") if big_endian else ("<", b"II")
+    import struct
+
+    tiff = mark + struct.pack(order + "HI", 42, 8) + struct.pack(order + "H", 1)
+    tiff += struct.pack(order + "HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(order + "I", 0)
+    segment = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(segment) + 2) + segment + jpeg[2:]
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_the_decoder_turns_photos_upright_as_pillow_does(big_endian):
+    """Phone photos store pixels as the sensor saw them and an EXIF orientation; every viewer turns them."""
+    from PIL import ImageOps
+
+    from tfl.data import decode_image_bytes, exif_orientation
+
+    rng = np.random.default_rng(0)
+    plain = jpeg_bytes(Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)), quality=95)
+    assert int(exif_orientation(tf.constant(plain))) == 1
+    for orientation in range(1, 9):
+        data = with_exif_orientation(plain, orientation, big_endian)
+        assert int(exif_orientation(tf.constant(data))) == orientation
+        turned = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+        buffer = io.BytesIO()
+        turned.save(buffer, "PNG")
+        expected = decode_image_bytes(tf.constant(buffer.getvalue()), 16).numpy().astype(int)
+        got = decode_image_bytes(tf.constant(data), 16).numpy().astype(int)
+        assert np.abs(got - expected).mean() < 3, orientation  # a wrong turn differs by ~80 on noise
+
+
+def test_a_damaged_exif_segment_is_read_as_no_orientation():
+    from tfl.data import exif_orientation
+
+    plain = jpeg_bytes(make_image((1, 2, 3)))
+    for junk in (b"Exif\x00\x00", b"Exif\x00\x00II*\x00\xff\xff\xff\xff", b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00"):
+        data = plain[:2] + b"\xff\xe1" + (len(junk) + 2).to_bytes(2, "big") + junk + plain[2:]
+        assert int(exif_orientation(tf.constant(data))) == 1

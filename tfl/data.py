@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tfl.errors import TflError, warn
 from tfl.scan import ScanCache, scan_cache_file, scan_files
@@ -25,6 +25,7 @@ SPLIT_ROLES = {"train": "training", "val": "validation", "test": "held-out test"
 # A top-level folder named like a split that tfl does not know (seg_train, train_set, Test-Images): a class it is not.
 SPLIT_LIKE = re.compile(r"(?i)(^|[^a-z])(train|training|trn|val|valid|validation|dev|test|testing|tst)"
                         r"(set|data|ing)?([^a-z]|$)")
+DECODER_VERSION = 2  # changes whenever the decoder gives other pixels (2: EXIF orientation); part of cache keys
 MEMORY_CACHE_LIMIT_BYTES = 3 * 2**30  # decoded images beyond this are cached on disk instead
 
 
@@ -68,7 +69,7 @@ def png_bytes_of(path: str) -> bytes:
     """A file Pillow reads but TensorFlow cannot (TIFF, 16-bit TIFF, ...), re-encoded as an RGB PNG."""
     buffer = io.BytesIO()
     with Image.open(path) as image:
-        rgb_image(image).save(buffer, "PNG")
+        rgb_image(ImageOps.exif_transpose(image)).save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -355,11 +356,63 @@ def decode_jpeg_reduced(data: tf.Tensor, image_size: int) -> tf.Tensor:
     return resize_pixels(image, image_size)
 
 
+EXIF_SEARCH_BYTES = 65536  # the APP1 segment that holds EXIF comes first in a JPEG, within its first 64 KiB
+EXIF_IFD_BYTES = 4096  # of the TIFF structure read: the header and IFD0, where the orientation tag lives
+EXIF_MAX_ENTRIES = 64
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """The EXIF orientation (1-8; 1 when there is none) of encoded JPEG bytes, read with TensorFlow ops only, so
+    that the SavedModel's bytes signature reads it too: the header after 'Exif\\0\\0', then IFD0's entries."""
+    parts = tf.strings.split(tf.strings.substr(data, 0, EXIF_SEARCH_BYTES), sep="Exif\x00\x00", maxsplit=1)
+    tiff = tf.cond(tf.size(parts) > 1, lambda: parts[-1], lambda: tf.constant(b""))
+    raw = tf.io.decode_raw(tf.strings.substr(tiff, 0, EXIF_IFD_BYTES), tf.uint8)
+    octets = tf.cast(tf.pad(raw, [[0, EXIF_IFD_BYTES - tf.size(raw)]]), tf.int32)
+    little = (octets[0] == 73) & (octets[1] == 73)  # "II": Intel byte order; "MM": Motorola
+
+    def at(index):
+        return tf.gather(octets, tf.clip_by_value(index, 0, EXIF_IFD_BYTES - 1))
+
+    def u16(index):
+        return tf.where(little, at(index) + 256 * at(index + 1), 256 * at(index) + at(index + 1))
+
+    def u32(index):
+        return tf.where(little, u16(index) + 65536 * u16(index + 2), 65536 * u16(index) + u16(index + 2))
+
+    ifd = u32(4)
+    entries = ifd + 2 + 12 * tf.range(EXIF_MAX_ENTRIES)
+    is_orientation = (tf.range(EXIF_MAX_ENTRIES) < u16(ifd)) & (u16(entries) == EXIF_ORIENTATION_TAG)
+    value = tf.reduce_max(tf.where(is_orientation, u16(entries + 8), 0))
+    valid = (u16(2) == 42) & (ifd >= 8) & (value >= 1) & (value <= 8)
+    return tf.where(valid, value, 1)
+
+
+def upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """A square image turned as EXIF `orientation` says (as Pillow's ImageOps.exif_transpose and photo viewers do).
+    Turning after the square resize gives the same pixels as before it, and keeps the shape."""
+    def transposed():
+        return tf.transpose(image, [1, 0, 2])
+
+    return tf.switch_case(orientation - 1, [
+        lambda: image,
+        lambda: tf.reverse(image, [1]),  # 2: mirrored
+        lambda: tf.reverse(image, [0, 1]),  # 3: upside down
+        lambda: tf.reverse(image, [0]),  # 4: mirrored upside down
+        transposed,  # 5
+        lambda: tf.reverse(transposed(), [1]),  # 6: taken with the phone turned right (turn 90 clockwise)
+        lambda: tf.reverse(transposed(), [0, 1]),  # 7
+        lambda: tf.reverse(transposed(), [0]),  # 8: turned left (turn 90 anticlockwise)
+    ])
+
+
 def decode_image_bytes(data: tf.Tensor, image_size: int) -> tf.Tensor:
     """THE decoder: every path (training, evaluation, export checks, predict, the SavedModel's bytes signature)
     turns encoded bytes into resized uint8 RGB here, so a file gets the same pixels whichever way it comes in.
-    Large JPEGs decode at reduced scale, everything else in full."""
-    return tf.cond(tf.io.is_jpeg(data), lambda: decode_jpeg_reduced(data, image_size),
+    Large JPEGs decode at reduced scale, everything else in full; JPEGs are turned upright by their EXIF
+    orientation, as phone photos need."""
+    return tf.cond(tf.io.is_jpeg(data),
+                   lambda: upright(decode_jpeg_reduced(data, image_size), exif_orientation(data)),
                    lambda: decode_encoded(data, image_size))
 
 

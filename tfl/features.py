@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfl.data import ImageData, Split, make_pipeline
+from tfl.data import DECODER_VERSION, ImageData, Split, make_pipeline
 from tfl.distribute import Cluster
 from tfl.model import get_head
 from tfl.runs import atomic_path
@@ -48,7 +48,7 @@ def cache_key(split: Split, arch: str, alpha: float, image_size: int, weights: s
     description = {"files": [file_fingerprint(p) for p in split.paths], "labels": split.labels, "arch": arch,
                    "alpha": alpha, "image_size": image_size, "weights": weights_id, "views": views,
                    "augment": augment if views > 1 else "none", "seed": seed, "precision": precision,
-                   "keras": keras.__version__}
+                   "keras": keras.__version__, "decoder": DECODER_VERSION}
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 
