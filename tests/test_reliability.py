@@ -66,6 +66,8 @@ def test_run_keeps_absolute_data_paths_and_its_converted_images(moved_run):
     assert converted and converted[0].startswith("converted/"), "converted files are kept relative to the run"
     assert (moved_run / converted[0]).is_file()
     assert all(os.path.isabs(p) for p in paths if p not in converted)
+    report = json.loads((moved_run / "data_report.json").read_text())
+    assert [item["to"] for item in report["converted"]] == converted, "no '.partial' path in the data report"
 
 
 def test_a_moved_run_evaluates_and_exports_from_another_directory(moved_run, tmp_path, monkeypatch):

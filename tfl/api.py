@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Sequence
 
-from tfl.backend import use_backend
-from tfl.config import Stage, TrainConfig, apply_overrides, load_config, validate, with_stages
+from tfl.backend import ensure_backend, use_backend
+from tfl.config import Stage, TrainConfig, apply_overrides, load_config, per_stage, validate, with_stages
+from tfl.errors import TflError
 from tfl.runs import DEFAULT_ROOT, Run, read_run_config, resumable_run
 
 if TYPE_CHECKING:
@@ -27,6 +29,11 @@ def finetune(data: str | Path | None = None, *, config: str | Path | TrainConfig
     replaces the augmentation preset (a function of a float32 pixel batch, 0..255); `callbacks` are Keras callbacks
     added to every stage, for progress or logging. With `distribute="multiworker"` only the chief (worker 0) writes
     and returns the run; the other workers return None."""
+    check_arguments("tfl.finetune", data=(data, (str, Path, type(None)), "a folder's path"),
+                    output=(output, (str, Path), "a folder's path"), name=(name, (str, type(None)), "a run name"),
+                    overwrite=(overwrite, bool, "True or False"), echo=(echo, Callable, "a function of one string"),
+                    augmenter=(augmenter, (Callable, type(None)), "a function of a pixel batch"),
+                    callbacks=(callbacks, (list, tuple), "a list of Keras callbacks"))
     train_config = make_config(config, settings, epochs, learning_rates, unfreeze_blocks, stages)
     use_backend(train_config.backend, start_devices=train_config.distribute != "multiworker")
     from tfl.train import finetune as train
@@ -35,23 +42,44 @@ def finetune(data: str | Path | None = None, *, config: str | Path | TrainConfig
                  echo=echo, verbose=verbose, augmenter=augmenter, callbacks=callbacks)
 
 
+API_SOURCE = "the keyword arguments of tfl.finetune"
+
+
+def check_arguments(function: str, **arguments: tuple[Any, type | tuple, str]) -> None:
+    """A TflError naming the keyword and what it takes, for a value of the wrong type (as the CLI's parser does)."""
+    for keyword, (value, kinds, what) in arguments.items():
+        if not isinstance(value, kinds):
+            raise TflError(f"{keyword}= of {function} takes {what}, got {type(value).__name__} {value!r:.80}.")
+
+
 def make_config(config: str | Path | TrainConfig | None, settings: dict[str, Any],
                 epochs: Sequence[int] | None = None, learning_rates: Sequence[float] | None = None,
-                unfreeze_blocks: int | str | None = None, stages: Sequence[Stage | dict] | None = None) -> TrainConfig:
-    """Defaults < configs/<arch>.yaml < `config` < `settings`, then the stage options."""
+                unfreeze_blocks: int | str | None = None, stages: Sequence[Stage | dict] | None = None,
+                source: str = API_SOURCE) -> TrainConfig:
+    """Defaults < configs/<arch>.yaml < `config` < `settings` (from `source`), then the stage options."""
     if isinstance(config, TrainConfig):
         given = {k: v for k, v in settings.items() if v is not None}
-        result = validate(apply_overrides(config, given, "the options given"))
+        result = validate(apply_overrides(config, given, source))
+    elif config is None or isinstance(config, (str, Path)):
+        arch = settings.pop("arch", None)
+        if arch is not None and not isinstance(arch, str):
+            raise TflError(f"'arch' in {source} must be the name of a backbone (`tfl archs` lists them), got {arch!r}.")
+        result = load_config(arch, None if config is None else str(config), settings, source)
     else:
-        result = load_config(settings.pop("arch", None), None if config is None else str(config), settings)
+        raise TflError(f"config must be a YAML file's path or a tfl.TrainConfig, got {type(config).__name__}.")
     if stages is not None:
+        if isinstance(stages, (str, bytes, dict)) or not isinstance(stages, Sequence):
+            raise TflError(f"stages must be a list of tfl.Stage (or of mappings), got {stages!r}.")
         result = validate(apply_overrides(result, {"stages": list(stages), "plan": "fixed"}, "the stages given"))
-    return with_stages(result, epochs, learning_rates, unfreeze_blocks)
+    return with_stages(result, per_stage(epochs, int, "epochs"), per_stage(learning_rates, float, "learning_rates"),
+                       unfreeze_blocks)
 
 
 def resume(name: str | None = None, *, output: str | Path = DEFAULT_ROOT, echo: Callable[[str], None] = print,
            verbose: int | str = "auto") -> Run:
     """Continue the interrupted run `name` (default: the newest under `output`) with its own settings."""
+    check_arguments("tfl.resume", name=(name, (str, type(None)), "a run name"),
+                    output=(output, (str, Path), "a folder's path"))
     final, partial = resumable_run(output, name)
     use_backend(read_run_config(partial).get("backend", "tensorflow"))
     from tfl.train import resume as resume_training
@@ -61,12 +89,15 @@ def resume(name: str | None = None, *, output: str | Path = DEFAULT_ROOT, echo: 
 
 def open_run(run: str | Path | None = None, root: str | Path = DEFAULT_ROOT) -> Run:
     """A finished run folder (default: the newest under `root`), to evaluate, export or predict with."""
+    check_arguments("tfl.open_run", run=(run, (str, Path, type(None)), "a run folder's path"),
+                    root=(root, (str, Path), "a folder's path"))
     return Run.open(run, root)
 
 
 def load(artifact: str | Path) -> Predictor:
     """A predictor for a .keras or .tflite file, a run folder or a SavedModel folder:
     `tfl.load(path).predict(["a.jpg", "photos/"], top_k=3)`."""
+    ensure_backend()
     from tfl.predict import load_predictor
 
     return load_predictor(artifact)

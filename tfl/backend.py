@@ -75,6 +75,13 @@ def use_backend(name: str, start_devices: bool = True) -> None:
             start_jax()
 
 
+def ensure_backend() -> None:
+    """Import Keras quietly on the backend KERAS_BACKEND names (TensorFlow by default) unless Keras already runs."""
+    if "keras" not in sys.modules:
+        wanted = os.environ.get("KERAS_BACKEND", "tensorflow")
+        use_backend(wanted if wanted in BACKENDS else "tensorflow")
+
+
 def start_jax() -> None:
     """Start JAX's devices quietly (XLA's CUDA probing prints when they start)."""
     import jax

@@ -25,8 +25,17 @@ def show_warning(message, category, filename, lineno, file=None, line=None, _def
         _default(message, category, filename, lineno, file, line)
 
 
+INTERRUPTED = {
+    "finetune": "Interrupted. A run that finished at least one epoch is kept with a .partial suffix: continue it "
+                "with 'tfl finetune --resume NAME'.",
+    "export": "Interrupted. Every artifact finished before is kept and listed in export_report.json; nothing "
+              "half-written is left. Run the export again to write the rest.",
+}
+
+
 def friendly_errors(command):
-    """Show a TflError as 'Error: ...' with exit code 1, never as a traceback; tfl's warnings as one line."""
+    """Show a TflError as 'Error: ...' with exit code 1, never as a traceback; tfl's warnings as one line; Ctrl-C
+    as what it left behind, for this command."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
@@ -37,8 +46,7 @@ def friendly_errors(command):
         except TflError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            click.echo("\nInterrupted. A run that finished at least one epoch is kept with a .partial suffix: "
-                       "continue it with 'tfl finetune --resume NAME'.", err=True)
+            click.echo("\n" + INTERRUPTED.get(command.__name__, "Interrupted."), err=True)
             sys.exit(130)
     return wrapper
 
@@ -101,7 +109,8 @@ def finetune(data, config_file, epochs, lr, unfreeze_blocks, name, output, overw
         return resume_run(resume, output, data, config_file, epochs, lr, unfreeze_blocks, name, overwrite, settings)
     config = make_config(config_file, settings,
                          None if epochs is None else parse_per_stage(epochs, int, "--epochs"),
-                         None if lr is None else parse_per_stage(lr, float, "--lr"), unfreeze_blocks)
+                         None if lr is None else parse_per_stage(lr, float, "--lr"), unfreeze_blocks,
+                         source="the command line")
     if not (data or config.data):
         raise click.UsageError("Missing option '--data' (a folder with one subfolder of images per class).")
     tfl.finetune(data, config=config, output=output, name=name, overwrite=overwrite, echo=click.echo,
@@ -150,10 +159,13 @@ def evaluate(run, data, root):
 @click.option("--max-accuracy-drop", type=float, help="Fail (and write nothing) if an artifact loses more accuracy "
               "than this against the Keras model, e.g. 0.01.")
 @click.option("--force", is_flag=True, help="Replace existing artifacts.")
+@click.option("--data", help="Folder of class subfolders to verify on (and calibrate int8 with), instead of the "
+              "run's own photos (for a run whose photos moved away).")
 @click.option("--output", "root", default=DEFAULT_ROOT, show_default=True, help="Runs folder, for the latest run.")
 @friendly_errors
 def export(run, root, export_format, quantize, **options):
-    """Export RUN (default: the latest) as a SavedModel, TFLite or ONNX file, verified on its validation images."""
+    """Export RUN (default: the latest) as a SavedModel, TFLite or ONNX file, verified on its validation images
+    (those still there; --data DIR for others; generated images, for the agreement alone, when none is left)."""
     use_backend("tensorflow")  # exports need TF; a JAX-trained model.keras loads under TF as it is
     tfl.open_run(run, root).export(export_format, quantize, echo=click.echo, **options)
 

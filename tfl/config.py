@@ -18,6 +18,7 @@ CLASS_WEIGHT_MODES = ("auto", "none")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 PLANS = ("auto", "fixed")
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")
+MIN_IMAGE_SIZE = 32  # the smallest any keras.applications backbone takes (each arch may ask more)
 MAX_IMAGE_SIZE = 1024  # beyond this a batch of activations no longer fits the memory of ordinary machines
 RUN_RECORD_KEYS = ("versions", "plan_reasons")  # written into a run's config.yaml as a record, ignored when read back
 
@@ -67,7 +68,7 @@ class TrainConfig:
                         choices=PLANS)
     alpha: float = setting(1.0, "MobileNetV2 width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4).", low=0.01)
     image_size: int | None = setting(None, "Square input size in pixels; auto: the arch's size, or the photos' "
-                                     "median short side when smaller.", kind=int, low=1)
+                                     "median short side when smaller.", kind=int, low=MIN_IMAGE_SIZE)
     weights: str = setting("imagenet", "imagenet (downloaded once, cached), none, or the path of a no-top backbone "
                            "weights file.")
     batch_size: int = setting(32, "Images per training step.", low=1)
@@ -133,15 +134,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def _coerce(name: str, value: Any, kind: type, source: str) -> Any:
-    # PyYAML reads "1e-3" as a string, so numbers are converted here rather than trusted.
+    # PyYAML reads "1e-3" as a string, so numbers are converted here rather than trusted; but a fraction is no
+    # whole number (batch_size 2.5 is not cut to 2) and True is no number.
+    what = {int: "whole number", float: "number", bool: "true or false", str: "text"}.get(kind, kind.__name__)
     try:
-        if kind is bool:
-            if isinstance(value, bool):
+        if kind is bool or isinstance(value, bool):
+            if isinstance(value, bool) and kind is bool:
                 return value
             raise ValueError
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if kind is str and not isinstance(value, (str, Path)):
+            raise ValueError
         return kind(value)
-    except (TypeError, ValueError):
-        raise TflError(f"'{name}' in {source} must be a {kind.__name__}, got {value!r}.") from None
+    except (TypeError, ValueError, OverflowError):
+        raise TflError(f"'{name}' in {source} must be a {what}, got {value!r}.") from None
 
 
 def _coerce_field(spec: dataclasses.Field, value: Any, source: str) -> Any:
@@ -154,7 +161,9 @@ def _coerce_field(spec: dataclasses.Field, value: Any, source: str) -> Any:
         return None
     if spec.name == "stages":
         return _parse_stages(value, source)
-    return _coerce(spec.name, value, spec.metadata["kind"], source)
+    value = _coerce(spec.name, value, spec.metadata["kind"], source)
+    _check_field(spec, value, f" in {source}")
+    return value
 
 
 def _unknown_keys(values: dict, known: dict, where: str) -> None:
@@ -233,7 +242,7 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 
 def load_config(arch: str | None = None, config_file: str | None = None,
-                overrides: dict[str, Any] | None = None) -> TrainConfig:
+                overrides: dict[str, Any] | None = None, source: str = "the command line") -> TrainConfig:
     """Defaults < configs/<arch>.yaml < `config_file` < `overrides` (CLI flags)."""
     user_values = read_yaml(config_file) if config_file else {}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -247,7 +256,7 @@ def load_config(arch: str | None = None, config_file: str | None = None,
         if "stages" in user_values and "plan" not in user_values:
             user_values = user_values | {"plan": "fixed"}  # stages written out are meant to be used as they are
         config = apply_overrides(config, user_values, config_file)
-    config = apply_overrides(config, overrides | {"arch": arch}, "the command line")
+    config = apply_overrides(config, overrides | {"arch": arch}, source)
     return validate(config)
 
 
@@ -257,6 +266,18 @@ def parse_per_stage(text: str, kind: type, flag: str) -> list:
         return [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise TflError(f"{flag} takes comma-separated numbers, one per stage (like 5,5,0), got '{text}'.") from None
+
+
+def per_stage(values: Any, kind: type, name: str) -> list | None:
+    """A per-stage option from Python or YAML: a sequence of numbers, or text like '5,5,0' as on the command line."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        return parse_per_stage(values, kind, name)
+    if isinstance(values, (str, bytes, dict)) or not isinstance(values, Sequence):
+        raise TflError(f"{name} takes one value per stage, like {name}=(3, 10) for the head and the top blocks; got "
+                       f"{values!r}.")
+    return list(values)
 
 
 def with_stages(config: TrainConfig, epochs: Sequence[int] | None = None,

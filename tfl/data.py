@@ -461,6 +461,23 @@ def make_pipeline(split: Split, num_classes: int, image_size: int, batch_size: i
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def pixels_of_image(image, image_size: int) -> np.ndarray:
+    """A PIL image (turned upright by its EXIF orientation) or an RGB, greyscale or RGBA array of 0..255, as resized
+    uint8 RGB, resized as files are."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(rgb_image(ImageOps.exif_transpose(image)))
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., np.newaxis], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or not np.issubdtype(array.dtype, np.number) \
+            or 0 in array.shape:
+        raise TflError(f"An image array must be height x width x 3 (RGB), x 4 (RGBA) or height x width (grey), of "
+                       f"values 0..255; got {array.dtype} of shape {list(array.shape)}.")
+    array = np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array[..., :3]
+    pixels = np.clip(np.round(array.astype(np.float32)), 0, 255).astype(np.uint8)
+    return resize_pixels(tf.constant(pixels), image_size).numpy()
+
+
 def load_image_for_predict(path: str, image_size: int) -> np.ndarray:
     """Any image file to resized uint8 RGB, exactly as training saw it: TensorFlow's decoder, with Pillow only
     re-encoding what TensorFlow cannot read (TIFF, ...)."""

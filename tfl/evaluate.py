@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Collection
 from pathlib import Path
 
@@ -57,10 +58,14 @@ def write_metrics(metrics: dict, path: Path) -> None:
 
 
 def _figure_bytes(figure) -> bytes:
+    """The figure as PNG. Class names in a script the font lacks (CJK in DejaVu Sans) are drawn as boxes rather
+    than warned about once per glyph, with a path into matplotlib's source."""
     import io
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()
 
 
@@ -145,7 +150,7 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
         check_reachable(saved["paths"], run)
         split = Split(paths=saved["paths"], labels=saved["labels"])
     else:
-        split = load_image_folder_for_eval(data, class_names)
+        split = load_labelled_folder(data, class_names)
     predictor = load_predictor(found.model_file)
     model, image_size = predictor.model, predictor.image_size
     dataset = make_pipeline(split, len(class_names), image_size, batch_size, training=False)
@@ -153,7 +158,7 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
     return metrics, run
 
 
-def load_image_folder_for_eval(data: str, class_names: list[str]):
+def load_labelled_folder(data: str, class_names: list[str]):
     """Every usable image of `data/<class>/`, labelled by the run's class list."""
     from tfl.data import list_class_folders, scan_class_folders
     from tfl.errors import TflError

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,11 +17,12 @@ import tensorflow as tf
 
 from tfl.backend import native_stderr_held
 from tfl.data import Split, decode_image_bytes, load_image_for_predict
-from tfl.errors import TflError
+from tfl.errors import TflError, disk_full_explained
+from tfl.evaluate import load_labelled_folder
 from tfl.precision import float32_copy
 from tfl.predict import OnnxPredictor, SavedModelPredictor, TFLitePredictor, load_predictor
 from tfl.runs import (DEFAULT_ROOT, EXPORT_FORMATS, LABELS_FILE, QUANTIZATIONS, Run, atomic_path, atomic_write_text,
-                      check_reachable)
+                      export_lock)
 
 LOUD_DROP = 0.01  # a quantized export losing more than 1 point of accuracy is reported loudly
 
@@ -91,18 +94,34 @@ def write_tflite(model: keras.Model, class_names: list[str], target: Path, quant
     plain.unlink()
 
 
-def representative_images(train: Split, image_size: int, samples: int, seed: int = 0) -> Callable:
-    """Calibration data for int8: `samples` training images, as float32 pixel batches of one."""
-    if not train.paths:
-        raise TflError("int8 export needs the run's training images for calibration, but the run has no saved file list.")
-    chosen = np.random.default_rng(seed).permutation(len(train.paths))[:samples]
+def representative_images(paths: list[str], image_size: int, samples: int, seed: int = 0) -> Callable:
+    """Calibration data for int8: `samples` of `paths`, as float32 pixel batches of one."""
+    chosen = np.random.default_rng(seed).permutation(len(paths))[:samples]
 
     def generate():
         for index in chosen:
-            pixels = load_image_for_predict(train.paths[index], image_size)
+            pixels = load_image_for_predict(paths[index], image_size)
             yield [pixels.astype(np.float32)[np.newaxis]]
 
     return generate
+
+
+def calibration_photos(run: Run, data: Split | None, echo: Callable[[str], None]) -> list[str]:
+    """The photos int8 calibrates on: the run's training photos that are still where they were, else those of
+    --data; said on screen, and an error when there are none."""
+    saved = run.splits.get("train", {}).get("paths", [])
+    present = [p for p in saved if os.path.isfile(p)]
+    if present:
+        gone = f" ({len(saved) - len(present):,} are gone)" if len(present) < len(saved) else ""
+        echo(f"int8 calibration: on the run's training photos, {len(present):,} of {len(saved):,}{gone}")
+        return present
+    if data is not None and len(data):
+        echo(f"int8 calibration: on the {len(data):,} photos of --data (the run's training photos are gone)")
+        return data.paths
+    what = (f"none of the run's {len(saved):,} training photos is where it was (the first: '{saved[0]}')" if saved
+            else "the run has no saved list of training photos")
+    raise TflError(f"int8 export calibrates the quantization on photos like the training ones, but {what}. Pass "
+                   "--data DIR, a folder of class subfolders of such photos, or export another quantization.")
 
 
 # --- ONNX ------------------------------------------------------------------------------------------
@@ -129,14 +148,42 @@ def write_onnx(model: keras.Model, class_names: list[str], target: Path) -> None
 
 # --- verification ----------------------------------------------------------------------------------
 
-def load_val_images(run: Path, splits: dict, image_size: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    if "val" not in splits:
-        raise TflError(f"Run '{run}' has no saved validation files to verify exports on (trained from tfds?).")
-    paths, labels = splits["val"]["paths"], splits["val"]["labels"]
-    check_reachable(paths, run)
-    chosen = np.random.default_rng(0).permutation(len(paths))[:limit]
-    images = np.stack([load_image_for_predict(paths[i], image_size) for i in chosen])
-    return images, np.asarray(labels)[chosen]
+@dataclass
+class Verification:
+    """What every artifact is checked on: labelled photos (so accuracy too), or generated images when no photo is
+    left (then only the agreement with the Keras model)."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    source: str
+
+
+GENERATED_IMAGES = 32
+
+
+def verification_set(run: Run, data: Split | None, image_size: int, limit: int) -> Verification:
+    """--data's photos; else the run's validation photos still where they were; else generated images."""
+    def sample(split: Split, source: str) -> Verification:
+        chosen = np.random.default_rng(0).permutation(len(split))[:limit]
+        images = np.stack([load_image_for_predict(split.paths[i], image_size) for i in chosen])
+        return Verification(images, np.asarray(split.labels)[chosen], f"{len(chosen):,} {source}")
+
+    if data is not None:
+        return sample(data, "photos of --data")
+    saved = run.splits.get("val", {"paths": [], "labels": []})
+    present = [i for i, p in enumerate(saved["paths"]) if os.path.isfile(p)]
+    if present:
+        gone = len(saved["paths"]) - len(present)
+        split = Split([saved["paths"][i] for i in present], [saved["labels"][i] for i in present])
+        return sample(split, "validation photos" + (f" (of the {len(present):,} still there; {gone:,} are gone)"
+                                                    if gone else ""))
+    # Smooth random scenes (noise at 8x8, enlarged) rather than pixel noise, so that predictions vary.
+    small = np.random.default_rng(0).uniform(0, 255, (GENERATED_IMAGES, 8, 8, 3)).astype(np.float32)
+    images = np.clip(np.round(tf.image.resize(small, [image_size, image_size]).numpy()), 0, 255).astype(np.uint8)
+    why = (f"none of its {len(saved['paths']):,} validation photos is where it was, the first '{saved['paths'][0]}'"
+           if saved["paths"] else "it saved no validation file list")
+    return Verification(images, None, f"{GENERATED_IMAGES} generated images, since {why}: accuracy NOT verified, "
+                        "only agreement with the Keras model (pass --data DIR to verify on labelled photos)")
 
 
 def predict_all(predictor, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -158,14 +205,17 @@ def size_bytes(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def verify(predictor, path: Path, images, labels, reference: np.ndarray | None) -> dict:
-    probabilities = predict_all(predictor, images, min(32, predictor.batch_limit))
+def verify(predictor, path: Path, check: Verification, reference: np.ndarray | None) -> dict:
+    probabilities = predict_all(predictor, check.images, min(32, predictor.batch_limit))
     predicted = probabilities.argmax(axis=1)
-    row = {"format": predictor.kind, "file": path.name, "size_bytes": size_bytes(path),
-           "accuracy": round(float((predicted == labels).mean()), 4),
-           "latency_ms_batch1": latency_ms(predictor, images[:1]), "images": int(len(labels))}
+    row = {"format": predictor.kind, "file": path.name, "size_bytes": size_bytes(path), "accuracy": None,
+           "latency_ms_batch1": latency_ms(predictor, check.images[:1]), "images": int(len(check.images)),
+           "verified_on": check.source}
+    if check.labels is not None:
+        row["accuracy"] = round(float((predicted == check.labels).mean()), 4)
     if reference is not None:
-        row["accuracy_change"] = round(row["accuracy"] - float((reference.argmax(axis=1) == labels).mean()), 4)
+        if check.labels is not None:
+            row["accuracy_change"] = round(row["accuracy"] - float((reference.argmax(axis=1) == check.labels).mean()), 4)
         row["top1_agreement"] = round(float((predicted == reference.argmax(axis=1)).mean()), 4)
         row["max_abs_diff"] = float(np.abs(probabilities - reference).max())
     return row
@@ -176,14 +226,25 @@ def verify(predictor, path: Path, images, labels, reference: np.ndarray | None) 
 def export_run(run: str | Path | None = None, export_format: str = "tflite", quantize: str = "none",
                calibration_samples: int = 300, verify_images: int = 500, top_k: int = 5, force: bool = False,
                max_accuracy_drop: float | None = None, root: str | Path = DEFAULT_ROOT,
-               echo: Callable[[str], None] = print) -> list[dict]:
+               echo: Callable[[str], None] = print, data: str | Path | None = None) -> list[dict]:
     """Write the requested artifacts of RUN atomically, verify each, and record each in export_report.json as soon
-    as it is in place (an export killed midway keeps what it finished and records it)."""
+    as it is in place (an export killed midway keeps what it finished and records it). `data`: a folder of class
+    subfolders to verify (and calibrate int8) on, instead of the run's own photos. One export of a run at a time."""
     if export_format not in EXPORT_FORMATS:
         raise TflError(f"Unknown export format '{export_format}'. Choose one of: {', '.join(EXPORT_FORMATS)}.")
     if quantize not in QUANTIZATIONS:
         raise TflError(f"Unknown quantization '{quantize}'. Choose one of: {', '.join(QUANTIZATIONS)}.")
     run = Run.open(run, root)
+    advice = lambda: ("Every artifact finished before is kept and listed in export_report.json; nothing half-written "  # noqa: E731
+                      "is left. Free some space and run the export again.")
+    with export_lock(run.path), disk_full_explained(f"exporting '{run.path}'", advice):
+        return export_locked(run, export_format, quantize, calibration_samples, verify_images, top_k, force,
+                             max_accuracy_drop, echo, data)
+
+
+def export_locked(run: Run, export_format: str, quantize: str, calibration_samples: int, verify_images: int,
+                  top_k: int, force: bool, max_accuracy_drop: float | None, echo: Callable[[str], None],
+                  data: str | Path | None) -> list[dict]:
     run_dir = run.path
     targets = []
     if export_format in ("saved_model", "all"):
@@ -205,20 +266,25 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
     class_names = run.class_names
     keras_predictor = load_predictor(run.model_file)
     model, image_size = float32_copy(keras_predictor.model), keras_predictor.image_size
-    echo(f"Exporting {run_dir} ({len(class_names)} classes, {image_size} px); verifying on up to {verify_images} "
-         "validation images")
-    splits = run.splits
-    images, labels = load_val_images(run_dir, splits, image_size, verify_images)
-    reference = predict_all(keras_predictor, images, 32)
-    rows = [verify(keras_predictor, run.model_file, images, labels, None)]
+    labelled = None if data is None else load_labelled_folder(data, class_names)
+    check = verification_set(run, labelled, image_size, verify_images)
+    if check.labels is None and max_accuracy_drop is not None:
+        raise TflError(f"--max-accuracy-drop needs labelled photos to measure accuracy on, and run '{run_dir}' has "
+                       "none left where they were. Pass --data DIR, a folder of class subfolders.")
+    calibration = (calibration_photos(run, labelled, echo) if quantize == "int8" and
+                   any(kind == "tflite" for kind, _ in targets) else None)
+    echo(f"Exporting {run_dir} ({len(class_names)} classes, {image_size} px); verifying on {check.source}")
+    reference = predict_all(keras_predictor, check.images, 32)
+    rows = [verify(keras_predictor, run.model_file, check, None)]
     record(report, rows[0], report_path)
     for kind, path in targets:
         if path.exists() and not force:  # written by an export that was killed before it recorded it
-            row = verify(artifact_predictor(kind, path), path, images, labels, reference)
+            row = verify(artifact_predictor(kind, path), path, check, reference)
         else:
             with atomic_path(path, force=force) as tmp:
-                write_artifact(kind, model, class_names, tmp, top_k, quantize, splits, image_size, calibration_samples)
-                row = verify(artifact_predictor(kind, tmp), tmp, images, labels, reference)
+                write_artifact(kind, model, class_names, tmp, top_k, quantize, image_size, calibration,
+                               calibration_samples)
+                row = verify(artifact_predictor(kind, tmp), tmp, check, reference)
                 row["file"] = str(path.relative_to(run_dir))
                 check_drop(row, max_accuracy_drop, echo)
         row["file"] = str(path.relative_to(run_dir))
@@ -230,16 +296,16 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
 
 
 def write_artifact(kind: str, model: keras.Model, class_names: list[str], target: Path, top_k: int, quantize: str,
-                   splits: dict, image_size: int, calibration_samples: int) -> None:
+                   image_size: int, calibration: list[str] | None, calibration_samples: int) -> None:
     if kind == "saved_model":
         write_saved_model(model, class_names, target, top_k)
         return
     if kind == "onnx":
         write_onnx(model, class_names, target)
         return
-    calibration = (representative_images(Split(**splits.get("train", {})), image_size, calibration_samples)
-                   if quantize == "int8" else None)
-    write_tflite(model, class_names, target, quantize, calibration)
+    representative = (representative_images(calibration, image_size, calibration_samples)
+                      if quantize == "int8" else None)
+    write_tflite(model, class_names, target, quantize, representative)
 
 
 def artifact_predictor(kind: str, path: Path):
@@ -252,6 +318,8 @@ def record(report: dict, row: dict, report_path: Path) -> None:
 
 
 def check_drop(row: dict, max_accuracy_drop: float | None, echo: Callable[[str], None]) -> None:
+    if row.get("accuracy_change") is None:
+        return
     drop = -row["accuracy_change"]
     if max_accuracy_drop is not None and drop > max_accuracy_drop:
         raise TflError(f"{row['file']} loses {drop:.1%} accuracy against the Keras model (top-1 agreement "
@@ -265,9 +333,11 @@ def check_drop(row: dict, max_accuracy_drop: float | None, echo: Callable[[str],
 def format_report(rows: list[dict]) -> str:
     lines = [f"{'artifact':<36} {'size':>10} {'val acc':>8} {'change':>8} {'agree':>7} {'ms/img':>7}"]
     for row in rows:
-        change = f"{row['accuracy_change']:+.4f}" if "accuracy_change" in row else "ref"
+        accuracy = "n/a" if row.get("accuracy") is None else f"{row['accuracy']:.4f}"
+        change = ("ref" if "top1_agreement" not in row else "n/a" if row.get("accuracy_change") is None
+                  else f"{row['accuracy_change']:+.4f}")
         agree = f"{row['top1_agreement']:.1%}" if "top1_agreement" in row else "ref"
-        lines.append(f"{row['file']:<36} {row['size_bytes'] / 1e6:>8.2f}MB {row['accuracy']:>8.4f} {change:>8} "
+        lines.append(f"{row['file']:<36} {row['size_bytes'] / 1e6:>8.2f}MB {accuracy:>8} {change:>8} "
                      f"{agree:>7} {row['latency_ms_batch1']:>7.2f}")
     return "\n".join(lines + [fastest_line(rows)])
 

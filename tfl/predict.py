@@ -1,4 +1,4 @@
-"""Running a trained classifier from any artifact (.keras, run dir, SavedModel, .tflite) on image files."""
+"""Running a trained classifier from any artifact (.keras, run dir, SavedModel, .tflite, .onnx) on images."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tfl.data import is_hidden, load_image_for_predict
+from tfl.backend import native_stderr_held
+from tfl.data import is_hidden, load_image_for_predict, pixels_of_image
 from tfl.errors import TflError
 from tfl.runs import LABELS_FILE, MODEL_FILE, read_labels
 
 
 class Predictor:
     """What every artifact kind offers: its class names and input size, probabilities for a batch of pixels
-    (`predict_pixels`), and top-k classes for image files or folders (`predict`)."""
+    (`predict_pixels`), and top-k classes for images (`predict`). A kind implements `_probabilities`."""
 
     kind: str
     image_size: int
@@ -26,13 +27,22 @@ class Predictor:
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """[batch, size, size, 3] RGB pixels 0..255 -> [batch, classes] probabilities."""
+        pixels = np.asarray(pixels)
+        expected = (self.image_size, self.image_size, 3)
+        if pixels.ndim != 4 or pixels.shape[1:] != expected or not np.issubdtype(pixels.dtype, np.number):
+            raise TflError(f"predict_pixels takes a batch of RGB pixels 0..255 of shape [batch, {self.image_size}, "
+                           f"{self.image_size}, 3] for this model; got {pixels.dtype} of shape {list(pixels.shape)}. "
+                           "Resize the images first, or pass them to predict(), which resizes.")
+        return self._probabilities(pixels)
+
+    def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def predict(self, inputs: str | Path | list[str | Path], top_k: int = 3) -> list[dict]:
-        """One row per image file in `inputs` (files or folders): {"path", "top": [(class, score), ...]}, or
-        {"path", "error"} for a file that could not be read."""
-        return predict_files(self, collect_images([inputs] if isinstance(inputs, (str, Path)) else list(inputs)),
-                             top_k, self.batch_limit)
+    def predict(self, inputs, top_k: int = 3) -> list[dict]:
+        """One row per image in `inputs`: {"path", "top": [(class, score), ...]}, or {"path", "error"} for a file
+        that could not be read. `inputs` is an image file or folder, a PIL image, an RGB array (height x width x 3,
+        0..255; a greyscale or RGBA one too), or a list of these; in-memory images are named '<image N>'."""
+        return predict_items(self, collect_inputs(inputs), check_top_k(top_k), self.batch_limit)
 
 
 class KerasPredictor(Predictor):
@@ -45,7 +55,7 @@ class KerasPredictor(Predictor):
         self.image_size = int(self.model.input_shape[1])
         self.class_names = read_labels(model_path.parent / LABELS_FILE)
 
-    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(pixels.astype("float32")))
 
 
@@ -60,7 +70,7 @@ class SavedModelPredictor(Predictor):
         self.image_size = int(self.serve.structured_input_signature[1]["pixels"].shape[1])
         self.class_names = read_labels(path / "assets" / LABELS_FILE)
 
-    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
         return self.serve(pixels=tf.constant(pixels, tf.float32))["probabilities"].numpy()
@@ -80,10 +90,11 @@ class TFLitePredictor(Predictor):
         self.batch = 0
         self.class_names = tflite_labels(path)
 
-    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
         if pixels.shape[0] != self.batch:
             self.interpreter.resize_tensor_input(self.input["index"], list(pixels.shape))
-            self.interpreter.allocate_tensors()
+            with native_stderr_held():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate" line
+                self.interpreter.allocate_tensors()
             self.batch = pixels.shape[0]
         self.interpreter.set_tensor(self.input["index"], pixels.astype(self.input["dtype"]))
         self.interpreter.invoke()
@@ -109,7 +120,7 @@ class OnnxPredictor(Predictor):
         self.class_names = ([line for line in labels.splitlines() if line.strip()] if labels
                             else read_labels(path.parent / LABELS_FILE))
 
-    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input.name: pixels.astype(np.float32)})[0]
 
 
@@ -125,11 +136,16 @@ def tflite_labels(path: Path) -> list[str]:
         raise TflError(f"'{path}' carries no labels and has no labels.txt beside it.") from None
 
 
+ARTIFACT_KINDS = "a .keras, .tflite or .onnx file, a run directory or a SavedModel directory"
+
+
 def load_predictor(artifact: str | Path) -> Predictor:
-    """Pick the predictor for a .keras file, a run directory, a SavedModel directory or a .tflite file."""
+    """Pick the predictor for a .keras, .tflite or .onnx file, a run directory or a SavedModel directory."""
+    if not isinstance(artifact, (str, Path)):
+        raise TflError(f"tfl.load takes the path of {ARTIFACT_KINDS}; got {type(artifact).__name__}.")
     path = Path(artifact).expanduser()
     if not path.exists():
-        raise TflError(f"'{path}' does not exist. Pass a .keras file, a run directory, a SavedModel directory or a .tflite file.")
+        raise TflError(f"'{path}' does not exist. Pass {ARTIFACT_KINDS}.")
     if path.suffix == ".tflite":
         return open_artifact(TFLitePredictor, path, "TFLite model")
     if path.suffix == ".onnx":
@@ -140,8 +156,8 @@ def load_predictor(artifact: str | Path) -> Predictor:
         return open_artifact(SavedModelPredictor, path, "SavedModel")
     if (path / MODEL_FILE).is_file():
         return open_artifact(KerasPredictor, path / MODEL_FILE, "Keras model")
-    raise TflError(f"'{path}' is not a model tfl can run: expected a .keras or .tflite file, a run directory "
-                   f"(with {MODEL_FILE}) or a SavedModel directory (with saved_model.pb).")
+    raise TflError(f"'{path}' is not a model tfl can run: expected {ARTIFACT_KINDS} (with {MODEL_FILE} or "
+                   "saved_model.pb).")
 
 
 def open_artifact(predictor_class, path: Path, kind: str):
@@ -156,7 +172,14 @@ def open_artifact(predictor_class, path: Path, kind: str):
                        "another kind: export it again with 'tfl export', or pass another artifact.") from None
 
 
-def collect_images(inputs: list[str]) -> list[Path]:
+def check_top_k(top_k) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise TflError(f"top_k must be a whole number of at least 1 (the classes listed per image); got {top_k!r}.")
+    return int(top_k)
+
+
+def collect_images(inputs: list[str | Path]) -> list[Path]:
+    """The image files of `inputs`, files and folders (searched recursively; hidden files below them skipped)."""
     files: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
@@ -172,31 +195,63 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return files
 
 
-def predict_files(predictor: Predictor, files: list[Path], top_k: int = 3, batch_size: int = 16) -> list[dict]:
-    """One row per file: the top-k classes and scores, or the error that kept it from being read."""
-    top_k = max(1, min(top_k, len(predictor.class_names)))
+INPUT_KINDS = ("image files or folders (str or Path), PIL images, or RGB arrays of height x width x 3 (or a list "
+               "of these)")
+
+
+def collect_inputs(inputs) -> list[tuple[str, object]]:
+    """(name, source) per image: a file path, or an in-memory PIL image or array named '<image N>'."""
+    from PIL import Image
+
+    items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    if not items:
+        raise TflError(f"No input given. Pass {INPUT_KINDS}.")
+    collected: list[tuple[str, object]] = []
+    for index, item in enumerate(items):
+        if isinstance(item, (str, Path)):
+            collected += [(str(path), path) for path in collect_images([item])]
+        elif isinstance(item, (np.ndarray, Image.Image)):
+            collected.append((f"<image {index}>", item))
+        else:
+            raise TflError(f"predict cannot read input {index} of type {type(item).__name__}. Pass {INPUT_KINDS}.")
+    return collected
+
+
+def load_input(source, image_size: int) -> np.ndarray:
+    """Resized uint8 RGB pixels of a file, PIL image or array, all through the one decoder's resize."""
+    if isinstance(source, Path):
+        return load_image_for_predict(str(source), image_size)
+    return pixels_of_image(source, image_size)
+
+
+def predict_items(predictor: Predictor, items: list[tuple[str, object]], top_k: int = 3,
+                  batch_size: int = 16) -> list[dict]:
+    """One row per item: the top-k classes and scores, or the error that kept it from being read."""
+    top_k = min(top_k, len(predictor.class_names))
     rows: list[dict] = []
-    batch: list[tuple[Path, np.ndarray]] = []
+    batch: list[tuple[str, np.ndarray]] = []
 
     def flush():
         if not batch:
             return
         probabilities = predictor.predict_pixels(np.stack([pixels for _, pixels in batch]))
-        for (path, _), probs in zip(batch, probabilities):
+        for (name, _), probs in zip(batch, probabilities):
             best = np.argsort(-probs)[:top_k]
-            rows.append({"path": str(path), "top": [(predictor.class_names[i], float(probs[i])) for i in best]})
+            rows.append({"path": name, "top": [(predictor.class_names[i], float(probs[i])) for i in best]})
         batch.clear()
 
     batch_limit = min(batch_size, predictor.batch_limit)
-    for path in files:
+    for name, source in items:
         try:
-            batch.append((path, load_image_for_predict(str(path), predictor.image_size)))
+            batch.append((name, load_input(source, predictor.image_size)))
+        except TflError:
+            raise
         except Exception as exc:  # Pillow raises several kinds for unreadable files
-            rows.append({"path": str(path), "error": f"could not read image ({type(exc).__name__}: {exc})"})
+            rows.append({"path": name, "error": f"could not read image ({type(exc).__name__}: {exc})"})
         if len(batch) >= batch_limit:
             flush()
     flush()
-    order = {str(p): i for i, p in enumerate(files)}
+    order = {name: i for i, (name, _) in enumerate(items)}
     return sorted(rows, key=lambda row: order[row["path"]])
 
 

@@ -28,6 +28,7 @@ SPLITS_FILE = "splits.json"
 CHECKPOINT_DIR = "checkpoint"  # in <name>.partial/ while training: what --resume continues from
 CHECKPOINT_STATE = "state.json"
 RUN_MARKER = MODEL_FILE
+EXPORT_LOCK = ".export.lock"
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "all")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 SAVED_MODEL_VERSION = "1"
@@ -153,16 +154,51 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _hold(folder: Path) -> int | None:
+    """An exclusive OS lock on `folder` for as long as the descriptor stays open (released by the kernel when the
+    process dies), so that others can tell a temporary folder in use from one left by a killed writer; None where
+    the platform or file system has no such lock, or the folder is already held."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError:
+        os.close(fd)
+        return None
+
+
+def _sweep_stale(pattern_parent: Path, pattern: str, own: Path) -> None:
+    """Remove temporary folders matching `pattern` whose writer is gone (no process holds their lock)."""
+    for stale in pattern_parent.glob(pattern):
+        if stale == own:
+            continue
+        fd = _hold(stale)
+        if fd is None:  # still being written by another process (or cannot be told): leave it
+            continue
+        try:
+            shutil.rmtree(stale, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, force: bool = False):
-    """Yield a temporary sibling path to write a file or folder into; rename it to `path` only on success."""
+    """Yield a temporary sibling path to write a file or folder into; rename it to `path` only on success.
+
+    The temporary folder is locked while it is written, and leftovers of killed writers of the same `path` are
+    swept, never a folder another live process is still writing."""
     path = Path(path)
     if path.exists() and not force:
         raise TflError(f"'{path}' already exists. Pass --force to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process that was killed midway
-        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    held = _hold(tmp)
+    _sweep_stale(path.parent, f".{path.name}.*.tmp", tmp)
     target = tmp / path.name  # keep the real name: some writers care about the extension
     try:
         yield target
@@ -171,10 +207,23 @@ def atomic_path(path: str | Path, force: bool = False):
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if held is not None:
+            os.close(held)
 
 
 def default_run_name(arch: str) -> str:
     return f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _lock(lock_file: Path, busy: str, unwritable: str):
+    lock = FileLock(lock_file, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise TflError(busy) from None
+    except OSError as exc:
+        raise TflError(f"{unwritable}: {exc.strerror or exc}. Pass --output with a folder you can write to.") from None
+    return lock
 
 
 @contextlib.contextmanager
@@ -186,15 +235,21 @@ def run_lock(root: str | Path, name: str):
     except OSError as exc:
         raise TflError(f"Cannot write the run to '{root}': {exc.strerror or exc}. Pass --output with a folder "
                        "you can write to.") from None
-    lock = FileLock(root / f".{name}.lock", timeout=0)
+    lock = _lock(root / f".{name}.lock",
+                 f"Run '{name}' in '{root}' is being trained by another tfl process right now. Wait for it to "
+                 "finish, or choose another --name.", f"Cannot write the run to '{root}'")
     try:
-        lock.acquire()
-    except Timeout:
-        raise TflError(f"Run '{name}' in '{root}' is being trained by another tfl process right now. Wait for it "
-                       "to finish, or choose another --name.") from None
-    except OSError as exc:
-        raise TflError(f"Cannot write the run to '{root}': {exc.strerror or exc}. Pass --output with a folder "
-                       "you can write to.") from None
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def export_lock(run: Path):
+    """One export of a run at a time: a second one stops at once with a message (the lock dies with its process)."""
+    lock = _lock(run / EXPORT_LOCK, f"Run '{run}' is being exported by another tfl process right now. Wait for it "
+                 "to finish, then run this export again (what it finished will be kept).",
+                 f"Cannot write the exports of '{run}'")
     try:
         yield
     finally:
@@ -299,14 +354,16 @@ def read_run_config(run_dir: Path) -> dict:
     return yaml.safe_load((run_dir / CONFIG_FILE).read_text())
 
 
+def portable_path(run_dir: Path, path: str) -> str:
+    """`path` relative to the run when the run holds it (so it survives the run's rename or move), else absolute."""
+    absolute = Path(path).resolve()
+    return str(absolute.relative_to(run_dir.resolve())) if absolute.is_relative_to(run_dir.resolve()) else str(absolute)
+
+
 def write_splits(run_dir: Path, splits: dict[str, dict]) -> None:
     """Save the file lists {split: {paths, labels}}: absolute paths, or relative ones for files the run holds
     (converted images), so a finished or moved run folder still finds them."""
-    def portable(path: str) -> str:
-        absolute = Path(path).resolve()
-        return str(absolute.relative_to(run_dir.resolve())) if absolute.is_relative_to(run_dir.resolve()) else str(absolute)
-
-    saved = {name: {"paths": [portable(p) for p in split["paths"]], "labels": split["labels"]}
+    saved = {name: {"paths": [portable_path(run_dir, p) for p in split["paths"]], "labels": split["labels"]}
              for name, split in splits.items()}
     atomic_write_text(run_dir / SPLITS_FILE, json.dumps(saved) + "\n")
 

@@ -23,13 +23,14 @@ from tfl.checkpoint import Checkpoint, StageTracker, TrainingState
 from tfl.config import Stage, TrainConfig, from_run_record, run_record
 from tfl.data import ImageData, Split, load_data, make_pipeline
 from tfl.distribute import Cluster, connect, disconnect
-from tfl.errors import TflError
+from tfl.errors import TflError, disk_full_explained
 from tfl.evaluate import evaluate_model, plot_confusion_matrix, plot_training_curves, write_metrics
 from tfl.features import FEATURE_CACHE_FOLDER, feature_stage_data, uses_feature_cache
 from tfl.model import build_model, get_head, set_trainable_blocks, trainable_params
 from tfl.plan import DataStats, auto_plan
 from tfl.precision import dtype_policy, resolve_precision
 from tfl.runs import (DEFAULT_ROOT, Run, atomic_path, atomic_write_text, default_run_name, finish_run_dir, has_checkpoint,
+                      portable_path,
                       prepare_run_dir, read_run_config, resumable_run, run_lock, write_splits)
 from tfl.scan import SCAN_CACHE_FOLDER
 
@@ -153,15 +154,42 @@ def discarded_on_failure(work_dir: Path):
         raise
 
 
+def vanished_path(message: str) -> str | None:
+    """The file named by TensorFlow's 'PATH; No such file or directory' (after its '{{node ...}}' prefix)."""
+    line = next((line for line in message.splitlines() if "; No such file or directory" in line), None)
+    return None if line is None else line.split("; No such file or directory")[0].split("}} ")[-1].strip()
+
+
+def kept_for_resume(work_dir: Path, name: str) -> str:
+    """What a failed run leaves, and how to go on."""
+    if has_checkpoint(work_dir):
+        return (f"The run is kept in '{work_dir}' up to its last finished epoch: continue it with 'tfl finetune "
+                f"--resume {name}'.")
+    return "Nothing was kept (no epoch had finished): start the run again."
+
+
 @contextlib.contextmanager
-def clear_resource_errors(config: TrainConfig, image_size: int | None):
-    """Out of memory is a setting the user can change, not a bug: say which."""
+def failures_explained(config: TrainConfig, image_size: int | None, work_dir: Path, name: str):
+    """What can go wrong in the middle of training and is the user's to fix (memory, disk space, photos that moved
+    away), as a one-paragraph message saying what was kept, instead of a traceback."""
+    resume = lambda: kept_for_resume(work_dir, name)  # noqa: E731
     try:
-        yield
+        with disk_full_explained(f"training run '{name}'", lambda: f"Free some space. {resume()}"):
+            yield
+    except TflError:
+        raise
     except Exception as exc:
         if type(exc).__name__ == "ResourceExhaustedError" or "RESOURCE_EXHAUSTED" in str(exc):
             raise TflError(f"Training ran out of memory at batch size {config.batch_size} and image size "
                            f"{image_size} px. Pass a smaller --batch-size or --image-size.") from None
+        vanished = vanished_path(str(exc))
+        if type(exc).__name__ == "NotFoundError" and vanished:
+            raise TflError(f"A photo of the run disappeared during training: '{vanished}' was there when the data "
+                           f"was scanned and is gone now. Put it back. {resume()}") from None
+        if type(exc).__name__ == "InvalidArgumentError" and "decode" in str(exc).lower():
+            raise TflError(f"A photo of the run changed during training and can no longer be decoded "
+                           f"({str(exc).splitlines()[0][:200]}). Restore the photos as they were when the run "
+                           f"started. {resume()}") from None
         raise
 
 
@@ -232,14 +260,17 @@ def finetune_on(cluster: Cluster, config: TrainConfig, data: str | None, output:
             distributed = cluster.describe(config.batch_size)
             if distributed:
                 echo(distributed)
-            with clear_resource_errors(config, image_size):
+            with failures_explained(config, image_size, work_dir, name):
                 return train_run(dataclasses.replace(config, image_size=image_size, precision=policy), image_data,
                                  work_dir, final_dir, output, echo, verbose, start, reasons, augmenter, callbacks,
                                  cluster)
 
 
 def write_data_files(run: Run, image_data: ImageData) -> None:
-    atomic_write_text(run.data_report_file, json.dumps(image_data.report, indent=2) + "\n")
+    converted = [{"path": item["path"], "to": portable_path(run.path, item["to"])}
+                 for item in image_data.report["converted"]]
+    report = image_data.report | {"converted": converted}
+    atomic_write_text(run.data_report_file, json.dumps(report, indent=2) + "\n")
     atomic_write_text(run.labels_file, "\n".join(image_data.class_names) + "\n")
     splits = {k: split_record(s) for k, s in (("train", image_data.train), ("val", image_data.val),
                                               ("test", image_data.test))}
@@ -268,7 +299,7 @@ def resume(output: str | Path = DEFAULT_ROOT, name: str | None = None, echo: Cal
         echo(f"Resuming run '{final_dir.name}' after epoch {state.epochs_done} (stage {state.stage + 1}, "
              f"{state.stage_epochs} of its epochs done) with its own settings from {Run(work_dir).config_file}")
         echo(data_summary(image_data))
-        with clear_resource_errors(config, config.image_size):
+        with failures_explained(config, config.image_size, work_dir, final_dir.name):
             return train_run(config, image_data, work_dir, final_dir, output, echo, verbose, start, cluster=cluster)
 
 
