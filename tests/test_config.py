@@ -43,7 +43,7 @@ def test_bad_yaml_names_the_line(tmp_path):
 def test_wrong_type_is_reported(tmp_path):
     user = tmp_path / "t.yaml"
     user.write_text("batch_size: lots\n")
-    with pytest.raises(TflError, match="'batch_size'.*must be a int, got 'lots'"):
+    with pytest.raises(TflError, match="'batch_size'.*must be a whole number, got 'lots'"):
         load_config("mobilenetv2", str(user))
 
 

@@ -201,9 +201,10 @@ def _check_field(spec: dataclasses.Field, value: Any, where: str) -> None:
     """The bounds and choices a field declares."""
     if value is None or isinstance(value, (list, bool)) or value == "all":
         return
-    meta, label = spec.metadata, f"{spec.name.replace('_', ' ')}{where}"
+    meta, name = spec.metadata, spec.name.replace("_", " ")
+    label = f"{name}{where}"
     if meta["choices"] and value not in meta["choices"]:
-        raise TflError(f"Unknown {label} '{value}'. Choose one of: {', '.join(meta['choices'])}.")
+        raise TflError(f"Unknown {name} '{value}'{where}. Choose one of: {', '.join(meta['choices'])}.")
     low, high = meta["low"], meta["high"]
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = (f"between {low} and {high}" if low is not None and high is not None
