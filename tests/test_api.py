@@ -119,9 +119,11 @@ def test_every_setting_is_accepted_by_the_cli_the_yaml_and_python(tmp_path):
 
 
 def test_bad_python_values_are_one_paragraph_errors():
-    with pytest.raises(tfl.TflError, match="Unknown augment 'heavy'. Choose one of: none, light, strong"):
+    with pytest.raises(tfl.TflError, match="Unknown augment 'heavy' in the keyword arguments of tfl.finetune. "
+                                           "Choose one of: none, light, strong"):
         tfl.make_config(None, {"augment": "heavy"})
-    with pytest.raises(tfl.TflError, match="Dropout must be between 0 and 0.999, got 1.5"):
+    with pytest.raises(tfl.TflError, match="Dropout in the keyword arguments of tfl.finetune must be between 0 and "
+                                           "0.999, got 1.5"):
         tfl.make_config(None, {"dropout": 1.5})
     with pytest.raises(tfl.TflError, match=r"Unknown config key\(s\) epochz"):
         tfl.make_config(None, {"epochz": 3})
