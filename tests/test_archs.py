@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfl.archs import ARCHS, get_arch
+from tfl.archs import ARCHS, BACKBONE_OUTPUT, get_arch
 from tfl.errors import TflError
 from tfl.model import build_model, first_trainable_index, get_backbone
 from tfl.model import get_head
@@ -17,9 +17,10 @@ def test_block_ends_are_backbone_layers_in_order(name):
     spec = ARCHS[name]
     model = build_model(spec, 3, small_size(spec), weights="none", alpha=0.35)
     names = [layer.name for layer in get_backbone(model).layers]
-    positions = [names.index(block) for block in spec.block_ends]
-    assert positions == sorted(positions)
-    assert names[-1] == spec.block_ends[-1], "the last block must end at the backbone's output"
+    ends = [names[-1] if block == BACKBONE_OUTPUT else block for block in spec.block_ends]
+    positions = [names.index(block) for block in ends]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    assert names[-1] == ends[-1], "the last block must end at the backbone's output"
 
 
 def output_side(layer) -> int | None:
@@ -76,6 +77,15 @@ def test_caffe_preprocessing_matches_keras_resnet50_preprocess_input():
     assert not model.get_layer("preprocess_caffe").trainable
 
 
+def test_torch_preprocessing_matches_efficientnetv2s_own_layers():
+    keras_own = keras.applications.EfficientNetV2B0(include_top=False, weights=None, input_shape=(32, 32, 3))
+    normalized = keras.Model(keras_own.input, keras_own.get_layer("stem_conv").input)
+    model = build_model(get_arch("efficientnetv2b0"), 2, 32, weights="none")
+    pixels = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(model.get_layer("preprocess_torch")(pixels)),
+                               np.asarray(normalized(pixels)), atol=1e-4)
+
+
 def test_unknown_arch_is_a_clear_error():
     with pytest.raises(TflError, match="Unknown architecture 'vgg'.*mobilenetv2"):
         get_arch("vgg")
@@ -88,3 +98,30 @@ def test_auto_image_size_follows_the_photos_but_enlarges_tiny_ones(name, median_
     from tfl.archs import auto_image_size
 
     assert auto_image_size(ARCHS[name], median_side) == expected
+
+
+NEW_ENTRIES = ["mobilenetv3small", "mobilenetv3large", "efficientnetv2b0"]  # added as table entries only
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NEW_ENTRIES)
+def test_a_backbone_added_as_one_entry_trains_exports_every_format_and_predicts(name, tmp_path):
+    import json
+
+    import tfl
+    from tests.conftest import write_class_folders
+
+    data = write_class_folders(tmp_path / "data", per_class=6)
+    run = tfl.finetune(data, arch=name, weights="none", image_size=32, batch_size=8, epochs=(2, 1),
+                       output=tmp_path / "runs", name=name, echo=lambda s: None, verbose=0)
+    assert run.config["arch"] == name and run.metrics["num_images"] == 3
+    run.export("all", verify_images=6, echo=lambda s: None)
+    report = json.loads(run.export_report_file.read_text())
+    assert {"export/saved_model/1", "model_float32.tflite", "model.onnx"} <= set(report)
+    for row in report.values():
+        assert row.get("top1_agreement", 1.0) == 1.0, row
+    photo = next((data / "red").glob("*.jpg"))
+    tops = {kind: tfl.load(run.path / report_file).predict([photo], top_k=1)[0]["top"][0][0]
+            for kind, report_file in (("keras", "model.keras"), ("saved_model", "export/saved_model/1"),
+                                      ("tflite", "model_float32.tflite"), ("onnx", "model.onnx"))}
+    assert len(set(tops.values())) == 1, tops

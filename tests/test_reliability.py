@@ -204,7 +204,7 @@ def test_alpha_for_an_arch_without_it_is_a_warning(tmp_path):
     with pytest.warns(TflWarning, match="alpha 0.35 is ignored"):
         assert load_config("resnet50", overrides={"alpha": 0.35}).alpha == 1.0  # what config.yaml records
     result = cli("finetune", "--data", tmp_path / "nope", "--arch", "resnet50", "--alpha", "0.35")
-    assert result.output.startswith("Warning: alpha 0.35 is ignored: only mobilenetv2 has a width multiplier")
+    assert result.output.startswith("Warning: alpha 0.35 is ignored: resnet50 has no width multiplier (only mobilenetv2")
 
 
 def test_a_runs_config_yaml_reproduces_the_run(tiny_folder, tmp_path):

@@ -5,7 +5,8 @@ import os
 import pytest
 
 from tfl.errors import TflError
-from tfl.runs import atomic_path, atomic_write_text, latest_run, prepare_run_dir, resolve_run
+from tfl.fileio import atomic_path, atomic_write_text
+from tfl.runs import latest_run, prepare_run_dir, resolve_run
 
 
 def fake_run(root, name, mtime):

@@ -103,7 +103,7 @@ def test_two_exports_of_one_run_at_once_the_second_stops_with_a_message(own_run)
 
 
 def test_a_temporary_folder_being_written_is_not_swept_as_stale(tmp_path):
-    from tfl.runs import atomic_path
+    from tfl.fileio import atomic_path
 
     path = tmp_path / "artifact"
     with atomic_path(path) as first:
@@ -212,7 +212,7 @@ def test_a_full_disk_while_exporting_keeps_what_was_finished(own_run, monkeypatc
     (lambda: tfl.finetune("x", image_size=0), "Image size in the keyword arguments of tfl.finetune must be at least 32"),
     (lambda: tfl.finetune(["a", "b"]), "data= of tfl.finetune takes a folder's path, got list"),
     (lambda: tfl.finetune("x", name=3), "name= of tfl.finetune takes a run name"),
-    (lambda: tfl.load(None), "tfl.load takes the path of a .keras, .tflite or .onnx file"),
+    (lambda: tfl.load(None), "tfl.load takes the path of a .tflite, .onnx, .keras file"),
     (lambda: tfl.open_run(5), "run= of tfl.open_run takes a run folder's path"),
 ])
 def test_wrong_python_arguments_are_tfl_errors_naming_the_keyword(call, message):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from tfl.backend import ensure_backend, use_backend
 from tfl.config import Stage, TrainConfig, apply_overrides, load_config, per_stage, validate, with_stages
 from tfl.errors import TflError
-from tfl.runs import DEFAULT_ROOT, Run, read_run_config, resumable_run
+from tfl.runs import DEFAULT_ROOT, RunFolder, read_run_config, resumable_run
 
 if TYPE_CHECKING:
     from tfl.predict import Predictor
@@ -38,8 +38,34 @@ def finetune(data: str | Path | None = None, *, config: str | Path | TrainConfig
     use_backend(train_config.backend, start_devices=train_config.distribute != "multiworker")
     from tfl.train import finetune as train
 
-    return train(train_config, None if data is None else str(data), output=output, name=name, overwrite=overwrite,
-                 echo=echo, verbose=verbose, augmenter=augmenter, callbacks=callbacks)
+    folder = train(train_config, None if data is None else str(data), output=output, name=name, overwrite=overwrite,
+                   echo=echo, verbose=verbose, augmenter=augmenter, callbacks=callbacks)
+    return None if folder is None else Run(folder.path)
+
+
+class Run(RunFolder):
+    """A finished run folder, and what can be done with it: evaluate, export, predict. (Its files and their readers
+    are RunFolder's, tfl/runs.py.)"""
+
+    def evaluate(self, data: str | Path | None = None) -> dict[str, Any]:
+        """Metrics on `data` (a folder of class subfolders), or on the run's validation files."""
+        from tfl.evaluate import evaluate_run
+
+        return evaluate_run(self.path, None if data is None else str(data))[0]
+
+    def export(self, format: str = "tflite", quantize: str = "none", **options) -> Path:
+        """Write and verify an artifact (options: those of tfl.export.export_run, e.g. data=, force=); its path, the
+        last one when format is 'all'."""
+        from tfl.export import export_run
+
+        rows = export_run(self.path, format, quantize, **options)
+        return self.path / rows[-1]["file"]
+
+    def predictor(self) -> Predictor:
+        return load(self.model_file)
+
+    def predict(self, inputs, top_k: int = 3) -> list[dict]:
+        return self.predictor().predict(inputs, top_k)
 
 
 API_SOURCE = "the keyword arguments of tfl.finetune"
@@ -84,7 +110,7 @@ def resume(name: str | None = None, *, output: str | Path = DEFAULT_ROOT, echo: 
     use_backend(read_run_config(partial).get("backend", "tensorflow"))
     from tfl.train import resume as resume_training
 
-    return resume_training(output, final.name, echo=echo, verbose=verbose)
+    return Run(resume_training(output, final.name, echo=echo, verbose=verbose).path)
 
 
 def open_run(run: str | Path | None = None, root: str | Path = DEFAULT_ROOT) -> Run:

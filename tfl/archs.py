@@ -1,10 +1,60 @@
-"""The architecture registry: one entry per backbone, with its size, preprocessing and unfreeze blocks."""
+"""The backbone table: one self-contained entry per `keras.applications` backbone (constructor and its arguments,
+input size, preprocessing, blocks, stem, which normalization layers stay frozen). Adding a backbone is one entry;
+tests/test_archs.py checks every entry against the model it builds.
+
+Keras is imported inside the preprocessing functions only: the table is read by the config and the CLI before the
+Keras backend is chosen."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from tfl.errors import TflError
+
+BACKBONE_OUTPUT = "<output>"  # a last block end standing for the backbone's last layer (when Keras names it anew)
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def tf_preprocessing():
+    """InceptionV3 / MobileNetV2: pixels 0..255 to [-1, 1]."""
+    import keras
+
+    return keras.layers.Rescaling(scale=1 / 127.5, offset=-1.0, name="preprocess_tf")
+
+
+def caffe_preprocessing():
+    """ResNet50: RGB to BGR and ImageNet mean subtraction, as one frozen 1x1 convolution.
+
+    A built-in layer rather than a custom one, so model.keras loads anywhere without tfl.
+    """
+    import keras
+    import numpy as np
+
+    rgb_to_bgr = np.zeros((1, 1, 3, 3), dtype="float32")
+    for rgb_channel in range(3):
+        rgb_to_bgr[0, 0, rgb_channel, 2 - rgb_channel] = 1.0
+    return keras.layers.Conv2D(3, 1, name="preprocess_caffe", trainable=False,
+                               kernel_initializer=keras.initializers.Constant(rgb_to_bgr),
+                               bias_initializer=keras.initializers.Constant(-np.asarray(CAFFE_BGR_MEAN)))
+
+
+def torch_preprocessing():
+    """EfficientNetV2-B*: pixels / 255, then ImageNet mean and standard deviation per channel, as one frozen 1x1
+    convolution (Keras' own `include_preprocessing` Normalization layer exports to ONNX as two missing inputs)."""
+    import keras
+    import numpy as np
+
+    mean, std = np.asarray(TORCH_MEAN), np.asarray(TORCH_STD)
+    return keras.layers.Conv2D(3, 1, name="preprocess_torch", trainable=False,
+                               kernel_initializer=keras.initializers.Constant(np.diag(1 / (255 * std))[None, None]),
+                               bias_initializer=keras.initializers.Constant(-mean / std))
+
+
+def built_in_preprocessing():
+    """Backbones that take pixels 0..255 themselves (`include_preprocessing=True`): nothing to add."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -23,10 +73,12 @@ class ArchSpec:
     keras_constructor: str  # attribute of keras.applications
     image_size: int  # the size the ImageNet weights were trained at
     min_image_size: int  # keras.applications rejects anything smaller
-    preprocessing: str  # key of tfl.model.PREPROCESSING: "tf" ([-1, 1]) or "caffe" (BGR, mean-subtracted)
+    preprocessing: Callable  # a function making the layer that turns pixels 0..255 into the backbone's input, or None
     block_ends: tuple[str, ...]
     stem_blocks: int
-    constructor_kwargs: tuple[str, ...] = field(default=())  # extra config keys passed through (alpha)
+    constructor_kwargs: tuple[str, ...] = field(default=())  # config keys passed to the constructor (alpha)
+    fixed_kwargs: tuple[tuple[str, object], ...] = field(default=())  # constructor arguments of this entry
+    frozen_layers: tuple[str, ...] = ("BatchNormalization",)  # layer classes that never train (running statistics)
     description: str = ""
 
     @property
@@ -47,6 +99,24 @@ def _resnet50_block_ends() -> tuple[str, ...]:
     return tuple(ends)
 
 
+def _mobilenetv3_block_ends(last: int) -> tuple[str, ...]:
+    """The stem conv with the first inverted-residual block, each block after it (ending in its Add layer when it
+    has a skip connection, else its projection BN), and the top 1x1 conv (whose activation Keras names anew)."""
+    ends = []
+    for block in range(last + 1):
+        prefix = "expanded_conv" if block == 0 else f"expanded_conv_{block}"
+        ends.append(prefix + ("_add" if block in _MOBILENETV3_RESIDUAL[last] else "_project_bn"))
+    return (*ends, BACKBONE_OUTPUT)
+
+
+_MOBILENETV3_RESIDUAL = {10: {2, 4, 5, 7, 9, 10}, 14: {0, 2, 4, 5, 7, 8, 9, 11, 13, 14}}
+_EFFICIENTNETV2B0_BLOCK_ENDS = (
+    "block1a_project_activation",
+    *(f"block{stage}{letter}_{'project_bn' if letter == 'a' else 'add'}"
+      for stage, count in ((2, 2), (3, 2), (4, 3), (5, 5), (6, 8)) for letter in "abcdefgh"[:count]),
+    "top_activation",
+)
+
 # Inverted-residual blocks with a skip connection end in an Add layer, the others in their projection BN.
 _MOBILENETV2_RESIDUAL_BLOCKS = {2, 4, 5, 7, 8, 9, 11, 12, 14, 15}
 _MOBILENETV2_BLOCK_ENDS = (
@@ -66,7 +136,7 @@ ARCHS: dict[str, ArchSpec] = {
             keras_constructor="MobileNetV2",
             image_size=224,
             min_image_size=32,
-            preprocessing="tf",
+            preprocessing=tf_preprocessing,
             block_ends=_MOBILENETV2_BLOCK_ENDS,
             stem_blocks=4,
             constructor_kwargs=("alpha",),
@@ -77,7 +147,7 @@ ARCHS: dict[str, ArchSpec] = {
             keras_constructor="ResNet50",
             image_size=224,
             min_image_size=32,
-            preprocessing="caffe",
+            preprocessing=caffe_preprocessing,
             block_ends=_resnet50_block_ends(),
             stem_blocks=4,
             description="ResNet50: 23.6M parameters, a strong GPU-server baseline",
@@ -87,10 +157,43 @@ ARCHS: dict[str, ArchSpec] = {
             keras_constructor="InceptionV3",
             image_size=299,
             min_image_size=75,
-            preprocessing="tf",
+            preprocessing=tf_preprocessing,
             block_ends=tuple(f"mixed{i}" for i in range(11)),
             stem_blocks=1,
             description="InceptionV3: 21.8M parameters, 299 px input",
+        ),
+        ArchSpec(
+            name="mobilenetv3small",
+            keras_constructor="MobileNetV3Small",
+            image_size=224,
+            min_image_size=32,
+            preprocessing=built_in_preprocessing,
+            block_ends=_mobilenetv3_block_ends(10),
+            stem_blocks=2,
+            fixed_kwargs=(("include_preprocessing", True),),
+            description="MobileNetV3-Small: 0.9M parameters, the smallest, for phones",
+        ),
+        ArchSpec(
+            name="mobilenetv3large",
+            keras_constructor="MobileNetV3Large",
+            image_size=224,
+            min_image_size=32,
+            preprocessing=built_in_preprocessing,
+            block_ends=_mobilenetv3_block_ends(14),
+            stem_blocks=4,
+            fixed_kwargs=(("include_preprocessing", True),),
+            description="MobileNetV3-Large: 3.0M parameters, for phones",
+        ),
+        ArchSpec(
+            name="efficientnetv2b0",
+            keras_constructor="EfficientNetV2B0",
+            image_size=224,
+            min_image_size=32,
+            preprocessing=torch_preprocessing,
+            block_ends=_EFFICIENTNETV2B0_BLOCK_ENDS,
+            stem_blocks=3,
+            fixed_kwargs=(("include_preprocessing", False),),
+            description="EfficientNetV2-B0: 5.9M parameters, accurate for its size",
         ),
     ]
 }

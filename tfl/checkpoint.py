@@ -24,7 +24,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tfl.runs import CHECKPOINT_STATE, atomic_path, atomic_write_text
+from tfl.fileio import atomic_path, atomic_write_text
+from tfl.runs import CHECKPOINT_STATE
 
 
 @dataclass

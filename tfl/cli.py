@@ -15,7 +15,8 @@ from tfl.archs import ARCHS
 from tfl.backend import VERBOSE_ENV, use_backend
 from tfl.config import SETTINGS, parse_per_stage
 from tfl.errors import TflError, TflWarning
-from tfl.runs import DEFAULT_ROOT, EXPORT_FORMATS, QUANTIZATIONS
+from tfl.formats import ALL, FORMATS, QUANTIZATIONS, export_help
+from tfl.runs import DEFAULT_ROOT
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
@@ -145,11 +146,11 @@ def evaluate(run, data, root):
 
 @main.command()
 @click.argument("run", required=False)
-@click.option("--format", "export_format", type=click.Choice(EXPORT_FORMATS), default="tflite",
-              show_default=True,
-              help="saved_model: TF Serving layout; tflite: for phones; onnx: for ONNX Runtime apps; all: each one.")
-@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default="none",
-              show_default=True, help="TFLite weights: float32, float16, dynamic-range int8, or full int8.")
+@click.option("--format", "export_format", type=click.Choice([*FORMATS, ALL]), default="tflite", show_default=True,
+              help=export_help())
+@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default="none", show_default=True,
+              help="Weights: float32, float16, dynamic-range int8, or full int8 (" + ", ".join(
+                  row.name for row in FORMATS.values() if len(row.quantizations) > 1) + " only).")
 @click.option("--calibration-samples", type=click.IntRange(1), default=300, show_default=True,
               help="Training images used to calibrate int8.")
 @click.option("--verify-images", type=click.IntRange(1), default=500, show_default=True,

@@ -229,7 +229,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise TflError(f"Image size {config.image_size} is too large: tfl trains at up to {MAX_IMAGE_SIZE} px "
                        f"({spec.name} was pretrained at {spec.image_size}). Pass a smaller --image-size.")
     if "alpha" not in spec.constructor_kwargs and config.alpha != 1.0:
-        warn(f"alpha {config.alpha} is ignored: only mobilenetv2 has a width multiplier, {spec.name} has none.")
+        widths = ", ".join(name for name, arch in ARCHS.items() if "alpha" in arch.constructor_kwargs)
+        warn(f"alpha {config.alpha} is ignored: {spec.name} has no width multiplier (only {widths} have one).")
         config = dataclasses.replace(config, alpha=1.0)
     for stage in config.stages:
         if isinstance(stage.unfreeze_blocks, int) and stage.unfreeze_blocks > spec.num_blocks:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfl.runs import atomic_write_bytes, atomic_write_text
+from tfl.fileio import atomic_write_bytes, atomic_write_text
 
 
 def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -139,9 +139,9 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
     from tfl.data import Split, make_pipeline
     from tfl.errors import TflError
     from tfl.predict import load_predictor
-    from tfl.runs import Run, check_reachable
+    from tfl.runs import RunFolder, check_reachable
 
-    found = Run.open(run_dir, root)
+    found = RunFolder.open(run_dir, root)
     run, class_names = found.path, found.class_names
     if data is None:
         saved = found.splits.get("val")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -20,20 +21,32 @@ from tfl.data import Split, decode_image_bytes, load_image_for_predict
 from tfl.errors import TflError, disk_full_explained
 from tfl.evaluate import load_labelled_folder
 from tfl.precision import float32_copy
-from tfl.predict import OnnxPredictor, SavedModelPredictor, TFLitePredictor, load_predictor
-from tfl.runs import (DEFAULT_ROOT, EXPORT_FORMATS, LABELS_FILE, QUANTIZATIONS, Run, atomic_path, atomic_write_text,
-                      export_lock)
+from tfl.predict import load_predictor
+from tfl.fileio import atomic_path, atomic_write_text
+from tfl.formats import ArtifactFormat, formats_for
+from tfl.runs import DEFAULT_ROOT, LABELS_FILE, RunFolder, export_lock, labels_text
 
 LOUD_DROP = 0.01  # a quantized export losing more than 1 point of accuracy is reported loudly
 
 
 # --- SavedModel ------------------------------------------------------------------------------------
 
-def write_saved_model(model: keras.Model, class_names: list[str], target: Path, top_k: int) -> None:
+@dataclass
+class ArtifactJob:
+    """What a writer needs besides the model and its target path."""
+
+    class_names: list[str]
+    quantize: str = "none"
+    top_k: int = 5  # classes the SavedModel's classify_images returns
+    calibration: list[str] | None = None  # int8: photos like the training ones
+    calibration_samples: int = 300
+
+
+def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> None:
     """Signatures: serving_default (float32 pixels), serving_uint8 (uint8 pixels), classify_images (bytes)."""
     size = int(model.input_shape[1])
-    labels = tf.constant(class_names)
-    k = min(top_k, len(class_names))
+    labels = tf.constant(job.class_names)
+    k = min(job.top_k, len(job.class_names))
 
     def classify_pixels(pixels):
         return {"probabilities": model(pixels, training=False)}
@@ -58,7 +71,7 @@ def write_saved_model(model: keras.Model, class_names: list[str], target: Path, 
                          input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     archive.write_out(str(target), verbose=False)
     (target / "assets").mkdir(exist_ok=True)
-    (target / "assets" / LABELS_FILE).write_text("\n".join(class_names) + "\n")
+    (target / "assets" / LABELS_FILE).write_text(labels_text(job.class_names))
 
 
 # --- TFLite ----------------------------------------------------------------------------------------
@@ -82,15 +95,16 @@ def with_labels(tflite_bytes: bytes, class_names: list[str]) -> bytes:
     finds it, and the interpreter ignores bytes after the flatbuffer."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(LABELS_FILE, "\n".join(class_names) + "\n")
+        archive.writestr(LABELS_FILE, labels_text(class_names))
     return tflite_bytes + buffer.getvalue()
 
 
-def write_tflite(model: keras.Model, class_names: list[str], target: Path, quantize: str,
-                 representative_dataset: Callable | None) -> None:
+def write_tflite(model: keras.Model, target: Path, job: ArtifactJob) -> None:
+    representative = (representative_images(job.calibration, int(model.input_shape[1]), job.calibration_samples)
+                      if job.quantize == "int8" else None)
     plain = target.with_name(target.name + ".plain.tflite")
-    model.export(str(plain), format="litert", verbose=False, **converter_settings(quantize, representative_dataset))
-    target.write_bytes(with_labels(plain.read_bytes(), class_names))
+    model.export(str(plain), format="litert", verbose=False, **converter_settings(job.quantize, representative))
+    target.write_bytes(with_labels(plain.read_bytes(), job.class_names))
     plain.unlink()
 
 
@@ -106,7 +120,7 @@ def representative_images(paths: list[str], image_size: int, samples: int, seed:
     return generate
 
 
-def calibration_photos(run: Run, data: Split | None, echo: Callable[[str], None]) -> list[str]:
+def calibration_photos(run: RunFolder, data: Split | None, echo: Callable[[str], None]) -> list[str]:
     """The photos int8 calibrates on: the run's training photos that are still where they were, else those of
     --data; said on screen, and an error when there are none."""
     saved = run.splits.get("train", {}).get("paths", [])
@@ -129,7 +143,7 @@ def calibration_photos(run: Run, data: Split | None, echo: Callable[[str], None]
 ONNX_LABELS_KEY = "labels"  # metadata_props entry: the class names, one per line
 
 
-def write_onnx(model: keras.Model, class_names: list[str], target: Path) -> None:
+def write_onnx(model: keras.Model, target: Path, job: ArtifactJob) -> None:
     """Keras' own ONNX export (tf2onnx under the TensorFlow backend), then the class names into its metadata, so the
     file carries its labels as the .tflite does."""
     import onnx
@@ -141,7 +155,7 @@ def write_onnx(model: keras.Model, class_names: list[str], target: Path) -> None
         model.export(str(plain), format="onnx", verbose=False)
     proto = onnx.load(str(plain))
     entry = proto.metadata_props.add()
-    entry.key, entry.value = ONNX_LABELS_KEY, "\n".join(class_names)
+    entry.key, entry.value = ONNX_LABELS_KEY, labels_text(job.class_names)
     onnx.save(proto, str(target))
     plain.unlink()
 
@@ -161,7 +175,7 @@ class Verification:
 GENERATED_IMAGES = 32
 
 
-def verification_set(run: Run, data: Split | None, image_size: int, limit: int) -> Verification:
+def verification_set(run: RunFolder, data: Split | None, image_size: int, limit: int) -> Verification:
     """--data's photos; else the run's validation photos still where they were; else generated images."""
     def sample(split: Split, source: str) -> Verification:
         chosen = np.random.default_rng(0).permutation(len(split))[:limit]
@@ -229,92 +243,79 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
                echo: Callable[[str], None] = print, data: str | Path | None = None) -> list[dict]:
     """Write the requested artifacts of RUN atomically, verify each, and record each in export_report.json as soon
     as it is in place (an export killed midway keeps what it finished and records it). `data`: a folder of class
-    subfolders to verify (and calibrate int8) on, instead of the run's own photos. One export of a run at a time."""
-    if export_format not in EXPORT_FORMATS:
-        raise TflError(f"Unknown export format '{export_format}'. Choose one of: {', '.join(EXPORT_FORMATS)}.")
-    if quantize not in QUANTIZATIONS:
-        raise TflError(f"Unknown quantization '{quantize}'. Choose one of: {', '.join(QUANTIZATIONS)}.")
-    run = Run.open(run, root)
+    subfolders to verify (and calibrate int8) on, instead of the run's own photos. One export of a run at a time.
+    (Its parameters are the options of `tfl export`, one each.)"""
+    wanted = formats_for(export_format, quantize)
+    run = RunFolder.open(run, root)
     advice = lambda: ("Every artifact finished before is kept and listed in export_report.json; nothing half-written "  # noqa: E731
                       "is left. Free some space and run the export again.")
     with export_lock(run.path), disk_full_explained(f"exporting '{run.path}'", advice):
-        return export_locked(run, export_format, quantize, calibration_samples, verify_images, top_k, force,
-                             max_accuracy_drop, echo, data)
+        job = ArtifactJob(run.class_names, quantize, top_k, None, calibration_samples)
+        return Export(run, job, echo).write(wanted, force, verify_images, max_accuracy_drop, data)
 
 
-def export_locked(run: Run, export_format: str, quantize: str, calibration_samples: int, verify_images: int,
-                  top_k: int, force: bool, max_accuracy_drop: float | None, echo: Callable[[str], None],
-                  data: str | Path | None) -> list[dict]:
-    run_dir = run.path
-    targets = []
-    if export_format in ("saved_model", "all"):
-        targets.append(("saved_model", run.saved_model_dir))
-    if export_format in ("tflite", "all"):
-        targets.append(("tflite", run.tflite_file(quantize)))
-    if export_format in ("onnx", "all"):
-        targets.append(("onnx", run.onnx_file))
-    report_path = run.export_report_file
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    finished = {path for _, path in targets if path.exists() and str(path.relative_to(run_dir)) in report}
-    if not force and finished:
-        if len(finished) == len(targets):
-            raise TflError(f"'{sorted(finished)[0]}' already exists. Pass --force to replace it.")
-        echo(f"Keeping {', '.join(str(p.relative_to(run_dir)) for p in sorted(finished))} (already exported and "
-             "verified; --force replaces it)")
-        targets = [(kind, path) for kind, path in targets if path not in finished]
+class Export:
+    """One `tfl export` of a run: the float32 model, the photos it is checked on, the report it fills."""
 
-    class_names = run.class_names
-    keras_predictor = load_predictor(run.model_file)
-    model, image_size = float32_copy(keras_predictor.model), keras_predictor.image_size
-    labelled = None if data is None else load_labelled_folder(data, class_names)
-    check = verification_set(run, labelled, image_size, verify_images)
-    if check.labels is None and max_accuracy_drop is not None:
-        raise TflError(f"--max-accuracy-drop needs labelled photos to measure accuracy on, and run '{run_dir}' has "
-                       "none left where they were. Pass --data DIR, a folder of class subfolders.")
-    calibration = (calibration_photos(run, labelled, echo) if quantize == "int8" and
-                   any(kind == "tflite" for kind, _ in targets) else None)
-    echo(f"Exporting {run_dir} ({len(class_names)} classes, {image_size} px); verifying on {check.source}")
-    reference = predict_all(keras_predictor, check.images, 32)
-    rows = [verify(keras_predictor, run.model_file, check, None)]
-    record(report, rows[0], report_path)
-    for kind, path in targets:
+    def __init__(self, run: RunFolder, job: ArtifactJob, echo: Callable[[str], None]):
+        self.run, self.job, self.echo = run, job, echo
+        self.report_path = run.export_report_file
+        self.report = json.loads(self.report_path.read_text()) if self.report_path.is_file() else {}
+
+    def write(self, wanted: list[tuple[ArtifactFormat, str]], force: bool, verify_images: int,
+              max_accuracy_drop: float | None, data: str | Path | None) -> list[dict]:
+        targets = self.still_to_write(wanted, force)
+        keras_predictor = load_predictor(self.run.model_file)
+        model, image_size = float32_copy(keras_predictor.model), keras_predictor.image_size
+        labelled = None if data is None else load_labelled_folder(data, self.job.class_names)
+        check = verification_set(self.run, labelled, image_size, verify_images)
+        if check.labels is None and max_accuracy_drop is not None:
+            raise TflError(f"--max-accuracy-drop needs labelled photos to measure accuracy on, and run "
+                           f"'{self.run.path}' has none left where they were. Pass --data DIR, a folder of class "
+                           "subfolders.")
+        if any(row.name == "tflite" and quantize == "int8" for row, quantize, _ in targets):
+            self.job.calibration = calibration_photos(self.run, labelled, self.echo)
+        self.echo(f"Exporting {self.run.path} ({len(self.job.class_names)} classes, {image_size} px); verifying on "
+                  f"{check.source}")
+        reference = predict_all(keras_predictor, check.images, 32)
+        rows = [verify(keras_predictor, self.run.model_file, check, None)]
+        self.record(rows[0])
+        for row_format, quantize, path in targets:
+            rows.append(self.write_one(row_format, quantize, path, model, check, reference, force, max_accuracy_drop))
+            self.record(rows[-1])
+        self.echo(format_report(rows))
+        return rows
+
+    def still_to_write(self, wanted, force: bool) -> list[tuple[ArtifactFormat, str, Path]]:
+        """(format, quantization, path) of each artifact asked for, without those already exported and verified
+        (unless `force`)."""
+        targets = [(row, quantize, self.run.path / row.path(quantize)) for row, quantize in wanted]
+        finished = {path for _, _, path in targets if path.exists() and self.relative(path) in self.report}
+        if not force and finished:
+            if len(finished) == len(targets):
+                raise TflError(f"'{sorted(finished)[0]}' already exists. Pass --force to replace it.")
+            self.echo(f"Keeping {', '.join(self.relative(p) for p in sorted(finished))} (already exported and "
+                      "verified; --force replaces it)")
+        return [target for target in targets if force or target[2] not in finished]
+
+    def write_one(self, row_format: ArtifactFormat, quantize: str, path: Path, model, check: Verification,
+                  reference: np.ndarray, force: bool, max_accuracy_drop: float | None) -> dict:
         if path.exists() and not force:  # written by an export that was killed before it recorded it
-            row = verify(artifact_predictor(kind, path), path, check, reference)
+            row = verify(row_format.open(path), path, check, reference)
         else:
             with atomic_path(path, force=force) as tmp:
-                write_artifact(kind, model, class_names, tmp, top_k, quantize, image_size, calibration,
-                               calibration_samples)
-                row = verify(artifact_predictor(kind, tmp), tmp, check, reference)
-                row["file"] = str(path.relative_to(run_dir))
-                check_drop(row, max_accuracy_drop, echo)
-        row["file"] = str(path.relative_to(run_dir))
-        row["quantize"] = quantize if kind == "tflite" else "none"
-        rows.append(row)
-        record(report, row, report_path)
-    echo(format_report(rows))
-    return rows
+                row_format.write(model, tmp, dataclasses.replace(self.job, quantize=quantize))
+                row = verify(row_format.open(tmp), tmp, check, reference)
+                row["file"] = self.relative(path)
+                check_drop(row, max_accuracy_drop, self.echo)
+        return row | {"file": self.relative(path), "quantize": quantize}
 
+    def relative(self, path: Path) -> str:
+        return str(path.relative_to(self.run.path))
 
-def write_artifact(kind: str, model: keras.Model, class_names: list[str], target: Path, top_k: int, quantize: str,
-                   image_size: int, calibration: list[str] | None, calibration_samples: int) -> None:
-    if kind == "saved_model":
-        write_saved_model(model, class_names, target, top_k)
-        return
-    if kind == "onnx":
-        write_onnx(model, class_names, target)
-        return
-    representative = (representative_images(calibration, image_size, calibration_samples)
-                      if quantize == "int8" else None)
-    write_tflite(model, class_names, target, quantize, representative)
-
-
-def artifact_predictor(kind: str, path: Path):
-    return {"saved_model": SavedModelPredictor, "tflite": TFLitePredictor, "onnx": OnnxPredictor}[kind](path)
-
-
-def record(report: dict, row: dict, report_path: Path) -> None:
-    report[row["file"]] = row
-    atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+    def record(self, row: dict) -> None:
+        self.report[row["file"]] = row
+        atomic_write_text(self.report_path, json.dumps(self.report, indent=2) + "\n")
 
 
 def check_drop(row: dict, max_accuracy_drop: float | None, echo: Callable[[str], None]) -> None:

@@ -16,7 +16,7 @@ import tensorflow as tf
 from tfl.data import DECODER_VERSION, ImageData, Split, make_pipeline
 from tfl.distribute import Cluster
 from tfl.model import get_head
-from tfl.runs import atomic_path
+from tfl.fileio import atomic_path
 
 if TYPE_CHECKING:
     from tfl.config import Stage, TrainConfig

@@ -10,34 +10,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tfl.archs import ArchSpec
+from tfl.archs import BACKBONE_OUTPUT, ArchSpec
 from tfl.errors import TflError
 
-CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 BACKBONE_NAME = "backbone"
 HEAD_NAME = "head"  # pooled features -> dropout -> softmax: the part a head-only stage trains
-
-
-def tf_preprocessing() -> keras.layers.Layer:
-    """InceptionV3 / MobileNetV2: pixels 0..255 to [-1, 1]."""
-    return keras.layers.Rescaling(scale=1 / 127.5, offset=-1.0, name="preprocess_tf")
-
-
-def caffe_preprocessing() -> keras.layers.Layer:
-    """ResNet50: RGB to BGR and ImageNet mean subtraction, as one frozen 1x1 convolution.
-
-    A built-in layer rather than a custom one, so model.keras loads anywhere without tfl.
-    """
-    rgb_to_bgr = np.zeros((1, 1, 3, 3), dtype="float32")
-    for rgb_channel in range(3):
-        rgb_to_bgr[0, 0, rgb_channel, 2 - rgb_channel] = 1.0
-    layer = keras.layers.Conv2D(3, 1, name="preprocess_caffe", trainable=False,
-                                kernel_initializer=keras.initializers.Constant(rgb_to_bgr),
-                                bias_initializer=keras.initializers.Constant(-np.asarray(CAFFE_BGR_MEAN)))
-    return layer
-
-
-PREPROCESSING = {"tf": tf_preprocessing, "caffe": caffe_preprocessing}
 
 
 def keras_weights_cache() -> str:
@@ -64,7 +41,7 @@ def resolve_weights(weights: str) -> str | None:
 
 def build_backbone(spec: ArchSpec, image_size: int, weights: str, alpha: float = 1.0) -> keras.Model:
     """The `keras.applications` backbone without its top; clear errors for offline downloads and bad files."""
-    kwargs = {"alpha": alpha} if "alpha" in spec.constructor_kwargs else {}
+    kwargs = dict(spec.fixed_kwargs) | ({"alpha": alpha} if "alpha" in spec.constructor_kwargs else {})
     constructor = getattr(keras.applications, spec.keras_constructor)
     resolved = resolve_weights(weights)
     try:
@@ -72,7 +49,8 @@ def build_backbone(spec: ArchSpec, image_size: int, weights: str, alpha: float =
         with warnings.catch_warnings(record=True) as skipped:
             warnings.simplefilter("always")
             backbone = constructor(include_top=False, weights=resolved, input_shape=(image_size, image_size, 3),
-                                   name=BACKBONE_NAME, **kwargs)
+                                   **kwargs)
+        backbone.name = BACKBONE_NAME  # set after: EfficientNetV2's constructor reads its `name` as a model key
         unfilled = [str(w.message) for w in skipped if "Skipping" in str(w.message)]
         if unfilled:
             raise ValueError(f"{len(unfilled)} part(s) of the model found no weights in the file ({unfilled[0]})")
@@ -93,7 +71,7 @@ def build_backbone(spec: ArchSpec, image_size: int, weights: str, alpha: float =
         if resolved not in (None, "imagenet"):
             raise TflError(
                 f"Could not load the weights file '{weights}' into {spec.name}"
-                f"{f' (alpha {alpha})' if kwargs else ''}; Keras said: {message.splitlines()[0].rstrip(': ')}. "
+                f"{f' (alpha {alpha})' if 'alpha' in kwargs else ''}; Keras said: {message.splitlines()[0].rstrip(': ')}. "
                 "Check that it holds no-top weights for the same architecture (and alpha)."
             ) from None
         raise
@@ -104,7 +82,8 @@ def build_model(spec: ArchSpec, num_classes: int, image_size: int, weights: str 
     """Raw RGB pixels 0..255 in, class probabilities (float32) out."""
     backbone = build_backbone(spec, image_size, weights, alpha)
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
-    x = PREPROCESSING[spec.preprocessing]()(pixels)
+    preprocessing = spec.preprocessing()
+    x = pixels if preprocessing is None else preprocessing(pixels)
     x = backbone(x, training=False)  # BatchNormalization stays in inference mode, even when unfrozen
     features = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     model = keras.Model(pixels, build_head(features.shape[-1], num_classes, dropout)(features), name=f"tfl_{spec.name}")
@@ -135,6 +114,8 @@ def first_trainable_index(backbone: keras.Model, spec: ArchSpec, unfreeze_blocks
         return len(backbone.layers)
     boundary = spec.block_ends[-unfreeze_blocks - 1]
     names = [layer.name for layer in backbone.layers]
+    if boundary == BACKBONE_OUTPUT:
+        return len(backbone.layers)
     if boundary not in names:
         raise ValueError(f"{spec.name}: block end '{boundary}' is not a layer of the backbone")
     return names.index(boundary) + 1
@@ -149,7 +130,7 @@ def set_trainable_blocks(model: keras.Model, spec: ArchSpec, unfreeze_blocks: in
     first = first_trainable_index(backbone, spec, unfreeze_blocks)
     backbone.trainable = first < len(backbone.layers)
     for index, layer in enumerate(backbone.layers):
-        layer.trainable = index >= first and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = index >= first and type(layer).__name__ not in spec.frozen_layers
 
 
 def count_params(weights) -> int:

@@ -13,7 +13,8 @@ import numpy as np
 from tfl.backend import native_stderr_held
 from tfl.data import is_hidden, load_image_for_predict, pixels_of_image
 from tfl.errors import TflError
-from tfl.runs import LABELS_FILE, MODEL_FILE, read_labels
+from tfl.formats import LOADABLE, ArtifactFormat
+from tfl.runs import LABELS_FILE, MODEL_FILE, parse_labels, read_labels
 
 
 class Predictor:
@@ -117,7 +118,7 @@ class OnnxPredictor(Predictor):
         self.input = self.session.get_inputs()[0]
         self.image_size = int(self.input.shape[1])
         labels = self.session.get_modelmeta().custom_metadata_map.get("labels")
-        self.class_names = ([line for line in labels.splitlines() if line.strip()] if labels
+        self.class_names = (parse_labels(labels) if labels
                             else read_labels(path.parent / LABELS_FILE))
 
     def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
@@ -128,7 +129,7 @@ def tflite_labels(path: Path) -> list[str]:
     """Labels packed inside the .tflite (an associated labels.txt, read as a zip), else labels.txt beside it."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return [line for line in archive.read(LABELS_FILE).decode().splitlines() if line.strip()]
+            return parse_labels(archive.read(LABELS_FILE).decode())
     except (zipfile.BadZipFile, KeyError):
         beside = path.parent / LABELS_FILE
         if beside.is_file():
@@ -136,34 +137,33 @@ def tflite_labels(path: Path) -> list[str]:
         raise TflError(f"'{path}' carries no labels and has no labels.txt beside it.") from None
 
 
-ARTIFACT_KINDS = "a .keras, .tflite or .onnx file, a run directory or a SavedModel directory"
+ARTIFACT_KINDS = (f"a {', '.join(row.suffix for row in LOADABLE if row.suffix)} file, a run directory or a "
+                  "SavedModel directory")
 
 
 def load_predictor(artifact: str | Path) -> Predictor:
-    """Pick the predictor for a .keras, .tflite or .onnx file, a run directory or a SavedModel directory."""
+    """The predictor of an artifact, found by the formats table: a file by its suffix, a folder by its marker file,
+    and a run directory by its model.keras."""
     if not isinstance(artifact, (str, Path)):
         raise TflError(f"tfl.load takes the path of {ARTIFACT_KINDS}; got {type(artifact).__name__}.")
     path = Path(artifact).expanduser()
     if not path.exists():
         raise TflError(f"'{path}' does not exist. Pass {ARTIFACT_KINDS}.")
-    if path.suffix == ".tflite":
-        return open_artifact(TFLitePredictor, path, "TFLite model")
-    if path.suffix == ".onnx":
-        return open_artifact(OnnxPredictor, path, "ONNX model")
-    if path.suffix == ".keras":
-        return open_artifact(KerasPredictor, path, "Keras model")
-    if (path / "saved_model.pb").is_file():
-        return open_artifact(SavedModelPredictor, path, "SavedModel")
-    if (path / MODEL_FILE).is_file():
-        return open_artifact(KerasPredictor, path / MODEL_FILE, "Keras model")
+    if path.is_dir() and (path / MODEL_FILE).is_file():
+        path = path / MODEL_FILE
+    for row in LOADABLE:
+        if (row.suffix and path.suffix == row.suffix) or (row.marker and (path / row.marker).is_file()):
+            return open_artifact(row, path)
     raise TflError(f"'{path}' is not a model tfl can run: expected {ARTIFACT_KINDS} (with {MODEL_FILE} or "
                    "saved_model.pb).")
 
 
-def open_artifact(predictor_class, path: Path, kind: str):
+def open_artifact(row: ArtifactFormat, path: Path) -> Predictor:
     """A damaged or foreign file is the user's to replace: say so instead of showing the loader's traceback."""
+    kind = {"keras": "Keras model", "tflite": "TFLite model", "onnx": "ONNX model", "saved_model": "SavedModel"
+            }.get(row.name, row.name)
     try:
-        return predictor_class(path)
+        return row.open(path)
     except TflError:
         raise
     except Exception as exc:

@@ -1,4 +1,4 @@
-"""The run folder: `Run` names every file in it and reads them; naming, locking, atomic writes, finding runs."""
+"""The run folder: `RunFolder` names every file in it and reads them; run names, locks, finding runs."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import csv
 import json
 import os
 import shutil
-import tempfile
 import time
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 from filelock import FileLock, Timeout
 
 from tfl.errors import TflError
+from tfl.fileio import atomic_write_text
+from tfl.formats import FORMATS
 
 DEFAULT_ROOT = "saved_models"
 PARTIAL_SUFFIX = ".partial"
@@ -29,20 +29,17 @@ CHECKPOINT_DIR = "checkpoint"  # in <name>.partial/ while training: what --resum
 CHECKPOINT_STATE = "state.json"
 RUN_MARKER = MODEL_FILE
 EXPORT_LOCK = ".export.lock"
-EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "all")
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-SAVED_MODEL_VERSION = "1"
 
 
 @dataclass(frozen=True)
-class Run:
-    """A run folder (finished, or <name>.partial while it trains): the one place its file names are spelled, their
-    readers, and what can be done with a finished run (evaluate, export, predict)."""
+class RunFolder:
+    """A run folder (finished, or <name>.partial while it trains): the one place its file names are spelled, and
+    their readers. `tfl.Run` (tfl/api.py) adds what can be done with a finished run."""
 
     path: Path
 
     @classmethod
-    def open(cls, run: str | Path | None = None, root: str | Path = DEFAULT_ROOT) -> "Run":
+    def open(cls, run: str | Path | None = None, root: str | Path = DEFAULT_ROOT):
         """A finished run: the folder `run`, or the newest run under `root`."""
         return cls(resolve_run(run, root))
 
@@ -60,11 +57,15 @@ class Run:
     converted_dir = property(lambda self: self.path / "converted")  # photos TensorFlow cannot decode, as PNG
     cache_dir = property(lambda self: self.path / "cache")  # decoded images while training; removed at the end
     logs_dir = property(lambda self: self.path / "logs")  # TensorBoard
-    saved_model_dir = property(lambda self: self.path / "export" / "saved_model" / SAVED_MODEL_VERSION)
-    onnx_file = property(lambda self: self.path / "model.onnx")
+    saved_model_dir = property(lambda self: self.artifact("saved_model"))
+    onnx_file = property(lambda self: self.artifact("onnx"))
 
     def tflite_file(self, quantize: str = "none") -> Path:
-        return self.path / f"model_{'float32' if quantize == 'none' else quantize}.tflite"
+        return self.artifact("tflite", quantize)
+
+    def artifact(self, format: str, quantize: str = "none") -> Path:
+        """Where an exported artifact lives in the run (tfl/formats.py)."""
+        return self.path / FORMATS[format].path(quantize)
 
     @property
     def name(self) -> str:
@@ -96,119 +97,6 @@ class Run:
     @property
     def splits(self) -> dict[str, dict]:
         return read_splits(self.path)
-
-    def evaluate(self, data: str | Path | None = None) -> dict[str, Any]:
-        """Metrics on `data` (a folder of class subfolders), or on the run's validation files."""
-        from tfl.evaluate import evaluate_run
-
-        return evaluate_run(self.path, None if data is None else str(data))[0]
-
-    def export(self, format: str = "tflite", quantize: str = "none", **options) -> Path:
-        """Write and verify an artifact (see tfl.export.export_run for the options); its path, the last when
-        format is 'all'."""
-        from tfl.export import export_run
-
-        rows = export_run(self.path, format, quantize, **options)
-        return self.path / rows[-1]["file"]
-
-    def predictor(self):
-        from tfl.predict import load_predictor
-
-        return load_predictor(self.model_file)
-
-    def predict(self, inputs, top_k: int = 3) -> list[dict]:
-        return self.predictor().predict(inputs, top_k)
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux allows (os.umask would race with other threads)."""
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        status = Path("/proc/self/status").read_text().splitlines()
-        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def new_file_mode() -> int:
-    return 0o666 & ~current_umask()  # what open() gives a new file: 0644 under the usual umask 022
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, new_file_mode())  # mkstemp makes owner-only files; a model server may run as another user
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _hold(folder: Path) -> int | None:
-    """An exclusive OS lock on `folder` for as long as the descriptor stays open (released by the kernel when the
-    process dies), so that others can tell a temporary folder in use from one left by a killed writer; None where
-    the platform or file system has no such lock, or the folder is already held."""
-    try:
-        import fcntl
-
-        fd = os.open(folder, os.O_RDONLY)
-    except (ImportError, OSError):
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd
-    except OSError:
-        os.close(fd)
-        return None
-
-
-def _sweep_stale(pattern_parent: Path, pattern: str, own: Path) -> None:
-    """Remove temporary folders matching `pattern` whose writer is gone (no process holds their lock)."""
-    for stale in pattern_parent.glob(pattern):
-        if stale == own:
-            continue
-        fd = _hold(stale)
-        if fd is None:  # still being written by another process (or cannot be told): leave it
-            continue
-        try:
-            shutil.rmtree(stale, ignore_errors=True)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path, force: bool = False):
-    """Yield a temporary sibling path to write a file or folder into; rename it to `path` only on success.
-
-    The temporary folder is locked while it is written, and leftovers of killed writers of the same `path` are
-    swept, never a folder another live process is still writing."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise TflError(f"'{path}' already exists. Pass --force to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    held = _hold(tmp)
-    _sweep_stale(path.parent, f".{path.name}.*.tmp", tmp)
-    target = tmp / path.name  # keep the real name: some writers care about the extension
-    try:
-        yield target
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(target, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if held is not None:
-            os.close(held)
 
 
 def default_run_name(arch: str) -> str:
@@ -342,12 +230,21 @@ def resolve_run(run: str | Path | None, root: str | Path = DEFAULT_ROOT) -> Path
     return path
 
 
+def labels_text(class_names: list[str]) -> str:
+    """labels.txt's content, as every artifact carries it: one class name per line, in the model's output order."""
+    return "\n".join(class_names) + "\n"
+
+
+def parse_labels(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
 def read_labels(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise TflError(f"'{path}' is missing: the model's class names cannot be known without it. Copy the "
                        f"{LABELS_FILE} of the run that trained the model there.")
-    return [line for line in path.read_text().splitlines() if line.strip()]
+    return parse_labels(path.read_text())
 
 
 def read_run_config(run_dir: Path) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from tfl.runs import atomic_write_text
+from tfl.fileio import atomic_write_text
 
 TF_DECODABLE_FORMATS = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}  # what tf.io.decode_image reads, by content
 SCAN_CACHE_FOLDER = ".scan_cache"  # under the runs root, one file per data folder

@@ -29,9 +29,9 @@ from tfl.features import FEATURE_CACHE_FOLDER, feature_stage_data, uses_feature_
 from tfl.model import build_model, get_head, set_trainable_blocks, trainable_params
 from tfl.plan import DataStats, auto_plan
 from tfl.precision import dtype_policy, resolve_precision
-from tfl.runs import (DEFAULT_ROOT, Run, atomic_path, atomic_write_text, default_run_name, finish_run_dir, has_checkpoint,
-                      portable_path,
-                      prepare_run_dir, read_run_config, resumable_run, run_lock, write_splits)
+from tfl.fileio import atomic_path, atomic_write_text
+from tfl.runs import (DEFAULT_ROOT, RunFolder, default_run_name, finish_run_dir, has_checkpoint, labels_text,
+                      portable_path, prepare_run_dir, read_run_config, resumable_run, run_lock, write_splits)
 from tfl.scan import SCAN_CACHE_FOLDER
 
 IMBALANCE_RATIO = 1.5  # class_weight auto: balance when the largest class is this much bigger than the smallest
@@ -195,7 +195,7 @@ def failures_explained(config: TrainConfig, image_size: int | None, work_dir: Pa
 
 def finetune(config: TrainConfig, data: str | None = None, output: str | Path = DEFAULT_ROOT, name: str | None = None,
              overwrite: bool = False, echo: Callable[[str], None] = print, verbose: int | str = "auto",
-             augmenter: Callable | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Run | None:
+             augmenter: Callable | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> RunFolder | None:
     """Train `config` on `data` (a folder or 'tfds:NAME'; default: config.data) and write a complete run directory.
 
     `augmenter` replaces the config's augmentation preset (a function of a float32 pixel batch); `callbacks` are
@@ -218,7 +218,7 @@ def finetune(config: TrainConfig, data: str | None = None, output: str | Path = 
 
 def finetune_on(cluster: Cluster, config: TrainConfig, data: str | None, output: str | Path, name: str | None,
                 overwrite: bool, echo: Callable[[str], None], verbose: int | str, augmenter: Callable | None,
-                callbacks: Sequence[keras.callbacks.Callback], start: float) -> Run | None:
+                callbacks: Sequence[keras.callbacks.Callback], start: float) -> RunFolder | None:
     spec = get_arch(config.arch)
     name = name or default_run_name(config.arch)
     if not (data or config.data):
@@ -229,7 +229,7 @@ def finetune_on(cluster: Cluster, config: TrainConfig, data: str | None, output:
         config = dataclasses.replace(config, weights=str(Path(config.weights).expanduser().resolve()))
     with run_lock(output, name):
         final_dir, work_dir = prepare_run_dir(output, name, overwrite)
-        run = Run(work_dir)
+        run = RunFolder(work_dir)
         with discarded_on_failure(work_dir):
             # The data: scanned, split, and the split saved, so that evaluation and resume see the same files.
             keras.utils.set_random_seed(config.seed)
@@ -266,26 +266,26 @@ def finetune_on(cluster: Cluster, config: TrainConfig, data: str | None, output:
                                  cluster)
 
 
-def write_data_files(run: Run, image_data: ImageData) -> None:
+def write_data_files(run: RunFolder, image_data: ImageData) -> None:
     converted = [{"path": item["path"], "to": portable_path(run.path, item["to"])}
                  for item in image_data.report["converted"]]
     report = image_data.report | {"converted": converted}
     atomic_write_text(run.data_report_file, json.dumps(report, indent=2) + "\n")
-    atomic_write_text(run.labels_file, "\n".join(image_data.class_names) + "\n")
+    atomic_write_text(run.labels_file, labels_text(image_data.class_names))
     splits = {k: split_record(s) for k, s in (("train", image_data.train), ("val", image_data.val),
                                               ("test", image_data.test))}
     write_splits(run.path, {k: v for k, v in splits.items() if v})
 
 
 def resume(output: str | Path = DEFAULT_ROOT, name: str | None = None, echo: Callable[[str], None] = print,
-           verbose: int | str = "auto") -> Run:
+           verbose: int | str = "auto") -> RunFolder:
     """Continue the interrupted run `name` (default: the newest one under `output`) from its last finished epoch,
     with the settings it was started with."""
     start = time.time()
     final_dir, work_dir = resumable_run(output, name)
     with run_lock(output, final_dir.name):
         saved = read_run_config(work_dir)
-        config = from_run_record(saved, str(Run(work_dir).config_file))
+        config = from_run_record(saved, str(RunFolder(work_dir).config_file))
         if config.distribute == "multiworker":
             raise TflError(f"Run '{final_dir.name}' trained on several machines, and only its chief kept a checkpoint: "
                            "such a run cannot be resumed yet. Start it again.")
@@ -295,9 +295,9 @@ def resume(output: str | Path = DEFAULT_ROOT, name: str | None = None, echo: Cal
                            f"--backend {saved['backend']}.")
         keras.utils.set_random_seed(config.seed)
         image_data = saved_image_data(work_dir, saved["data"], config)
-        state = Checkpoint(Run(work_dir).checkpoint_dir).load_state()
+        state = Checkpoint(RunFolder(work_dir).checkpoint_dir).load_state()
         echo(f"Resuming run '{final_dir.name}' after epoch {state.epochs_done} (stage {state.stage + 1}, "
-             f"{state.stage_epochs} of its epochs done) with its own settings from {Run(work_dir).config_file}")
+             f"{state.stage_epochs} of its epochs done) with its own settings from {RunFolder(work_dir).config_file}")
         echo(data_summary(image_data))
         with failures_explained(config, config.image_size, work_dir, final_dir.name):
             return train_run(config, image_data, work_dir, final_dir, output, echo, verbose, start, cluster=cluster)
@@ -307,7 +307,7 @@ def saved_image_data(work_dir: Path, data: str, config: TrainConfig) -> ImageDat
     """The very splits the run was started with (its splits.json), or tfds' own splits again."""
     if data.startswith("tfds:"):
         return load_data(data, config.val_split, config.seed)
-    run = Run(work_dir)
+    run = RunFolder(work_dir)
     splits, report = run.splits, run.data_report
     missing = [p for s in splits.values() for p in s["paths"] if not os.path.exists(p)]
     if missing:
@@ -320,7 +320,7 @@ def saved_image_data(work_dir: Path, data: str, config: TrainConfig) -> ImageDat
 def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_dir: Path, output: str | Path,
               echo: Callable[[str], None], verbose: int | str, start: float, reasons: list[str] | None = None,
               augmenter: Callable | None = None, callbacks: Sequence[keras.callbacks.Callback] = (),
-              cluster: Cluster | None = None) -> Run | None:
+              cluster: Cluster | None = None) -> RunFolder | None:
     """Train the plan's stages from the checkpoint in `work_dir` (or from the start), then write the run (on the
     chief; the other workers of a cluster return None)."""
     cluster = cluster or Cluster()
@@ -330,7 +330,7 @@ def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_
     class_weight = auto_class_weights(list(image_data.report["counts"]["train"].values()), config.class_weight)
     echo(format_plan(plan_rows(model, spec, config.stages), class_weight, image_data.class_names, reasons))
 
-    run = Run(work_dir)
+    run = RunFolder(work_dir)
     cache_dir = run.cache_dir
     custom_augmenter = augmenter is not None
     augmenter = augmenter or build_augmenter(config.augment, config.seed)
@@ -406,9 +406,9 @@ def plain_copy(model: keras.Model, cluster: Cluster, config: TrainConfig, spec: 
 
 
 def write_run(model: keras.Model, config: TrainConfig, image_data: ImageData, state: TrainingState, work_dir: Path,
-              final_dir: Path, echo: Callable[[str], None], start: float) -> Run:
+              final_dir: Path, echo: Callable[[str], None], start: float) -> RunFolder:
     """The finished run's files: model, metrics (validation and test), history, plots; then it takes its name."""
-    num_classes, run = len(image_data.class_names), Run(work_dir)
+    num_classes, run = len(image_data.class_names), RunFolder(work_dir)
     with atomic_path(run.model_file, force=True) as tmp:
         model.save(tmp)
     val_ds = make_pipeline(image_data.val, num_classes, config.image_size, config.batch_size, training=False)
@@ -431,7 +431,7 @@ def write_run(model: keras.Model, config: TrainConfig, image_data: ImageData, st
     echo(f"\nBest validation accuracy {metrics['accuracy']:.4f} (stage {metrics['best_epoch']['stage']}, epoch "
          f"{best['epoch']}; chosen on this validation set, so optimistic){test} · wall time "
          f"{format_duration(wall)} · run {run_dir}")
-    return Run(run_dir)
+    return RunFolder(run_dir)
 
 
 def format_duration(seconds: float) -> str:

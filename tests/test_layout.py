@@ -1,0 +1,69 @@
+"""The code's shape, checked: no import cycle among tfl's modules (imports inside functions count), and every
+module says in its first line what it owns."""
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "tfl"
+
+
+def module_name(path: Path) -> str:
+    return "tfl" if path.stem == "__init__" else f"tfl.{path.stem}"
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The tfl modules `path` imports anywhere in its text: at the top, inside functions, under TYPE_CHECKING."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tfl":
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names} & modules
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names} & modules
+    return found & modules - {module_name(path), "tfl"}
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = sorted(PACKAGE.glob("*.py"))
+    modules = {module_name(p) for p in paths}
+    return {module_name(p): imports_of(p, modules) for p in paths}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as a list of modules (the first repeated at the end), or None."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return trail[trail.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt, trail + [nxt])):
+                return cycle
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start, [start])):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycle_in_tfl():
+    graph = import_graph()
+    assert len(graph) > 15 and graph["tfl.train"], "the graph was read"
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_every_module_says_what_it_owns():
+    for path in sorted(PACKAGE.glob("*.py")):
+        docstring = ast.get_docstring(ast.parse(path.read_text()))
+        assert docstring and docstring.strip(), f"{path.name} has no docstring"

@@ -1,0 +1,103 @@
+"""Writing files so that readers never see half of one: atomic writes, temporary paths renamed on success, and
+ordinary file modes. The bottom of the house: it imports nothing of tfl but its errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from tfl.errors import TflError
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask would race with other threads)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    return 0o666 & ~current_umask()  # what open() gives a new file: 0644 under the usual umask 022
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, new_file_mode())  # mkstemp makes owner-only files; a model server may run as another user
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _hold(folder: Path) -> int | None:
+    """An exclusive OS lock on `folder` for as long as the descriptor stays open (released by the kernel when the
+    process dies), so that others can tell a temporary folder in use from one left by a killed writer; None where
+    the platform or file system has no such lock, or the folder is already held."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError:
+        os.close(fd)
+        return None
+
+
+def _sweep_stale(pattern_parent: Path, pattern: str, own: Path) -> None:
+    """Remove temporary folders matching `pattern` whose writer is gone (no process holds their lock)."""
+    for stale in pattern_parent.glob(pattern):
+        if stale == own:
+            continue
+        fd = _hold(stale)
+        if fd is None:  # still being written by another process (or cannot be told): leave it
+            continue
+        try:
+            shutil.rmtree(stale, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, force: bool = False):
+    """Yield a temporary sibling path to write a file or folder into; rename it to `path` only on success.
+
+    The temporary folder is locked while it is written, and leftovers of killed writers of the same `path` are
+    swept, never a folder another live process is still writing."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise TflError(f"'{path}' already exists. Pass --force to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    held = _hold(tmp)
+    _sweep_stale(path.parent, f".{path.name}.*.tmp", tmp)
+    target = tmp / path.name  # keep the real name: some writers care about the extension
+    try:
+        yield target
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if held is not None:
+            os.close(held)

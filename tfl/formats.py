@@ -1,0 +1,80 @@
+"""The artifact formats, one row each: `tfl export`, its CLI choices and help, and `tfl.load` are built from this.
+
+Adding a format is one row here, its writer (tfl/export.py) and its predictor (tfl/predict.py). Writers and
+predictors are named as "module:attribute" and imported when used, so that reading the table (the CLI does, to
+build its options) imports neither TensorFlow nor Keras."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+from tfl.errors import TflError
+
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+ALL = "all"  # --format all: every exportable format
+
+
+@dataclass(frozen=True)
+class ArtifactFormat:
+    """One kind of artifact: where it goes in the run, what it accepts, what writes and what runs it."""
+
+    name: str  # --format value
+    help: str  # one line for the CLI
+    file: Callable[[str], str]  # its path inside the run folder, per quantization
+    writer: str | None  # "module:function(model, target, job)"; None: not exported (the run's own model)
+    predictor: str  # "module:Class(path)"
+    quantizations: tuple[str, ...] = ("none",)
+    suffix: str | None = None  # tfl.load: a file with this suffix is of this format
+    marker: str | None = None  # tfl.load: a folder holding this file is of this format
+
+    def path(self, quantize: str = "none") -> str:
+        return self.file(quantize)
+
+    def write(self, *args) -> None:
+        return resolve(self.writer)(*args)
+
+    def open(self, path):
+        return resolve(self.predictor)(path)
+
+
+def resolve(reference: str):
+    module, attribute = reference.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+FORMATS: dict[str, ArtifactFormat] = {row.name: row for row in [
+    ArtifactFormat("saved_model", "TF Serving layout: float32 and uint8 pixel signatures, and encoded image bytes in",
+                   lambda q: "export/saved_model/1", "tfl.export:write_saved_model", "tfl.predict:SavedModelPredictor",
+                   marker="saved_model.pb"),
+    ArtifactFormat("tflite", "for phones and edge devices (LiteRT), in every quantization",
+                   lambda q: f"model_{'float32' if q == 'none' else q}.tflite", "tfl.export:write_tflite",
+                   "tfl.predict:TFLitePredictor", quantizations=QUANTIZATIONS, suffix=".tflite"),
+    ArtifactFormat("onnx", "for ONNX Runtime apps (C#, Java, C++, JavaScript, Python) and browsers",
+                   lambda q: "model.onnx", "tfl.export:write_onnx", "tfl.predict:OnnxPredictor", suffix=".onnx"),
+]}
+KERAS = ArtifactFormat("keras", "the run's own Keras model", lambda q: "model.keras", None,
+                       "tfl.predict:KerasPredictor", suffix=".keras")
+LOADABLE = (*FORMATS.values(), KERAS)  # what tfl.load / tfl predict opens
+
+
+def export_help() -> str:
+    return "; ".join(f"{row.name}: {row.help}" for row in FORMATS.values()) + f"; {ALL}: each one."
+
+
+def formats_for(name: str, quantize: str) -> list[tuple[ArtifactFormat, str]]:
+    """(format, quantization) pairs `tfl export --format name --quantize quantize` writes; an unknown name or a
+    quantization the named format does not take is an error (with 'all', formats without it are written plain)."""
+    if quantize not in QUANTIZATIONS:
+        raise TflError(f"Unknown quantization '{quantize}'. Choose one of: {', '.join(QUANTIZATIONS)}.")
+    if name == ALL:
+        return [(row, quantize if quantize in row.quantizations else "none") for row in FORMATS.values()]
+    if name not in FORMATS:
+        raise TflError(f"Unknown export format '{name}'. Choose one of: {', '.join([*FORMATS, ALL])}.")
+    row = FORMATS[name]
+    if quantize not in row.quantizations:
+        takers = [r.name for r in FORMATS.values() if quantize in r.quantizations]
+        raise TflError(f"--format {name} takes no --quantize {quantize} (it takes: {', '.join(row.quantizations)}); "
+                       f"{quantize} is for {', '.join(takers)}.")
+    return [(row, quantize)]
