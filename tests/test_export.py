@@ -351,7 +351,7 @@ def test_web_page_classifies_a_photo_like_tfl_predict(real_run, tmp_path):
 
 
 def test_the_report_names_the_fastest_artifact_measured():
-    from tfl.export import format_report
+    from tfl.report import format_export_report as format_report
 
     rows = [{"file": name, "size_bytes": 1000, "accuracy": 0.9, "latency_ms_batch1": ms}
             for name, ms in (("model.keras", 7.0), ("model_float32.tflite", 0.6), ("model_int8.tflite", 0.8))]

@@ -36,10 +36,10 @@ def finetune(data: str | Path | None = None, *, config: str | Path | TrainConfig
                     callbacks=(callbacks, (list, tuple), "a list of Keras callbacks"))
     train_config = make_config(config, settings, epochs, learning_rates, unfreeze_blocks, stages)
     use_backend(train_config.backend, start_devices=train_config.distribute != "multiworker")
-    from tfl.train import finetune as train
+    from tfl.train import Caller, finetune as train
 
     folder = train(train_config, None if data is None else str(data), output=output, name=name, overwrite=overwrite,
-                   echo=echo, verbose=verbose, augmenter=augmenter, callbacks=callbacks)
+                   caller=Caller(echo, verbose, augmenter, callbacks))
     return None if folder is None else Run(folder.path)
 
 
@@ -108,9 +108,9 @@ def resume(name: str | None = None, *, output: str | Path = DEFAULT_ROOT, echo: 
                     output=(output, (str, Path), "a folder's path"))
     final, partial = resumable_run(output, name)
     use_backend(read_run_config(partial).get("backend", "tensorflow"))
-    from tfl.train import resume as resume_training
+    from tfl.train import Caller, resume as resume_training
 
-    return Run(resume_training(output, final.name, echo=echo, verbose=verbose).path)
+    return Run(resume_training(output, final.name, Caller(echo, verbose)).path)
 
 
 def open_run(run: str | Path | None = None, root: str | Path = DEFAULT_ROOT) -> Run:

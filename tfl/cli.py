@@ -15,6 +15,7 @@ from tfl.archs import ARCHS
 from tfl.backend import VERBOSE_ENV, use_backend
 from tfl.config import SETTINGS, parse_per_stage
 from tfl.errors import TflError, TflWarning
+from tfl.report import format_metrics, format_predictions
 from tfl.formats import ALL, FORMATS, QUANTIZATIONS, export_help
 from tfl.runs import DEFAULT_ROOT
 
@@ -137,11 +138,7 @@ def evaluate(run, data, root):
     use_backend("tensorflow")
     found = tfl.open_run(run, root)
     metrics = found.evaluate(data)
-    click.echo(f"Run {found.path} on {metrics['num_images']} images: accuracy {metrics['accuracy']:.4f}, "
-               f"loss {metrics['loss']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
-    click.echo(f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}")
-    for name, row in metrics["per_class"].items():
-        click.echo(f"{name:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} {row['support']:>8}")
+    click.echo(format_metrics(metrics, found.path))
 
 
 @main.command()
@@ -181,10 +178,8 @@ def export(run, root, export_format, quantize, **options):
 def predict(artifact, inputs, top_k, output_format):
     """Classify image files or folders INPUTS with ARTIFACT (.keras, run dir, SavedModel dir, .tflite or .onnx)."""
     use_backend("tensorflow")
-    from tfl.predict import format_rows
-
     rows = tfl.load(artifact).predict(list(inputs), top_k)
-    click.echo(format_rows(rows, output_format))
+    click.echo(format_predictions(rows, output_format))
     failed = sum("error" in row for row in rows)
     if failed == len(rows):
         raise TflError(f"None of the {len(rows)} input file(s) could be read as an image (see the errors above). "

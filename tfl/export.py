@@ -22,6 +22,7 @@ from tfl.errors import TflError, disk_full_explained
 from tfl.evaluate import load_labelled_folder
 from tfl.precision import float32_copy
 from tfl.predict import load_predictor
+from tfl.report import format_export_report
 from tfl.fileio import atomic_path, atomic_write_text
 from tfl.formats import ArtifactFormat, formats_for
 from tfl.runs import DEFAULT_ROOT, LABELS_FILE, RunFolder, export_lock, labels_text
@@ -283,7 +284,7 @@ class Export:
         for row_format, quantize, path in targets:
             rows.append(self.write_one(row_format, quantize, path, model, check, reference, force, max_accuracy_drop))
             self.record(rows[-1])
-        self.echo(format_report(rows))
+        self.echo(format_export_report(rows))
         return rows
 
     def still_to_write(self, wanted, force: bool) -> list[tuple[ArtifactFormat, str, Path]]:
@@ -329,23 +330,3 @@ def check_drop(row: dict, max_accuracy_drop: float | None, echo: Callable[[str],
     if drop > LOUD_DROP:
         echo(f"\n!!! WARNING: {row['file']} is {drop:.1%} less accurate than the Keras model "
              f"(top-1 agreement {row['top1_agreement']:.1%}). Check it before shipping it. !!!\n")
-
-
-def format_report(rows: list[dict]) -> str:
-    lines = [f"{'artifact':<36} {'size':>10} {'val acc':>8} {'change':>8} {'agree':>7} {'ms/img':>7}"]
-    for row in rows:
-        accuracy = "n/a" if row.get("accuracy") is None else f"{row['accuracy']:.4f}"
-        change = ("ref" if "top1_agreement" not in row else "n/a" if row.get("accuracy_change") is None
-                  else f"{row['accuracy_change']:+.4f}")
-        agree = f"{row['top1_agreement']:.1%}" if "top1_agreement" in row else "ref"
-        lines.append(f"{row['file']:<36} {row['size_bytes'] / 1e6:>8.2f}MB {accuracy:>8} {change:>8} "
-                     f"{agree:>7} {row['latency_ms_batch1']:>7.2f}")
-    return "\n".join(lines + [fastest_line(rows)])
-
-
-def fastest_line(rows: list[dict]) -> str:
-    """Which artifact runs fastest here: int8 is not always it (on x86 CPUs without VNNI, XNNPACK's int8 kernels are
-    slower than its float32 ones for small models), so the report says what was measured, not what is expected."""
-    fastest = min(rows, key=lambda row: row["latency_ms_batch1"])
-    return (f"Fastest at batch 1 on this machine: {fastest['file']} ({fastest['latency_ms_batch1']:.2f} ms per image); "
-            "on another device, export there or measure there.")

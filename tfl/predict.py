@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import zipfile
 from pathlib import Path
 
@@ -253,27 +250,3 @@ def predict_items(predictor: Predictor, items: list[tuple[str, object]], top_k: 
     flush()
     order = {name: i for i, (name, _) in enumerate(items)}
     return sorted(rows, key=lambda row: order[row["path"]])
-
-
-def format_rows(rows: list[dict], output_format: str) -> str:
-    if output_format == "json":
-        return json.dumps([{"path": r["path"], **({"error": r["error"]} if "error" in r else
-                                                  {"top": [{"label": l, "score": round(s, 5)} for l, s in r["top"]]})}
-                           for r in rows], indent=2)
-    if output_format == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["path", "rank", "label", "score", "error"])
-        for row in rows:
-            if "error" in row:
-                writer.writerow([row["path"], "", "", "", row["error"]])
-            for rank, (label, score) in enumerate(row.get("top", []), start=1):
-                writer.writerow([row["path"], rank, label, f"{score:.5f}", ""])
-        return buffer.getvalue().rstrip("\n")
-    lines = []
-    for row in rows:
-        if "error" in row:
-            lines.append(f"{row['path']}: ERROR {row['error']}")
-        else:
-            lines.append(f"{row['path']}: " + ", ".join(f"{label} {score:.3f}" for label, score in row["top"]))
-    return "\n".join(lines)

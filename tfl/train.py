@@ -1,4 +1,4 @@
-"""Staged fine-tuning through model.fit: the plan, the callbacks, and everything a run directory holds."""
+"""Staged fine-tuning through model.fit: `Training` holds one run in training, and `Training.fit` is the recipe."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
 
 from tfl import __version__
-from tfl.archs import ArchSpec, auto_image_size, get_arch
+from tfl.archs import auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
 from tfl.checkpoint import Checkpoint, StageTracker, TrainingState
 from tfl.config import Stage, TrainConfig, from_run_record, run_record
@@ -30,6 +31,7 @@ from tfl.model import build_model, get_head, set_trainable_blocks, trainable_par
 from tfl.plan import DataStats, auto_plan
 from tfl.precision import dtype_policy, resolve_precision
 from tfl.fileio import atomic_path, atomic_write_text
+from tfl.report import closing_line, data_summary, describe_unfreeze, format_plan, stage_header
 from tfl.runs import (DEFAULT_ROOT, RunFolder, default_run_name, finish_run_dir, has_checkpoint, labels_text,
                       portable_path, prepare_run_dir, read_run_config, resumable_run, run_lock, write_splits)
 from tfl.scan import SCAN_CACHE_FOLDER
@@ -44,41 +46,6 @@ def auto_class_weights(counts: list[int], mode: str) -> dict[int, float] | None:
         return None
     total, k = sum(counts), len(counts)
     return {i: round(total / (k * c), 4) for i, c in enumerate(counts)}
-
-
-def describe_unfreeze(stage: Stage) -> str:
-    if stage.unfreeze_blocks == "all":
-        return "whole backbone"
-    if stage.unfreeze_blocks == 0:
-        return "head only"
-    return f"top {stage.unfreeze_blocks} blocks"
-
-
-def plan_rows(model: keras.Model, spec: ArchSpec, stages: list[Stage]) -> list[dict]:
-    rows = []
-    for stage in stages:
-        set_trainable_blocks(model, spec, stage.unfreeze_blocks)
-        rows.append({"stage": stage.name, "trains": describe_unfreeze(stage), "trainable_params": trainable_params(model),
-                     "epochs": stage.epochs, "learning_rate": stage.learning_rate})
-    set_trainable_blocks(model, spec, 0)
-    return rows
-
-
-def format_plan(rows: list[dict], class_weight: dict | None, class_names: list[str],
-                reasons: list[str] | None = None) -> str:
-    lines = [f"{'stage':<12} {'trains':<16} {'trainable params':>17} {'epochs':>7} {'lr':>9}"]
-    for row in rows:
-        skipped = "  (skipped)" if row["epochs"] == 0 else ""
-        lines.append(f"{row['stage']:<12} {row['trains']:<16} {row['trainable_params']:>17,} {row['epochs']:>7} "
-                     f"{row['learning_rate']:>9.1e}{skipped}")
-    if reasons:
-        lines += ["plan auto, chosen from the data:"] + [f"  {reason}" for reason in reasons]
-    if class_weight:
-        weights = ", ".join(f"{class_names[i]} {w:.2f}" for i, w in class_weight.items())
-        lines.append(f"class weights (auto, imbalanced classes): {weights}")
-    else:
-        lines.append("class weights: none (classes balanced enough)")
-    return "\n".join(lines)
 
 
 def learning_rate_schedule(stage: Stage, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -114,21 +81,6 @@ def write_history_csv(rows: list[dict], path: Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
-
-
-def data_summary(data: ImageData) -> str:
-    counts = data.report["counts"]
-    sizes = " / ".join(f"{sum(c.values()):,} {name}" for name, c in counts.items())
-    lines = [f"Data: {len(data.class_names)} classes, {sizes} images ({data.report['layout']})"]
-    skipped = data.report["skipped"]
-    if skipped:
-        lines.append(f"Skipped {len(skipped)} unusable file(s) (listed in data_report.json):")
-        lines += [f"  {item['path']}: {item['reason']}" for item in skipped[:5]]
-        if len(skipped) > 5:
-            lines.append(f"  ... and {len(skipped) - 5} more")
-    if data.report["converted"]:
-        lines.append(f"Converted {len(data.report['converted'])} file(s) TensorFlow cannot decode to PNG.")
-    return "\n".join(lines)
 
 
 def split_record(split: Split | None) -> dict | None:
@@ -193,77 +145,293 @@ def failures_explained(config: TrainConfig, image_size: int | None, work_dir: Pa
         raise
 
 
-def finetune(config: TrainConfig, data: str | None = None, output: str | Path = DEFAULT_ROOT, name: str | None = None,
-             overwrite: bool = False, echo: Callable[[str], None] = print, verbose: int | str = "auto",
-             augmenter: Callable | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> RunFolder | None:
-    """Train `config` on `data` (a folder or 'tfds:NAME'; default: config.data) and write a complete run directory.
+@dataclass
+class Caller:
+    """What the caller of a training adds: where its lines go, Keras' progress verbosity, an augmenter replacing
+    the preset (a function of a float32 pixel batch) and Keras callbacks for every stage's fit."""
 
-    `augmenter` replaces the config's augmentation preset (a function of a float32 pixel batch); `callbacks` are
-    Keras callbacks added to every stage's fit. With `config.distribute` multiworker, the chief returns the run and
-    the other workers None."""
-    start = time.time()
+    echo: Callable[[str], None] = print
+    verbose: int | str = "auto"
+    augmenter: Callable | None = None
+    callbacks: Sequence[keras.callbacks.Callback] = ()
+
+
+def finetune(config: TrainConfig, data: str | None = None, output: str | Path = DEFAULT_ROOT, name: str | None = None,
+             overwrite: bool = False, caller: Caller | None = None) -> RunFolder | None:
+    """Train `config` on `data` (a folder or 'tfds:NAME'; default: config.data) and write a complete run directory.
+    With `config.distribute` multiworker, the chief returns the run and the other workers None, having trained in
+    a temporary folder."""
+    caller, start = caller or Caller(), time.time()
     cluster = connect(config.distribute)  # first: TensorFlow's multi-worker setup must precede any TensorFlow op
-    if not cluster.is_chief:  # only the chief writes the run; a worker's files live and die in a temporary folder
-        scratch_folder = tempfile.TemporaryDirectory(prefix=f"tfl_worker{cluster.worker_index}_")
-        with cluster.peers_explained(), scratch_folder as scratch:
-            finetune_on(cluster, config, data, scratch, name, False, echo, verbose, augmenter, callbacks, start)
-            cluster.wait_for_all("tfl: run written")
-        echo(f"Worker {cluster.worker_index} of {cluster.workers} done; the chief (worker 0) wrote the run.")
-        return None
-    with cluster.peers_explained():
-        run = finetune_on(cluster, config, data, output, name, overwrite, echo, verbose, augmenter, callbacks, start)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(cluster.peers_explained())
+        if not cluster.is_chief:  # only the chief writes the run; a worker's files live and die with this folder
+            output = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"tfl_worker{cluster.worker_index}_"))
+            overwrite = False
+        with Training.new(config, data, output, name, overwrite, cluster, caller) as training:
+            training.start = start
+            run = training.fit()
         cluster.wait_for_all("tfl: run written")
+    if not cluster.is_chief:
+        caller.echo(f"Worker {cluster.worker_index} of {cluster.workers} done; the chief (worker 0) wrote the run.")
     return run
 
 
-def finetune_on(cluster: Cluster, config: TrainConfig, data: str | None, output: str | Path, name: str | None,
-                overwrite: bool, echo: Callable[[str], None], verbose: int | str, augmenter: Callable | None,
-                callbacks: Sequence[keras.callbacks.Callback], start: float) -> RunFolder | None:
-    spec = get_arch(config.arch)
-    name = name or default_run_name(config.arch)
-    if not (data or config.data):
-        raise TflError("No photos given: pass --data DIR (data= in Python), a folder with one subfolder of images "
-                       "per class.")
-    data = absolute_data(data or config.data)
-    if config.weights not in ("imagenet", "none"):  # a weights file: saved so that it is found from any directory
-        config = dataclasses.replace(config, weights=str(Path(config.weights).expanduser().resolve()))
-    with run_lock(output, name):
-        final_dir, work_dir = prepare_run_dir(output, name, overwrite)
-        run = RunFolder(work_dir)
-        with discarded_on_failure(work_dir):
-            # The data: scanned, split, and the split saved, so that evaluation and resume see the same files.
+def resume(output: str | Path = DEFAULT_ROOT, name: str | None = None, caller: Caller | None = None) -> RunFolder:
+    """Continue the interrupted run `name` (default: the newest one under `output`) from its last finished epoch,
+    with the settings it was started with."""
+    with Training.resume(output, name, caller or Caller()) as training:
+        return training.fit()
+
+
+@dataclass
+class Training:
+    """One run in training: its settings, photos, folder, cluster, model and checkpoint. `Training.new` (a fresh run)
+    and `Training.resume` (an interrupted one) hold the run's lock while it lives; `fit` is the recipe."""
+
+    config: TrainConfig  # resolved: image size, precision and stages as used
+    data: ImageData
+    folder: RunFolder  # <name>.partial while it trains
+    final_dir: Path
+    output: Path
+    cluster: Cluster
+    caller: Caller
+    reasons: list[str] | None = None  # the auto plan's, printed with the plan
+    start: float = field(default_factory=time.time)
+
+    def __post_init__(self):
+        self.spec = get_arch(self.config.arch)
+        self.stages = [stage for stage in self.config.stages if stage.epochs > 0]
+        self.checkpoint = Checkpoint(self.folder.checkpoint_dir)
+        self.state = self.checkpoint.load_state() or TrainingState()
+        self.class_weight = auto_class_weights(list(self.data.report["counts"]["train"].values()),
+                                               self.config.class_weight)
+        self.augmenter = self.caller.augmenter or build_augmenter(self.config.augment, self.config.seed)
+        with self.cluster.scope(), dtype_policy(self.config.precision):  # layers take both when built
+            self.model = self.new_model()
+
+    def fit(self) -> RunFolder | None:
+        """The recipe, stage by stage: freeze, stage data, compile, fit (a checkpoint every epoch), end on the
+        stage's best epoch; then keep the run's best epoch and write the run."""
+        self.caller.echo(format_plan(self.plan_rows(), self.class_weight, self.data.class_names, self.reasons))
+        for index, stage in enumerate(self.stages):
+            if index < self.state.stage:
+                continue  # finished before the run was interrupted
+            self.freeze(index, stage)
+            trained, train_data, val_data, class_weight = self.stage_data(stage)
+            self.compile(trained, stage)
+            if self.state.stage_epochs:
+                self.checkpoint.restore_latest(self.state, trained)
+            if not self.state.stage_finished(stage.epochs):
+                self.fit_stage(trained, stage, train_data, val_data, class_weight)
+            self.checkpoint.restore_epoch(self.state.stage_best["epoch"], trained)
+        shutil.rmtree(self.folder.cache_dir, ignore_errors=True)  # decoded images are no part of the run
+        return self.finish()
+
+    # --- the steps of the recipe ----------------------------------------------------------------------------------
+
+    def freeze(self, index: int, stage: Stage) -> None:
+        """Train the stage's blocks only; a stage starts from the weights kept at its start (saved on first entry)."""
+        set_trainable_blocks(self.model, self.spec, stage.unfreeze_blocks)
+        if self.checkpoint.has_stage(index):
+            self.checkpoint.restore_stage_start(index, self.model)
+        else:
+            self.checkpoint.start_stage(self.state, index, self.model)
+        self.caller.echo(stage_header(index, len(self.stages), stage, trainable_params(self.model),
+                                      self.on_features(stage), self.state.stage_epochs))
+
+    def stage_data(self, stage: Stage):
+        """(model to fit, training data, validation data, class weights for fit): the head on cached features for
+        a head-only stage, else the whole classifier on augmented pixels."""
+        if self.on_features(stage):
+            return feature_stage_data(self.model, self.config, self.data, self.config.image_size, self.augmenter,
+                                      self.output / FEATURE_CACHE_FOLDER, self.folder.cache_dir / "features",
+                                      self.caller.echo, self.caller.augmenter is not None, self.cluster,
+                                      self.class_weight)
+        return (self.model, *self.pixel_data())
+
+    def compile(self, trained: keras.Model, stage: Stage) -> None:
+        # A step on feature vectors takes microseconds: 32 per call halve the epoch time (only epoch callbacks run).
+        many = self.on_features(stage) and not self.cluster.distributed
+        compile_for_stage(trained, stage, self.steps_per_epoch, self.config.label_smoothing,
+                          steps_per_execution=32 if many else 1, cluster=self.cluster)
+
+    def fit_stage(self, trained: keras.Model, stage: Stage, train_data, val_data, class_weight) -> None:
+        first_epoch = self.state.epochs_done - self.state.stage_epochs
+        distributed = self.cluster.distributed
+        trained.fit(train_data, validation_data=val_data, shuffle=False,  # the pipelines shuffle
+                    initial_epoch=self.state.epochs_done, epochs=first_epoch + stage.epochs,
+                    steps_per_epoch=self.steps_per_epoch if distributed else None,
+                    validation_steps=self.cluster.validation_steps(len(self.data.val), self.config.batch_size),
+                    class_weight=class_weight, verbose=self.caller.verbose,
+                    callbacks=[StageTracker(self.checkpoint, self.state, stage.name, stage.patience or
+                                            self.config.patience),
+                               keras.callbacks.TensorBoard(log_dir=str(self.folder.logs_dir), write_graph=False),
+                               *self.caller.callbacks])
+
+    def finish(self) -> RunFolder | None:
+        """The run's best epoch into the classifier, then the finished run's files (on the chief)."""
+        best_stage = self.stages[self.state.best["stage"]]
+        self.checkpoint.restore_stage_start(self.state.best["stage"], self.model)
+        self.checkpoint.restore_epoch(self.state.best["epoch"], get_head(self.model) if self.on_features(best_stage)
+                                      else self.model)
+        model = self.plain_copy() if self.cluster.distributed else self.model
+        return None if model is None else self.write_run(model)
+
+    # --- what the steps use ---------------------------------------------------------------------------------------
+
+    def new_model(self, weights: str | None = None) -> keras.Model:
+        config = self.config
+        return build_model(self.spec, len(self.data.class_names), config.image_size, weights or config.weights,
+                           config.alpha, config.dropout)
+
+    def on_features(self, stage: Stage) -> bool:
+        return uses_feature_cache(stage, self.config)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.cluster.steps_per_epoch(len(self.data.train), self.config.batch_size)
+
+    def pixel_data(self):
+        """(training, validation, class weights for fit) of decoded, augmented pixels, built once per run."""
+        if not hasattr(self, "_pixel_data"):
+            config, classes, cache = self.config, len(self.data.class_names), self.folder.cache_dir
+            mixer, train_files = build_mixer(config.mixup, config.cutmix, config.seed), self.cluster.shard(self.data.train)
+            self._pixel_data = self.cluster.fit_data(
+                lambda batch, repeat: make_pipeline(train_files, classes, config.image_size, batch, training=True,
+                                                    augmenter=self.augmenter, mixer=mixer, seed=config.seed,
+                                                    cache_dir=cache, repeat=repeat),
+                lambda batch: make_pipeline(self.data.val, classes, config.image_size, batch, training=False,
+                                            cache_dir=cache),
+                config.batch_size, self.class_weight)
+        return self._pixel_data
+
+    def plan_rows(self) -> list[dict]:
+        rows = []
+        for stage in self.config.stages:
+            set_trainable_blocks(self.model, self.spec, stage.unfreeze_blocks)
+            rows.append({"stage": stage.name, "trains": describe_unfreeze(stage.unfreeze_blocks),
+                         "trainable_params": trainable_params(self.model), "epochs": stage.epochs,
+                         "learning_rate": stage.learning_rate})
+        set_trainable_blocks(self.model, self.spec, 0)
+        return rows
+
+    def plain_copy(self) -> keras.Model | None:
+        """On the chief, the trained weights in a model of one device, to save and evaluate alone; None elsewhere."""
+        weights = self.model.get_weights()  # on every worker: reading JAX's multi-process arrays is a collective step
+        if not self.cluster.is_chief:
+            return None
+        disconnect(self.cluster)
+        with dtype_policy(self.config.precision):
+            copy = self.new_model(weights="none")
+        copy.set_weights(weights)
+        return copy
+
+    def write_run(self, model: keras.Model) -> RunFolder:
+        """The finished run's files: model, metrics (validation and test), history, plots; then it takes its name."""
+        config, data, run = self.config, self.data, self.folder
+        with atomic_path(run.model_file, force=True) as tmp:
+            model.save(tmp)
+        metrics = {}
+        for split_name, split in (("validation", data.val), ("test", data.test)):
+            if split is not None and len(split):
+                pipeline = make_pipeline(split, len(data.class_names), config.image_size, config.batch_size,
+                                         training=False)
+                metrics[split_name] = evaluate_model(model, pipeline, data.class_names)
+        metrics = metrics.pop("validation") | metrics
+        best = self.state.best
+        metrics["best_epoch"] = {"epoch": best["epoch"], "stage": self.state.rows[best["epoch"] - 1]["stage"]}
+        metrics["wall_seconds"] = round(time.time() - self.start, 1)
+        write_metrics(metrics, run.metrics_file)
+        write_history_csv(self.state.rows, run.history_file)
+        cached = {stage.name for stage in config.stages if self.on_features(stage)}
+        plot_training_curves(self.state.rows, run.curves_file, cached)
+        plot_confusion_matrix(metrics, run.confusion_file)
+        shutil.rmtree(run.checkpoint_dir)  # the run is complete: nothing left to resume
+        run_dir = finish_run_dir(run.path, self.final_dir)
+        self.caller.echo(closing_line(metrics, time.time() - self.start, run_dir))
+        return RunFolder(run_dir)
+
+    # --- the two ways in ------------------------------------------------------------------------------------------
+
+    @classmethod
+    @contextlib.contextmanager
+    def new(cls, config: TrainConfig, data: str | None, output: str | Path, name: str | None, overwrite: bool,
+            cluster: Cluster, caller: Caller):
+        """A fresh run: the photos scanned and split, the plan chosen, the run folder made and its files written;
+        the run locked while the block runs (seven parameters: the command's options, each once)."""
+        name = name or default_run_name(config.arch)
+        if not (data or config.data):
+            raise TflError("No photos given: pass --data DIR (data= in Python), a folder with one subfolder of "
+                           "images per class.")
+        data = absolute_data(data or config.data)
+        if config.weights not in ("imagenet", "none"):  # a weights file: saved so that it is found from anywhere
+            config = dataclasses.replace(config, weights=str(Path(config.weights).expanduser().resolve()))
+        output = Path(output).expanduser()
+        with run_lock(output, name):
+            final_dir, work_dir = prepare_run_dir(output, name, overwrite)
+            folder = RunFolder(work_dir)
+            with discarded_on_failure(work_dir):
+                keras.utils.set_random_seed(config.seed)
+                image_data = load_data(data, config.val_split, config.seed, converted_dir=folder.converted_dir,
+                                       scan_cache_dir=output / SCAN_CACHE_FOLDER)
+                caller.echo(data_summary(image_data.class_names, image_data.report))
+                write_data_files(folder, image_data)
+                config, reasons = resolve_plan(config, image_data, cluster, caller.echo)
+                atomic_write_text(folder.config_file, run_record(
+                    config, data, config.image_size, config.precision, keras.backend.backend(),
+                    {"tfl": __version__, "keras": keras.__version__}, reasons))
+                with failures_explained(config, config.image_size, work_dir, name):
+                    yield cls(config, image_data, folder, final_dir, output, cluster, caller, reasons)
+
+    @classmethod
+    @contextlib.contextmanager
+    def resume(cls, output: str | Path, name: str | None, caller: Caller):
+        """An interrupted run with its own settings and files, from its last checkpoint; locked while it lives."""
+        final_dir, work_dir = resumable_run(output, name)
+        with run_lock(output, final_dir.name):
+            folder = RunFolder(work_dir)
+            saved = read_run_config(work_dir)
+            config = from_run_record(saved, str(folder.config_file))
+            if config.distribute == "multiworker":
+                raise TflError(f"Run '{final_dir.name}' trained on several machines, and only its chief kept a "
+                               "checkpoint: such a run cannot be resumed yet. Start it again.")
+            cluster = connect(config.distribute)
+            if saved.get("backend", keras.backend.backend()) != keras.backend.backend():
+                raise TflError(f"Run '{final_dir.name}' was trained on the {saved['backend']} backend; resume it "
+                               f"with --backend {saved['backend']}.")
             keras.utils.set_random_seed(config.seed)
-            image_data = load_data(data, config.val_split, config.seed, converted_dir=run.converted_dir,
-                                   scan_cache_dir=Path(output).expanduser() / SCAN_CACHE_FOLDER)
-            echo(data_summary(image_data))
-            write_data_files(run, image_data)
+            image_data = saved_image_data(work_dir, saved["data"], config)
+            state = Checkpoint(folder.checkpoint_dir).load_state()
+            caller.echo(f"Resuming run '{final_dir.name}' after epoch {state.epochs_done} (stage {state.stage + 1}, "
+                        f"{state.stage_epochs} of its epochs done) with its own settings from {folder.config_file}")
+            caller.echo(data_summary(image_data.class_names, image_data.report))
+            with failures_explained(config, config.image_size, work_dir, final_dir.name):
+                yield cls(config, image_data, folder, final_dir, Path(output).expanduser(), cluster, caller)
 
-            # The plan: image size, stages and precision, chosen from the data where the config says auto.
-            median_side = image_data.report.get("median_short_side")
-            image_size = config.image_size or auto_image_size(spec, median_side)
-            reasons = None
-            if config.plan == "auto":
-                config, reasons = auto_plan(config, spec, DataStats(len(image_data.train), len(image_data.class_names)),
-                                            cluster.global_batch(config.batch_size))
-            new_model = lambda: build_model(spec, len(image_data.class_names), image_size, config.weights,  # noqa: E731
-                                            config.alpha, config.dropout)
-            policy, why = resolve_precision(config.precision, new_model, image_size)
-            atomic_write_text(run.config_file, run_record(
-                config, data, image_size, policy, keras.backend.backend(),
-                {"tfl": __version__, "keras": keras.__version__}, reasons))
-            size_note = ("" if config.image_size else
-                         f" (auto: photos' median short side {median_side} px)" if median_side else " (auto)")
-            echo(f"\nModel: {spec.name} at {image_size} px{size_note}, weights {config.weights}, backend "
-                 f"{keras.backend.backend()}, precision {policy} ({why})")
 
-            # The training, stage by stage, checkpointed every epoch.
-            distributed = cluster.describe(config.batch_size)
-            if distributed:
-                echo(distributed)
-            with failures_explained(config, image_size, work_dir, name):
-                return train_run(dataclasses.replace(config, image_size=image_size, precision=policy), image_data,
-                                 work_dir, final_dir, output, echo, verbose, start, reasons, augmenter, callbacks,
-                                 cluster)
+def resolve_plan(config: TrainConfig, data: ImageData, cluster: Cluster,
+                 echo: Callable[[str], None]) -> tuple[TrainConfig, list[str] | None]:
+    """The config with what `auto` leaves open chosen from the data: image size, stages (with their reasons) and
+    precision; the choice printed."""
+    spec = get_arch(config.arch)
+    median_side = data.report.get("median_short_side")
+    image_size = config.image_size or auto_image_size(spec, median_side)
+    reasons = None
+    if config.plan == "auto":
+        config, reasons = auto_plan(config, spec, DataStats(len(data.train), len(data.class_names)),
+                                    cluster.global_batch(config.batch_size))
+    new_model = lambda: build_model(spec, len(data.class_names), image_size, config.weights,  # noqa: E731
+                                    config.alpha, config.dropout)
+    policy, why = resolve_precision(config.precision, new_model, image_size)
+    size_note = ("" if config.image_size else
+                 f" (auto: photos' median short side {median_side} px)" if median_side else " (auto)")
+    echo(f"\nModel: {spec.name} at {image_size} px{size_note}, weights {config.weights}, backend "
+         f"{keras.backend.backend()}, precision {policy} ({why})")
+    distributed = cluster.describe(config.batch_size)
+    if distributed:
+        echo(distributed)
+    return dataclasses.replace(config, image_size=image_size, precision=policy), reasons
 
 
 def write_data_files(run: RunFolder, image_data: ImageData) -> None:
@@ -275,32 +443,6 @@ def write_data_files(run: RunFolder, image_data: ImageData) -> None:
     splits = {k: split_record(s) for k, s in (("train", image_data.train), ("val", image_data.val),
                                               ("test", image_data.test))}
     write_splits(run.path, {k: v for k, v in splits.items() if v})
-
-
-def resume(output: str | Path = DEFAULT_ROOT, name: str | None = None, echo: Callable[[str], None] = print,
-           verbose: int | str = "auto") -> RunFolder:
-    """Continue the interrupted run `name` (default: the newest one under `output`) from its last finished epoch,
-    with the settings it was started with."""
-    start = time.time()
-    final_dir, work_dir = resumable_run(output, name)
-    with run_lock(output, final_dir.name):
-        saved = read_run_config(work_dir)
-        config = from_run_record(saved, str(RunFolder(work_dir).config_file))
-        if config.distribute == "multiworker":
-            raise TflError(f"Run '{final_dir.name}' trained on several machines, and only its chief kept a checkpoint: "
-                           "such a run cannot be resumed yet. Start it again.")
-        cluster = connect(config.distribute)
-        if saved.get("backend", keras.backend.backend()) != keras.backend.backend():
-            raise TflError(f"Run '{final_dir.name}' was trained on the {saved['backend']} backend; resume it with "
-                           f"--backend {saved['backend']}.")
-        keras.utils.set_random_seed(config.seed)
-        image_data = saved_image_data(work_dir, saved["data"], config)
-        state = Checkpoint(RunFolder(work_dir).checkpoint_dir).load_state()
-        echo(f"Resuming run '{final_dir.name}' after epoch {state.epochs_done} (stage {state.stage + 1}, "
-             f"{state.stage_epochs} of its epochs done) with its own settings from {RunFolder(work_dir).config_file}")
-        echo(data_summary(image_data))
-        with failures_explained(config, config.image_size, work_dir, final_dir.name):
-            return train_run(config, image_data, work_dir, final_dir, output, echo, verbose, start, cluster=cluster)
 
 
 def saved_image_data(work_dir: Path, data: str, config: TrainConfig) -> ImageData:
@@ -315,125 +457,3 @@ def saved_image_data(work_dir: Path, data: str, config: TrainConfig) -> ImageDat
                        f"photos back where they were ({data}), or start a new run.")
     parts = {k: Split(paths=v["paths"], labels=v["labels"]) for k, v in splits.items()}
     return ImageData(run.class_names, parts["train"], parts["val"], parts.get("test"), report)
-
-
-def train_run(config: TrainConfig, image_data: ImageData, work_dir: Path, final_dir: Path, output: str | Path,
-              echo: Callable[[str], None], verbose: int | str, start: float, reasons: list[str] | None = None,
-              augmenter: Callable | None = None, callbacks: Sequence[keras.callbacks.Callback] = (),
-              cluster: Cluster | None = None) -> RunFolder | None:
-    """Train the plan's stages from the checkpoint in `work_dir` (or from the start), then write the run (on the
-    chief; the other workers of a cluster return None)."""
-    cluster = cluster or Cluster()
-    spec, image_size, num_classes = get_arch(config.arch), config.image_size, len(image_data.class_names)
-    with cluster.scope(), dtype_policy(config.precision):  # layers take the policy and the devices when built
-        model = build_model(spec, num_classes, image_size, config.weights, config.alpha, config.dropout)
-    class_weight = auto_class_weights(list(image_data.report["counts"]["train"].values()), config.class_weight)
-    echo(format_plan(plan_rows(model, spec, config.stages), class_weight, image_data.class_names, reasons))
-
-    run = RunFolder(work_dir)
-    cache_dir = run.cache_dir
-    custom_augmenter = augmenter is not None
-    augmenter = augmenter or build_augmenter(config.augment, config.seed)
-    mixer, train_files = build_mixer(config.mixup, config.cutmix, config.seed), cluster.shard(image_data.train)
-    train_ds, val_ds, fit_class_weight = cluster.fit_data(
-        lambda batch, repeat: make_pipeline(train_files, num_classes, image_size, batch, training=True,
-                                            augmenter=augmenter, mixer=mixer, seed=config.seed, cache_dir=cache_dir,
-                                            repeat=repeat),
-        lambda batch: make_pipeline(image_data.val, num_classes, image_size, batch, training=False,
-                                    cache_dir=cache_dir),
-        config.batch_size, class_weight)
-    steps_per_epoch = cluster.steps_per_epoch(len(image_data.train), config.batch_size)
-    checkpoint = Checkpoint(run.checkpoint_dir)
-    state = checkpoint.load_state() or TrainingState()
-    active = [s for s in config.stages if s.epochs > 0]
-    for index, stage in enumerate(active):
-        if index < state.stage:
-            continue
-        set_trainable_blocks(model, spec, stage.unfreeze_blocks)
-        if checkpoint.has_stage(index):
-            checkpoint.restore_stage_start(index, model)
-        else:
-            checkpoint.start_stage(state, index, model)
-        on_features = uses_feature_cache(stage, config)
-        echo(f"\n── Stage {index + 1}/{len(active)}: {stage.name} · {describe_unfreeze(stage)} · "
-             f"{trainable_params(model):,} trainable params · {stage.epochs} epochs · lr {stage.learning_rate:.1e}"
-             f"{' · on cached features' if on_features else ''}"
-             f"{f' · resumed after epoch {state.stage_epochs}' if state.stage_epochs else ''}")
-        trained, train_data, val_data, stage_class_weight = model, train_ds, val_ds, fit_class_weight
-        if on_features:
-            trained, train_data, val_data, stage_class_weight = feature_stage_data(
-                model, config, image_data, image_size, augmenter, Path(output).expanduser() / FEATURE_CACHE_FOLDER,
-                cache_dir / "features", echo, custom_augmenter, cluster, class_weight)
-        # A step on feature vectors takes microseconds: 32 per call halve the epoch time (only epoch callbacks run).
-        compile_for_stage(trained, stage, steps_per_epoch, config.label_smoothing,
-                          steps_per_execution=32 if on_features and not cluster.distributed else 1, cluster=cluster)
-        if state.stage_epochs:
-            checkpoint.restore_latest(state, trained)
-        if not state.stage_finished(stage.epochs):
-            first_epoch = state.epochs_done - state.stage_epochs
-            trained.fit(train_data, validation_data=val_data, shuffle=False,  # the pipelines shuffle
-                        initial_epoch=state.epochs_done, epochs=first_epoch + stage.epochs,
-                        steps_per_epoch=steps_per_epoch if cluster.distributed else None,
-                        validation_steps=cluster.validation_steps(len(image_data.val), config.batch_size),
-                        class_weight=stage_class_weight, verbose=verbose,
-                        callbacks=[StageTracker(checkpoint, state, stage.name, stage.patience or config.patience),
-                                   keras.callbacks.TensorBoard(log_dir=str(run.logs_dir), write_graph=False),
-                                   *callbacks])
-        checkpoint.restore_epoch(state.stage_best["epoch"], trained)  # each stage ends on its best epoch
-    shutil.rmtree(cache_dir, ignore_errors=True)  # a disk cache of decoded images is no part of the run
-
-    best_stage = active[state.best["stage"]]
-    checkpoint.restore_stage_start(state.best["stage"], model)
-    checkpoint.restore_epoch(state.best["epoch"], get_head(model) if uses_feature_cache(best_stage, config) else model)
-    if cluster.distributed:
-        model = plain_copy(model, cluster, config, spec, num_classes)
-        if model is None:
-            return None
-    return write_run(model, config, image_data, state, work_dir, final_dir, echo, start)
-
-
-def plain_copy(model: keras.Model, cluster: Cluster, config: TrainConfig, spec: ArchSpec,
-               num_classes: int) -> keras.Model | None:
-    """On the chief, the trained weights in a model of one device, to save and evaluate alone; None elsewhere."""
-    weights = model.get_weights()  # on every worker: reading JAX's multi-process arrays is a collective step
-    if not cluster.is_chief:
-        return None
-    disconnect(cluster)
-    with dtype_policy(config.precision):
-        copy = build_model(spec, num_classes, config.image_size, "none", config.alpha, config.dropout)
-    copy.set_weights(weights)
-    return copy
-
-
-def write_run(model: keras.Model, config: TrainConfig, image_data: ImageData, state: TrainingState, work_dir: Path,
-              final_dir: Path, echo: Callable[[str], None], start: float) -> RunFolder:
-    """The finished run's files: model, metrics (validation and test), history, plots; then it takes its name."""
-    num_classes, run = len(image_data.class_names), RunFolder(work_dir)
-    with atomic_path(run.model_file, force=True) as tmp:
-        model.save(tmp)
-    val_ds = make_pipeline(image_data.val, num_classes, config.image_size, config.batch_size, training=False)
-    metrics = evaluate_model(model, val_ds, image_data.class_names)
-    if image_data.test is not None and len(image_data.test):
-        test_ds = make_pipeline(image_data.test, num_classes, config.image_size, config.batch_size, training=False)
-        metrics["test"] = evaluate_model(model, test_ds, image_data.class_names)
-    best = state.best
-    metrics["best_epoch"] = {"epoch": best["epoch"], "stage": state.rows[best["epoch"] - 1]["stage"]}
-    metrics["wall_seconds"] = round(time.time() - start, 1)
-    write_metrics(metrics, run.metrics_file)
-    write_history_csv(state.rows, run.history_file)
-    cached = {stage.name for stage in config.stages if uses_feature_cache(stage, config)}
-    plot_training_curves(state.rows, run.curves_file, cached)
-    plot_confusion_matrix(metrics, run.confusion_file)
-    shutil.rmtree(run.checkpoint_dir)  # the run is complete: nothing left to resume
-    run_dir = finish_run_dir(work_dir, final_dir)
-    wall = time.time() - start
-    test = f" · test accuracy {metrics['test']['accuracy']:.4f}" if "test" in metrics else ""
-    echo(f"\nBest validation accuracy {metrics['accuracy']:.4f} (stage {metrics['best_epoch']['stage']}, epoch "
-         f"{best['epoch']}; chosen on this validation set, so optimistic){test} · wall time "
-         f"{format_duration(wall)} · run {run_dir}")
-    return RunFolder(run_dir)
-
-
-def format_duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"

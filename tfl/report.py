@@ -1,0 +1,126 @@
+"""What tfl prints: the data summary, the plan table, stage headers, the closing line, metrics, export and predict
+tables. Text only: these functions compute nothing and import no TensorFlow."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+
+def format_duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def describe_unfreeze(unfreeze_blocks: int | str) -> str:
+    if unfreeze_blocks == "all":
+        return "whole backbone"
+    if unfreeze_blocks == 0:
+        return "head only"
+    return f"top {unfreeze_blocks} blocks"
+
+
+def data_summary(class_names: list[str], report: dict) -> str:
+    """What was read: classes and images per split, the layout, and the files skipped or converted (a few named)."""
+    sizes = " / ".join(f"{sum(c.values()):,} {name}" for name, c in report["counts"].items())
+    lines = [f"Data: {len(class_names)} classes, {sizes} images ({report['layout']})"]
+    skipped = report["skipped"]
+    if skipped:
+        lines.append(f"Skipped {len(skipped)} unusable file(s) (listed in data_report.json):")
+        lines += [f"  {item['path']}: {item['reason']}" for item in skipped[:5]]
+        if len(skipped) > 5:
+            lines.append(f"  ... and {len(skipped) - 5} more")
+    if report["converted"]:
+        lines.append(f"Converted {len(report['converted'])} file(s) TensorFlow cannot decode to PNG.")
+    return "\n".join(lines)
+
+
+def format_plan(rows: list[dict], class_weight: dict | None, class_names: list[str],
+                reasons: list[str] | None = None) -> str:
+    """The plan table (a row per stage: what trains, trainable parameters, epochs, rate), the auto plan's reasons
+    and the class weights."""
+    lines = [f"{'stage':<12} {'trains':<16} {'trainable params':>17} {'epochs':>7} {'lr':>9}"]
+    for row in rows:
+        skipped = "  (skipped)" if row["epochs"] == 0 else ""
+        lines.append(f"{row['stage']:<12} {row['trains']:<16} {row['trainable_params']:>17,} {row['epochs']:>7} "
+                     f"{row['learning_rate']:>9.1e}{skipped}")
+    if reasons:
+        lines += ["plan auto, chosen from the data:"] + [f"  {reason}" for reason in reasons]
+    if class_weight:
+        weights = ", ".join(f"{class_names[i]} {w:.2f}" for i, w in class_weight.items())
+        lines.append(f"class weights (auto, imbalanced classes): {weights}")
+    else:
+        lines.append("class weights: none (classes balanced enough)")
+    return "\n".join(lines)
+
+
+def stage_header(index: int, stages: int, stage, trainable: int, on_features: bool, resumed_after: int) -> str:
+    return (f"\n── Stage {index + 1}/{stages}: {stage.name} · {describe_unfreeze(stage.unfreeze_blocks)} · "
+            f"{trainable:,} trainable params · {stage.epochs} epochs · lr {stage.learning_rate:.1e}"
+            f"{' · on cached features' if on_features else ''}"
+            f"{f' · resumed after epoch {resumed_after}' if resumed_after else ''}")
+
+
+def closing_line(metrics: dict, wall_seconds: float, run_dir) -> str:
+    test = f" · test accuracy {metrics['test']['accuracy']:.4f}" if "test" in metrics else ""
+    return (f"\nBest validation accuracy {metrics['accuracy']:.4f} (stage {metrics['best_epoch']['stage']}, epoch "
+            f"{metrics['best_epoch']['epoch']}; chosen on this validation set, so optimistic){test} · wall time "
+            f"{format_duration(wall_seconds)} · run {run_dir}")
+
+
+def format_metrics(metrics: dict, run_dir) -> str:
+    """`tfl evaluate`'s table: the totals, then precision, recall, F1 and support per class."""
+    lines = [f"Run {run_dir} on {metrics['num_images']} images: accuracy {metrics['accuracy']:.4f}, "
+             f"loss {metrics['loss']:.4f}, macro F1 {metrics['macro_f1']:.4f}",
+             f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
+    for name, row in metrics["per_class"].items():
+        lines.append(f"{name:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} {row['support']:>8}")
+    return "\n".join(lines)
+
+
+def format_export_report(rows: list[dict]) -> str:
+    """A row per artifact (size, accuracy, change and agreement against the Keras model, latency), then which ran
+    fastest here."""
+    lines = [f"{'artifact':<36} {'size':>10} {'val acc':>8} {'change':>8} {'agree':>7} {'ms/img':>7}"]
+    for row in rows:
+        accuracy = "n/a" if row.get("accuracy") is None else f"{row['accuracy']:.4f}"
+        change = ("ref" if "top1_agreement" not in row else "n/a" if row.get("accuracy_change") is None
+                  else f"{row['accuracy_change']:+.4f}")
+        agree = f"{row['top1_agreement']:.1%}" if "top1_agreement" in row else "ref"
+        lines.append(f"{row['file']:<36} {row['size_bytes'] / 1e6:>8.2f}MB {accuracy:>8} {change:>8} "
+                     f"{agree:>7} {row['latency_ms_batch1']:>7.2f}")
+    return "\n".join(lines + [fastest_line(rows)])
+
+
+def fastest_line(rows: list[dict]) -> str:
+    """Which artifact runs fastest here: int8 is not always it (on x86 CPUs without VNNI, XNNPACK's int8 kernels are
+    slower than its float32 ones for small models), so the report says what was measured, not what is expected."""
+    fastest = min(rows, key=lambda row: row["latency_ms_batch1"])
+    return (f"Fastest at batch 1 on this machine: {fastest['file']} ({fastest['latency_ms_batch1']:.2f} ms per image); "
+            "on another device, export there or measure there.")
+
+
+def format_predictions(rows: list[dict], output_format: str) -> str:
+    """`tfl predict`'s output: a line per image (table), a row per image and rank (csv), or JSON."""
+    if output_format == "json":
+        return json.dumps([{"path": r["path"], **({"error": r["error"]} if "error" in r else
+                                                  {"top": [{"label": l, "score": round(s, 5)} for l, s in r["top"]]})}
+                           for r in rows], indent=2)
+    if output_format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "rank", "label", "score", "error"])
+        for row in rows:
+            if "error" in row:
+                writer.writerow([row["path"], "", "", "", row["error"]])
+            for rank, (label, score) in enumerate(row.get("top", []), start=1):
+                writer.writerow([row["path"], rank, label, f"{score:.5f}", ""])
+        return buffer.getvalue().rstrip("\n")
+    lines = []
+    for row in rows:
+        if "error" in row:
+            lines.append(f"{row['path']}: ERROR {row['error']}")
+        else:
+            lines.append(f"{row['path']}: " + ", ".join(f"{label} {score:.3f}" for label, score in row["top"]))
+    return "\n".join(lines)
