@@ -28,7 +28,8 @@ def finetune(data: str | Path | None = None, *, config: str | Path | TrainConfig
     `unfreeze_blocks` (stage 2) or whole `stages` fix the plan instead of choosing it from the data. `augmenter`
     replaces the augmentation preset (a function of a float32 pixel batch, 0..255); `callbacks` are Keras callbacks
     added to every stage, for progress or logging. With `distribute="multiworker"` only the chief (worker 0) writes
-    and returns the run; the other workers return None."""
+    and returns the run; the other workers return None. (Thirteen parameters: the public API, one keyword per option
+    of `tfl finetune`.)"""
     check_arguments("tfl.finetune", data=(data, (str, Path, type(None)), "a folder's path"),
                     output=(output, (str, Path), "a folder's path"), name=(name, (str, type(None)), "a run name"),
                     overwrite=(overwrite, bool, "True or False"), echo=(echo, Callable, "a function of one string"),

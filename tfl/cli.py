@@ -107,6 +107,7 @@ def setting_options(command):
 @friendly_errors
 def finetune(data, config_file, epochs, lr, unfreeze_blocks, name, output, overwrite, resume, **settings):
     """Fine-tune a backbone with staged unfreezing and write a run directory."""
+    # Nine parameters: click passes every option of the command as one.
     if resume is not None:
         return resume_run(resume, output, data, config_file, epochs, lr, unfreeze_blocks, name, overwrite, settings)
     config = make_config(config_file, settings,

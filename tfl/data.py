@@ -444,7 +444,8 @@ def make_pipeline(split: Split, num_classes: int, image_size: int, batch_size: i
                   augmenter=None, mixer=None, seed: int = 42, cache_dir: Path | None = None,
                   repeat: bool = False) -> tf.data.Dataset:
     """Batches of (float32 pixels 0..255, one-hot labels); augmentation on training data only. `repeat`: an
-    endless stream of full batches (distributed training counts steps, not passes)."""
+    endless stream of full batches (distributed training counts steps, not passes). (Ten parameters: the split and
+    its size are required, each other one is an optional stage of the pipeline.)"""
     dataset = decoded_images(split, image_size, shuffle_seed=seed if training else None)
     dataset = cache(dataset, len(split), image_size, cache_dir)
     if training:

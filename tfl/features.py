@@ -43,7 +43,8 @@ def file_fingerprint(path: str) -> list:
 
 def cache_key(split: Split, arch: str, alpha: float, image_size: int, weights: str, views: int, augment: str,
               seed: int, precision: str = "float32") -> str:
-    """Changes whenever the data, arch, image size, weights or the augmented views would change the features."""
+    """Changes whenever the data, arch, image size, weights or the augmented views would change the features.
+    (Nine parameters: each is a part of the key.)"""
     weights_id = file_fingerprint(weights) if os.path.isfile(weights) else weights
     description = {"files": [file_fingerprint(p) for p in split.paths], "labels": split.labels, "arch": arch,
                    "alpha": alpha, "image_size": image_size, "weights": weights_id, "views": views,
@@ -143,7 +144,8 @@ def feature_stage_data(model: keras.Model, config: TrainConfig, image_data: Imag
 
     Features are computed once (or loaded) and kept in `feature_cache_dir` for later runs on the same files. What
     cannot be fingerprinted stays in `scratch_dir` of this run: tfds splits (no files), and augmented views made by a
-    caller's own augmenter (the key knows presets by name only)."""
+    caller's own augmenter (the key knows presets by name only). (Eleven parameters: what a stage of
+    `tfl.train.Training` holds, passed as values so that this module does not import the training.)"""
     start = time.time()
     extractor = feature_extractor(model)
     num_classes = len(image_data.class_names)
