@@ -130,7 +130,7 @@ def test_the_auto_plan_is_printed_saved_and_warms_up(tiny_folder, tmp_path):
 
 
 def test_the_curves_star_the_epoch_each_stage_kept(tmp_path):
-    from tfl.evaluate import kept_epochs, plot_training_curves
+    from tfl.plots import kept_epochs, plot_training_curves
 
     def row(epoch, stage, val_accuracy, val_loss):
         return {"epoch": epoch, "stage": stage, "loss": 1.0, "accuracy": 0.8, "val_loss": val_loss,

@@ -217,7 +217,7 @@ def test_a_runs_config_yaml_reproduces_the_run(tiny_folder, tmp_path):
 def test_small_classes_are_warned_about_and_left_out_of_macro_f1(tmp_path):
     from tfl.data import load_image_folder
     from tfl.errors import TflWarning
-    from tfl.evaluate import classification_metrics
+    from tfl.metrics import classification_metrics
 
     data = write_class_folders(tmp_path / "d", per_class=10)
     write_class_folders(data, per_class=2, classes={"pair": (200, 200, 40)}, seed=900)

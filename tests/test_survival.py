@@ -230,13 +230,16 @@ def test_a_config_file_value_out_of_bounds_names_the_file(tiny_folder, tmp_path)
 
 
 @pytest.fixture(scope="module")
-def every_predictor(tiny_run):
-    """The tiny run as every artifact kind, exported once."""
+def every_predictor(tiny_run, tmp_path_factory):
+    """A copy of the tiny run as every artifact kind, exported once."""
     from tfl.export import export_run
 
-    export_run(tiny_run, "all", "none", verify_images=4, force=True, echo=lambda s: None)
-    return {"keras": tiny_run, "saved_model": tiny_run / "export" / "saved_model" / "1",
-            "tflite": tiny_run / "model_float32.tflite", "onnx": tiny_run / "model.onnx"}
+    run = tmp_path_factory.mktemp("every") / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export*", "model_*.tflite", "model.onnx",
+                                                                  ".export.lock"))
+    export_run(run, "all", "none", verify_images=4, echo=lambda s: None)
+    return {"keras": run, "saved_model": run / "export" / "saved_model" / "1",
+            "tflite": run / "model_float32.tflite", "onnx": run / "model.onnx"}
 
 
 @pytest.mark.parametrize("kind", ["keras", "saved_model", "tflite", "onnx"])
@@ -286,7 +289,7 @@ def test_ctrl_c_says_what_each_command_leaves(own_run, monkeypatch, tmp_path):
 
 
 def test_plots_of_class_names_in_any_script_raise_no_font_warnings(tmp_path):
-    from tfl.evaluate import plot_confusion_matrix
+    from tfl.plots import plot_confusion_matrix
 
     metrics = {"class_names": ["猫", "犬", "鳥"], "confusion_matrix": np.eye(3, dtype=int).tolist(),
                "accuracy": 1.0, "num_images": 3}
@@ -304,3 +307,16 @@ def test_tflite_predict_prints_no_xnnpack_line(every_predictor, tiny_run):
                             capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "XNNPACK" not in result.stderr + result.stdout
+
+
+def test_evaluate_on_a_folder_converts_and_reports_as_training_does(tiny_run, tmp_path):
+    data = write_class_folders(tmp_path / "more", per_class=2)
+    make_image((200, 40, 40), seed=5).save(data / "red" / "scan.tiff", "TIFF")
+    (data / "green" / "broken.jpg").write_text("not an image")
+    result = cli("evaluate", tiny_run, "--data", data)
+    assert result.exit_code == 0, result.output
+    assert "on 7 images" in result.output, "the TIFF is read, converted"
+    assert "Skipped 1 unusable file(s):" in result.output and "broken.jpg" in result.output
+    assert "Converted 1 file(s)" in result.output
+    metrics = tfl.open_run(tiny_run).evaluate(data)
+    assert metrics["num_images"] == 7 and [item["path"].split("/")[-1] for item in metrics["skipped"]] == ["broken.jpg"]

@@ -6,6 +6,9 @@ import dataclasses
 import io
 import json
 import os
+import shutil
+import tempfile
+import weakref
 import time
 import zipfile
 from dataclasses import dataclass
@@ -268,7 +271,7 @@ class Export:
         targets = self.still_to_write(wanted, force)
         keras_predictor = load_predictor(self.run.model_file)
         model, image_size = float32_copy(keras_predictor.model), keras_predictor.image_size
-        labelled = None if data is None else load_labelled_folder(data, self.job.class_names)
+        labelled = None if data is None else self.labelled_folder(data)
         check = verification_set(self.run, labelled, image_size, verify_images)
         if check.labels is None and max_accuracy_drop is not None:
             raise TflError(f"--max-accuracy-drop needs labelled photos to measure accuracy on, and run "
@@ -310,6 +313,17 @@ class Export:
                 row["file"] = self.relative(path)
                 check_drop(row, max_accuracy_drop, self.echo)
         return row | {"file": self.relative(path), "quantize": quantize}
+
+    def labelled_folder(self, data: str | Path) -> Split:
+        """--data's photos, converted where TensorFlow cannot read them (into a folder that lives as long as this
+        export), with what was skipped said on screen."""
+        converted = Path(tempfile.mkdtemp(prefix="tfl_converted_"))
+        weakref.finalize(self, shutil.rmtree, converted, ignore_errors=True)
+        split, report = load_labelled_folder(data, self.job.class_names, converted)
+        if report["skipped"]:
+            self.echo(f"--data: skipped {len(report['skipped'])} unusable file(s), the first "
+                      f"'{report['skipped'][0]['path']}' ({report['skipped'][0]['reason']})")
+        return split
 
     def relative(self, path: Path) -> str:
         return str(path.relative_to(self.run.path))

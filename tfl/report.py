@@ -76,6 +76,13 @@ def format_metrics(metrics: dict, run_dir) -> str:
              f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
     for name, row in metrics["per_class"].items():
         lines.append(f"{name:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} {row['support']:>8}")
+    skipped = metrics.get("skipped", [])
+    if skipped:
+        lines.append(f"Skipped {len(skipped)} unusable file(s):")
+        lines += [f"  {item['path']}: {item['reason']}" for item in skipped[:5]]
+        lines += [f"  ... and {len(skipped) - 5} more"] if len(skipped) > 5 else []
+    if metrics.get("converted"):
+        lines.append(f"Converted {metrics['converted']} file(s) TensorFlow cannot decode (TIFF...) to read them.")
     return "\n".join(lines)
 
 

@@ -25,7 +25,8 @@ from tfl.config import Stage, TrainConfig, from_run_record, run_record
 from tfl.data import ImageData, Split, load_data, make_pipeline
 from tfl.distribute import Cluster, connect, disconnect
 from tfl.errors import TflError, disk_full_explained
-from tfl.evaluate import evaluate_model, plot_confusion_matrix, plot_training_curves, write_metrics
+from tfl.metrics import evaluate_model, write_metrics
+from tfl.plots import plot_confusion_matrix, plot_training_curves
 from tfl.features import FEATURE_CACHE_FOLDER, feature_stage_data, uses_feature_cache
 from tfl.model import build_model, get_head, set_trainable_blocks, trainable_params
 from tfl.plan import DataStats, auto_plan

@@ -1,0 +1,86 @@
+"""The run's pictures: training curves (with each stage's kept epoch) and the confusion matrix, as PNG files."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Collection
+from pathlib import Path
+
+import numpy as np
+
+from tfl.checkpoint import beats
+from tfl.fileio import atomic_write_bytes
+
+
+def figure_bytes(figure) -> bytes:
+    """The figure as PNG. Class names in a script the font lacks (CJK in DejaVu Sans) are drawn as boxes rather
+    than warned about once per glyph, with a path into matplotlib's source."""
+    import io
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def plot_confusion_matrix(metrics: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, matrix = metrics["class_names"], np.asarray(metrics["confusion_matrix"])
+    size = max(4.0, 0.6 * len(names) + 2)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(matrix, cmap="Blues")
+    axes.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true",
+             title=f"accuracy {metrics['accuracy']:.3f} on {metrics['num_images']} images")
+    axes.set_xticklabels(names, rotation=45, ha="right")
+    axes.set_yticklabels(names)
+    for (row, col), value in np.ndenumerate(matrix):
+        axes.text(col, row, str(value), ha="center", va="center",
+                  color="white" if value > matrix.max() / 2 else "black")
+    atomic_write_bytes(path, figure_bytes(figure))
+    plt.close(figure)
+
+
+def kept_epochs(history: list[dict]) -> dict[str, int]:
+    """Each stage's best epoch, the one it ends on and the next stage starts from (tfl.checkpoint.beats)."""
+    best: dict[str, dict] = {}
+    for row in history:
+        if row.get("val_accuracy") is not None and beats(row["val_accuracy"], row["val_loss"], best.get(row["stage"])):
+            best[row["stage"]] = {"value": row["val_accuracy"], "loss": row["val_loss"], "epoch": row["epoch"]}
+    return {stage: kept["epoch"] for stage, kept in best.items()}
+
+
+def plot_training_curves(history: list[dict], path: Path, cached_stages: Collection[str] = ()) -> None:
+    """Loss and accuracy per epoch, a line between stages and a star on the epoch each stage kept. Stages in
+    `cached_stages` trained on cached features of un-augmented photos, so their training accuracy runs higher
+    than that of a later stage on augmented pixels; the label says so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [row["epoch"] for row in history]
+    kept = kept_epochs(history)
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = [row.get(prefix + metric) for row in history]
+            if any(v is not None for v in values):
+                axes.plot(epochs, values, style, marker="o", markersize=3, label=f"{prefix or 'train_'}{metric}")
+        kept_rows = [history[epoch - 1] for epoch in kept.values()]
+        axes.plot([row["epoch"] for row in kept_rows], [row["val_" + metric] for row in kept_rows], "*",
+                  color="black", markersize=10, label="kept by its stage", linestyle="none")
+        for index, row in enumerate(history):
+            if index == 0 or row["stage"] != history[index - 1]["stage"]:
+                if index:
+                    axes.axvline(row["epoch"] - 0.5, color="grey", linewidth=0.8)
+                label = row["stage"] + (" (cached features,\nnot augmented)" if row["stage"] in cached_stages else "")
+                axes.text(row["epoch"] - 0.4, axes.get_ylim()[1], label, va="top", fontsize=8, color="grey")
+        axes.set(xlabel="epoch", title=metric)
+        axes.legend(loc="best", fontsize=8)
+    atomic_write_bytes(path, figure_bytes(figure))
+    plt.close(figure)
