@@ -142,10 +142,16 @@ def test_import_is_light_and_commands_are_quiet(tiny_run, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"], "import tfl must not fix the Keras backend"
     image = next((tiny_run.parent.parent / "data" / "red").glob("*.jpg"))
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFL_VERBOSE")}
-    result = subprocess.run([sys.executable, "-m", "tfl.cli", "predict", str(tiny_run), str(image)],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    noise = [line for line in result.stderr.splitlines() if re.match(r"[IWE]\d{4} |WARNING: All log messages", line)
-             or "cudart" in line or "cuInit" in line]
-    assert not noise, f"native log lines on a normal run: {noise[:3]}"
+    for level in (None, "2"):  # unset, or a user's own setting that lets error lines through
+        env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFL_VERBOSE")}
+        env |= {"TF_CPP_MIN_LOG_LEVEL": level} if level else {}
+        result = subprocess.run([sys.executable, "-m", "tfl.cli", "predict", str(tiny_run), str(image)],
+                                capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+        noise = [line for line in result.stderr.splitlines()
+                 if re.match(r"[IWE]\d{4} |WARNING: All log messages", line) or "cudart" in line or "cuInit" in line]
+        assert not noise, f"native log lines on a normal run with TF_CPP_MIN_LOG_LEVEL={level}: {noise[:3]}"
+
+
+def test_precision_defaults_to_auto_so_a_gpu_gets_mixed_precision_without_a_flag():
+    assert TrainConfig().precision == "auto"

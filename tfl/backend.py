@@ -69,6 +69,10 @@ def use_backend(name: str, start_devices: bool = True) -> None:
     with native_stderr_held():
         tensorflow = importlib.import_module("tensorflow")  # the input pipelines use tf.data on either backend
         importlib.import_module("keras")
+        # Probing for GPUs prints CUDA's "failed call to cuInit" error line on machines without one, whatever
+        # TF_CPP_MIN_LOG_LEVEL a user set: probe now, held. (Physical devices only: the runtime is not started, so
+        # multi-worker training can still be set up.)
+        tensorflow.config.list_physical_devices()
     if not verbose_native_logs():
         tensorflow.get_logger().setLevel("ERROR")  # its Python-side notes (retracing...) are for TF developers
         if name == "jax" and start_devices:
