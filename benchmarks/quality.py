@@ -44,8 +44,8 @@ def file_dataset(paths, labels, size, training, seed=42):
 def hand_recipe(splits: dict, classes: int, size: int, seed: int = 42) -> dict:
     start = time.time()
     keras.utils.set_random_seed(seed)
-    train = file_dataset(splits["train"]["paths"], splits["train"]["labels"], size, True, seed)
-    val = file_dataset(splits["val"]["paths"], splits["val"]["labels"], size, False)
+    train = file_dataset(splits["train"].paths, splits["train"].labels, size, True, seed)
+    val = file_dataset(splits["val"].paths, splits["val"].labels, size, False)
     base = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=str(WEIGHTS),
                                           input_shape=(size, size, 3))
     base.trainable = False
@@ -71,7 +71,7 @@ def hand_recipe(splits: dict, classes: int, size: int, seed: int = 42) -> dict:
     result = {"val_best": round(max(history), 4), "val_final": round(history[-1], 4),
               "wall_seconds": round(time.time() - start, 1)}
     if "test" in splits:
-        test = file_dataset(splits["test"]["paths"], splits["test"]["labels"], size, False)
+        test = file_dataset(splits["test"].paths, splits["test"].labels, size, False)
         result["test_final"] = round(float(model.evaluate(test, verbose=0)[1]), 4)
     return result
 
@@ -102,10 +102,10 @@ def main() -> None:
             if not data.is_dir() or not WEIGHTS.is_file():
                 raise SystemExit(f"needs {data} and {WEIGHTS} (the shared folder beside the repo)")
             ours, splits, size = tfl_defaults(data, Path(tmp), args.plan)
-            classes = len(set(splits["train"]["labels"]))
+            classes = len(set(splits["train"].labels))
             theirs = hand_recipe(splits, classes, size)
-            rows.append({"dataset": name, "train_images": len(splits["train"]["paths"]),
-                         "val_images": len(splits["val"]["paths"]), "classes": classes, "image_size": size,
+            rows.append({"dataset": name, "train_images": len(splits["train"]),
+                         "val_images": len(splits["val"]), "classes": classes, "image_size": size,
                          "tfl": ours, "hand": theirs,
                          "difference_best": round(ours["val_best"] - theirs["val_best"], 4)})
             print(json.dumps(rows[-1]), flush=True)

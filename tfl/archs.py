@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from tfl.errors import TflError
+from tfl.errors import unknown
 
 BACKBONE_OUTPUT = "<output>"  # a last block end standing for the backbone's last layer (when Keras names it anew)
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -219,6 +219,4 @@ def get_arch(name: str) -> ArchSpec:
     try:
         return ARCHS[name]
     except KeyError:
-        raise TflError(
-            f"Unknown architecture '{name}'. Choose one of: {', '.join(ARCHS)}."
-        ) from None
+        raise unknown("architecture", name, ARCHS) from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from tfl.errors import TflError
+from tfl.errors import unknown
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -101,7 +101,7 @@ def build_augmenter(preset: str, seed: int = 42):
     switches to TensorFlow ops inside tf.data, but a Sequential would run them on the Keras backend (JAX).
     """
     if preset not in PRESETS:
-        raise TflError(f"Unknown augment preset '{preset}'. Choose one of: {', '.join(PRESETS)}.")
+        raise unknown("augment preset", preset, PRESETS)
     layers = PRESETS[preset](seed)
     return apply_in_turn(layers) if layers else None
 

@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 
-from tfl.errors import TflError
+from tfl.errors import TflError, unknown
 
 BACKENDS = ("tensorflow", "jax")
 VERBOSE_ENV = "TFL_VERBOSE"  # set (tfl --verbose does) to see TensorFlow's, XLA's and absl's native log lines
@@ -50,7 +50,7 @@ def use_backend(name: str, start_devices: bool = True) -> None:
 
     `start_devices=False` leaves JAX's devices alone, for `jax.distributed.initialize` to come first."""
     if name not in BACKENDS:
-        raise TflError(f"Unknown backend '{name}'. Choose one of: {', '.join(BACKENDS)}.")
+        raise unknown("backend", name, BACKENDS)
     if name == "jax" and importlib.util.find_spec("jax") is None:
         raise TflError("The JAX backend needs JAX, which is not installed. Install it with: pip install 'tfl[jax]'.")
     if not verbose_native_logs():

@@ -12,7 +12,7 @@ import yaml
 from tfl.archs import ARCHS, get_arch
 from tfl.augment import PRESETS as AUGMENT_PRESETS
 from tfl.backend import BACKENDS
-from tfl.errors import TflError, warn
+from tfl.errors import TflError, unknown, warn
 
 CLASS_WEIGHT_MODES = ("auto", "none")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
@@ -83,8 +83,7 @@ class TrainConfig:
     patience: int = setting(3, "Early-stopping patience within a stage, in epochs.", low=1)
     seed: int = setting(42, "Seed for the split, augmentation and initialisation.")
     backend: str = setting("tensorflow", "Keras backend.", choices=BACKENDS)
-    precision: str = setting("auto", "Dtype policy; auto: mixed float16 on a GPU, mixed bfloat16 on a CPU with native "
-                             "bfloat16 where a 4 s measurement finds it faster, else float32.", choices=PRECISIONS)
+    precision: str = setting("auto", "Dtype policy; auto: mixed float16 on a GPU, float32 on a CPU.", choices=PRECISIONS)
     distribute: str = setting("auto", "Devices and machines: auto (every GPU of this machine when it has several, "
                               "else one device), none, mirrored (every device of this machine), multiworker (several "
                               "machines: TF_CONFIG on TensorFlow, KERAS_DISTRIBUTION_* on JAX; see the README).",
@@ -204,7 +203,7 @@ def _check_field(spec: dataclasses.Field, value: Any, where: str) -> None:
     meta, name = spec.metadata, spec.name.replace("_", " ")
     label = f"{name}{where}"
     if meta["choices"] and value not in meta["choices"]:
-        raise TflError(f"Unknown {name} '{value}'{where}. Choose one of: {', '.join(meta['choices'])}.")
+        raise unknown(name, value, meta["choices"], where)
     low, high = meta["low"], meta["high"]
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = (f"between {low} and {high}" if low is not None and high is not None

@@ -7,7 +7,7 @@ import io
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 
 from tfl.errors import TflError, warn
 from tfl.scan import ScanCache, scan_cache_file, scan_files
+from tfl.split import Split
 
 IGNORED_NAMES = {"Thumbs.db", "desktop.ini", "__MACOSX"}
 # Split folder names, matched in any case: Kaggle downloads, Roboflow exports and torchvision's ImageFolder sets.
@@ -27,18 +28,6 @@ SPLIT_LIKE = re.compile(r"(?i)(^|[^a-z])(train|training|trn|val|valid|validation
                         r"(set|data|ing)?([^a-z]|$)")
 DECODER_VERSION = 2  # changes whenever the decoder gives other pixels (2: EXIF orientation); part of cache keys
 MEMORY_CACHE_LIMIT_BYTES = 3 * 2**30  # decoded images beyond this are cached on disk instead
-
-
-@dataclass
-class Split:
-    """One split of a dataset: image files with integer labels, or a tf.data source of (image, label)."""
-
-    paths: list[str] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    source: tf.data.Dataset | None = None  # tfds: decoded uint8 images
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 @dataclass

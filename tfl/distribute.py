@@ -25,7 +25,7 @@ import keras
 from tfl.backend import start_jax
 from tfl.config import DISTRIBUTE_MODES
 from tfl.data import Split
-from tfl.errors import TflError, warn
+from tfl.errors import TflError, unknown, warn
 from tfl.keras_patches import patch_keras_distributed_fit
 
 
@@ -185,7 +185,7 @@ def connect(mode: str, backend: str | None = None) -> Cluster:
     """The cluster for `mode` on the current backend; call it before TensorFlow runs anything (multiworker)."""
     backend = backend or keras.backend.backend()
     if mode not in DISTRIBUTE_MODES:
-        raise TflError(f"Unknown --distribute '{mode}'. Choose one of: {', '.join(DISTRIBUTE_MODES)}.")
+        raise unknown("--distribute", mode, DISTRIBUTE_MODES)
     key = (mode, backend)
     if key not in _CLUSTERS:
         _CLUSTERS[key] = (tf_cluster if backend == "tensorflow" else jax_cluster)(mode)

@@ -14,6 +14,11 @@ class TflWarning(UserWarning):
     """Something the user should know about a run that still goes on (a setting ignored, a split made smaller)."""
 
 
+def unknown(what: str, value, choices, where: str = "") -> TflError:
+    """The error for a name that is not one of `choices`: 'Unknown <what> '<value>'<where>. Choose one of: ...'."""
+    return TflError(f"Unknown {what} '{value}'{where}. Choose one of: {', '.join(map(str, choices))}.")
+
+
 def warn(message: str) -> None:
     warnings.warn(message, TflWarning, stacklevel=2)
 

@@ -22,11 +22,10 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
     with tempfile.TemporaryDirectory(prefix="tfl_converted_") as converted:
         report = {}
         if data is None:
-            saved = found.splits.get("val")
-            if not saved:
+            split = found.splits.get("val")
+            if not split:
                 raise TflError(f"Run '{run}' has no saved validation file list (trained from tfds?). Pass --data DIR.")
-            check_reachable(saved["paths"], run)
-            split = Split(paths=saved["paths"], labels=saved["labels"])
+            check_reachable(split.paths, run)
         else:
             split, report = load_labelled_folder(data, class_names, Path(converted))
         predictor = load_predictor(found.model_file)

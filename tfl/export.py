@@ -127,7 +127,7 @@ def representative_images(paths: list[str], image_size: int, samples: int, seed:
 def calibration_photos(run: RunFolder, data: Split | None, echo: Callable[[str], None]) -> list[str]:
     """The photos int8 calibrates on: the run's training photos that are still where they were, else those of
     --data; said on screen, and an error when there are none."""
-    saved = run.splits.get("train", {}).get("paths", [])
+    saved = run.splits.get("train", Split()).paths
     present = [p for p in saved if os.path.isfile(p)]
     if present:
         gone = f" ({len(saved) - len(present):,} are gone)" if len(present) < len(saved) else ""
@@ -188,18 +188,17 @@ def verification_set(run: RunFolder, data: Split | None, image_size: int, limit:
 
     if data is not None:
         return sample(data, "photos of --data")
-    saved = run.splits.get("val", {"paths": [], "labels": []})
-    present = [i for i, p in enumerate(saved["paths"]) if os.path.isfile(p)]
-    if present:
-        gone = len(saved["paths"]) - len(present)
-        split = Split([saved["paths"][i] for i in present], [saved["labels"][i] for i in present])
-        return sample(split, "validation photos" + (f" (of the {len(present):,} still there; {gone:,} are gone)"
-                                                    if gone else ""))
+    saved = run.splits.get("val", Split())
+    present = saved.present()
+    if len(present):
+        gone = len(saved) - len(present)
+        return sample(present, "validation photos" + (f" (of the {len(present):,} still there; {gone:,} are gone)"
+                                                      if gone else ""))
     # Smooth random scenes (noise at 8x8, enlarged) rather than pixel noise, so that predictions vary.
     small = np.random.default_rng(0).uniform(0, 255, (GENERATED_IMAGES, 8, 8, 3)).astype(np.float32)
     images = np.clip(np.round(tf.image.resize(small, [image_size, image_size]).numpy()), 0, 255).astype(np.uint8)
-    why = (f"none of its {len(saved['paths']):,} validation photos is where it was, the first '{saved['paths'][0]}'"
-           if saved["paths"] else "it saved no validation file list")
+    why = (f"none of its {len(saved):,} validation photos is where it was, the first '{saved.paths[0]}'"
+           if saved.paths else "it saved no validation file list")
     return Verification(images, None, f"{GENERATED_IMAGES} generated images, since {why}: accuracy NOT verified, "
                         "only agreement with the Keras model (pass --data DIR to verify on labelled photos)")
 

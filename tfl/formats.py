@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from tfl.errors import TflError
+from tfl.errors import TflError, unknown
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 ALL = "all"  # --format all: every exportable format
@@ -67,11 +67,11 @@ def formats_for(name: str, quantize: str) -> list[tuple[ArtifactFormat, str]]:
     """(format, quantization) pairs `tfl export --format name --quantize quantize` writes; an unknown name or a
     quantization the named format does not take is an error (with 'all', formats without it are written plain)."""
     if quantize not in QUANTIZATIONS:
-        raise TflError(f"Unknown quantization '{quantize}'. Choose one of: {', '.join(QUANTIZATIONS)}.")
+        raise unknown("quantization", quantize, QUANTIZATIONS)
     if name == ALL:
         return [(row, quantize if quantize in row.quantizations else "none") for row in FORMATS.values()]
     if name not in FORMATS:
-        raise TflError(f"Unknown export format '{name}'. Choose one of: {', '.join([*FORMATS, ALL])}.")
+        raise unknown("export format", name, [*FORMATS, ALL])
     row = FORMATS[name]
     if quantize not in row.quantizations:
         takers = [r.name for r in FORMATS.values() if quantize in r.quantizations]

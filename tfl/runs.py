@@ -18,6 +18,7 @@ from filelock import FileLock, Timeout
 from tfl.errors import TflError
 from tfl.fileio import atomic_write_text
 from tfl.formats import FORMATS
+from tfl.split import Split
 
 DEFAULT_ROOT = "saved_models"
 PARTIAL_SUFFIX = ".partial"
@@ -95,7 +96,7 @@ class RunFolder:
         return json.loads(self.data_report_file.read_text())
 
     @property
-    def splits(self) -> dict[str, dict]:
+    def splits(self) -> dict[str, Split]:
         return read_splits(self.path)
 
 
@@ -257,22 +258,23 @@ def portable_path(run_dir: Path, path: str) -> str:
     return str(absolute.relative_to(run_dir.resolve())) if absolute.is_relative_to(run_dir.resolve()) else str(absolute)
 
 
-def write_splits(run_dir: Path, splits: dict[str, dict]) -> None:
-    """Save the file lists {split: {paths, labels}}: absolute paths, or relative ones for files the run holds
-    (converted images), so a finished or moved run folder still finds them."""
-    saved = {name: {"paths": [portable_path(run_dir, p) for p in split["paths"]], "labels": split["labels"]}
-             for name, split in splits.items()}
+def write_splits(run_dir: Path, splits: dict[str, Split]) -> None:
+    """Save the file lists as splits.json ({split: {paths, labels}}): absolute paths, or relative ones for files the
+    run holds (converted images), so a finished or moved run folder still finds them. Splits without files (tfds)
+    are left out."""
+    saved = {name: {"paths": [portable_path(run_dir, p) for p in split.paths], "labels": split.labels}
+             for name, split in splits.items() if split is not None and split.source is None}
     atomic_write_text(run_dir / SPLITS_FILE, json.dumps(saved) + "\n")
 
 
-def read_splits(run_dir: Path) -> dict[str, dict]:
-    """The file lists of a run ({split: {paths, labels}}), with paths resolved; {} when it saved none (tfds)."""
+def read_splits(run_dir: Path) -> dict[str, Split]:
+    """The file lists of a run ({split: Split}), with paths resolved; {} when it saved none (tfds)."""
     path = run_dir / SPLITS_FILE
     if not path.is_file():
         return {}
     saved = json.loads(path.read_text())
-    return {name: {"paths": [str(run_dir / p) if not os.path.isabs(p) else p for p in split["paths"]],
-                   "labels": split["labels"]} for name, split in saved.items()}
+    return {name: Split([str(run_dir / p) if not os.path.isabs(p) else p for p in split["paths"]], split["labels"])
+            for name, split in saved.items()}
 
 
 def check_reachable(paths: list[str], run: Path) -> None:

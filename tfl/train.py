@@ -22,7 +22,7 @@ from tfl.archs import auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
 from tfl.checkpoint import Checkpoint, StageTracker, TrainingState
 from tfl.config import Stage, TrainConfig, from_run_record, run_record
-from tfl.data import ImageData, Split, load_data, make_pipeline
+from tfl.data import ImageData, load_data, make_pipeline
 from tfl.distribute import Cluster, connect, disconnect
 from tfl.errors import TflError, disk_full_explained
 from tfl.metrics import evaluate_model, write_metrics
@@ -82,12 +82,6 @@ def write_history_csv(rows: list[dict], path: Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
-
-
-def split_record(split: Split | None) -> dict | None:
-    if split is None or split.source is not None:
-        return None
-    return {"paths": split.paths, "labels": split.labels}
 
 
 def absolute_data(data: str) -> str:
@@ -422,9 +416,7 @@ def resolve_plan(config: TrainConfig, data: ImageData, cluster: Cluster,
     if config.plan == "auto":
         config, reasons = auto_plan(config, spec, DataStats(len(data.train), len(data.class_names)),
                                     cluster.global_batch(config.batch_size))
-    new_model = lambda: build_model(spec, len(data.class_names), image_size, config.weights,  # noqa: E731
-                                    config.alpha, config.dropout)
-    policy, why = resolve_precision(config.precision, new_model, image_size)
+    policy, why = resolve_precision(config.precision)
     size_note = ("" if config.image_size else
                  f" (auto: photos' median short side {median_side} px)" if median_side else " (auto)")
     echo(f"\nModel: {spec.name} at {image_size} px{size_note}, weights {config.weights}, backend "
@@ -441,9 +433,7 @@ def write_data_files(run: RunFolder, image_data: ImageData) -> None:
     report = image_data.report | {"converted": converted}
     atomic_write_text(run.data_report_file, json.dumps(report, indent=2) + "\n")
     atomic_write_text(run.labels_file, labels_text(image_data.class_names))
-    splits = {k: split_record(s) for k, s in (("train", image_data.train), ("val", image_data.val),
-                                              ("test", image_data.test))}
-    write_splits(run.path, {k: v for k, v in splits.items() if v})
+    write_splits(run.path, {"train": image_data.train, "val": image_data.val, "test": image_data.test})
 
 
 def saved_image_data(work_dir: Path, data: str, config: TrainConfig) -> ImageData:
@@ -452,9 +442,8 @@ def saved_image_data(work_dir: Path, data: str, config: TrainConfig) -> ImageDat
         return load_data(data, config.val_split, config.seed)
     run = RunFolder(work_dir)
     splits, report = run.splits, run.data_report
-    missing = [p for s in splits.values() for p in s["paths"] if not os.path.exists(p)]
+    missing = [p for s in splits.values() for p in s.paths if not os.path.exists(p)]
     if missing:
         raise TflError(f"{len(missing)} training file(s) of this run are gone (the first: '{missing[0]}'). Put the "
                        f"photos back where they were ({data}), or start a new run.")
-    parts = {k: Split(paths=v["paths"], labels=v["labels"]) for k, v in splits.items()}
-    return ImageData(run.class_names, parts["train"], parts["val"], parts.get("test"), report)
+    return ImageData(run.class_names, splits["train"], splits["val"], splits.get("test"), report)
