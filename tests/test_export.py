@@ -86,6 +86,54 @@ def test_labels_travel_inside_the_tflite(exported_run):
             assert archive.read("labels.txt").decode().split() == ["blue", "green", "red"]
 
 
+TFLITE_FILES = ("model_float32.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite")
+
+
+def test_every_tflite_carries_metadata_for_mediapipe(exported_run):
+    """TFLite Metadata as MediaPipe Tasks reads it: an RGB image input normalized by mean 0 and std 1 (the model
+    normalizes by itself), the labels as the output's axis labels, stored uncompressed."""
+    from tfl.tflite_metadata import read_metadata
+    from tfl.vendor import metadata_schema_py_generated as meta
+
+    for name in TFLITE_FILES:
+        data = (exported_run / name).read_bytes()
+        metadata = read_metadata(data)
+        assert metadata is not None, name
+        graph = metadata.subgraphMetadata[0]
+        normalization = graph.inputTensorMetadata[0].processUnits[0].options
+        assert (normalization.mean, normalization.std) == ([0.0], [1.0])
+        labels = graph.outputTensorMetadata[0].associatedFiles[0]
+        assert labels.name == b"labels.txt" and labels.type == meta.AssociatedFileType.TENSOR_AXIS_LABELS
+        assert metadata.version == b"tiny" and metadata.minParserVersion == b"1.0.0"
+        with zipfile.ZipFile(exported_run / name) as archive:
+            assert archive.getinfo("labels.txt").compress_type == zipfile.ZIP_STORED
+    from ai_edge_litert.interpreter import Interpreter
+
+    scale, zero_point = Interpreter(model_path=str(exported_run / "model_int8.tflite")).get_input_details()[0][
+        "quantization"]
+    assert (round(scale, 6), zero_point) == (1.0, 0), "MediaPipe feeds raw uint8 pixels: scale 1, zero point 0"
+
+
+def test_every_tflite_loads_in_mediapipe_tasks_with_its_class_names(exported_run):
+    """As an app developer loads it: MediaPipe Tasks' ImageClassifier, on a photo file."""
+    mp = pytest.importorskip("mediapipe", reason="MediaPipe Tasks is tfl's [mediapipe] extra (in [dev])")
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    report = json.loads((exported_run / "export_report.json").read_text())
+    photo = json.loads((exported_run / "splits.json").read_text())["val"]["paths"][0]
+    keras_top = keras_probabilities(exported_run, val_images(exported_run, 1)).argmax()
+    for name in TFLITE_FILES:
+        assert "mediapipe_top1_agreement" in report[name], "the export ran it through MediaPipe"
+        options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(exported_run / name)),
+                                                max_results=3)
+        with vision.ImageClassifier.create_from_options(options) as classifier:
+            categories = classifier.classify(mp.Image.create_from_file(photo)).classifications[0].categories
+        assert sorted(c.category_name for c in categories) == ["blue", "green", "red"], name
+        if name != "model_int8.tflite":  # the tiny model's int8 may differ; the report measures agreement
+            assert max(categories, key=lambda c: c.score).index == keras_top, name
+    assert report["model_float32.tflite"]["mediapipe_top1_agreement"] == 1.0
+
+
 def test_tflite_runs_with_ai_edge_litert_and_matches_keras(exported_run):
     from ai_edge_litert.interpreter import Interpreter
 

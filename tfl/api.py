@@ -55,8 +55,8 @@ class Run(RunFolder):
         return evaluate_run(self.path, None if data is None else str(data))[0]
 
     def export(self, format: str = "tflite", quantize: str = "none", **options) -> Path:
-        """Write and verify an artifact (options: those of tfl.export.export_run, e.g. data=, force=); its path, the
-        last one when format is 'all'."""
+        """Write and verify an artifact (options: those of tfl.export.export_run, e.g. data=, force=,
+        metadata={"author": ...}); its path, the last one when format is 'all'."""
         from tfl.export import export_run
 
         rows = export_run(self.path, format, quantize, **options)

@@ -157,6 +157,8 @@ def evaluate(run, data, root):
               help="Classes returned by the SavedModel's classify_images signature.")
 @click.option("--max-accuracy-drop", type=float, help="Fail (and write nothing) if an artifact loses more accuracy "
               "than this against the Keras model, e.g. 0.01.")
+@click.option("--meta", "metadata", multiple=True, metavar="KEY=VALUE",
+              help="A field of the TFLite metadata (name, description, version, author, license); repeatable.")
 @click.option("--force", is_flag=True, help="Replace existing artifacts.")
 @click.option("--data", help="Folder of class subfolders to verify on (and calibrate int8 with), instead of the "
               "run's own photos (for a run whose photos moved away).")
@@ -166,7 +168,12 @@ def export(run, root, export_format, quantize, **options):
     """Export RUN (default: the latest) as a SavedModel, TFLite or ONNX file, verified on its validation images
     (those still there; --data DIR for others; generated images, for the agreement alone, when none is left)."""
     use_backend("tensorflow")  # exports need TF; a JAX-trained model.keras loads under TF as it is
-    tfl.open_run(run, root).export(export_format, quantize, echo=click.echo, **options)
+    pairs = [item.partition("=") for item in options.pop("metadata")]
+    bad = [key for key, sep, _ in pairs if not sep or not key]
+    if bad:
+        raise TflError(f"--meta takes KEY=VALUE (like --meta author='Jane Doe'), got '{bad[0]}'.")
+    tfl.open_run(run, root).export(export_format, quantize, echo=click.echo,
+                                   metadata={key.strip(): value for key, _, value in pairs}, **options)
 
 
 @main.command()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import shutil
 import tempfile
-import weakref
 import time
-import zipfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,6 +24,7 @@ from tfl.evaluate import load_labelled_folder
 from tfl.precision import float32_copy
 from tfl.predict import load_predictor
 from tfl.report import format_export_report
+from tfl.tflite_metadata import ModelInfo, with_metadata
 from tfl.fileio import atomic_path, atomic_write_text
 from tfl.formats import ArtifactFormat, formats_for
 from tfl.runs import DEFAULT_ROOT, LABELS_FILE, RunFolder, export_lock, labels_text
@@ -44,6 +43,7 @@ class ArtifactJob:
     top_k: int = 5  # classes the SavedModel's classify_images returns
     calibration: list[str] | None = None  # int8: photos like the training ones
     calibration_samples: int = 300
+    info: ModelInfo = dataclasses.field(default_factory=ModelInfo)  # TFLite metadata: name, description, author...
 
 
 def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> None:
@@ -94,29 +94,25 @@ def converter_settings(quantize: str, representative_dataset: Callable | None) -
             "inference_input_type": tf.uint8}
 
 
-def with_labels(tflite_bytes: bytes, class_names: list[str]) -> bytes:
-    """Append labels.txt as a zip archive, as TFLite metadata's associated files are packed: any zip reader
-    finds it, and the interpreter ignores bytes after the flatbuffer."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(LABELS_FILE, labels_text(class_names))
-    return tflite_bytes + buffer.getvalue()
-
-
 def write_tflite(model: keras.Model, target: Path, job: ArtifactJob) -> None:
     representative = (representative_images(job.calibration, int(model.input_shape[1]), job.calibration_samples)
                       if job.quantize == "int8" else None)
     plain = target.with_name(target.name + ".plain.tflite")
     model.export(str(plain), format="litert", verbose=False, **converter_settings(job.quantize, representative))
-    target.write_bytes(with_labels(plain.read_bytes(), job.class_names))
+    target.write_bytes(with_metadata(plain.read_bytes(), job.class_names, job.info))
     plain.unlink()
 
 
 def representative_images(paths: list[str], image_size: int, samples: int, seed: int = 0) -> Callable:
-    """Calibration data for int8: `samples` of `paths`, as float32 pixel batches of one."""
+    """Calibration data for int8: `samples` of `paths`, as float32 pixel batches of one, after a black and a white
+    image. Those two make the uint8 input's scale 1 and zero point 0, so that a uint8 pixel is its own value: MediaPipe
+    feeds raw pixels and ignores the input's quantization (with photos alone its scale came out 0.9 and its scores
+    shifted)."""
     chosen = np.random.default_rng(seed).permutation(len(paths))[:samples]
 
     def generate():
+        for value in (0.0, 255.0):
+            yield [np.full((1, image_size, image_size, 3), value, np.float32)]
         for index in chosen:
             pixels = load_image_for_predict(paths[index], image_size)
             yield [pixels.astype(np.float32)[np.newaxis]]
@@ -243,17 +239,19 @@ def verify(predictor, path: Path, check: Verification, reference: np.ndarray | N
 def export_run(run: str | Path | None = None, export_format: str = "tflite", quantize: str = "none",
                calibration_samples: int = 300, verify_images: int = 500, top_k: int = 5, force: bool = False,
                max_accuracy_drop: float | None = None, root: str | Path = DEFAULT_ROOT,
-               echo: Callable[[str], None] = print, data: str | Path | None = None) -> list[dict]:
+               echo: Callable[[str], None] = print, data: str | Path | None = None,
+               metadata: dict[str, str] | None = None) -> list[dict]:
     """Write the requested artifacts of RUN atomically, verify each, and record each in export_report.json as soon
     as it is in place (an export killed midway keeps what it finished and records it). `data`: a folder of class
-    subfolders to verify (and calibrate int8) on, instead of the run's own photos. One export of a run at a time.
-    (Its parameters are the options of `tfl export`, one each.)"""
+    subfolders to verify (and calibrate int8) on, instead of the run's own photos. `metadata`: fields of the TFLite
+    metadata (name, description, version, author, license) over tfl's. One export of a run at a time. (Its
+    parameters are the options of `tfl export`, one each.)"""
     wanted = formats_for(export_format, quantize)
     run = RunFolder.open(run, root)
     advice = lambda: ("Every artifact finished before is kept and listed in export_report.json; nothing half-written "  # noqa: E731
                       "is left. Free some space and run the export again.")
     with export_lock(run.path), disk_full_explained(f"exporting '{run.path}'", advice):
-        job = ArtifactJob(run.class_names, quantize, top_k, None, calibration_samples)
+        job = ArtifactJob(run.class_names, quantize, top_k, None, calibration_samples, model_info(run, metadata))
         return Export(run, job, echo).write(wanted, force, verify_images, max_accuracy_drop, data)
 
 
@@ -309,6 +307,7 @@ class Export:
             with atomic_path(path, force=force) as tmp:
                 row_format.write(model, tmp, dataclasses.replace(self.job, quantize=quantize))
                 row = verify(row_format.open(tmp), tmp, check, reference)
+                row |= row_format.check_in_apps(tmp, check, reference, self.job.class_names)
                 row["file"] = self.relative(path)
                 check_drop(row, max_accuracy_drop, self.echo)
         return row | {"file": self.relative(path), "quantize": quantize}
@@ -330,6 +329,49 @@ class Export:
     def record(self, row: dict) -> None:
         self.report[row["file"]] = row
         atomic_write_text(self.report_path, json.dumps(self.report, indent=2) + "\n")
+
+
+def mediapipe_check(path: Path, check: Verification, reference: np.ndarray, class_names: list[str]) -> dict:
+    """The .tflite run as apps load it, through MediaPipe Tasks' ImageClassifier (Android, iOS, web and Python): it
+    must load, name the classes as labels.txt does, and agree with the Keras model. It is given the verification
+    pixels at the model's size, so that it resizes nothing and the comparison is of the model alone."""
+    try:
+        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions, vision
+    except ImportError:
+        return {"mediapipe": "not checked: pip install 'tfl[mediapipe]'"}
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(path)),
+                                            max_results=len(class_names))
+    tops, named = [], True
+    try:
+        with native_stderr_held(), vision.ImageClassifier.create_from_options(options) as classifier:
+            for pixels in check.images:
+                image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels, np.uint8))
+                categories = classifier.classify(image).classifications[0].categories
+                tops.append(max(categories, key=lambda category: category.score).index)
+                named = named and all(c.category_name == class_names[c.index] for c in categories)
+    except Exception as exc:  # MediaPipe raises RuntimeError and ValueError with its C++ status text
+        raise TflError(f"MediaPipe Tasks' ImageClassifier cannot run {path.name} ({str(exc).splitlines()[0][:200]}), "
+                       "so apps could not load it. Nothing was written; please report this as a tfl bug.") from None
+    if not named:
+        raise TflError(f"MediaPipe Tasks reads other class names from {path.name} than labels.txt holds. Nothing was "
+                       "written; please report this as a tfl bug.")
+    return {"mediapipe_top1_agreement": round(float(np.mean(np.asarray(tops) == reference.argmax(axis=1))), 4)}
+
+
+def model_info(run: RunFolder, metadata: dict[str, str] | None) -> ModelInfo:
+    """The TFLite metadata's fields: what tfl knows of the run, then the user's."""
+    names = run.class_names
+    listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    info = ModelInfo(name=f"{run.config.get('arch', 'tfl')} image classifier",
+                     description=f"Classifies photos into {len(names)} classes: {listed}. Trained with tfl.",
+                     version=run.name)
+    fields = {field.name for field in dataclasses.fields(ModelInfo)}
+    unknown_keys = sorted(set(metadata or {}) - fields)
+    if unknown_keys:
+        raise TflError(f"Unknown metadata field(s) {', '.join(unknown_keys)}. The TFLite metadata has: "
+                       f"{', '.join(sorted(fields))} (--meta KEY=VALUE).")
+    return dataclasses.replace(info, **(metadata or {}))
 
 
 def check_drop(row: dict, max_accuracy_drop: float | None, echo: Callable[[str], None]) -> None:

@@ -28,6 +28,11 @@ class ArtifactFormat:
     quantizations: tuple[str, ...] = ("none",)
     suffix: str | None = None  # tfl.load: a file with this suffix is of this format
     marker: str | None = None  # tfl.load: a folder holding this file is of this format
+    app_check: str | None = None  # "module:function(path, verification, reference, class_names) -> report fields":
+    #                               the artifact run as the apps that use it run it
+
+    def check_in_apps(self, *args) -> dict:
+        return resolve(self.app_check)(*args) if self.app_check else {}
 
     def path(self, quantize: str = "none") -> str:
         return self.file(quantize)
@@ -50,7 +55,8 @@ FORMATS: dict[str, ArtifactFormat] = {row.name: row for row in [
                    marker="saved_model.pb"),
     ArtifactFormat("tflite", "for phones and edge devices (LiteRT), in every quantization",
                    lambda q: f"model_{'float32' if q == 'none' else q}.tflite", "tfl.export:write_tflite",
-                   "tfl.predict:TFLitePredictor", quantizations=QUANTIZATIONS, suffix=".tflite"),
+                   "tfl.predict:TFLitePredictor", quantizations=QUANTIZATIONS, suffix=".tflite",
+                   app_check="tfl.export:mediapipe_check"),
     ArtifactFormat("onnx", "for ONNX Runtime apps (C#, Java, C++, JavaScript, Python) and browsers",
                    lambda q: "model.onnx", "tfl.export:write_onnx", "tfl.predict:OnnxPredictor", suffix=".onnx"),
 ]}
