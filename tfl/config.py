@@ -88,6 +88,8 @@ class TrainConfig:
                               "else one device), none, mirrored (every device of this machine), multiworker (several "
                               "machines: TF_CONFIG on TensorFlow, KERAS_DISTRIBUTION_* on JAX; see the README).",
                               choices=DISTRIBUTE_MODES)
+    calibrate: bool = setting(True, "After training, fit one temperature on the validation set and fold it into the "
+                              "model, so that every artifact's scores are calibrated probabilities.")
     feature_cache: bool = setting(True, "Train head-only stages on backbone features computed once.")
     cache_views: int = setting(1, "Feature vectors per training image in the cache: 1 plain, plus augmented copies.",
                                low=1)

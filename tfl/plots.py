@@ -84,3 +84,25 @@ def plot_training_curves(history: list[dict], path: Path, cached_stages: Collect
         axes.legend(loc="best", fontsize=8)
     atomic_write_bytes(path, figure_bytes(figure))
     plt.close(figure)
+
+
+def plot_reliability(calibration: dict, path: Path) -> None:
+    """Accuracy against confidence per bin, before and after the temperature (the diagonal is perfect calibration);
+    the ECE of each in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for key, style in (("before", "o--"), ("after", "s-")):
+        rows = calibration[f"reliability_{key}"]
+        label = (f"{key} (ECE {calibration[f'ece_{key}']:.3f})" if key == "before" else
+                 f"with temperature {calibration['temperature']:.2f} (ECE {calibration['ece_after']:.3f})")
+        axes.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], style, label=label)
+    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence of the top class", ylabel="accuracy",
+             title="reliability on the validation set")
+    axes.legend(loc="upper left", fontsize=8)
+    atomic_write_bytes(path, figure_bytes(figure))
+    plt.close(figure)

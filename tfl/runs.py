@@ -52,6 +52,7 @@ class RunFolder:
     history_file = property(lambda self: self.path / "history.csv")
     curves_file = property(lambda self: self.path / "training_curves.png")
     confusion_file = property(lambda self: self.path / "confusion_matrix.png")
+    reliability_file = property(lambda self: self.path / "reliability_diagram.png")
     data_report_file = property(lambda self: self.path / "data_report.json")
     export_report_file = property(lambda self: self.path / "export_report.json")
     checkpoint_dir = property(lambda self: self.path / CHECKPOINT_DIR)

@@ -25,8 +25,9 @@ from tfl.config import Stage, TrainConfig, from_run_record, run_record
 from tfl.data import ImageData, load_data, make_pipeline
 from tfl.distribute import Cluster, connect, disconnect
 from tfl.errors import TflError, disk_full_explained
-from tfl.metrics import evaluate_model, write_metrics
-from tfl.plots import plot_confusion_matrix, plot_training_curves
+from tfl.calibration import calibration_report, fit_temperature, fold_temperature, rescaled
+from tfl.metrics import classification_metrics, evaluate_model, predict_dataset, write_metrics
+from tfl.plots import plot_confusion_matrix, plot_reliability, plot_training_curves
 from tfl.features import FEATURE_CACHE_FOLDER, feature_stage_data, uses_feature_cache
 from tfl.model import build_model, get_head, set_trainable_blocks, trainable_params
 from tfl.plan import DataStats, auto_plan
@@ -323,17 +324,16 @@ class Training:
         return copy
 
     def write_run(self, model: keras.Model) -> RunFolder:
-        """The finished run's files: model, metrics (validation and test), history, plots; then it takes its name."""
+        """The finished run's files: model (its scores calibrated), metrics (validation and test), history, plots;
+        then it takes its name."""
         config, data, run = self.config, self.data, self.folder
+        metrics = self.calibrate(model)
         with atomic_path(run.model_file, force=True) as tmp:
             model.save(tmp)
-        metrics = {}
-        for split_name, split in (("validation", data.val), ("test", data.test)):
-            if split is not None and len(split):
-                pipeline = make_pipeline(split, len(data.class_names), config.image_size, config.batch_size,
-                                         training=False)
-                metrics[split_name] = evaluate_model(model, pipeline, data.class_names)
-        metrics = metrics.pop("validation") | metrics
+        if data.test is not None and len(data.test):
+            pipeline = make_pipeline(data.test, len(data.class_names), config.image_size, config.batch_size,
+                                     training=False)
+            metrics["test"] = evaluate_model(model, pipeline, data.class_names)
         best = self.state.best
         metrics["best_epoch"] = {"epoch": best["epoch"], "stage": self.state.rows[best["epoch"] - 1]["stage"]}
         metrics["wall_seconds"] = round(time.time() - self.start, 1)
@@ -342,10 +342,23 @@ class Training:
         cached = {stage.name for stage in config.stages if self.on_features(stage)}
         plot_training_curves(self.state.rows, run.curves_file, cached)
         plot_confusion_matrix(metrics, run.confusion_file)
+        plot_reliability(metrics["calibration"], run.reliability_file)
         shutil.rmtree(run.checkpoint_dir)  # the run is complete: nothing left to resume
         run_dir = finish_run_dir(run.path, self.final_dir)
         self.caller.echo(closing_line(metrics, time.time() - self.start, run_dir))
         return RunFolder(run_dir)
+
+    def calibrate(self, model: keras.Model) -> dict:
+        """Validation metrics of the model with one temperature, fitted on the validation set, folded into its
+        softmax layer (unless the config turns calibration off), and the calibration error before and after."""
+        data = self.data
+        pipeline = make_pipeline(data.val, len(data.class_names), self.config.image_size, self.config.batch_size,
+                                 training=False)
+        probabilities, labels = predict_dataset(model, pipeline)
+        temperature = fit_temperature(probabilities, labels) if self.config.calibrate else 1.0
+        fold_temperature(get_head(model).get_layer("probabilities"), temperature)
+        metrics = classification_metrics(rescaled(probabilities, temperature), labels, data.class_names)
+        return metrics | {"calibration": calibration_report(probabilities, labels, temperature)}
 
     # --- the two ways in ------------------------------------------------------------------------------------------
 

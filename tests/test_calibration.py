@@ -1,0 +1,67 @@
+"""Calibrated scores: the temperature fit, the calibration error, folding the temperature into the model, and a
+run's metrics and reliability diagram."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tfl.calibration import (expected_calibration_error, fit_temperature, fold_temperature, negative_log_likelihood,
+                             rescaled)
+
+
+def softmax(logits):
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture
+def overconfident():
+    """Scores twice as sharp as the truth: labels drawn from softmax(z / 2), scores softmax(z)."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (6000, 5))
+    truth = softmax(logits / 2.0)
+    labels = np.array([rng.choice(5, p=row) for row in truth])
+    return softmax(logits), labels
+
+
+def test_the_fitted_temperature_recovers_the_true_one_and_lowers_the_error(overconfident):
+    probabilities, labels = overconfident
+    temperature = fit_temperature(probabilities, labels)
+    assert temperature == pytest.approx(2.0, abs=0.15)
+    calibrated = rescaled(probabilities, temperature)
+    assert expected_calibration_error(calibrated, labels) < expected_calibration_error(probabilities, labels) / 3
+    assert negative_log_likelihood(calibrated, labels) < negative_log_likelihood(probabilities, labels)
+    np.testing.assert_array_equal(calibrated.argmax(axis=1), probabilities.argmax(axis=1)), "top-1 never changes"
+
+
+def test_the_calibration_error_of_known_cases():
+    labels = np.array([0, 0, 1, 1])
+    assert expected_calibration_error(np.array([[1.0, 0], [1, 0], [0, 1], [0, 1]]), labels) == 0.0
+    assert expected_calibration_error(np.array([[0.9, 0.1]] * 4), labels) == pytest.approx(0.4)
+
+
+def test_folding_the_temperature_into_the_softmax_layer_rescales_its_scores():
+    import keras
+
+    layer = keras.layers.Dense(4, activation="softmax")
+    features = np.random.default_rng(1).normal(size=(8, 6)).astype("float32")
+    before = np.asarray(layer(features))
+    fold_temperature(layer, 2.5)
+    np.testing.assert_allclose(np.asarray(layer(features)), rescaled(before, 2.5), atol=1e-5)
+
+
+def test_a_run_reports_its_calibration_and_can_turn_it_off(tiny_run, tiny_folder, tmp_path):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    calibration = metrics["calibration"]
+    assert calibration["temperature"] > 0 and {"ece_before", "ece_after", "nll_before", "nll_after"} <= set(calibration)
+    assert calibration["nll_after"] <= calibration["nll_before"] + 1e-4, "the temperature minimises validation NLL"
+    assert metrics["loss"] == pytest.approx(calibration["nll_after"], abs=2e-3), "the model kept is the calibrated one"
+    assert (tiny_run / "reliability_diagram.png").stat().st_size > 1000
+    import tfl
+
+    run = tfl.finetune(tiny_folder, arch="mobilenetv2", weights="none", image_size=32, alpha=0.35, batch_size=8,
+                       epochs=(2, 0), calibrate=False, output=tmp_path / "runs", name="plain", echo=lambda s: None,
+                       verbose=0)
+    assert run.metrics["calibration"]["temperature"] == 1.0
+    assert run.metrics["calibration"]["ece_after"] == run.metrics["calibration"]["ece_before"]
