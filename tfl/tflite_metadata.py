@@ -46,7 +46,7 @@ class ModelInfo:
     license: str = ""
 
 
-def input_metadata(uint8: bool) -> meta.TensorMetadataT:
+def input_metadata() -> meta.TensorMetadataT:
     tensor = meta.TensorMetadataT()
     tensor.name, tensor.description = "image", "RGB pixels 0..255, resized to the model's input size"
     tensor.content = meta.ContentT()
@@ -79,9 +79,9 @@ def output_metadata(uint8: bool) -> meta.TensorMetadataT:
     return tensor
 
 
-def metadata_bytes(info: ModelInfo, input_uint8: bool, output_uint8: bool) -> bytes:
+def metadata_bytes(info: ModelInfo, output_uint8: bool) -> bytes:
     subgraph = meta.SubGraphMetadataT()
-    subgraph.inputTensorMetadata = [input_metadata(input_uint8)]
+    subgraph.inputTensorMetadata = [input_metadata()]
     subgraph.outputTensorMetadata = [output_metadata(output_uint8)]
     model = meta.ModelMetadataT()
     model.name, model.description = info.name, info.description
@@ -108,12 +108,12 @@ def with_metadata(tflite: bytes, class_names: list[str], info: ModelInfo) -> byt
     if any(buffer.offset and buffer.offset > 1 for buffer in model.buffers or []):
         raise TflError("The model is over 2 GB, kept outside the flatbuffer; its TFLite file cannot carry metadata.")
     graph = model.subgraphs[0]
-    first_in, first_out = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
+    first_out = graph.tensors[graph.outputs[0]]
     if int(first_out.shape[-1]) != len(class_names):
         raise TflError(f"The model has {first_out.shape[-1]} outputs but {len(class_names)} class names.")
     uint8 = model_schema.TensorType.UINT8
     buffer = model_schema.BufferT()
-    buffer.data = np.frombuffer(metadata_bytes(info, first_in.type == uint8, first_out.type == uint8), np.uint8)
+    buffer.data = np.frombuffer(metadata_bytes(info, first_out.type == uint8), np.uint8)
     entries = [m for m in model.metadata or [] if m.name in (METADATA_NAME, METADATA_NAME.encode())]
     if entries:
         model.buffers[entries[0].buffer] = buffer
