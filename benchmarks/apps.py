@@ -1,0 +1,88 @@
+"""Benchmark: the exports as apps run them, on every shared single-label set. For each set, tfl's defaults train a
+run (MobileNetV2-0.35 with the shared weights), which is exported as TFLite in every quantization; then:
+- calibration: the expected calibration error on validation before and after the temperature (metrics.json);
+- MediaPipe Tasks' ImageClassifier loading each file and each validation photo itself (its own decoder, EXIF and
+  bilinear resize): top-1 agreement with the Keras model on tfl's pixels, and of each quantization with float32;
+- accuracy and batch-1 latency of each file on tfl's pixels (export_report.json).
+
+    python benchmarks/apps.py [--datasets flowers weather4 potato_leaf3] [--out benchmarks/results/apps.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from common import REPO, RESULTS, WEIGHTS, machine, write_results  # sets up TF logging
+
+import numpy as np
+
+import tfl
+from tfl.data import load_image_for_predict
+
+DATASETS = REPO.parent / "shared" / "datasets"
+FILES = {"none": "model_float32.tflite", "float16": "model_float16.tflite", "dynamic": "model_dynamic.tflite",
+         "int8": "model_int8.tflite"}
+
+
+def mediapipe_tops(model_path: Path, photos: list[str]) -> np.ndarray:
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(model_path)), max_results=1)
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        return np.array([classifier.classify(mp.Image.create_from_file(photo)).classifications[0].categories[0].index
+                         for photo in photos])
+
+
+def measure(name: str, workdir: Path) -> dict:
+    run = tfl.finetune(DATASETS / name, alpha=0.35, weights=WEIGHTS, output=workdir, name=name, verbose=2)
+    for quantize in FILES:
+        run.export("tflite", quantize, verify_images=10_000, force=True)
+    report, calibration = tfl.open_run(run.path).export_report_file, run.metrics["calibration"]
+    import json
+
+    report = json.loads(report.read_text())
+    val = run.splits["val"]
+    size = int(run.config["image_size"])
+    keras_model = tfl.load(run.path)
+    keras_top = np.concatenate([keras_model.predict_pixels(np.stack([load_image_for_predict(p, size)
+                                                                     for p in val.paths[i:i + 32]])).argmax(axis=1)
+                                for i in range(0, len(val), 32)])
+    tops = {quantize: mediapipe_tops(run.path / file, val.paths) for quantize, file in FILES.items()}
+    labels = np.asarray(val.labels)
+    rows = {quantize: {"accuracy_tfl_pixels": report[file]["accuracy"],
+                       "change_vs_keras": report[file]["accuracy_change"],
+                       "latency_ms_batch1": report[file]["latency_ms_batch1"],
+                       "mediapipe_accuracy_own_loader": round(float((tops[quantize] == labels).mean()), 4),
+                       "mediapipe_agreement_with_keras": round(float((tops[quantize] == keras_top).mean()), 4),
+                       "mediapipe_agreement_with_float32": round(float((tops[quantize] == tops["none"]).mean()), 4)}
+            for quantize, file in FILES.items()}
+    return {"dataset": name, "val_images": len(val), "keras_accuracy": run.metrics["accuracy"],
+            "temperature": calibration["temperature"], "ece_before": calibration["ece_before"],
+            "ece_after": calibration["ece_after"], "files": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["flowers", "weather4", "potato_leaf3"])
+    parser.add_argument("--out", default=str(RESULTS / "apps.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [measure(name, Path(tmp)) for name in args.datasets]
+    print(f"\n{machine()}")
+    print(f"{'dataset':<14} {'T':>5} {'ECE before':>10} {'after':>6} | {'file':<8} {'acc':>6} {'change':>7} {'ms':>5} "
+          f"{'MP acc':>7} {'MP=keras':>8} {'MP=f32':>7}")
+    for result in results:
+        for quantize, row in result["files"].items():
+            print(f"{result['dataset']:<14} {result['temperature']:>5.2f} {result['ece_before']:>10.4f} "
+                  f"{result['ece_after']:>6.4f} | {quantize:<8} {row['accuracy_tfl_pixels']:>6.4f} "
+                  f"{row['change_vs_keras']:>+7.4f} {row['latency_ms_batch1']:>5.2f} "
+                  f"{row['mediapipe_accuracy_own_loader']:>7.4f} {row['mediapipe_agreement_with_keras']:>8.1%} "
+                  f"{row['mediapipe_agreement_with_float32']:>7.1%}")
+    write_results(args.out, {"machine": machine(), "results": results})
+
+
+if __name__ == "__main__":
+    main()
