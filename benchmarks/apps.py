@@ -31,9 +31,17 @@ def mediapipe_tops(model_path: Path, photos: list[str]) -> np.ndarray:
     from mediapipe.tasks.python import BaseOptions, vision
 
     options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(model_path)), max_results=1)
+    tops = []
     with vision.ImageClassifier.create_from_options(options) as classifier:
-        return np.array([classifier.classify(mp.Image.create_from_file(photo)).classifications[0].categories[0].index
-                         for photo in photos])
+        for photo in photos:
+            image = mp.Image.create_from_file(photo)
+            if image.channels != 3:  # MediaPipe keeps a greyscale or RGBA file's channels, and an RGB model then fails
+                pixels = image.numpy_view()
+                pixels = np.repeat(pixels.reshape(*pixels.shape[:2], -1)[..., :1], 3, axis=-1) \
+                    if image.channels == 1 else pixels[..., :3]
+                image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
+            tops.append(classifier.classify(image).classifications[0].categories[0].index)
+    return np.array(tops)
 
 
 def measure(name: str, workdir: Path) -> dict:
