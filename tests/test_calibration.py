@@ -35,6 +35,17 @@ def test_the_fitted_temperature_recovers_the_true_one_and_lowers_the_error(overc
     np.testing.assert_array_equal(calibrated.argmax(axis=1), probabilities.argmax(axis=1)), "top-1 never changes"
 
 
+def test_a_perfect_validation_set_stops_the_temperature_at_its_lower_bound():
+    """With no error the likelihood keeps rising as T falls: the search stops at the range's bound, and says so."""
+    from tfl.calibration import TEMPERATURE_RANGE, calibration_report
+
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]] * 20)
+    labels = np.array([0, 1, 2] * 20)
+    temperature = fit_temperature(probabilities, labels)
+    assert temperature == pytest.approx(TEMPERATURE_RANGE[0], rel=0.01)
+    assert calibration_report(probabilities, labels, temperature)["at_bound"] is True
+
+
 def test_the_calibration_error_of_known_cases():
     labels = np.array([0, 0, 1, 1])
     assert expected_calibration_error(np.array([[1.0, 0], [1, 0], [0, 1], [0, 1]]), labels) == 0.0
