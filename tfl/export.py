@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import tempfile
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -250,16 +248,17 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
     run = RunFolder.open(run, root)
     advice = lambda: ("Every artifact finished before is kept and listed in export_report.json; nothing half-written "  # noqa: E731
                       "is left. Free some space and run the export again.")
-    with export_lock(run.path), disk_full_explained(f"exporting '{run.path}'", advice):
+    with export_lock(run.path), disk_full_explained(f"exporting '{run.path}'", advice), \
+            tempfile.TemporaryDirectory(prefix="tfl_converted_") as converted:
         job = ArtifactJob(run.class_names, quantize, top_k, None, calibration_samples, model_info(run, metadata))
-        return Export(run, job, echo).write(wanted, force, verify_images, max_accuracy_drop, data)
+        return Export(run, job, echo, Path(converted)).write(wanted, force, verify_images, max_accuracy_drop, data)
 
 
 class Export:
     """One `tfl export` of a run: the float32 model, the photos it is checked on, the report it fills."""
 
-    def __init__(self, run: RunFolder, job: ArtifactJob, echo: Callable[[str], None]):
-        self.run, self.job, self.echo = run, job, echo
+    def __init__(self, run: RunFolder, job: ArtifactJob, echo: Callable[[str], None], converted_dir: Path):
+        self.run, self.job, self.echo, self.converted_dir = run, job, echo, converted_dir
         self.report_path = run.export_report_file
         self.report = json.loads(self.report_path.read_text()) if self.report_path.is_file() else {}
 
@@ -315,9 +314,7 @@ class Export:
     def labelled_folder(self, data: str | Path) -> Split:
         """--data's photos, converted where TensorFlow cannot read them (into a folder that lives as long as this
         export), with what was skipped said on screen."""
-        converted = Path(tempfile.mkdtemp(prefix="tfl_converted_"))
-        weakref.finalize(self, shutil.rmtree, converted, ignore_errors=True)
-        split, report = load_labelled_folder(data, self.job.class_names, converted)
+        split, report = load_labelled_folder(data, self.job.class_names, self.converted_dir)
         if report["skipped"]:
             self.echo(f"--data: skipped {len(report['skipped'])} unusable file(s), the first "
                       f"'{report['skipped'][0]['path']}' ({report['skipped'][0]['reason']})")

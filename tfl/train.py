@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -244,7 +245,7 @@ class Training:
                                       self.output / FEATURE_CACHE_FOLDER, self.folder.cache_dir / "features",
                                       self.caller.echo, self.caller.augmenter is not None, self.cluster,
                                       self.class_weight)
-        return (self.model, *self.pixel_data())
+        return (self.model, *self.pixel_data)
 
     def compile(self, trained: keras.Model, stage: Stage) -> None:
         # A step on feature vectors takes microseconds: 32 per call halve the epoch time (only epoch callbacks run).
@@ -288,19 +289,18 @@ class Training:
     def steps_per_epoch(self) -> int:
         return self.cluster.steps_per_epoch(len(self.data.train), self.config.batch_size)
 
+    @functools.cached_property
     def pixel_data(self):
         """(training, validation, class weights for fit) of decoded, augmented pixels, built once per run."""
-        if not hasattr(self, "_pixel_data"):
-            config, classes, cache = self.config, len(self.data.class_names), self.folder.cache_dir
-            mixer, train_files = build_mixer(config.mixup, config.cutmix, config.seed), self.cluster.shard(self.data.train)
-            self._pixel_data = self.cluster.fit_data(
-                lambda batch, repeat: make_pipeline(train_files, classes, config.image_size, batch, training=True,
-                                                    augmenter=self.augmenter, mixer=mixer, seed=config.seed,
-                                                    cache_dir=cache, repeat=repeat),
-                lambda batch: make_pipeline(self.data.val, classes, config.image_size, batch, training=False,
-                                            cache_dir=cache),
-                config.batch_size, self.class_weight)
-        return self._pixel_data
+        config, classes, cache = self.config, len(self.data.class_names), self.folder.cache_dir
+        mixer, train_files = build_mixer(config.mixup, config.cutmix, config.seed), self.cluster.shard(self.data.train)
+        return self.cluster.fit_data(
+            lambda batch, repeat: make_pipeline(train_files, classes, config.image_size, batch, training=True,
+                                                augmenter=self.augmenter, mixer=mixer, seed=config.seed,
+                                                cache_dir=cache, repeat=repeat),
+            lambda batch: make_pipeline(self.data.val, classes, config.image_size, batch, training=False,
+                                        cache_dir=cache),
+            config.batch_size, self.class_weight)
 
     def plan_rows(self) -> list[dict]:
         rows = []
