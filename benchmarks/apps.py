@@ -3,7 +3,8 @@ run (MobileNetV2-0.35 with the shared weights), which is exported as TFLite in e
 - calibration: the expected calibration error on validation before and after the temperature (metrics.json);
 - MediaPipe Tasks' ImageClassifier loading each file and each validation photo itself (its own decoder, EXIF and
   bilinear resize): top-1 agreement with the Keras model on tfl's pixels, and of each quantization with float32;
-- accuracy and batch-1 latency of each file on tfl's pixels (export_report.json).
+- accuracy and batch-1 latency of each file on tfl's pixels (export_report.json), and the layers the quantization
+  fallback kept in float where the converter's file missed its target.
 
     python benchmarks/apps.py [--datasets flowers weather4 potato_leaf3] [--out benchmarks/results/apps.json]
 """
@@ -65,7 +66,10 @@ def measure(name: str, workdir: Path) -> dict:
                        "latency_ms_batch1": report[file]["latency_ms_batch1"],
                        "mediapipe_accuracy_own_loader": round(float((tops[quantize] == labels).mean()), 4),
                        "mediapipe_agreement_with_keras": round(float((tops[quantize] == keras_top).mean()), 4),
-                       "mediapipe_agreement_with_float32": round(float((tops[quantize] == tops["none"]).mean()), 4)}
+                       "mediapipe_agreement_with_float32": round(float((tops[quantize] == tops["none"]).mean()), 4),
+                       "size_mb": round(report[file]["size_bytes"] / 1e6, 2),
+                       "fallback": {key: value for key, value in report[file].get("fallback", {}).items()
+                                    if key != "in_float"}}
             for quantize, file in FILES.items()}
     return {"dataset": name, "val_images": len(val), "keras_accuracy": run.metrics["accuracy"],
             "temperature": calibration["temperature"], "ece_before": calibration["ece_before"],
@@ -81,14 +85,16 @@ def main() -> None:
         results = [measure(name, Path(tmp)) for name in args.datasets]
     print(f"\n{machine()}")
     print(f"{'dataset':<14} {'T':>5} {'ECE before':>10} {'after':>6} | {'file':<8} {'acc':>6} {'change':>7} {'ms':>5} "
-          f"{'MP acc':>7} {'MP=keras':>8} {'MP=f32':>7}")
+          f"{'MP acc':>7} {'MP=keras':>8} {'MP=f32':>7} {'MB':>5} float layers")
     for result in results:
         for quantize, row in result["files"].items():
             print(f"{result['dataset']:<14} {result['temperature']:>5.2f} {result['ece_before']:>10.4f} "
                   f"{result['ece_after']:>6.4f} | {quantize:<8} {row['accuracy_tfl_pixels']:>6.4f} "
                   f"{row['change_vs_keras']:>+7.4f} {row['latency_ms_batch1']:>5.2f} "
                   f"{row['mediapipe_accuracy_own_loader']:>7.4f} {row['mediapipe_agreement_with_keras']:>8.1%} "
-                  f"{row['mediapipe_agreement_with_float32']:>7.1%}")
+                  f"{row['mediapipe_agreement_with_float32']:>7.1%} {row['size_mb']:>5.2f} "
+                  + (f"{row['fallback']['layers_in_float']}/{row['fallback']['layers']} (converter's file "
+                     f"{row['fallback']['fully_quantized']['agreement']:.1%})" if row["fallback"] else "-"))
     write_results(args.out, {"machine": machine(), "results": results})
 
 

@@ -79,3 +79,15 @@ def flowers_subset(target: Path, train_per_class: int, val_per_class: int) -> Pa
             for f in chosen:
                 (folder / f.name).symlink_to(f)
     return target
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory):
+    """MobileNetV2-0.35 with the shared ImageNet weights, briefly trained on real flower photos."""
+    weights = require_mobilenet_weights()
+    import tfl
+
+    root = tmp_path_factory.mktemp("real_run")
+    data = flowers_subset(root / "flowers", train_per_class=30, val_per_class=12)
+    return tfl.finetune(data, alpha=0.35, weights=weights, image_size=96, epochs=(4, 0, 0), learning_rates=(3e-3,),
+                        output=root / "runs", name="real", echo=lambda s: None, verbose=0).path

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import REPO, flowers_subset, make_image, require_mobilenet_weights
+from tests.conftest import REPO, make_image
 from tfl.cli import main
 from tfl.data import load_image_for_predict
 
@@ -37,18 +37,6 @@ def exported_run(tiny_run):
                      "--verify-images", "6")
         assert result.exit_code == 0, result.output
     return tiny_run
-
-
-@pytest.fixture(scope="session")
-def real_run(tmp_path_factory):
-    """MobileNetV2-0.35 with the shared ImageNet weights, briefly trained on real flower photos."""
-    weights = require_mobilenet_weights()
-    import tfl
-
-    root = tmp_path_factory.mktemp("real_run")
-    data = flowers_subset(root / "flowers", train_per_class=30, val_per_class=12)
-    return tfl.finetune(data, alpha=0.35, weights=weights, image_size=96, epochs=(4, 0, 0), learning_rates=(3e-3,),
-                        output=root / "runs", name="real", echo=lambda s: None, verbose=0).path
 
 
 def keras_probabilities(run, images):

@@ -21,6 +21,7 @@ from tfl.errors import TflError, disk_full_explained
 from tfl.evaluate import load_labelled_folder
 from tfl.precision import float32_copy
 from tfl.predict import load_predictor
+from tfl.quantize import Goal, quantized_file
 from tfl.report import format_export_report
 from tfl.tflite_metadata import ModelInfo, with_metadata
 from tfl.fileio import atomic_path, atomic_write_text
@@ -42,6 +43,7 @@ class ArtifactJob:
     calibration: list[str] | None = None  # int8: photos like the training ones
     calibration_samples: int = 300
     info: ModelInfo = dataclasses.field(default_factory=ModelInfo)  # TFLite metadata: name, description, author...
+    goal: Goal | None = None  # what a quantized TFLite file must keep of the Keras model's answers
 
 
 def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> None:
@@ -78,27 +80,14 @@ def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> Non
 
 # --- TFLite ----------------------------------------------------------------------------------------
 
-def converter_settings(quantize: str, representative_dataset: Callable | None) -> dict:
-    builtins_only = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}  # runs on any LiteRT, no Flex delegate
-    if quantize == "none":
-        return {"target_spec": builtins_only}
-    if quantize == "float16":
-        return {"optimizations": [tf.lite.Optimize.DEFAULT],
-                "target_spec": builtins_only | {"supported_types": [tf.float16]}}
-    if quantize == "dynamic":
-        return {"optimizations": [tf.lite.Optimize.DEFAULT], "target_spec": builtins_only}
-    return {"optimizations": [tf.lite.Optimize.DEFAULT], "representative_dataset": representative_dataset,
-            "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
-            "inference_input_type": tf.uint8}
-
-
-def write_tflite(model: keras.Model, target: Path, job: ArtifactJob) -> None:
+def write_tflite(model: keras.Model, target: Path, job: ArtifactJob) -> dict:
+    """The .tflite of job.quantize with its TFLite metadata; a dynamic or int8 file that misses its target keeps its
+    most damaging layers in float (tfl/quantize.py), and says so in the returned report fields."""
     representative = (representative_images(job.calibration, int(model.input_shape[1]), job.calibration_samples)
                       if job.quantize == "int8" else None)
-    plain = target.with_name(target.name + ".plain.tflite")
-    model.export(str(plain), format="litert", verbose=False, **converter_settings(job.quantize, representative))
-    target.write_bytes(with_metadata(plain.read_bytes(), job.class_names, job.info))
-    plain.unlink()
+    content, report = quantized_file(model, job.quantize, representative, job.goal)
+    target.write_bytes(with_metadata(content, job.class_names, job.info))
+    return report
 
 
 def representative_images(paths: list[str], image_size: int, samples: int, seed: int = 0) -> Callable:
@@ -278,6 +267,7 @@ class Export:
         self.echo(f"Exporting {self.run.path} ({len(self.job.class_names)} classes, {image_size} px); verifying on "
                   f"{check.source}")
         reference = predict_all(keras_predictor, check.images, 32)
+        self.job.goal = Goal(check.images, reference, check.labels)
         rows = [verify(keras_predictor, self.run.model_file, check, None)]
         self.record(rows[0])
         for row_format, quantize, path in targets:
@@ -304,8 +294,8 @@ class Export:
             row = verify(row_format.open(path), path, check, reference)
         else:
             with atomic_path(path, force=force) as tmp:
-                row_format.write(model, tmp, dataclasses.replace(self.job, quantize=quantize))
-                row = verify(row_format.open(tmp), tmp, check, reference)
+                written = row_format.write(model, tmp, dataclasses.replace(self.job, quantize=quantize))
+                row = verify(row_format.open(tmp), tmp, check, reference) | (written or {})
                 row |= row_format.check_in_apps(tmp, check, reference, self.job.class_names)
                 row["file"] = self.relative(path)
                 check_drop(row, max_accuracy_drop, self.echo)

@@ -97,7 +97,17 @@ def format_export_report(rows: list[dict]) -> str:
         agree = f"{row['top1_agreement']:.1%}" if "top1_agreement" in row else "ref"
         lines.append(f"{row['file']:<36} {row['size_bytes'] / 1e6:>8.2f}MB {accuracy:>8} {change:>8} "
                      f"{agree:>7} {row['latency_ms_batch1']:>7.2f}")
-    return "\n".join(lines + [fastest_line(rows)])
+    return "\n".join(lines + [fallback_line(row) for row in rows if "fallback" in row] + [fastest_line(rows)])
+
+
+def fallback_line(row: dict) -> str:
+    """What the quantization fallback (tfl/quantize.py) did to one file."""
+    fallback = row["fallback"]
+    first, after = fallback["fully_quantized"], fallback["after"]
+    outcome = "meets" if fallback["target_met"] else "still misses (the closest kept)"
+    return (f"{row['file']}: as the converter quantized it, it agreed with the Keras model on {first['agreement']:.1%}, below its "
+            f"target ({fallback['target']}); with the {fallback['layers_in_float']} of {fallback['layers']} layers "
+            f"that lose most kept in float it agrees on {after['agreement']:.1%} and {outcome} the target.")
 
 
 def fastest_line(rows: list[dict]) -> str:

@@ -1,0 +1,104 @@
+"""The quantization fallback: a dynamic or int8 file that misses its target keeps its most damaging layers in float."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import tfl.quantize as quantize
+from tfl.cli import main
+
+
+class FakeLayers:
+    """A fallback whose file is just the number of layers kept in float."""
+
+    def __init__(self, model, calibration, float_content):
+        self.all = [f"layer{i}" for i in range(53)]
+
+    def build(self, in_float):
+        return len(in_float).to_bytes(2, "big")
+
+
+def test_the_search_keeps_the_fewest_layers_in_float_that_meet_the_target(monkeypatch):
+    measured = []
+
+    def measure(self, content, quantize_):
+        steps = int.from_bytes(content, "big")
+        measured.append(steps)
+        return {"agreement": 0.9 + steps / 1000, "met": steps >= 11}
+
+    monkeypatch.setattr(quantize, "convert", lambda model, q, calibration: (0).to_bytes(2, "big"))
+    monkeypatch.setattr(quantize, "ranked", lambda fallback, content, images: fallback.all[::-1])
+    monkeypatch.setattr(quantize, "FALLBACKS", {"int8": FakeLayers})
+    monkeypatch.setattr(quantize.Goal, "measure", measure)
+    goal = quantize.Goal(np.zeros((4, 8, 8, 3), np.uint8), np.eye(4))
+    content, report = quantize.quantized_file(None, "int8", None, goal)
+    assert int.from_bytes(content, "big") == 11
+    fallback = report["fallback"]
+    assert fallback["layers_in_float"] == 11 and fallback["in_float"] == [f"layer{i}" for i in range(52, 41, -1)]
+    assert fallback["target_met"] and fallback["fully_quantized"] == {"agreement": 0.9}
+    assert measured[:6] == [0, 1, 2, 4, 8, 16]  # doubling, then halving between 8 and 16
+    assert len(measured) <= 10
+
+    monkeypatch.setattr(quantize.Goal, "measure", lambda self, content, q: {"agreement": 0.5, "met": False})
+    content, report = quantize.quantized_file(None, "int8", None, goal)
+    assert report["fallback"]["target_met"] is False and report["fallback"]["layers_in_float"] == 1  # the closest
+
+
+def test_files_that_meet_their_target_are_left_as_the_converter_wrote_them(monkeypatch):
+    monkeypatch.setattr(quantize, "convert", lambda model, q, calibration: b"converted")
+    monkeypatch.setattr(quantize.Goal, "measure", lambda self, content, q: {"agreement": 1.0, "met": True})
+    goal = quantize.Goal(np.zeros((4, 8, 8, 3), np.uint8), np.eye(4))
+    assert quantize.quantized_file(None, "dynamic", None, goal) == (b"converted", {})
+    assert quantize.quantized_file(None, "float16", None, goal) == (b"converted", {})
+
+
+def test_goal_needs_agreement_and_accuracy(monkeypatch):
+    reference = np.eye(4)[[0, 1, 2, 3] * 25]  # 100 answers
+    goal = quantize.Goal(np.zeros((100, 8, 8, 3), np.uint8), reference, labels=reference.argmax(axis=1))
+    flipped = reference.copy()
+    flipped[:2] = np.roll(flipped[:2], 1, axis=1)  # 2 answers changed: 98% agreement, 2 points less accurate
+    monkeypatch.setattr(quantize, "probabilities", lambda content, images: flipped)
+    assert goal.measure(b"", "int8") == {"agreement": 0.98, "accuracy_drop": 0.02, "met": False}
+    goal.labels = None
+    assert goal.measure(b"", "int8") == {"agreement": 0.98, "met": True}
+    assert goal.measure(b"", "dynamic")["met"] is False
+
+
+def test_weights_kept_past_the_flatbuffer_are_brought_inside(tiny_run):
+    """AI Edge Quantizer writes weights past the flatbuffer once they pass 256 KB; the metadata needs them inside."""
+    import keras
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_quantizer import quantizer, recipe
+
+    content = quantize.convert(keras.models.load_model(tiny_run / "model.keras", compile=False), "none", None)
+    job = quantizer.Quantizer(content, recipe.dynamic_wi8_afp32())
+    outside = bytes(job.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model)
+    assert any(b.offset > 1 for b in schema.ModelT.InitFromPackedBuf(outside, 0).buffers)
+    inside = quantize.inlined(outside)
+    assert not any(b.offset for b in schema.ModelT.InitFromPackedBuf(inside, 0).buffers)
+    assert quantize.inlined(inside) == inside
+    images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(quantize.probabilities(inside, images), quantize.probabilities(outside, images))
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "int8"])
+def test_a_file_below_its_target_keeps_layers_in_float_and_still_loads_in_mediapipe(real_run, tmp_path, kind,
+                                                                                    monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(real_run, run, ignore=shutil.ignore_patterns("*.tflite", "export*"))
+    monkeypatch.setitem(quantize.TARGETS, kind, 1.0)  # every answer kept: the converter's file misses it
+    result = CliRunner().invoke(main, ["export", str(run), "--format", "tflite", "--quantize", kind,
+                                       "--calibration-samples", "40"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    row = json.loads((run / "export_report.json").read_text())[f"model_{kind}.tflite"]
+    fallback = row["fallback"]
+    print(kind, {k: v for k, v in fallback.items() if k != "in_float"})
+    assert fallback["fully_quantized"]["agreement"] < 1.0
+    assert 1 <= fallback["layers_in_float"] == len(set(fallback["in_float"])) <= fallback["layers"]
+    assert fallback["after"]["agreement"] == row["top1_agreement"] >= fallback["fully_quantized"]["agreement"]
+    assert "layers that lose most kept in float" in result.output
+    assert row["mediapipe_top1_agreement"] >= row["top1_agreement"] - 0.05  # loads in MediaPipe, names checked
+    assert row["size_bytes"] < 0.8 * (run / "model.keras").stat().st_size
