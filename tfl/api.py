@@ -30,7 +30,7 @@ def finetune(data: str | Path | None = None, *, config: str | Path | TrainConfig
     added to every stage, for progress or logging. With `distribute="multiworker"` only the chief (worker 0) writes
     and returns the run; the other workers return None. (Thirteen parameters: the public API, one keyword per option
     of `tfl finetune`.)"""
-    check_arguments("tfl.finetune", data=(data, (str, Path, type(None)), "a folder's path"),
+    check_arguments("tfl.finetune", data=(data, (str, Path, type(None)), "the path of a folder or a label file"),
                     output=(output, (str, Path), "a folder's path"), name=(name, (str, type(None)), "a run name"),
                     overwrite=(overwrite, bool, "True or False"), echo=(echo, Callable, "a function of one string"),
                     augmenter=(augmenter, (Callable, type(None)), "a function of a pixel batch"),

@@ -90,8 +90,8 @@ def setting_options(command):
 
 
 @main.command()
-@click.option("--data", help="Folder with one subfolder per class (or train/ and val/), or tfds:NAME (default: the "
-              "--config's data).")
+@click.option("--data", help="Folder with one subfolder per class (or train/ and val/), a label file (CSV/TSV: file "
+              "names and labels), a folder with train.csv and val.csv, or tfds:NAME (default: the --config's data).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file overriding configs/<arch>.yaml "
               "(a run's config.yaml reproduces that run).")
 @click.option("--epochs", help="Epochs per stage, comma-separated: head,top_blocks,full (e.g. 5,5,0).")

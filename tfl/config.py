@@ -60,8 +60,17 @@ class TrainConfig:
     configs/<arch>.yaml holds only what differs for an arch, a user's --config file and the CLI options (one per
     field, derived from this table) override it, and a run's config.yaml holds all of them as used."""
 
-    data: str | None = setting(None, "The photos: a folder with one subfolder per class (or train/ and val/), or "
-                               "tfds:NAME.", kind=str, cli=False)
+    data: str | None = setting(None, "The photos: a folder with one subfolder per class (or train/ and val/), a "
+                               "label file (CSV/TSV), a folder with train.csv and val.csv, or tfds:NAME.", kind=str,
+                               cli=False)
+    images: str | None = setting(None, "Label files: the folder their file names are relative to (default: the "
+                                 "file's own folder, or the one subfolder that holds them).", kind=str)
+    path_column: str | None = setting(None, "Label files: the column naming the image files (default: detected).",
+                                      kind=str)
+    label_column: str | None = setting(None, "Label files: the column holding the labels (default: detected; one "
+                                       "0/1 column per label is read as such).", kind=str)
+    label_separator: str | None = setting(None, "Label files: what separates several labels in one column "
+                                          "(default: detected among , ; |).", kind=str)
     arch: str = setting("mobilenetv2", "Backbone (`tfl archs` lists them).", choices=tuple(ARCHS))
     plan: str = setting("auto", "auto: stages chosen from the number of images and classes (tfl/plan.py: head to "
                         "convergence, then warmed-up fine-tuning); fixed: the config's stages as given.",

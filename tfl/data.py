@@ -1,4 +1,5 @@
-"""Image data: scanning class folders (bad files skipped and reported), splits, tfds, and tf.data pipelines."""
+"""Image data: class folders and label files scanned (bad files skipped and reported), splits, tfds, and tf.data
+pipelines."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import hashlib
 import io
 import os
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,12 @@ def scan_class_folders(folder: Path, class_names: list[str], report: dict, conve
     """Scan `folder/<class>/**` in parallel; usable files become the split, the rest go to the report."""
     candidates = [(path, label) for label, name in enumerate(class_names)
                   if (folder / name).is_dir() for path in list_files(folder / name)]
+    return scan_candidates(candidates, report, converted_dir, scan_cache)
+
+
+def scan_candidates(candidates: list[tuple[str, int]], report: dict, converted_dir: Path | None,
+                    scan_cache: ScanCache | None = None) -> Split:
+    """Scan (path, label) pairs in parallel; usable files become the split, the rest go to the report."""
     paths = [path for path, _ in candidates]
     scanned = scan_cache.scan(paths) if scan_cache else scan_files(paths)
     split = Split()
@@ -293,10 +300,94 @@ def load_tfds(name: str, val_split: float = 0.2, data_dir: str | None = None) ->
 
 
 def load_data(data: str, val_split: float, seed: int, converted_dir: Path | None = None,
-              scan_cache_dir: Path | None = None) -> ImageData:
+              scan_cache_dir: Path | None = None, csv: CsvOptions | None = None) -> ImageData:
+    """The photos of `--data`: a tfds name, a label file, a folder of label files (train.csv, val.csv) or a folder of
+    class folders."""
     if data.startswith("tfds:"):
         return load_tfds(data.removeprefix("tfds:"), val_split)
+    path = Path(data).expanduser()
+    if path.is_file() and path.suffix.lower() in LABEL_FILE_SUFFIXES or path.is_dir() and split_label_files(path):
+        return load_label_files(path, val_split, seed, converted_dir, scan_cache_dir, csv or CsvOptions())
     return load_image_folder(data, val_split, seed, converted_dir, scan_cache_dir)
+
+
+# --- label files -----------------------------------------------------------------------------------
+
+LABEL_FILE_SUFFIXES = (".csv", ".tsv")
+
+
+@dataclass
+class CsvOptions:
+    """What the user stated about a label file's layout (None: detected)."""
+
+    images: str | None = None
+    path_column: str | None = None
+    label_column: str | None = None
+    label_separator: str | None = None
+
+
+def split_label_files(folder: Path) -> dict[str, Path]:
+    """train.csv and val.csv (and test.csv; any split folder name, .csv or .tsv) at the top of a folder."""
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        for name in names:
+            for suffix in LABEL_FILE_SUFFIXES:
+                if (folder / f"{name}{suffix}").is_file() and split not in found:
+                    found[split] = folder / f"{name}{suffix}"
+    return found if {"train", "val"} <= found.keys() else {}
+
+
+def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Path | None,
+                     scan_cache_dir: Path | None, options: CsvOptions) -> ImageData:
+    """Photos named by a label file (its split column honoured), or by train.csv/val.csv[/test.csv] in a folder."""
+    from tfl.csv_labels import read_label_file
+
+    sources = split_label_files(path) if path.is_dir() else {"all": path}
+    images = options.images or (str(path) if path.is_dir() else None)
+    read = {split: read_label_file(file, images, options.path_column, options.label_column, options.label_separator)
+            for split, file in sources.items()}
+    multilabel = [str(sources[s]) for s, files in read.items() if files.multilabel]
+    if multilabel:
+        raise TflError(f"'{multilabel[0]}' gives several labels to some photos. Multi-label training is not built "
+                       "yet (it is the next step of tfl's CSV support); for now, give each photo one label.")
+    every = sorted({labels[0] for files in read.values() for labels in files.labels})
+    check_classes(every, path)
+    report: dict = {"source": str(path), "skipped": [], "converted": [],
+                    "label_files": {split: files.report for split, files in read.items()}}
+    scan_cache = ScanCache.load(scan_cache_file(scan_cache_dir, path.parent if path.is_file() else path)) \
+        if scan_cache_dir else None
+    index = {name: i for i, name in enumerate(every)}
+    try:
+        splits = {}
+        for split, files in read.items():
+            by_split = defaultdict(list)
+            for file, labels, row_split in zip(files.paths, files.labels, files.splits):
+                by_split[row_split or split].append((file, index[labels[0]]))
+            for name, candidates in by_split.items():
+                splits[name] = scan_candidates(candidates, report, converted_dir, scan_cache)
+    finally:
+        if scan_cache:
+            scan_cache.save()
+    if "train" not in splits:
+        everything = splits.pop("all", Split())
+        check_usable(everything, every, path, report)
+        splits["train"], splits["val"] = stratified_split(everything, val_split, seed)
+        report["layout"] = f"labels from '{path.name}', stratified split, {val_split:.0%} validation, seed {seed}"
+    else:
+        report["layout"] = f"labels and splits from {', '.join(f'{s}: {p.name}' for s, p in sources.items())}" \
+            if path.is_dir() else f"labels and splits from '{path.name}'"
+        if "all" in splits:
+            raise TflError(f"Some rows of '{path}' have no split while others do. Give every row a split, or none.")
+    train, val, test = splits["train"], splits.get("val", Split()), splits.get("test")
+    check_usable(train, every, path, report)
+    warn_about_missing_val_classes(val, every)
+    if len(val) == 0:
+        raise TflError(f"The validation split of '{path}' has no usable image. Add rows for it, or raise --val-split.")
+    report["classes"] = every
+    report["median_short_side"] = int(np.median(report.pop("short_sides"))) if report.get("short_sides") else None
+    report["counts"] = {name: class_counts(split, every)
+                        for name, split in (("train", train), ("val", val), ("test", test)) if split is not None}
+    return ImageData(every, train, val, test, report)
 
 
 # --- tf.data pipelines ---------------------------------------------------------------------------

@@ -25,6 +25,13 @@ def data_summary(class_names: list[str], report: dict) -> str:
     """What was read: classes and images per split, the layout, and the files skipped or converted (a few named)."""
     sizes = " / ".join(f"{sum(c.values()):,} {name}" for name, c in report["counts"].items())
     lines = [f"Data: {len(class_names)} classes, {sizes} images ({report['layout']})"]
+    for split, read in report.get("label_files", {}).items():
+        lines.append(f"Label file {read['label_file']}: {read['csv_layout']}; {read['matched']:,} of {read['rows']:,} "
+                     f"rows name a photo found under {read['images_folder']}")
+        if read.get("note"):
+            lines.append(f"  ({read['note']})")
+        for reason, found in read["problems"].items():
+            lines.append(f"  {found['rows']:,} row(s) {reason}, e.g. {'; '.join(found['examples'][:2])}")
     skipped = report["skipped"]
     if skipped:
         lines.append(f"Skipped {len(skipped)} unusable file(s) (listed in data_report.json):")

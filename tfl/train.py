@@ -23,7 +23,7 @@ from tfl.archs import auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
 from tfl.checkpoint import Checkpoint, StageTracker, TrainingState
 from tfl.config import Stage, TrainConfig, from_run_record, run_record
-from tfl.data import ImageData, load_data, make_pipeline
+from tfl.data import CsvOptions, ImageData, load_data, make_pipeline
 from tfl.distribute import Cluster, connect, disconnect
 from tfl.errors import TflError, disk_full_explained
 from tfl.calibration import calibration_report, fit_temperature, fold_temperature, rescaled
@@ -375,6 +375,8 @@ class Training:
         data = absolute_data(data or config.data)
         if config.weights not in ("imagenet", "none"):  # a weights file: saved so that it is found from anywhere
             config = dataclasses.replace(config, weights=str(Path(config.weights).expanduser().resolve()))
+        if config.images:  # like the data, found from anywhere
+            config = dataclasses.replace(config, images=str(Path(config.images).expanduser().resolve()))
         output = Path(output).expanduser()
         with run_lock(output, name):
             final_dir, work_dir = prepare_run_dir(output, name, overwrite)
@@ -382,7 +384,9 @@ class Training:
             with discarded_on_failure(work_dir):
                 keras.utils.set_random_seed(config.seed)
                 image_data = load_data(data, config.val_split, config.seed, converted_dir=folder.converted_dir,
-                                       scan_cache_dir=output / SCAN_CACHE_FOLDER)
+                                       scan_cache_dir=output / SCAN_CACHE_FOLDER, csv=CsvOptions(
+                                           config.images, config.path_column, config.label_column,
+                                           config.label_separator))
                 caller.echo(data_summary(image_data.class_names, image_data.report))
                 write_data_files(folder, image_data)
                 config, reasons = resolve_plan(config, image_data, cluster, caller.echo)

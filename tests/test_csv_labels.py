@@ -1,0 +1,141 @@
+"""Label files: CSV/TSV layouts detected or stated, rows matched to files, problems counted, splits honoured."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import CLASS_COLOURS, SHARED, make_image
+from tfl.cli import main
+from tfl.csv_labels import detect_layout, read_label_file, read_table
+from tfl.data import load_data
+from tfl.errors import TflError
+
+CATS5 = SHARED / "datasets" / "cats5"
+
+
+def flat_photos(folder: Path, per_class: int = 6, suffix: str = ".jpg") -> list[tuple[str, str]]:
+    """Photos in one flat folder, as Kaggle sets come: (file name, colour label)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c, (name, colour) in enumerate(CLASS_COLOURS.items()):
+        for i in range(per_class):
+            file = f"{name[0]}{i}{suffix}"
+            make_image(colour, 40, seed=1000 * c + i).save(folder / file)
+            rows.append((file, name))
+    return rows
+
+
+def write(path: Path, lines: list[str], newline: str = "\n") -> Path:
+    path.write_bytes(newline.join(lines).encode() + newline.encode())
+    return path
+
+
+@pytest.mark.parametrize("header, row, expected", [
+    (["id", "breed"], ["a.jpg", "Maine Coon"], "one label per row in column 'breed'"),
+    (["Filenames", "labels"], ["a.jpg", "desert,sea"], "several per row separated by ','"),
+    (["file", "tags"], ["a.jpg", "desert|sea"], "separated by '|'"),
+    (["Filenames", "desert", "sea", "trees"], ["a.jpg", "1", "0", "1"], "one 0/1 column per label (3: desert, sea, trees)"),
+    (["label", "image", "split"], ["cat", "x/a.png", "val"], "files in column 'image'; one label per row in column "
+                                                               "'label'; splits from column 'split'"),
+])
+def test_layouts_are_detected(header, row, expected):
+    assert expected in detect_layout(header, [row, row]).describe()
+
+
+def test_what_cannot_be_detected_asks_for_the_flag():
+    with pytest.raises(TflError, match="--label-column"):
+        detect_layout(["file", "breed", "colour"], [["a.jpg", "x", "y"]], source="t.csv")
+    with pytest.raises(TflError, match="--path-column"):
+        detect_layout(["a", "b"], [["x", "y"]], source="t.csv")
+    with pytest.raises(TflError, match="'nope' is not a column of 't.csv'; its columns are: file, breed"):
+        detect_layout(["file", "breed"], [["a.jpg", "x"]], label_column="nope", source="t.csv")
+    layout = detect_layout(["file", "breed", "colour"], [["a.jpg", "x", "y"]], label_column="colour")
+    assert layout.label_columns == ["colour"]
+    assert detect_layout(["f", "l"], [["a.jpg", "x y"]], separator=" ").separator == " "
+
+
+def test_tsv_crlf_and_a_byte_order_mark_are_read(tmp_path):
+    path = tmp_path / "labels.tsv"
+    path.write_bytes("\ufefffile\tlabel\r\na.jpg\tcat\r\n\r\nb.jpg\tdog\r\n".encode())
+    assert read_table(path) == (["file", "label"], [["a.jpg", "cat"], ["b.jpg", "dog"]])
+
+
+def test_rows_are_matched_to_files_and_problems_counted_with_examples(tmp_path):
+    rows = flat_photos(tmp_path / "train")
+    (tmp_path / "train" / "r0.jpg").rename(tmp_path / "train" / "r0.png")  # named .jpg in the CSV
+    make_image((0, 0, 0)).save(tmp_path / "train" / "twin.png")
+    make_image((0, 0, 0)).save(tmp_path / "train" / "twin.jpeg")  # twin.jpg: two candidates, so not matched
+    lines = ["id,colour"] + [f"{f},{label}" for f, label in rows]
+    lines += [f"missing{i}.jpg,red" for i in range(12)] + ["twin.jpg,red", "g1.jpg,green", "b1.jpg,red", "g2.jpg,"]
+    files = read_label_file(write(tmp_path / "labels.csv", lines, "\r\n"))
+    report = files.report
+    assert report["images_folder"] == str(tmp_path / "train") and "in 'train/'" in report["note"]
+    problems = report["problems"]
+    assert problems["file not found"]["rows"] == 13 and len(problems["file not found"]["examples"]) == 5
+    assert problems["found under another extension (kept)"]["rows"] == 1
+    assert problems["listed twice (the first kept)"]["rows"] == 1
+    assert problems["listed twice with other labels (both skipped)"]["rows"] == 1
+    assert problems["no label"]["rows"] == 1
+    assert str(tmp_path / "train" / "r0.png") in files.paths
+    assert str(tmp_path / "train" / "b1.jpg") not in files.paths  # blue and red: skipped
+    assert len(files.paths) == len(rows) - 1 and report["matched"] == len(files.paths)
+
+
+def test_a_split_column_and_train_val_files_are_honoured(tmp_path):
+    rows = flat_photos(tmp_path / "photos")
+    lines = ["file,label,split"] + [f"photos/{f},{label},{'val' if i % 3 == 0 else 'train'}"
+                                    for i, (f, label) in enumerate(rows)]
+    data = load_data(str(write(tmp_path / "all.csv", lines)), 0.2, 0)
+    assert (len(data.train), len(data.val), data.test) == (12, 6, None)
+    assert data.class_names == sorted(CLASS_COLOURS)
+
+    folder = tmp_path / "kaggle"
+    rows = flat_photos(folder / "images")
+    write(folder / "train.csv", ["image,label"] + [f"images/{f},{l}" for f, l in rows[1::2]])
+    write(folder / "val.csv", ["image,label"] + [f"images/{f},{l}" for f, l in rows[::2]])
+    write(folder / "test.csv", ["image,label"] + [f"images/{f},{l}" for f, l in rows[:3]])
+    data = load_data(str(folder), 0.2, 0)
+    assert (len(data.train), len(data.val), len(data.test)) == (9, 9, 3)
+    assert "train: train.csv" in data.report["layout"]
+
+
+def test_finetune_reads_a_label_file_and_resumes_from_its_splits(tmp_path):
+    rows = flat_photos(tmp_path / "data" / "pics", per_class=8)
+    csv_path = write(tmp_path / "data" / "train.csv", ["name;kind"] + [f"{f};{l}" for f, l in rows])
+    result = CliRunner().invoke(main, ["finetune", "--data", str(csv_path), "--arch", "mobilenetv2", "--weights",
+                                       "none", "--image-size", "32", "--alpha", "0.35", "--epochs", "1,1",
+                                       "--batch-size", "8", "--output", str(tmp_path / "runs"), "--name", "csv"])
+    assert result.exit_code == 0, result.output
+    assert "Label file" in result.output and "in 'pics/'" in result.output
+    run = tmp_path / "runs" / "csv"
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["label_files"]["all"]["matched"] == 24 and report["classes"] == sorted(CLASS_COLOURS)
+    splits = json.loads((run / "splits.json").read_text())
+    assert len(splits["train"]["paths"]) + len(splits["val"]["paths"]) == 24
+
+
+def test_several_labels_per_photo_stop_with_a_message_for_now(tmp_path):
+    rows = flat_photos(tmp_path)
+    lines = ["file,labels"] + [f'{f},"{l},bright"' if i == 0 else f"{f},{l}" for i, (f, l) in enumerate(rows)]
+    with pytest.raises(TflError, match="several labels"):
+        load_data(str(write(tmp_path / "labels.csv", lines)), 0.2, 0)
+
+
+def test_no_row_matching_a_file_names_the_images_flag(tmp_path):
+    write(tmp_path / "labels.csv", ["file,label", "a.jpg,x", "b.jpg,y"])
+    with pytest.raises(TflError, match="--images DIR"):
+        load_data(str(tmp_path / "labels.csv"), 0.2, 0)
+
+
+def test_cats5_as_published():
+    """The shared cats5 set: 11,000 CSV rows, 1,000 photos in train/, five under another extension."""
+    if not CATS5.is_dir():
+        pytest.skip(f"the shared cats5 set is not at {CATS5}")
+    data = load_data(str(CATS5 / "cat_labels.csv"), 0.2, 42)
+    read = data.report["label_files"]["all"]
+    assert read["rows"] == 11_000 and read["matched"] == 1_000 and read["images_folder"].endswith("train")
+    assert read["problems"]["file not found"]["rows"] == 10_000
+    assert read["problems"]["found under another extension (kept)"]["rows"] == 5
+    assert len(data.class_names) == 5 and len(data.train) + len(data.val) == 1_000 - len(data.report["skipped"])
