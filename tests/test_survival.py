@@ -210,7 +210,7 @@ def test_a_full_disk_while_exporting_keeps_what_was_finished(own_run, monkeypatc
     (lambda: tfl.finetune("x", batch_size="eight"), "must be a whole number, got 'eight'"),
     (lambda: tfl.finetune("x", bogus=1), r"Unknown config key\(s\) bogus in the keyword arguments of tfl.finetune"),
     (lambda: tfl.finetune("x", image_size=0), "Image size in the keyword arguments of tfl.finetune must be at least 32"),
-    (lambda: tfl.finetune(["a", "b"]), "data= of tfl.finetune takes a folder's path, got list"),
+    (lambda: tfl.finetune(["a", "b"]), "data= of tfl.finetune takes the path of a folder or a label file, got list"),
     (lambda: tfl.finetune("x", name=3), "name= of tfl.finetune takes a run name"),
     (lambda: tfl.load(None), "tfl.load takes the path of a .tflite, .onnx, .keras file"),
     (lambda: tfl.open_run(5), "run= of tfl.open_run takes a run folder's path"),
