@@ -116,21 +116,24 @@ class StageTracker(keras.callbacks.Callback):
     """Early stopping within a stage, the best epoch within the stage and across the run, the history rows, and a
     checkpoint after every epoch.
 
-    The best epoch has the highest validation accuracy (the lower loss breaks ties). A stage stops after `patience`
+    The best epoch has the highest validation accuracy, or mAP (the lower loss breaks ties). A stage stops after `patience`
     epochs with neither a better accuracy nor a lower loss: on a few hundred validation images accuracy moves in
     steps of a fraction of a point and stalls on noise while the loss still improves."""
 
-    def __init__(self, checkpoint: Checkpoint, state: TrainingState, stage_name: str, patience: int):
+    def __init__(self, checkpoint: Checkpoint, state: TrainingState, stage_name: str, patience: int,
+                 score: str = "accuracy"):
         super().__init__()
         self.checkpoint, self.state, self.stage_name, self.patience = checkpoint, state, stage_name, patience
+        self.score = score  # the metric the best epoch is chosen on: accuracy, or mAP for several labels per photo
 
     def on_epoch_end(self, epoch, logs=None):
         logs, state = logs or {}, self.state
-        value, loss = float(logs.get("val_accuracy", 0.0)), float(logs.get("val_loss", 0.0))
+        value, loss = float(logs.get("val_" + self.score, 0.0)), float(logs.get("val_loss", 0.0))
         state.stage_epochs += 1
         row = {"epoch": epoch + 1, "stage": self.stage_name, "stage_epoch": state.stage_epochs,
                "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
-        row |= {key: round(float(logs[key]), 5) for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in logs}
+        row |= {key: round(float(logs[key]), 5) for key in ("loss", self.score, "val_loss", "val_" + self.score)
+                if key in logs}
         state.rows.append(row)
         progress = state.stage_min_loss is None or loss < state.stage_min_loss
         state.stage_min_loss = loss if progress else state.stage_min_loss

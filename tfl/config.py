@@ -69,6 +69,9 @@ class TrainConfig:
                                       kind=str)
     label_column: str | None = setting(None, "Label files: the column holding the labels (default: detected; one "
                                        "0/1 column per label is read as such).", kind=str)
+    task: str = setting("auto", "single (one label per photo), multilabel (several: independent scores and a "
+                        "threshold per label), or auto: multilabel when some photo has several labels.",
+                        choices=("auto", "single", "multilabel"))
     label_separator: str | None = setting(None, "Label files: what separates several labels in one column "
                                           "(default: detected among , ; |).", kind=str)
     arch: str = setting("mobilenetv2", "Backbone (`tfl archs` lists them).", choices=tuple(ARCHS))

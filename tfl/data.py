@@ -38,6 +38,7 @@ class ImageData:
     val: Split
     test: Split | None
     report: dict
+    multilabel: bool = False  # labels are lists of class indices (several per photo)
 
 
 def is_hidden(name: str) -> bool:
@@ -170,7 +171,9 @@ def describe_layout(split_folders: dict[str, Path], val_split: float, seed: int)
 
 
 def class_counts(split: Split, class_names: list[str]) -> dict[str, int]:
-    counts = Counter(split.labels)
+    """Photos per class (per label, when photos have several)."""
+    counts = Counter(label for labels in split.labels for label in labels) if split.labels and isinstance(
+        split.labels[0], list) else Counter(split.labels)
     return {name: counts.get(i, 0) for i, name in enumerate(class_names)}
 
 
@@ -308,7 +311,13 @@ def load_data(data: str, val_split: float, seed: int, converted_dir: Path | None
     path = Path(data).expanduser()
     if path.is_file() and path.suffix.lower() in LABEL_FILE_SUFFIXES or path.is_dir() and split_label_files(path):
         return load_label_files(path, val_split, seed, converted_dir, scan_cache_dir, csv or CsvOptions())
-    return load_image_folder(data, val_split, seed, converted_dir, scan_cache_dir)
+    folders = load_image_folder(data, val_split, seed, converted_dir, scan_cache_dir)
+    if csv is not None and csv.task == "multilabel":  # asked for: independent scores, each photo with its one label
+        for split in (folders.train, folders.val, folders.test):
+            if split is not None:
+                split.labels = [[label] for label in split.labels]
+        folders.multilabel, folders.report["task"] = True, "multilabel"
+    return folders
 
 
 # --- label files -----------------------------------------------------------------------------------
@@ -324,6 +333,7 @@ class CsvOptions:
     path_column: str | None = None
     label_column: str | None = None
     label_separator: str | None = None
+    task: str = "auto"  # single, multilabel, or auto: multilabel when some photo has several labels
 
 
 def split_label_files(folder: Path) -> dict[str, Path]:
@@ -346,14 +356,15 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
     images = options.images or (str(path) if path.is_dir() else None)
     read = {split: read_label_file(file, images, options.path_column, options.label_column, options.label_separator)
             for split, file in sources.items()}
-    multilabel = [str(sources[s]) for s, files in read.items() if files.multilabel]
-    if multilabel:
-        raise TflError(f"'{multilabel[0]}' gives several labels to some photos. Multi-label training is not built "
-                       "yet (it is the next step of tfl's CSV support); for now, give each photo one label.")
-    every = sorted({labels[0] for files in read.values() for labels in files.labels})
+    several = [str(sources[s]) for s, files in read.items() if files.multilabel]
+    if several and options.task == "single":
+        raise TflError(f"'{several[0]}' gives several labels to some photos, but --task single was asked for. Pass "
+                       "--task multilabel (or auto), or give each photo one label.")
+    multilabel = bool(several) or options.task == "multilabel"
+    every = sorted({label for files in read.values() for labels in files.labels for label in labels})
     check_classes(every, path)
-    report: dict = {"source": str(path), "skipped": [], "converted": [],
-                    "label_files": {split: files.report for split, files in read.items()}}
+    report: dict = {"source": str(path), "skipped": [], "converted": [], "task": "multilabel" if multilabel else
+                    "single", "label_files": {split: files.report for split, files in read.items()}}
     scan_cache = ScanCache.load(scan_cache_file(scan_cache_dir, path.parent if path.is_file() else path)) \
         if scan_cache_dir else None
     index = {name: i for i, name in enumerate(every)}
@@ -362,7 +373,8 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
         for split, files in read.items():
             by_split = defaultdict(list)
             for file, labels, row_split in zip(files.paths, files.labels, files.splits):
-                by_split[row_split or split].append((file, index[labels[0]]))
+                encoded = [index[label] for label in labels] if multilabel else index[labels[0]]
+                by_split[row_split or split].append((file, encoded))
             for name, candidates in by_split.items():
                 splits[name] = scan_candidates(candidates, report, converted_dir, scan_cache)
     finally:
@@ -371,8 +383,10 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
     if "train" not in splits:
         everything = splits.pop("all", Split())
         check_usable(everything, every, path, report)
-        splits["train"], splits["val"] = stratified_split(everything, val_split, seed)
-        report["layout"] = f"labels from '{path.name}', stratified split, {val_split:.0%} validation, seed {seed}"
+        splits["train"], splits["val"] = (multilabel_split(everything, len(every), val_split, seed) if multilabel
+                                          else stratified_split(everything, val_split, seed))
+        how = "iteratively stratified" if multilabel else "stratified"
+        report["layout"] = f"labels from '{path.name}', {how} split, {val_split:.0%} validation, seed {seed}"
     else:
         report["layout"] = f"labels and splits from {', '.join(f'{s}: {p.name}' for s, p in sources.items())}" \
             if path.is_dir() else f"labels and splits from '{path.name}'"
@@ -385,9 +399,20 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
         raise TflError(f"The validation split of '{path}' has no usable image. Add rows for it, or raise --val-split.")
     report["classes"] = every
     report["median_short_side"] = int(np.median(report.pop("short_sides"))) if report.get("short_sides") else None
-    report["counts"] = {name: class_counts(split, every)
-                        for name, split in (("train", train), ("val", val), ("test", test)) if split is not None}
-    return ImageData(every, train, val, test, report)
+    named = (("train", train), ("val", val), ("test", test))
+    report["counts"] = {name: class_counts(split, every) for name, split in named if split is not None}
+    report["images"] = {name: len(split) for name, split in named if split is not None}
+    return ImageData(every, train, val, test, report, multilabel)
+
+
+def multilabel_split(split: Split, num_classes: int, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """Photos with several labels split so that every label keeps its share on both sides."""
+    from tfl.multilabel import iterative_split
+
+    held_out = iterative_split(split.labels, num_classes, val_fraction, seed)
+    pick = lambda keep: Split([p for p, h in zip(split.paths, held_out) if h == keep],  # noqa: E731
+                              [y for y, h in zip(split.labels, held_out) if h == keep])
+    return pick(False), pick(True)
 
 
 # --- tf.data pipelines ---------------------------------------------------------------------------
@@ -500,8 +525,19 @@ def decode_image_file(path: tf.Tensor, image_size: int) -> tf.Tensor:
     return decode_image_bytes(tf.io.read_file(path), image_size)
 
 
-def decoded_images(split: Split, image_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """(uint8 image, int label) pairs, resized; file order shuffled once so a cache holds mixed classes."""
+def label_array(labels: list, num_classes: int | None) -> np.ndarray:
+    """Integer labels as they are; lists of labels (several per photo) as multi-hot rows."""
+    if labels and isinstance(labels[0], list):
+        from tfl.multilabel import multi_hot
+
+        return multi_hot(labels, num_classes)
+    return np.asarray(labels, dtype=np.int32)
+
+
+def decoded_images(split: Split, image_size: int, shuffle_seed: int | None = None,
+                   num_classes: int | None = None) -> tf.data.Dataset:
+    """(uint8 image, label) pairs, resized, the label an integer or a multi-hot row; file order shuffled once so a
+    cache holds mixed classes."""
     if split.source is not None:
         return split.source.map(lambda x, y: (resize_pixels(x, image_size), y), num_parallel_calls=tf.data.AUTOTUNE)
     order = np.arange(len(split))
@@ -509,7 +545,7 @@ def decoded_images(split: Split, image_size: int, shuffle_seed: int | None = Non
         order = np.random.default_rng(shuffle_seed).permutation(order)
     paths = [split.paths[i] for i in order]
     labels = [split.labels[i] for i in order]
-    dataset = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, dtype=np.int32)))
+    dataset = tf.data.Dataset.from_tensor_slices((paths, label_array(labels, num_classes)))
     return dataset.map(lambda p, y: (decode_image_file(p, image_size), y), num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -523,18 +559,18 @@ def cache(dataset: tf.data.Dataset, n_images: int, image_size: int, cache_dir: P
 def make_pipeline(split: Split, num_classes: int, image_size: int, batch_size: int, training: bool,
                   augmenter=None, mixer=None, seed: int = 42, cache_dir: Path | None = None,
                   repeat: bool = False) -> tf.data.Dataset:
-    """Batches of (float32 pixels 0..255, one-hot labels); augmentation on training data only. `repeat`: an
+    """Batches of (float32 pixels 0..255, one-hot or multi-hot labels); augmentation on training data only. `repeat`: an
     endless stream of full batches (distributed training counts steps, not passes). (Ten parameters: the split and
     its size are required, each other one is an optional stage of the pipeline.)"""
-    dataset = decoded_images(split, image_size, shuffle_seed=seed if training else None)
+    dataset = decoded_images(split, image_size, shuffle_seed=seed if training else None, num_classes=num_classes)
     dataset = cache(dataset, len(split), image_size, cache_dir)
     if training:
         dataset = dataset.shuffle(min(len(split), 4096), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.batch(batch_size)
-    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
-                          num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes) if y.shape.rank == 1
+                                        else y), num_parallel_calls=tf.data.AUTOTUNE)
     if training and augmenter is not None:
         dataset = dataset.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     if training and mixer is not None:

@@ -30,7 +30,7 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
             split, report = load_labelled_folder(data, class_names, Path(converted))
         predictor = load_predictor(found.model_file)
         dataset = make_pipeline(split, len(class_names), predictor.image_size, batch_size, training=False)
-        metrics = evaluate_model(predictor.model, dataset, class_names)
+        metrics = evaluate_model(predictor.model, dataset, class_names, found.metrics.get("thresholds"))
     if report:
         metrics |= {"skipped": report["skipped"], "converted": len(report["converted"])}
     return metrics, run

@@ -1,4 +1,5 @@
-"""Metrics of a model on a labelled dataset: accuracy, loss, per-class precision/recall/F1, the confusion matrix."""
+"""Metrics of a model on a labelled dataset: accuracy, loss, per-class precision/recall/F1, the confusion matrix (and,
+through tfl.multilabel, those of several labels per photo)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import numpy as np
 from tfl.fileio import atomic_write_text
 
 
-def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, true labels) over a dataset of (pixels, one-hot labels)."""
+def predict_dataset(model, dataset, multilabel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, true labels) over a dataset of (pixels, one-hot labels); with several labels per photo, the
+    true labels are multi-hot rows."""
     probabilities, labels = [], []
     for images, one_hot in dataset:
         probabilities.append(np.asarray(model.predict_on_batch(np.asarray(images))))
-        labels.append(np.argmax(np.asarray(one_hot), axis=-1))
+        labels.append(np.asarray(one_hot) if multilabel else np.argmax(np.asarray(one_hot), axis=-1))
     return np.concatenate(probabilities), np.concatenate(labels)
 
 
@@ -46,7 +48,13 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
     }
 
 
-def evaluate_model(model, dataset, class_names: list[str]) -> dict:
+def evaluate_model(model, dataset, class_names: list[str], thresholds: list[float] | None = None) -> dict:
+    """The metrics of a model on a dataset; given per-label thresholds, those of several labels per photo."""
+    if thresholds is not None:
+        from tfl.multilabel import multilabel_metrics
+
+        probabilities, truth = predict_dataset(model, dataset, multilabel=True)
+        return multilabel_metrics(probabilities, truth, class_names, thresholds)
     probabilities, labels = predict_dataset(model, dataset)
     return classification_metrics(probabilities, labels, class_names)
 

@@ -1,4 +1,5 @@
-"""The classifier: pixels -> arch preprocessing -> frozen-BN backbone -> pooling -> dropout -> softmax; staged trainability."""
+"""The classifier: pixels -> arch preprocessing -> frozen-BN backbone -> pooling -> dropout -> softmax (or sigmoid);
+staged trainability."""
 
 from __future__ import annotations
 
@@ -78,23 +79,24 @@ def build_backbone(spec: ArchSpec, image_size: int, weights: str, alpha: float =
 
 
 def build_model(spec: ArchSpec, num_classes: int, image_size: int, weights: str = "imagenet",
-                alpha: float = 1.0, dropout: float = 0.2) -> keras.Model:
-    """Raw RGB pixels 0..255 in, class probabilities (float32) out."""
+                alpha: float = 1.0, dropout: float = 0.2, activation: str = "softmax") -> keras.Model:
+    """Raw RGB pixels 0..255 in, class probabilities (float32) out: softmax over the classes, or (sigmoid) one
+    independent score per label."""
     backbone = build_backbone(spec, image_size, weights, alpha)
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
     preprocessing = spec.preprocessing()
     x = pixels if preprocessing is None else preprocessing(pixels)
     x = backbone(x, training=False)  # BatchNormalization stays in inference mode, even when unfrozen
     features = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    model = keras.Model(pixels, build_head(features.shape[-1], num_classes, dropout)(features), name=f"tfl_{spec.name}")
+    model = keras.Model(pixels, build_head(features.shape[-1], num_classes, dropout, activation)(features), name=f"tfl_{spec.name}")
     set_trainable_blocks(model, spec, 0)
     return model
 
 
-def build_head(feature_size: int, num_classes: int, dropout: float) -> keras.Model:
+def build_head(feature_size: int, num_classes: int, dropout: float, activation: str = "softmax") -> keras.Model:
     features = keras.Input((feature_size,), name="features")
     x = keras.layers.Dropout(dropout, name="dropout")(features)
-    probabilities = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    probabilities = keras.layers.Dense(num_classes, activation=activation, dtype="float32", name="probabilities")(x)
     return keras.Model(features, probabilities, name=HEAD_NAME)
 
 

@@ -45,12 +45,18 @@ def plot_confusion_matrix(metrics: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def score_of(history: list[dict]) -> str:
+    """The metric a history's best epochs were chosen on: accuracy, or map (several labels per photo)."""
+    return "map" if any("val_map" in row for row in history) else "accuracy"
+
+
 def kept_epochs(history: list[dict]) -> dict[str, int]:
     """Each stage's best epoch, the one it ends on and the next stage starts from (tfl.checkpoint.beats)."""
     best: dict[str, dict] = {}
+    score = "val_" + score_of(history)
     for row in history:
-        if row.get("val_accuracy") is not None and beats(row["val_accuracy"], row["val_loss"], best.get(row["stage"])):
-            best[row["stage"]] = {"value": row["val_accuracy"], "loss": row["val_loss"], "epoch": row["epoch"]}
+        if row.get(score) is not None and beats(row[score], row["val_loss"], best.get(row["stage"])):
+            best[row["stage"]] = {"value": row[score], "loss": row["val_loss"], "epoch": row["epoch"]}
     return {stage: kept["epoch"] for stage, kept in best.items()}
 
 
@@ -66,7 +72,7 @@ def plot_training_curves(history: list[dict], path: Path, cached_stages: Collect
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
     epochs = [row["epoch"] for row in history]
     kept = kept_epochs(history)
-    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, score_of(history))):
         for prefix, style in (("", "-"), ("val_", "--")):
             values = [row.get(prefix + metric) for row in history]
             if any(v is not None for v in values):
@@ -104,5 +110,34 @@ def plot_reliability(calibration: dict, path: Path) -> None:
     axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence of the top class", ylabel="accuracy",
              title="reliability on the validation set")
     axes.legend(loc="upper left", fontsize=8)
+    atomic_write_bytes(path, figure_bytes(figure))
+    plt.close(figure)
+
+
+def plot_precision_recall(scores_and_truth: tuple[np.ndarray, np.ndarray], path: Path, class_names: list[str]) -> None:
+    """Several labels per photo: each label's precision-recall curve on validation, its AP and its threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tfl.multilabel import average_precision, best_threshold
+
+    scores, truth = scores_and_truth
+    figure, axes = plt.subplots(figsize=(6, 5))
+    for i, name in enumerate(class_names):
+        positives = truth[:, i] > 0
+        if not positives.any():
+            continue
+        order = np.argsort(-scores[:, i], kind="stable")
+        hits = np.cumsum(positives[order])
+        precision, recall = hits / np.arange(1, len(order) + 1), hits / positives.sum()
+        line, = axes.plot(recall, precision, label=f"{name} (AP {average_precision(scores[:, i], positives):.2f})")
+        threshold = best_threshold(scores[:, i], positives)
+        at = max(int(np.sum(scores[:, i] >= threshold)) - 1, 0)
+        axes.plot(recall[at], precision[at], "o", color=line.get_color())
+    axes.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
+             title="Validation precision-recall per label (dot: its threshold)")
+    axes.legend(loc="lower left", fontsize=8)
     atomic_write_bytes(path, figure_bytes(figure))
     plt.close(figure)

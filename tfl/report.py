@@ -23,8 +23,10 @@ def describe_unfreeze(unfreeze_blocks: int | str) -> str:
 
 def data_summary(class_names: list[str], report: dict) -> str:
     """What was read: classes and images per split, the layout, and the files skipped or converted (a few named)."""
-    sizes = " / ".join(f"{sum(c.values()):,} {name}" for name, c in report["counts"].items())
-    lines = [f"Data: {len(class_names)} classes, {sizes} images ({report['layout']})"]
+    photos = report.get("images", {})
+    sizes = " / ".join(f"{photos.get(name, sum(c.values())):,} {name}" for name, c in report["counts"].items())
+    kind = "labels (several per photo)" if report.get("task") == "multilabel" else "classes"
+    lines = [f"Data: {len(class_names)} {kind}, {sizes} images ({report['layout']})"]
     for split, read in report.get("label_files", {}).items():
         lines.append(f"Label file {read['label_file']}: {read['csv_layout']}; {read['matched']:,} of {read['rows']:,} "
                      f"rows name a photo found under {read['images_folder']}")
@@ -69,15 +71,33 @@ def stage_header(index: int, stages: int, stage, trainable: int, on_features: bo
             f"{f' · resumed after epoch {resumed_after}' if resumed_after else ''}")
 
 
+def headline(metrics: dict) -> tuple[str, float]:
+    """The figure a run is judged by: accuracy, or mean average precision when photos have several labels."""
+    return ("mAP", metrics["map"]) if metrics.get("task") == "multilabel" else ("accuracy", metrics["accuracy"])
+
+
 def closing_line(metrics: dict, wall_seconds: float, run_dir) -> str:
-    test = f" · test accuracy {metrics['test']['accuracy']:.4f}" if "test" in metrics else ""
-    return (f"\nBest validation accuracy {metrics['accuracy']:.4f} (stage {metrics['best_epoch']['stage']}, epoch "
+    name, value = headline(metrics)
+    test = f" · test {name} {headline(metrics['test'])[1]:.4f}" if "test" in metrics else ""
+    extra = (f" · micro F1 {metrics['micro_f1']:.4f} at the per-label thresholds" if metrics.get("task") ==
+             "multilabel" else "")
+    return (f"\nBest validation {name} {value:.4f}{extra} (stage {metrics['best_epoch']['stage']}, epoch "
             f"{metrics['best_epoch']['epoch']}; chosen on this validation set, so optimistic){test} · wall time "
             f"{format_duration(wall_seconds)} · run {run_dir}")
 
 
 def format_metrics(metrics: dict, run_dir) -> str:
     """`tfl evaluate`'s table: the totals, then precision, recall, F1 and support per class."""
+    if metrics.get("task") == "multilabel":
+        lines = [f"Run {run_dir} on {metrics['num_images']} images: mAP {metrics['map']:.4f}, micro F1 "
+                 f"{metrics['micro_f1']:.4f}, macro F1 {metrics['macro_f1']:.4f}, exact match "
+                 f"{metrics['exact_match']:.4f}",
+                 f"{'label':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'AP':>7} {'threshold':>9} {'support':>8}"]
+        for name, row in metrics["per_class"].items():
+            ap = "n/a" if row["ap"] is None else f"{row['ap']:.3f}"
+            lines.append(f"{name:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} {ap:>7} "
+                         f"{row['threshold']:>9.3f} {row['support']:>8}")
+        return "\n".join(lines)
     lines = [f"Run {run_dir} on {metrics['num_images']} images: accuracy {metrics['accuracy']:.4f}, "
              f"loss {metrics['loss']:.4f}, macro F1 {metrics['macro_f1']:.4f}",
              f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]

@@ -28,7 +28,8 @@ from tfl.distribute import Cluster, connect, disconnect
 from tfl.errors import TflError, disk_full_explained
 from tfl.calibration import calibration_report, fit_temperature, fold_temperature, rescaled
 from tfl.metrics import classification_metrics, evaluate_model, predict_dataset, write_metrics
-from tfl.plots import plot_confusion_matrix, plot_reliability, plot_training_curves
+from tfl.multilabel import TASKS, Task, as_binary, choose_thresholds, multilabel_metrics, positive_weights
+from tfl.plots import plot_confusion_matrix, plot_precision_recall, plot_reliability, plot_training_curves
 from tfl.features import FEATURE_CACHE_FOLDER, feature_stage_data, uses_feature_cache
 from tfl.model import build_model, get_head, set_trainable_blocks, trainable_params
 from tfl.plan import DataStats, auto_plan
@@ -40,7 +41,8 @@ from tfl.runs import (DEFAULT_ROOT, RunFolder, default_run_name, finish_run_dir,
 from tfl.scan import SCAN_CACHE_FOLDER
 
 IMBALANCE_RATIO = 1.5  # class_weight auto: balance when the largest class is this much bigger than the smallest
-HISTORY_COLUMNS = ["epoch", "stage", "stage_epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
+def history_columns(score: str) -> list[str]:
+    return ["epoch", "stage", "stage_epoch", "loss", score, "val_loss", "val_" + score, "learning_rate"]
 
 
 def auto_class_weights(counts: list[int], mode: str) -> dict[int, float] | None:
@@ -63,7 +65,8 @@ def learning_rate_schedule(stage: Stage, steps_per_epoch: int) -> keras.optimize
 
 
 def compile_for_stage(model: keras.Model, stage: Stage, steps_per_epoch: int, label_smoothing: float,
-                      steps_per_execution: int = 1, cluster: Cluster | None = None) -> None:
+                      steps_per_execution: int = 1, cluster: Cluster | None = None, task: Task = TASKS["single"],
+                      positive_weights: list[float] | None = None) -> None:
     """A fresh optimizer with the stage's learning-rate schedule; needed after every trainable change.
 
     Distributed batches carry weights (0 for the rows that pad a short validation batch), so accuracy is then a
@@ -71,16 +74,15 @@ def compile_for_stage(model: keras.Model, stage: Stage, steps_per_epoch: int, la
     cluster = cluster or Cluster()
     stage = dataclasses.replace(stage, learning_rate=stage.learning_rate * cluster.learning_rate_scale())
     schedule = learning_rate_schedule(stage, steps_per_epoch)
-    accuracy = {"weighted_metrics" if cluster.distributed else "metrics": ["accuracy"]}
     with cluster.scope():
-        model.compile(optimizer=keras.optimizers.Adam(schedule),
-                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-                      steps_per_execution=steps_per_execution, **accuracy)
+        score = {"weighted_metrics" if cluster.distributed else "metrics": [task.metric()]}
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=task.loss(label_smoothing, positive_weights),
+                      steps_per_execution=steps_per_execution, **score)
 
 
-def write_history_csv(rows: list[dict], path: Path) -> None:
+def write_history_csv(rows: list[dict], path: Path, score: str = "accuracy") -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=history_columns(score), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
@@ -201,8 +203,11 @@ class Training:
         self.stages = [stage for stage in self.config.stages if stage.epochs > 0]
         self.checkpoint = Checkpoint(self.folder.checkpoint_dir)
         self.state = self.checkpoint.load_state() or TrainingState()
-        self.class_weight = auto_class_weights(list(self.data.report["counts"]["train"].values()),
-                                               self.config.class_weight)
+        self.task = TASKS["multilabel" if self.data.multilabel else "single"]
+        counts = list(self.data.report["counts"]["train"].values())
+        self.class_weight = None if self.task.multilabel else auto_class_weights(counts, self.config.class_weight)
+        self.positive_weights = (positive_weights(self.data.train.labels, len(self.data.class_names))
+                                 if self.task.multilabel and self.config.class_weight == "auto" else None)
         self.augmenter = self.caller.augmenter or build_augmenter(self.config.augment, self.config.seed)
         with self.cluster.scope(), dtype_policy(self.config.precision):  # layers take both when built
             self.model = self.new_model()
@@ -251,7 +256,8 @@ class Training:
         # A step on feature vectors takes microseconds: 32 per call halve the epoch time (only epoch callbacks run).
         many = self.on_features(stage) and not self.cluster.distributed
         compile_for_stage(trained, stage, self.steps_per_epoch, self.config.label_smoothing,
-                          steps_per_execution=32 if many else 1, cluster=self.cluster)
+                          steps_per_execution=32 if many else 1, cluster=self.cluster, task=self.task,
+                          positive_weights=self.positive_weights)
 
     def fit_stage(self, trained: keras.Model, stage: Stage, train_data, val_data, class_weight) -> None:
         first_epoch = self.state.epochs_done - self.state.stage_epochs
@@ -262,7 +268,7 @@ class Training:
                     validation_steps=self.cluster.validation_steps(len(self.data.val), self.config.batch_size),
                     class_weight=class_weight, verbose=self.caller.verbose,
                     callbacks=[StageTracker(self.checkpoint, self.state, stage.name, stage.patience or
-                                            self.config.patience),
+                                            self.config.patience, self.task.score),
                                keras.callbacks.TensorBoard(log_dir=str(self.folder.logs_dir), write_graph=False),
                                *self.caller.callbacks])
 
@@ -280,7 +286,7 @@ class Training:
     def new_model(self, weights: str | None = None) -> keras.Model:
         config = self.config
         return build_model(self.spec, len(self.data.class_names), config.image_size, weights or config.weights,
-                           config.alpha, config.dropout)
+                           config.alpha, config.dropout, self.task.activation)
 
     def on_features(self, stage: Stage) -> bool:
         return uses_feature_cache(stage, self.config)
@@ -333,15 +339,18 @@ class Training:
         if data.test is not None and len(data.test):
             pipeline = make_pipeline(data.test, len(data.class_names), config.image_size, config.batch_size,
                                      training=False)
-            metrics["test"] = evaluate_model(model, pipeline, data.class_names)
+            metrics["test"] = evaluate_model(model, pipeline, data.class_names, metrics.get("thresholds"))
         best = self.state.best
         metrics["best_epoch"] = {"epoch": best["epoch"], "stage": self.state.rows[best["epoch"] - 1]["stage"]}
         metrics["wall_seconds"] = round(time.time() - self.start, 1)
         write_metrics(metrics, run.metrics_file)
-        write_history_csv(self.state.rows, run.history_file)
+        write_history_csv(self.state.rows, run.history_file, self.task.score)
         cached = {stage.name for stage in config.stages if self.on_features(stage)}
         plot_training_curves(self.state.rows, run.curves_file, cached)
-        plot_confusion_matrix(metrics, run.confusion_file)
+        if self.task.multilabel:
+            plot_precision_recall(self.validation_scores, run.precision_recall_file, data.class_names)
+        else:
+            plot_confusion_matrix(metrics, run.confusion_file)
         plot_reliability(metrics["calibration"], run.reliability_file)
         shutil.rmtree(run.checkpoint_dir)  # the run is complete: nothing left to resume
         run_dir = finish_run_dir(run.path, self.final_dir)
@@ -354,11 +363,18 @@ class Training:
         data = self.data
         pipeline = make_pipeline(data.val, len(data.class_names), self.config.image_size, self.config.batch_size,
                                  training=False)
-        probabilities, labels = predict_dataset(model, pipeline)
-        temperature = fit_temperature(probabilities, labels) if self.config.calibrate else 1.0
+        probabilities, labels = predict_dataset(model, pipeline, self.task.multilabel)
+        # several labels: each (photo, label) pair is a two-class problem, calibrated as such
+        pairs = as_binary(probabilities, labels) if self.task.multilabel else (probabilities, labels)
+        temperature = fit_temperature(*pairs) if self.config.calibrate else 1.0
         fold_temperature(get_head(model).get_layer("probabilities"), temperature)
-        metrics = classification_metrics(rescaled(probabilities, temperature), labels, data.class_names)
-        return metrics | {"calibration": calibration_report(probabilities, labels, temperature)}
+        calibration = {"calibration": calibration_report(*pairs, temperature)}
+        if not self.task.multilabel:
+            return classification_metrics(rescaled(probabilities, temperature), labels, data.class_names) | calibration
+        calibrated = rescaled(pairs[0], temperature)[:, 1].reshape(probabilities.shape)
+        self.validation_scores = (calibrated, labels)
+        thresholds = choose_thresholds(calibrated, labels)  # the F1-best per label, on the calibrated scores
+        return multilabel_metrics(calibrated, labels, data.class_names, thresholds) | calibration
 
     # --- the two ways in ------------------------------------------------------------------------------------------
 
@@ -386,7 +402,7 @@ class Training:
                 image_data = load_data(data, config.val_split, config.seed, converted_dir=folder.converted_dir,
                                        scan_cache_dir=output / SCAN_CACHE_FOLDER, csv=CsvOptions(
                                            config.images, config.path_column, config.label_column,
-                                           config.label_separator))
+                                           config.label_separator, config.task))
                 caller.echo(data_summary(image_data.class_names, image_data.report))
                 write_data_files(folder, image_data)
                 config, reasons = resolve_plan(config, image_data, cluster, caller.echo)
@@ -463,4 +479,5 @@ def saved_image_data(work_dir: Path, data: str, config: TrainConfig) -> ImageDat
     if missing:
         raise TflError(f"{len(missing)} training file(s) of this run are gone (the first: '{missing[0]}'). Put the "
                        f"photos back where they were ({data}), or start a new run.")
-    return ImageData(run.class_names, splits["train"], splits["val"], splits.get("test"), report)
+    return ImageData(run.class_names, splits["train"], splits["val"], splits.get("test"), report,
+                     report.get("task") == "multilabel")

@@ -1,0 +1,170 @@
+"""Several labels per photo: the split, the loss, the metrics and thresholds, and a run trained end to end."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.conftest import SHARED
+from tfl.calibration import fit_temperature, negative_log_likelihood, rescaled
+from tfl.cli import main
+from tfl.multilabel import (WeightedBinaryCrossentropy, as_binary, average_precision, best_threshold,
+                            iterative_split, multi_hot, multilabel_metrics, positive_weights)
+
+MIML = SHARED / "datasets" / "miml_scenes"
+
+
+def test_iterative_split_keeps_every_label_on_both_sides_near_its_share():
+    rng = np.random.default_rng(0)
+    labels = [[0]] * 300 + [[1]] * 120 + [[0, 2]] * 9 + [[2, 3]] * 3 + [[1, 3]] * 8  # labels 2 and 3 are rare
+    labels = [labels[i] for i in rng.permutation(len(labels))]
+    held_out = iterative_split(labels, 4, 0.2, seed=1)
+    matrix = multi_hot(labels, 4)
+    in_val, in_train = matrix[held_out].sum(axis=0), matrix[~held_out].sum(axis=0)
+    assert (in_val >= 1).all() and (in_train >= 1).all()
+    share = in_val / matrix.sum(axis=0)
+    assert np.all(np.abs(share - 0.2) < 0.1), share
+    assert abs(held_out.mean() - 0.2) < 0.02
+    assert (held_out == iterative_split(labels, 4, 0.2, seed=1)).all()  # the seed decides
+
+
+def test_average_precision_matches_scikit_learns_definition():
+    scores = np.array([0.9, 0.8, 0.8, 0.7, 0.4, 0.3, 0.3, 0.1])
+    truth = np.array([1, 0, 1, 1, 0, 0, 1, 0])
+    # by hand: thresholds 0.9 (P 1, R 1/4), 0.8 (P 2/3, R 2/4), 0.7 (P 3/4, R 3/4), 0.3 (P 4/7, R 1)
+    expected = 0.25 * 1 + 0.25 * 2 / 3 + 0.25 * 3 / 4 + 0.25 * 4 / 7
+    assert average_precision(scores, truth) == pytest.approx(expected)
+    sklearn = pytest.importorskip("sklearn.metrics", reason="scikit-learn is not installed")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        truth, scores = rng.integers(0, 2, 50), np.round(rng.random(50), 1)
+        assert average_precision(scores, truth) == pytest.approx(sklearn.average_precision_score(truth, scores))
+    assert average_precision(scores, np.zeros(50)) is None
+
+
+def test_thresholds_and_metrics_by_hand():
+    scores = np.array([[0.9, 0.2], [0.6, 0.7], [0.4, 0.1], [0.2, 0.8]])
+    truth = np.array([[1, 0], [1, 1], [0, 0], [0, 1]])
+    assert best_threshold(scores[:, 0], truth[:, 0]) == 0.6  # F1 1 at 0.6; 0.4 would add a false positive
+    metrics = multilabel_metrics(scores, truth, ["a", "b"], [0.6, 0.7])
+    assert metrics["map"] == 1.0 and metrics["micro_f1"] == 1.0 and metrics["exact_match"] == 1.0
+    metrics = multilabel_metrics(scores, truth, ["a", "b"], [0.5, 0.5])
+    assert metrics["per_class"]["a"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "ap": 1.0, "support": 2,
+                                         "threshold": 0.5}
+    assert metrics["exact_match"] == 1.0
+    metrics = multilabel_metrics(scores, truth, ["a", "b"], [0.3, 0.5])  # photo 3 gets a wrongly
+    assert metrics["exact_match"] == 0.75 and metrics["per_class"]["a"]["precision"] == pytest.approx(2 / 3, abs=1e-4)
+    assert metrics["micro_f1"] == pytest.approx(2 * 4 / (5 + 4), abs=1e-4)
+
+
+def test_positive_weights_only_for_imbalanced_labels():
+    assert positive_weights([[0], [1], [0, 1], [1], [0]], 2) is None
+    weights = positive_weights([[0]] * 90 + [[0, 1]] * 10, 2)
+    assert weights == [1.0, 9.0]
+    weights = positive_weights([[0]] * 990 + [[1]] * 10, 2)
+    assert weights[1] == 10.0  # capped
+
+
+def test_weighted_loss_and_binary_calibration():
+    import keras
+
+    loss = WeightedBinaryCrossentropy([1.0, 3.0])
+    y, p = np.array([[1.0, 1.0]]), np.array([[0.8, 0.6]])
+    expected = -(np.log(0.8) + 3 * np.log(0.6)) / 2
+    assert float(loss(y, p)) == pytest.approx(expected, rel=1e-5)
+    assert keras.losses.deserialize(keras.losses.serialize(loss)).positive_weights == [1.0, 3.0]
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, (400, 3))
+    logits = (truth * 2 - 1) * rng.uniform(0.5, 3, truth.shape) * 3  # overconfident: true logits scaled by 3
+    noisy = np.where(rng.random(truth.shape) < 0.15, -logits, logits)
+    probabilities = 1 / (1 + np.exp(-noisy))
+    pairs = as_binary(probabilities, truth)
+    temperature = fit_temperature(*pairs)
+    assert temperature > 1.5  # overconfident scores are softened
+    assert negative_log_likelihood(rescaled(pairs[0], temperature), pairs[1]) < negative_log_likelihood(*pairs)
+    sigmoid = 1 / (1 + np.exp(-noisy / temperature))
+    np.testing.assert_allclose(rescaled(pairs[0], temperature)[:, 1].reshape(truth.shape), sigmoid, atol=1e-6)
+
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+
+
+def striped_photos(folder: Path, per_colour: int = 10) -> list[tuple[str, list[str]]]:
+    """Colour photos, half of them striped: labels like 'red' or 'red,striped'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, rng = [], np.random.default_rng(0)
+    for c, (name, colour) in enumerate(COLOURS.items()):
+        for i in range(per_colour):
+            pixels = np.clip(np.asarray(colour) + rng.normal(0, 20, (40, 40, 3)), 0, 255)
+            labels = [name]
+            if i % 2:
+                pixels[::4] = 255
+                labels.append("striped")
+            Image.fromarray(pixels.astype("uint8")).save(folder / f"{name}{i}.png")
+            rows.append((f"{name}{i}.png", labels))
+    return rows
+
+
+def test_a_multilabel_run_end_to_end(tmp_path):
+    rows = striped_photos(tmp_path / "data" / "images")
+    csv_path = tmp_path / "data" / "labels.csv"
+    csv_path.write_text("file,labels\r\n" + "".join(f'{f},"{",".join(labels)}"\r\n' for f, labels in rows))
+    runner = CliRunner()
+    result = runner.invoke(main, ["finetune", "--data", str(csv_path), "--arch", "mobilenetv2", "--weights", "none",
+                                  "--image-size", "32", "--alpha", "0.35", "--epochs", "2,1", "--batch-size", "8",
+                                  "--output", str(tmp_path / "runs"), "--name", "multi"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "4 labels (several per photo)" in result.output and "iteratively stratified" in result.output
+    assert "Best validation mAP" in result.output
+    run = tmp_path / "runs" / "multi"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task"] == "multilabel" and 0 <= metrics["map"] <= 1 and len(metrics["thresholds"]) == 4
+    assert set(metrics["per_class"]) == {"blue", "green", "red", "striped"}
+    assert metrics["calibration"]["ece_after"] <= metrics["calibration"]["ece_before"] + 1e-9
+    assert (run / "precision_recall.png").stat().st_size > 1000 and not (run / "confusion_matrix.png").exists()
+    history = (run / "history.csv").read_text().splitlines()
+    assert history[0].split(",")[4:7] == ["map", "val_loss", "val_map"]
+    splits = json.loads((run / "splits.json").read_text())
+    assert all(isinstance(labels, list) for labels in splits["val"]["labels"])
+    import keras
+
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    pixels = np.stack([np.asarray(Image.open(tmp_path / "data" / "images" / f).resize((32, 32)), np.float32)
+                       for f, _ in rows[:4]])
+    scores = np.asarray(model.predict_on_batch(pixels))
+    assert scores.shape == (4, 4) and not np.allclose(scores.sum(axis=1), 1.0)  # independent scores, not softmax
+
+    result = runner.invoke(main, ["evaluate", str(run)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"mAP {metrics['map']:.4f}" in result.output and "threshold" in result.output
+
+
+def test_single_asked_of_a_multilabel_file_is_an_error(tmp_path):
+    rows = striped_photos(tmp_path, per_colour=2)
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("file,labels\n" + "".join(f'{f},"{",".join(labels)}"\n' for f, labels in rows))
+    from tfl.data import CsvOptions, load_data
+    from tfl.errors import TflError
+
+    with pytest.raises(TflError, match="--task multilabel"):
+        load_data(str(csv_path), 0.2, 0, csv=CsvOptions(task="single"))
+
+
+def test_miml_scenes_both_label_layouts_read_alike():
+    """The shared multi-label set: 2,000 photos, 5 labels, in a separated and a one-hot CSV (CRLF)."""
+    if not MIML.is_dir():
+        pytest.skip(f"the shared miml_scenes set is not at {MIML}")
+    from tfl.data import load_data
+
+    separated, one_hot = (load_data(str(MIML / name), 0.2, 42) for name in ("labels.csv", "labels_onehot.csv"))
+    for data in (separated, one_hot):
+        assert data.multilabel and data.class_names == ["desert", "mountains", "sea", "sunset", "trees"]
+        assert len(data.train) + len(data.val) == 2000 and "images/" in data.report["label_files"]["all"]["note"]
+    assert separated.train.paths == one_hot.train.paths and separated.val.labels == one_hot.val.labels
+    val_counts = separated.report["counts"]["val"]
+    total = {k: val_counts[k] + separated.report["counts"]["train"][k] for k in val_counts}
+    assert all(abs(val_counts[k] / total[k] - 0.2) < 0.03 for k in total), val_counts
