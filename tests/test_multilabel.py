@@ -142,6 +142,31 @@ def test_a_multilabel_run_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"mAP {metrics['map']:.4f}" in result.output and "threshold" in result.output
 
+    # every artifact carries the thresholds, and predict lists the labels that reach them
+    result = runner.invoke(main, ["export", str(run), "--format", "all", "--verify-images", "8"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "'val acc' is the mAP" in result.output
+    report = json.loads((run / "export_report.json").read_text())
+    import tfl
+
+    photo = tmp_path / "data" / "images" / rows[1][0]
+    keras_row = tfl.load(run).predict(str(photo), top_k=4)[0]
+    expected = [label for label, score in keras_row["top"] if score >= metrics["thresholds"][
+        metrics["class_names"].index(label)]]
+    assert [label for label, _ in keras_row["labels"]] == expected
+    for artifact in ("model_float32.tflite", "model.onnx", "export/saved_model/1"):
+        assert report[artifact]["label_agreement"] >= 0.99 and report[artifact]["map"] is not None
+        predictor = tfl.load(run / artifact)
+        assert predictor.thresholds == pytest.approx(metrics["thresholds"], abs=1e-6)
+        assert [label for label, _ in predictor.predict(str(photo), top_k=4)[0]["labels"]] == expected
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(run / "export" / "saved_model" / "1")).signatures["classify_images"]
+    above = served(images=tf.constant([photo.read_bytes()]))["above_threshold"].numpy()[0]
+    assert [metrics["class_names"][i] for i in np.flatnonzero(above)] == sorted(expected)
+    result = runner.invoke(main, ["predict", str(run / "model_float32.tflite"), str(photo), "--format", "json"])
+    assert [row["label"] for row in json.loads(result.output)[0]["labels"]] == expected
+
 
 def test_single_asked_of_a_multilabel_file_is_an_error(tmp_path):
     rows = striped_photos(tmp_path, per_colour=2)

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfl.backend import native_stderr_held
-from tfl.data import Split, decode_image_bytes, load_image_for_predict
+from tfl.data import Split, decode_image_bytes, label_array, load_image_for_predict
 from tfl.errors import TflError, disk_full_explained
 from tfl.evaluate import load_labelled_folder
 from tfl.precision import float32_copy
@@ -25,8 +25,10 @@ from tfl.quantize import Goal, quantized_file
 from tfl.report import format_export_report
 from tfl.tflite_metadata import ModelInfo, with_metadata
 from tfl.fileio import atomic_path, atomic_write_text
+from tfl.multilabel import average_precision
 from tfl.formats import ArtifactFormat, formats_for
-from tfl.runs import DEFAULT_ROOT, LABELS_FILE, RunFolder, export_lock, labels_text
+from tfl.runs import (DEFAULT_ROOT, LABELS_FILE, THRESHOLDS_FILE, RunFolder, export_lock, labels_text,
+                      thresholds_text)
 
 LOUD_DROP = 0.01  # a quantized export losing more than 1 point of accuracy is reported loudly
 
@@ -44,6 +46,7 @@ class ArtifactJob:
     calibration_samples: int = 300
     info: ModelInfo = dataclasses.field(default_factory=ModelInfo)  # TFLite metadata: name, description, author...
     goal: Goal | None = None  # what a quantized TFLite file must keep of the Keras model's answers
+    thresholds: list[float] | None = None  # several labels per photo: each label's decision threshold
 
 
 def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> None:
@@ -63,7 +66,10 @@ def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> Non
                             fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
         probabilities = model(tf.cast(decoded, tf.float32), training=False)
         scores, indices = tf.math.top_k(probabilities, k=k)
-        return {"probabilities": probabilities, "classes": tf.gather(labels, indices), "scores": scores}
+        result = {"probabilities": probabilities, "classes": tf.gather(labels, indices), "scores": scores}
+        if job.thresholds is not None:  # several labels per photo: which labels reach their threshold
+            result["above_threshold"] = probabilities >= tf.constant(job.thresholds, tf.float32)
+        return result
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -76,6 +82,8 @@ def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> Non
     archive.write_out(str(target), verbose=False)
     (target / "assets").mkdir(exist_ok=True)
     (target / "assets" / LABELS_FILE).write_text(labels_text(job.class_names))
+    if job.thresholds is not None:
+        (target / "assets" / THRESHOLDS_FILE).write_text(thresholds_text(job.class_names, job.thresholds))
 
 
 # --- TFLite ----------------------------------------------------------------------------------------
@@ -86,7 +94,7 @@ def write_tflite(model: keras.Model, target: Path, job: ArtifactJob) -> dict:
     representative = (representative_images(job.calibration, int(model.input_shape[1]), job.calibration_samples)
                       if job.quantize == "int8" else None)
     content, report = quantized_file(model, job.quantize, representative, job.goal)
-    target.write_bytes(with_metadata(content, job.class_names, job.info))
+    target.write_bytes(with_metadata(content, job.class_names, job.info, job.thresholds))
     return report
 
 
@@ -128,6 +136,7 @@ def calibration_photos(run: RunFolder, data: Split | None, echo: Callable[[str],
 # --- ONNX ------------------------------------------------------------------------------------------
 
 ONNX_LABELS_KEY = "labels"  # metadata_props entry: the class names, one per line
+ONNX_THRESHOLDS_KEY = "thresholds"  # several labels per photo: {label: threshold} as JSON
 
 
 def write_onnx(model: keras.Model, target: Path, job: ArtifactJob) -> None:
@@ -143,6 +152,9 @@ def write_onnx(model: keras.Model, target: Path, job: ArtifactJob) -> None:
     proto = onnx.load(str(plain))
     entry = proto.metadata_props.add()
     entry.key, entry.value = ONNX_LABELS_KEY, labels_text(job.class_names)
+    if job.thresholds is not None:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = ONNX_THRESHOLDS_KEY, thresholds_text(job.class_names, job.thresholds)
     onnx.save(proto, str(target))
     plain.unlink()
 
@@ -167,7 +179,8 @@ def verification_set(run: RunFolder, data: Split | None, image_size: int, limit:
     def sample(split: Split, source: str) -> Verification:
         chosen = np.random.default_rng(0).permutation(len(split))[:limit]
         images = np.stack([load_image_for_predict(split.paths[i], image_size) for i in chosen])
-        return Verification(images, np.asarray(split.labels)[chosen], f"{len(chosen):,} {source}")
+        labels = label_array(split.labels, len(run.class_names))  # multi-hot rows when photos have several labels
+        return Verification(images, labels[chosen], f"{len(chosen):,} {source}")
 
     if data is not None:
         return sample(data, "photos of --data")
@@ -211,12 +224,30 @@ def verify(predictor, path: Path, check: Verification, reference: np.ndarray | N
     row = {"format": predictor.kind, "file": path.name, "size_bytes": size_bytes(path), "accuracy": None,
            "latency_ms_batch1": latency_ms(predictor, check.images[:1]), "images": int(len(check.images)),
            "verified_on": check.source}
+    if getattr(predictor, "thresholds", None) is not None:
+        return row | multilabel_checks(probabilities, predictor.thresholds, check, reference)
     if check.labels is not None:
         row["accuracy"] = round(float((predicted == check.labels).mean()), 4)
     if reference is not None:
         if check.labels is not None:
             row["accuracy_change"] = round(row["accuracy"] - float((reference.argmax(axis=1) == check.labels).mean()), 4)
         row["top1_agreement"] = round(float((predicted == reference.argmax(axis=1)).mean()), 4)
+        row["max_abs_diff"] = float(np.abs(probabilities - reference).max())
+    return row
+
+
+def multilabel_checks(probabilities: np.ndarray, thresholds: list[float], check: Verification,
+                      reference: np.ndarray | None) -> dict:
+    """Several labels per photo: mAP on the labelled photos, and how often each (photo, label) decision at the
+    artifact's own thresholds agrees with the Keras model's."""
+    decided = probabilities >= np.asarray(thresholds)
+    row = {"accuracy": None}
+    if check.labels is not None:
+        precisions = [average_precision(probabilities[:, i], check.labels[:, i]) for i in range(len(thresholds))]
+        row["map"] = round(float(np.mean([p for p in precisions if p is not None])), 4)
+    if reference is not None:
+        row["label_agreement"] = round(float((decided == (reference >= np.asarray(thresholds))).mean()), 4)
+        row["top1_agreement"] = round(float((probabilities.argmax(axis=1) == reference.argmax(axis=1)).mean()), 4)
         row["max_abs_diff"] = float(np.abs(probabilities - reference).max())
     return row
 
@@ -239,7 +270,8 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
                       "is left. Free some space and run the export again.")
     with export_lock(run.path), disk_full_explained(f"exporting '{run.path}'", advice), \
             tempfile.TemporaryDirectory(prefix="tfl_converted_") as converted:
-        job = ArtifactJob(run.class_names, quantize, top_k, None, calibration_samples, model_info(run, metadata))
+        job = ArtifactJob(run.class_names, quantize, top_k, None, calibration_samples, model_info(run, metadata),
+                          thresholds=run.thresholds)
         return Export(run, job, echo, Path(converted)).write(wanted, force, verify_images, max_accuracy_drop, data)
 
 
@@ -267,7 +299,8 @@ class Export:
         self.echo(f"Exporting {self.run.path} ({len(self.job.class_names)} classes, {image_size} px); verifying on "
                   f"{check.source}")
         reference = predict_all(keras_predictor, check.images, 32)
-        self.job.goal = Goal(check.images, reference, check.labels)
+        self.job.goal = Goal(check.images, reference, None if check.labels is None or check.labels.ndim > 1
+                             else check.labels)  # several labels per photo: agreement only
         rows = [verify(keras_predictor, self.run.model_file, check, None)]
         self.record(rows[0])
         for row_format, quantize, path in targets:

@@ -11,7 +11,8 @@ from tfl.backend import native_stderr_held
 from tfl.data import is_hidden, load_image_for_predict, pixels_of_image
 from tfl.errors import TflError
 from tfl.formats import LOADABLE, ArtifactFormat
-from tfl.runs import LABELS_FILE, MODEL_FILE, parse_labels, read_labels
+from tfl.runs import (LABELS_FILE, MODEL_FILE, THRESHOLDS_FILE, parse_labels, parse_thresholds, read_labels,
+                      read_thresholds)
 
 
 class Predictor:
@@ -21,6 +22,7 @@ class Predictor:
     kind: str
     image_size: int
     class_names: list[str]
+    thresholds: list[float] | None = None  # several labels per photo: each label's decision threshold
     batch_limit = 16  # images per call of predict_pixels
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -37,8 +39,9 @@ class Predictor:
         raise NotImplementedError
 
     def predict(self, inputs, top_k: int = 3) -> list[dict]:
-        """One row per image in `inputs`: {"path", "top": [(class, score), ...]}, or {"path", "error"} for a file
-        that could not be read. `inputs` is an image file or folder, a PIL image, an RGB array (height x width x 3,
+        """One row per image in `inputs`: {"path", "top": [(class, score), ...]} (and, when photos have several
+        labels, "labels": every label whose score reaches its threshold), or {"path", "error"} for a file that
+        could not be read. `inputs` is an image file or folder, a PIL image, an RGB array (height x width x 3,
         0..255; a greyscale or RGBA one too), or a list of these; in-memory images are named '<image N>'."""
         return predict_items(self, collect_inputs(inputs), check_top_k(top_k), self.batch_limit)
 
@@ -52,6 +55,7 @@ class KerasPredictor(Predictor):
         self.model = keras.models.load_model(model_path, compile=False)
         self.image_size = int(self.model.input_shape[1])
         self.class_names = read_labels(model_path.parent / LABELS_FILE)
+        self.thresholds = read_thresholds(model_path.parent / THRESHOLDS_FILE, self.class_names)
 
     def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(pixels.astype("float32")))
@@ -67,6 +71,7 @@ class SavedModelPredictor(Predictor):
         self.serve = self.model.signatures["serving_default"]
         self.image_size = int(self.serve.structured_input_signature[1]["pixels"].shape[1])
         self.class_names = read_labels(path / "assets" / LABELS_FILE)
+        self.thresholds = read_thresholds(path / "assets" / THRESHOLDS_FILE, self.class_names)
 
     def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -87,6 +92,7 @@ class TFLitePredictor(Predictor):
         self.image_size = int(self.input["shape"][1])
         self.batch = 0
         self.class_names = tflite_labels(path)
+        self.thresholds = tflite_thresholds(path, self.class_names)
 
     def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
         if pixels.shape[0] != self.batch:
@@ -114,12 +120,23 @@ class OnnxPredictor(Predictor):
         self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0]
         self.image_size = int(self.input.shape[1])
-        labels = self.session.get_modelmeta().custom_metadata_map.get("labels")
-        self.class_names = (parse_labels(labels) if labels
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.class_names = (parse_labels(metadata["labels"]) if metadata.get("labels")
                             else read_labels(path.parent / LABELS_FILE))
+        thresholds = metadata.get("thresholds")
+        self.thresholds = parse_thresholds(thresholds, self.class_names) if thresholds else None
 
     def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input.name: pixels.astype(np.float32)})[0]
+
+
+def tflite_thresholds(path: Path, class_names: list[str]) -> list[float] | None:
+    """Several labels per photo: the thresholds packed inside the .tflite beside labels.txt."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return parse_thresholds(archive.read(THRESHOLDS_FILE).decode(), class_names)
+    except (zipfile.BadZipFile, KeyError):
+        return None
 
 
 def tflite_labels(path: Path) -> list[str]:
@@ -235,6 +252,9 @@ def predict_items(predictor: Predictor, items: list[tuple[str, object]], top_k: 
         for (name, _), probs in zip(batch, probabilities):
             best = np.argsort(-probs)[:top_k]
             rows.append({"path": name, "top": [(predictor.class_names[i], float(probs[i])) for i in best]})
+            if predictor.thresholds is not None:
+                rows[-1]["labels"] = [(predictor.class_names[i], float(probs[i])) for i in np.argsort(-probs)
+                                      if probs[i] >= predictor.thresholds[i]]
         batch.clear()
 
     batch_limit = min(batch_size, predictor.batch_limit)

@@ -117,14 +117,19 @@ def format_export_report(rows: list[dict]) -> str:
     """A row per artifact (size, accuracy, change and agreement against the Keras model, latency), then which ran
     fastest here."""
     lines = [f"{'artifact':<36} {'size':>10} {'val acc':>8} {'change':>8} {'agree':>7} {'ms/img':>7}"]
+    multilabel = any("map" in row for row in rows)
     for row in rows:
-        accuracy = "n/a" if row.get("accuracy") is None else f"{row['accuracy']:.4f}"
+        score = row.get("map", row.get("accuracy"))
+        accuracy = "n/a" if score is None else f"{score:.4f}"
         change = ("ref" if "top1_agreement" not in row else "n/a" if row.get("accuracy_change") is None
                   else f"{row['accuracy_change']:+.4f}")
-        agree = f"{row['top1_agreement']:.1%}" if "top1_agreement" in row else "ref"
+        agreement = row.get("label_agreement", row.get("top1_agreement"))
+        agree = f"{agreement:.1%}" if "top1_agreement" in row else "ref"
         lines.append(f"{row['file']:<36} {row['size_bytes'] / 1e6:>8.2f}MB {accuracy:>8} {change:>8} "
                      f"{agree:>7} {row['latency_ms_batch1']:>7.2f}")
-    return "\n".join(lines + [fallback_line(row) for row in rows if "fallback" in row] + [fastest_line(rows)])
+    notes = ["Several labels per photo: 'val acc' is the mAP, 'agree' the share of (photo, label) decisions at the "
+             "thresholds that agree with the Keras model."] if multilabel else []
+    return "\n".join(lines + notes + [fallback_line(row) for row in rows if "fallback" in row] + [fastest_line(rows)])
 
 
 def fallback_line(row: dict) -> str:
@@ -146,25 +151,34 @@ def fastest_line(rows: list[dict]) -> str:
 
 
 def format_predictions(rows: list[dict], output_format: str) -> str:
-    """`tfl predict`'s output: a line per image (table), a row per image and rank (csv), or JSON."""
+    """`tfl predict`'s output: a line per image (table), a row per image and rank (csv), or JSON. With several
+    labels per photo, the labels whose score reaches their threshold come first ("labels")."""
+    multilabel = any("labels" in row for row in rows)
+    scored = lambda pairs: [{"label": l, "score": round(s, 5)} for l, s in pairs]  # noqa: E731
     if output_format == "json":
         return json.dumps([{"path": r["path"], **({"error": r["error"]} if "error" in r else
-                                                  {"top": [{"label": l, "score": round(s, 5)} for l, s in r["top"]]})}
+                                                  {"top": scored(r["top"])} | (
+                                                      {"labels": scored(r["labels"])} if "labels" in r else {}))}
                            for r in rows], indent=2)
     if output_format == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["path", "rank", "label", "score", "error"])
+        writer.writerow(["path", "rank", "label", "score", "error"] + (["above_threshold"] if multilabel else []))
         for row in rows:
             if "error" in row:
-                writer.writerow([row["path"], "", "", "", row["error"]])
+                writer.writerow([row["path"], "", "", "", row["error"]] + ([""] if multilabel else []))
+            chosen = {label for label, _ in row.get("labels", [])}
             for rank, (label, score) in enumerate(row.get("top", []), start=1):
-                writer.writerow([row["path"], rank, label, f"{score:.5f}", ""])
+                writer.writerow([row["path"], rank, label, f"{score:.5f}", ""] +
+                                (["yes" if label in chosen else "no"] if multilabel else []))
         return buffer.getvalue().rstrip("\n")
     lines = []
     for row in rows:
         if "error" in row:
             lines.append(f"{row['path']}: ERROR {row['error']}")
+        elif "labels" in row:
+            chosen = ", ".join(f"{label} {score:.3f}" for label, score in row["labels"]) or "no label above its threshold"
+            lines.append(f"{row['path']}: {chosen}")
         else:
             lines.append(f"{row['path']}: " + ", ".join(f"{label} {score:.3f}" for label, score in row["top"]))
     return "\n".join(lines)

@@ -24,6 +24,7 @@ DEFAULT_ROOT = "saved_models"
 PARTIAL_SUFFIX = ".partial"
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"  # also the name of the labels inside a SavedModel's assets and a .tflite
+THRESHOLDS_FILE = "thresholds.json"  # several labels per photo: {label: threshold}, beside labels.txt everywhere
 CONFIG_FILE = "config.yaml"
 SPLITS_FILE = "splits.json"
 CHECKPOINT_DIR = "checkpoint"  # in <name>.partial/ while training: what --resume continues from
@@ -79,6 +80,11 @@ class RunFolder:
         return read_labels(self.labels_file)
 
     @property
+    def thresholds(self) -> list[float] | None:
+        """Several labels per photo: each label's decision threshold, chosen on validation; None for one label."""
+        return read_thresholds(self.path / THRESHOLDS_FILE, self.class_names)
+
+    @property
     def config(self) -> dict[str, Any]:
         return read_run_config(self.path)
 
@@ -100,6 +106,19 @@ class RunFolder:
     @property
     def splits(self) -> dict[str, Split]:
         return read_splits(self.path)
+
+
+def thresholds_text(class_names: list[str], thresholds: list[float]) -> str:
+    return json.dumps(dict(zip(class_names, thresholds)), indent=2) + "\n"
+
+
+def parse_thresholds(text: str, class_names: list[str]) -> list[float]:
+    values = json.loads(text)
+    return [float(values[name]) for name in class_names]
+
+
+def read_thresholds(path: Path, class_names: list[str]) -> list[float] | None:
+    return parse_thresholds(path.read_text(), class_names) if path.is_file() else None
 
 
 def default_run_name(arch: str) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as model_schema
 
 from tfl.errors import TflError
-from tfl.runs import LABELS_FILE, labels_text
+from tfl.runs import LABELS_FILE, THRESHOLDS_FILE, labels_text, thresholds_text
 from tfl.vendor import metadata_schema_py_generated as meta
 
 METADATA_NAME = "TFLITE_METADATA"
@@ -100,8 +100,10 @@ class AlignedBuilder(flatbuffers.Builder):
         return super().StartVector(elemSize, numElems, max(alignment, 16) if elemSize == 1 else alignment)
 
 
-def with_metadata(tflite: bytes, class_names: list[str], info: ModelInfo) -> bytes:
-    """The model with its metadata (replacing any) and labels.txt appended; its tensors and weights unchanged."""
+def with_metadata(tflite: bytes, class_names: list[str], info: ModelInfo,
+                  thresholds: list[float] | None = None) -> bytes:
+    """The model with its metadata (replacing any) and labels.txt appended (and, with several labels per photo,
+    thresholds.json: the metadata has no place for a threshold per label); its tensors and weights unchanged."""
     model = model_schema.ModelT.InitFromObj(model_schema.Model.GetRootAs(tflite, 0))
     if tflite[4:8] != MODEL_IDENTIFIER or len(model.subgraphs) != 1:
         raise TflError("The converter wrote a TFLite file tfl cannot add metadata to (not one subgraph).")
@@ -128,6 +130,8 @@ def with_metadata(tflite: bytes, class_names: list[str], info: ModelInfo) -> byt
     out.seek(0, io.SEEK_END)
     with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr(LABELS_FILE, labels_text(class_names))
+        if thresholds is not None:
+            archive.writestr(THRESHOLDS_FILE, thresholds_text(class_names, thresholds))
     return out.getvalue()
 
 

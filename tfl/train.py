@@ -36,8 +36,9 @@ from tfl.plan import DataStats, auto_plan
 from tfl.precision import dtype_policy, resolve_precision
 from tfl.fileio import atomic_path, atomic_write_text
 from tfl.report import closing_line, data_summary, describe_unfreeze, format_plan, stage_header
-from tfl.runs import (DEFAULT_ROOT, RunFolder, default_run_name, finish_run_dir, has_checkpoint, labels_text,
-                      portable_path, prepare_run_dir, read_run_config, resumable_run, run_lock, write_splits)
+from tfl.runs import (DEFAULT_ROOT, THRESHOLDS_FILE, RunFolder, default_run_name, finish_run_dir, has_checkpoint,
+                      labels_text, portable_path, prepare_run_dir, read_run_config, resumable_run, run_lock,
+                      thresholds_text, write_splits)
 from tfl.scan import SCAN_CACHE_FOLDER
 
 IMBALANCE_RATIO = 1.5  # class_weight auto: balance when the largest class is this much bigger than the smallest
@@ -336,6 +337,8 @@ class Training:
         metrics = self.calibrate(model)
         with atomic_path(run.model_file, force=True) as tmp:
             model.save(tmp)
+        if self.task.multilabel:
+            atomic_write_text(run.path / THRESHOLDS_FILE, thresholds_text(data.class_names, metrics["thresholds"]))
         if data.test is not None and len(data.test):
             pipeline = make_pipeline(data.test, len(data.class_names), config.image_size, config.batch_size,
                                      training=False)
