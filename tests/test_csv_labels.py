@@ -139,3 +139,32 @@ def test_cats5_as_published():
     assert read["problems"]["file not found"]["rows"] == 10_000
     assert read["problems"]["found under another extension (kept)"]["rows"] == 5
     assert len(data.class_names) == 5 and len(data.train) + len(data.val) == 1_000 - len(data.report["skipped"])
+
+
+def test_unreadable_photos_and_a_label_with_one_photo(tmp_path):
+    rows = flat_photos(tmp_path / "pics")
+    (tmp_path / "pics" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    make_image((250, 250, 0)).save(tmp_path / "pics" / "lonely.jpg")
+    lines = ["file,label"] + [f"pics/{f},{label}" for f, label in rows] + ["pics/broken.jpg,red",
+                                                                            "pics/lonely.jpg,yellow"]
+    with pytest.warns(UserWarning, match="yellow have no validation image"):
+        data = load_data(str(write(tmp_path / "labels.csv", lines)), 0.2, 0)
+    assert [item["path"] for item in data.report["skipped"]] == [str(tmp_path / "pics" / "broken.jpg")]
+    assert "yellow" in data.class_names and data.report["counts"]["val"]["yellow"] == 0
+    assert data.report["counts"]["train"]["yellow"] == 1
+
+
+def test_bad_label_files_are_one_paragraph_and_exit_1(tmp_path):
+    rows = flat_photos(tmp_path / "pics")
+    csv_path = write(tmp_path / "labels.csv", ["file,label"] + [f"pics/{f},{label}" for f, label in rows])
+    for extra, expected in ((["--label-column", "breed"], "--label-column 'breed' is not a column"),
+                            (["--images", str(tmp_path / "nowhere")], "is not a folder"),
+                            (["--task", "single", "--label-separator", "e"], "several labels")):
+        result = CliRunner().invoke(main, ["finetune", "--data", str(csv_path), "--weights", "none",
+                                           "--output", str(tmp_path / "runs"), *extra])
+        assert result.exit_code == 1 and expected in result.output, result.output
+        assert "Traceback" not in result.output and not list((tmp_path / "runs").glob("*/model.keras"))
+    empty = write(tmp_path / "empty.csv", ["file,label"])
+    result = CliRunner().invoke(main, ["finetune", "--data", str(empty), "--weights", "none",
+                                       "--output", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and "has a header and no rows" in result.output

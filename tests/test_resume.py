@@ -146,3 +146,22 @@ def test_resume_refuses_what_cannot_be_resumed(data, tmp_path):
     assert result.exit_code == 1 and "already finished" in result.output
     result = cli("finetune", "--resume", "done", "--epochs", "3,3", "--output", runs)
     assert result.exit_code == 1 and "takes no other training option" in result.output
+
+
+def test_a_multilabel_run_killed_in_stage_two_resumes(long_plan, tmp_path):
+    from tests.test_multilabel import striped_photos
+
+    rows = striped_photos(tmp_path / "data" / "images", per_colour=8)
+    labels = tmp_path / "data" / "labels.csv"
+    labels.write_text("file,labels\n" + "".join(f'{f},"{",".join(names)}"\n' for f, names in rows))
+    runs = tmp_path / "runs"
+    process = start_training(labels, runs, "m", "2,40", long_plan)
+    state_path = runs / "m.partial" / "checkpoint" / "state.json"
+    wait_for_state(process, state_path, lambda s: s["stage"] == 1 and s["stage_epochs"] >= 2)
+    kill_hard(process)
+    resumed = cli("finetune", "--resume", "m", "--output", runs)
+    assert resumed.exit_code == 0, resumed.output
+    done = history(runs / "m")
+    assert [r["stage"] for r in done] == ["head"] * 2 + ["top_blocks"] * 40 and "val_map" in done[0]
+    metrics = json.loads((runs / "m" / "metrics.json").read_text())
+    assert metrics["task"] == "multilabel" and (runs / "m" / "thresholds.json").is_file()
