@@ -116,11 +116,13 @@ def test_finetune_reads_a_label_file_and_resumes_from_its_splits(tmp_path):
     assert len(splits["train"]["paths"]) + len(splits["val"]["paths"]) == 24
 
 
-def test_several_labels_per_photo_stop_with_a_message_for_now(tmp_path):
+def test_several_labels_on_one_photo_make_a_multilabel_set(tmp_path):
     rows = flat_photos(tmp_path)
-    lines = ["file,labels"] + [f'{f},"{l},bright"' if i == 0 else f"{f},{l}" for i, (f, l) in enumerate(rows)]
-    with pytest.raises(TflError, match="several labels"):
-        load_data(str(write(tmp_path / "labels.csv", lines)), 0.2, 0)
+    lines = ["file,labels"] + [f'{f},"{l},bright"' if i < 2 else f"{f},{l}" for i, (f, l) in enumerate(rows)]
+    data = load_data(str(write(tmp_path / "labels.csv", lines)), 0.2, 0)
+    assert data.multilabel and data.class_names == ["blue", "bright", "green", "red"]
+    assert (data.train.labels + data.val.labels).count([1, 3]) == 2  # r0 and r1: red and bright
+    assert data.report["images"]["train"] + data.report["images"]["val"] == 18
 
 
 def test_no_row_matching_a_file_names_the_images_flag(tmp_path):
