@@ -24,7 +24,7 @@ class FakeLayers:
 def test_the_search_keeps_the_fewest_layers_in_float_that_meet_the_target(monkeypatch):
     measured = []
 
-    def measure(self, content, quantize_):
+    def measure(self, content, quantize_, margin=0.0):
         steps = int.from_bytes(content, "big")
         measured.append(steps)
         return {"agreement": 0.9 + steps / 1000, "met": steps >= 11}
@@ -40,16 +40,27 @@ def test_the_search_keeps_the_fewest_layers_in_float_that_meet_the_target(monkey
     assert fallback["layers_in_float"] == 11 and fallback["in_float"] == [f"layer{i}" for i in range(52, 41, -1)]
     assert fallback["target_met"] and fallback["fully_quantized"] == {"agreement": 0.9}
     assert measured[:6] == [0, 1, 2, 4, 8, 16]  # doubling, then halving between 8 and 16
-    assert len(measured) <= 10
+    assert len(measured) <= 11 and max(measured) <= 26  # never more than half of the 53 layers in float
 
-    monkeypatch.setattr(quantize.Goal, "measure", lambda self, content, q: {"agreement": 0.5, "met": False})
+    def plateau(self, content, q, margin=0.0):  # better with layers in float, never enough, best at 8 or more
+        steps = int.from_bytes(content, "big")
+        return {"agreement": 0.9 + min(steps, 8) / 1000, "met": False}
+
+    monkeypatch.setattr(quantize.Goal, "measure", plateau)
     content, report = quantize.quantized_file(None, "int8", None, goal)
-    assert report["fallback"]["target_met"] is False and report["fallback"]["layers_in_float"] == 1  # the closest
+    assert report["fallback"]["target_met"] is False and report["fallback"]["layers_in_float"] == 8  # the fewest
+    assert int.from_bytes(content, "big") == 8
+
+    monkeypatch.setattr(quantize.Goal, "measure", lambda self, content, q, margin=0.0: {"agreement": 0.5,
+                                                                                       "met": False})
+    content, report = quantize.quantized_file(None, "int8", None, goal)
+    assert report["fallback"]["layers_in_float"] == 0 and content == (0).to_bytes(2, "big")  # no better: as it was
 
 
 def test_files_that_meet_their_target_are_left_as_the_converter_wrote_them(monkeypatch):
     monkeypatch.setattr(quantize, "convert", lambda model, q, calibration: b"converted")
-    monkeypatch.setattr(quantize.Goal, "measure", lambda self, content, q: {"agreement": 1.0, "met": True})
+    monkeypatch.setattr(quantize.Goal, "measure", lambda self, content, q, margin=0.0: {"agreement": 1.0,
+                                                                                       "met": True})
     goal = quantize.Goal(np.zeros((4, 8, 8, 3), np.uint8), np.eye(4))
     assert quantize.quantized_file(None, "dynamic", None, goal) == (b"converted", {})
     assert quantize.quantized_file(None, "float16", None, goal) == (b"converted", {})

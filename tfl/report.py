@@ -136,10 +136,15 @@ def fallback_line(row: dict) -> str:
     """What the quantization fallback (tfl/quantize.py) did to one file."""
     fallback = row["fallback"]
     first, after = fallback["fully_quantized"], fallback["after"]
-    outcome = "meets" if fallback["target_met"] else "still misses (the closest kept)"
-    return (f"{row['file']}: as the converter quantized it, it agreed with the Keras model on {first['agreement']:.1%}, below its "
-            f"target ({fallback['target']}); with the {fallback['layers_in_float']} of {fallback['layers']} layers "
-            f"that lose most kept in float it agrees on {after['agreement']:.1%} and {outcome} the target.")
+    said = (f"{row['file']}: as the converter quantized it, it agreed with the Keras model on {first['agreement']:.1%}, "
+            f"below its target ({fallback['target']}); ")
+    if not fallback["layers_in_float"]:
+        return said + ("keeping up to half of its layers in float did no better, so it is kept as the converter "
+                       "wrote it. !!! It misses its target: check it before shipping it, or use float16. !!!")
+    outcome = ("and meets the target." if fallback["target_met"] else "still short of the target (the closest within "
+               "half of the layers is kept). !!! Check it before shipping it, or use float16. !!!")
+    return said + (f"with the {fallback['layers_in_float']} of {fallback['layers']} layers that lose most kept in "
+                   f"float it agrees on {after['agreement']:.1%}, {outcome}")
 
 
 def fastest_line(rows: list[dict]) -> str:
