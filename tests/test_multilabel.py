@@ -193,3 +193,17 @@ def test_miml_scenes_both_label_layouts_read_alike():
     val_counts = separated.report["counts"]["val"]
     total = {k: val_counts[k] + separated.report["counts"]["train"][k] for k in val_counts}
     assert all(abs(val_counts[k] / total[k] - 0.2) < 0.03 for k in total), val_counts
+
+
+def test_the_python_api_trains_folders_as_multilabel_when_asked(tmp_path):
+    """--task multilabel on class folders: independent scores, each photo with its one label."""
+    import tfl
+    from tests.conftest import write_class_folders
+
+    data = write_class_folders(tmp_path / "data", per_class=8)
+    run = tfl.finetune(data, task="multilabel", arch="mobilenetv2", weights="none", image_size=32, alpha=0.35,
+                       batch_size=8, epochs=(2, 0), output=tmp_path / "runs", name="m", echo=lambda s: None,
+                       verbose=0)
+    assert run.metrics["task"] == "multilabel" and run.thresholds is not None and len(run.thresholds) == 3
+    rows = tfl.load(run.path).predict(str(data / "red"), top_k=3)
+    assert all("labels" in row for row in rows) and len(rows) == 8
