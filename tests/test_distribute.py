@@ -218,3 +218,40 @@ def test_the_cli_says_what_a_multiworker_run_lacks_and_writes_nothing(tmp_path, 
     assert not (tmp_path / "runs").exists()
     help_text = CliRunner().invoke(main, ["finetune", "--help"]).output
     assert "--distribute [auto|none|mirrored|multiworker]" in help_text
+
+
+MULTILABEL_SCRIPT = """
+import json, sys
+backend, data, output = sys.argv[1:4]
+import tfl
+from tfl.backend import use_backend
+use_backend(backend)
+if backend == "tensorflow":
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+lines = []
+run = tfl.finetune(data, backend=backend, weights="none", output=output, name="multi", distribute="mirrored",
+                   echo=lines.append, verbose=0, arch="mobilenetv2", alpha=0.35, image_size=32, batch_size=4,
+                   epochs=[2, 1], unfreeze_blocks=2, seed=3)
+print(json.dumps({"lines": lines, "metrics": run.metrics, "path": str(run.path)}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_several_labels_per_photo_train_on_two_devices(backend, tmp_path):
+    """A multi-label run (label file, sigmoid head, mAP, thresholds) on Keras' engines, both backends."""
+    from tests.test_multilabel import striped_photos
+
+    rows = striped_photos(tmp_path / "data" / "images", per_colour=6)
+    labels = tmp_path / "data" / "labels.csv"
+    labels.write_text("file,labels\n" + "".join(f'{f},"{",".join(names)}"\n' for f, names in rows))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2") if backend == "jax" else None
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(MULTILABEL_SCRIPT), backend, str(labels),
+                             str(tmp_path / "runs")], capture_output=True, text=True, timeout=WORKER_TIMEOUT, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert any("2 devices = 2 replicas" in line for line in report["lines"]), report["lines"]
+    metrics = report["metrics"]
+    assert metrics["task"] == "multilabel" and 0 <= metrics["map"] <= 1 and len(metrics["thresholds"]) == 4
+    assert tfl.open_run(report["path"]).evaluate()["map"] == pytest.approx(metrics["map"], abs=1e-6)
