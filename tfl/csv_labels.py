@@ -193,7 +193,7 @@ def images_folder(csv_path: Path, names: list[str], images: str | Path | None) -
     best = max(subfolders, key=found, default=None)
     if best is not None and found(best) > here:
         return best, (f"the files it names are not beside '{csv_path.name}' but in '{best.name}/', so they are read "
-                      "from there (--images DIR says where)")
+                      "from there; --images DIR says where to look")
     return base, None
 
 

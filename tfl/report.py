@@ -31,7 +31,7 @@ def data_summary(class_names: list[str], report: dict) -> str:
         lines.append(f"Label file {read['label_file']}: {read['csv_layout']}; {read['matched']:,} of {read['rows']:,} "
                      f"rows name a photo found under {read['images_folder']}")
         if read.get("note"):
-            lines.append(f"  ({read['note']})")
+            lines.append(f"  {read['note'][0].upper()}{read['note'][1:]}.")
         for reason, found in read["problems"].items():
             lines.append(f"  {found['rows']:,} row(s) {reason}, e.g. {'; '.join(found['examples'][:2])}")
     skipped = report["skipped"]
