@@ -162,8 +162,10 @@ def test_a_multilabel_run_end_to_end(tmp_path):
     import tensorflow as tf
 
     served = tf.saved_model.load(str(run / "export" / "saved_model" / "1")).signatures["classify_images"]
-    above = served(images=tf.constant([photo.read_bytes()]))["above_threshold"].numpy()[0]
+    served_out = served(images=tf.constant([photo.read_bytes()]))
+    above = served_out["above_threshold"].numpy()[0]
     assert [metrics["class_names"][i] for i in np.flatnonzero(above)] == sorted(expected)
+    assert [name.decode() for name in served_out["labels"].numpy()[0] if name] == sorted(expected)
     result = runner.invoke(main, ["predict", str(run / "model_float32.tflite"), str(photo), "--format", "json"])
     assert [row["label"] for row in json.loads(result.output)[0]["labels"]] == expected
 

@@ -68,7 +68,9 @@ def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> Non
         scores, indices = tf.math.top_k(probabilities, k=k)
         result = {"probabilities": probabilities, "classes": tf.gather(labels, indices), "scores": scores}
         if job.thresholds is not None:  # several labels per photo: which labels reach their threshold
-            result["above_threshold"] = probabilities >= tf.constant(job.thresholds, tf.float32)
+            above = probabilities >= tf.constant(job.thresholds, tf.float32)
+            result["above_threshold"] = above
+            result["labels"] = tf.where(above, labels, "")  # [N, labels]: a label's name where it is chosen, else ""
         return result
 
     archive = keras.export.ExportArchive()
