@@ -114,6 +114,30 @@ def resume(name: str | None = None, *, output: str | Path = DEFAULT_ROOT, echo: 
     return Run(resume_training(output, final.name, Caller(echo, verbose)).path)
 
 
+def check(data: str | Path, *, probe: bool = True, output: str | Path = DEFAULT_ROOT,
+          echo: Callable[[str], None] = print, report_file: str | Path | None = None,
+          **settings: Any) -> dict[str, Any]:
+    """The data checks of `tfl finetune` on `data`, alone: duplicates, conflicting labels, leaks, unusable photos,
+    imbalance, and (with `probe`) likely label errors by a quick probe of the backbone's features (`settings`: arch,
+    alpha, weights, image_size... as for tfl.finetune). Returns the report (also written to `report_file` as JSON,
+    when given); nothing else is written but the scan cache."""
+    check_arguments("tfl.check", data=(data, (str, Path), "the path of a folder or a label file"),
+                    probe=(probe, bool, "True or False"))
+    config = make_config(None, settings)
+    use_backend(config.backend)
+    from tfl.probe import check_data
+
+    report = check_data(config, str(Path(data).expanduser()), Path(output).expanduser() / ".scan_cache", probe, echo)
+    if report_file is not None:
+        import json
+
+        from tfl.fileio import atomic_write_text
+
+        atomic_write_text(Path(report_file).expanduser(), json.dumps(report, indent=2) + "\n")
+        echo(f"Wrote {report_file}")
+    return report
+
+
 def open_run(run: str | Path | None = None, root: str | Path = DEFAULT_ROOT) -> Run:
     """A finished run folder (default: the newest under `root`), to evaluate, export or predict with."""
     check_arguments("tfl.open_run", run=(run, (str, Path, type(None)), "a run folder's path"),

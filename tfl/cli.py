@@ -15,7 +15,7 @@ from tfl.archs import ARCHS
 from tfl.backend import VERBOSE_ENV, use_backend
 from tfl.config import SETTINGS, parse_per_stage
 from tfl.errors import TflError, TflWarning
-from tfl.report import format_metrics, format_predictions
+from tfl.report import format_checks, format_metrics, format_predictions
 from tfl.formats import ALL, FORMATS, QUANTIZATIONS, export_help
 from tfl.runs import DEFAULT_ROOT
 
@@ -127,6 +127,26 @@ def resume_run(resume, output, *settings):
         raise TflError("--resume continues a run with the settings it was started with, so it takes no other "
                        "training option (only --output). Drop them, or start a new run.")
     tfl.resume(None if resume == LATEST else resume, output=output, echo=click.echo, verbose=progress_verbosity())
+
+
+@main.command()
+@click.argument("data")
+@click.option("--probe/--no-probe", default=True, show_default=True,
+              help="Look for likely label errors with a quick probe of the backbone's features (needs the weights).")
+@click.option("--arch", default="mobilenetv2", show_default=True, help="Backbone of the label probe.")
+@click.option("--alpha", type=float, default=1.0, show_default=True, help="MobileNetV2 width of the label probe.")
+@click.option("--weights", default="imagenet", show_default=True, help="Weights of the label probe (as for finetune).")
+@click.option("--image-size", type=int, default=None, help="Pixels of the label probe (default: as finetune chooses).")
+@click.option("--images", help="Label files: the folder their file names are relative to.")
+@click.option("--listed", type=click.IntRange(1), default=10, show_default=True, help="Entries shown per list.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write the whole report here.")
+@click.option("--output", default=DEFAULT_ROOT, show_default=True, help="Runs folder (where the scan cache lives).")
+@friendly_errors
+def check(data, probe, arch, alpha, weights, image_size, images, listed, json_file, output):
+    """Check photos before training: duplicates, conflicting labels, leaks, unusable photos, likely label errors."""
+    report = tfl.check(data, probe=probe, output=output, echo=click.echo, report_file=json_file, arch=arch,
+                       alpha=alpha, weights=weights, image_size=image_size, images=images)
+    click.echo(format_checks(report, listed))
 
 
 @main.command()

@@ -8,7 +8,7 @@ import io
 import os
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ class ImageData:
     test: Split | None
     report: dict
     multilabel: bool = False  # labels are lists of class indices (several per photo)
+    scanned: dict = field(default_factory=dict)  # path -> ScannedFile: hashes and measures for the data checks
 
 
 def is_hidden(name: str) -> bool:
@@ -85,16 +86,17 @@ def list_files(folder: Path) -> list[str]:
 
 
 def scan_class_folders(folder: Path, class_names: list[str], report: dict, converted_dir: Path | None,
-                       scan_cache: ScanCache | None = None) -> Split:
+                       scan_cache: ScanCache | None = None, found: dict | None = None) -> Split:
     """Scan `folder/<class>/**` in parallel; usable files become the split, the rest go to the report."""
     candidates = [(path, label) for label, name in enumerate(class_names)
                   if (folder / name).is_dir() for path in list_files(folder / name)]
-    return scan_candidates(candidates, report, converted_dir, scan_cache)
+    return scan_candidates(candidates, report, converted_dir, scan_cache, found)
 
 
 def scan_candidates(candidates: list[tuple[str, int]], report: dict, converted_dir: Path | None,
-                    scan_cache: ScanCache | None = None) -> Split:
-    """Scan (path, label) pairs in parallel; usable files become the split, the rest go to the report."""
+                    scan_cache: ScanCache | None = None, found: dict | None = None) -> Split:
+    """Scan (path, label) pairs in parallel; usable files become the split, the rest go to the report; `found`
+    collects each usable file's scan (under the path the split uses)."""
     paths = [path for path, _ in candidates]
     scanned = scan_cache.scan(paths) if scan_cache else scan_files(paths)
     split = Split()
@@ -111,22 +113,40 @@ def scan_candidates(candidates: list[tuple[str, int]], report: dict, converted_d
             report["converted"].append({"path": result.path, "to": path})
         split.paths.append(path)
         split.labels.append(label)
+        if found is not None:
+            found[path] = result
     return split
 
 
-def stratified_split(split: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
+def stratified_split(split: Split, val_fraction: float, seed: int,
+                     groups: list[int] | None = None) -> tuple[Split, Split]:
+    """A seeded split with each class's share in validation. With `groups` (a group id per photo: copies of one
+    photo share one), a group goes to one side whole, so no photo is in both; a group whose copies carry different
+    labels goes to training."""
     rng = np.random.default_rng(seed)
     train, val = Split(), Split()
     labels = np.asarray(split.labels)
+    members: dict[int, list[int]] = defaultdict(list)
+    for index, group in enumerate(range(len(split)) if groups is None else groups):
+        members[group].append(index)
+    mixed = [g for g, m in members.items() if len({int(labels[i]) for i in m}) > 1]
     for label in np.unique(labels):
-        indices = rng.permutation(np.flatnonzero(labels == label))
-        n_val = int(round(len(indices) * val_fraction))
-        if len(indices) >= 2:
-            n_val = min(max(n_val, 1), len(indices) - 1)  # every class in both splits
-        for i, index in enumerate(indices):
-            target = val if i < n_val else train
-            target.paths.append(split.paths[index])
-            target.labels.append(int(label))
+        own = [g for g, m in members.items() if g not in mixed and labels[m[0]] == label]
+        total = sum(len(members[g]) for g in own)
+        n_val = int(round(total * val_fraction))
+        if total >= 2:
+            n_val = min(max(n_val, 1), total - 1)  # every class in both splits
+        taken = 0
+        for group in rng.permutation(np.asarray(own, dtype=int)):
+            target = val if taken < n_val else train
+            taken += len(members[group]) if target is val else 0
+            for index in members[group]:
+                target.paths.append(split.paths[index])
+                target.labels.append(int(label))
+    for group in mixed:
+        for index in members[group]:
+            train.paths.append(split.paths[index])
+            train.labels.append(int(labels[index]))
     return train, val
 
 
@@ -210,17 +230,18 @@ def read_image_folder(root: Path, val_split: float, seed: int, converted_dir: Pa
                                f"'{class_root}' lacks. Every class needs training images.")
     report["layout"] = (describe_layout(split_folders, val_split, seed) if split_folders
                         else f"stratified split, {val_split:.0%} validation, seed {seed}")
-    everything = scan_class_folders(class_root, class_names, report, converted_dir, scan_cache)
+    scanned: dict = {}
+    everything = scan_class_folders(class_root, class_names, report, converted_dir, scan_cache, scanned)
     if "val" in split_folders:
         train = everything
-        val = scan_class_folders(split_folders["val"], class_names, report, converted_dir, scan_cache)
+        val = scan_class_folders(split_folders["val"], class_names, report, converted_dir, scan_cache, scanned)
     else:
         check_usable(everything, class_names, class_root, report)
-        train, val = stratified_split(everything, val_split, seed)
+        train, val = stratified_split(everything, val_split, seed, copies_of(everything, scanned, report))
         warn_about_small_classes(everything, val, class_names, val_split)
     test = None
     if "test" in split_folders:
-        test = scan_class_folders(split_folders["test"], class_names, report, converted_dir, scan_cache)
+        test = scan_class_folders(split_folders["test"], class_names, report, converted_dir, scan_cache, scanned)
         if not len(test):
             warn(f"'{split_folders['test']}' holds no image in class subfolders named like the training classes, so "
                  "there is no test set (unlabelled photos can be classified with 'tfl predict').")
@@ -233,14 +254,36 @@ def read_image_folder(root: Path, val_split: float, seed: int, converted_dir: Pa
     report["median_short_side"] = int(np.median(report.pop("short_sides"))) if report.get("short_sides") else None
     report["counts"] = {name: class_counts(split, class_names)
                         for name, split in (("train", train), ("val", val), ("test", test)) if split is not None}
-    return ImageData(class_names, train, val, test, report)
+    return checked(ImageData(class_names, train, val, test, report, scanned=scanned))
+
+
+def copies_of(split: Split, scanned: dict, report: dict) -> list[int]:
+    """A group id per photo of `split` (copies of one photo share one), for a split that keeps each group on one
+    side; the report says how many photos that concerned."""
+    from tfl.checks import grouped_split_groups
+
+    groups = grouped_split_groups(len(split), split.paths, scanned)
+    grouped = sum(count for count in Counter(groups).values() if count > 1)
+    report["split_keeps_copies_together"] = grouped
+    return groups
+
+
+def checked(data: ImageData) -> ImageData:
+    """The data checks (tfl/checks.py) on every photo read, into the report."""
+    from tfl.checks import Photo, health_report
+
+    photos = [Photo(path, label, name, data.scanned[path]) for name, split in
+              (("train", data.train), ("val", data.val), ("test", data.test)) if split is not None
+              for path, label in zip(split.paths, split.labels) if path in data.scanned]
+    data.report["checks"] = health_report(photos, data.class_names)
+    return data
 
 
 def warn_about_small_classes(everything: Split, val: Split, class_names: list[str], val_split: float) -> None:
     """Say where a small class could not be split at the fraction asked for (every class keeps one of each)."""
     totals, in_val = class_counts(everything, class_names), class_counts(val, class_names)
-    odd = [f"{name} ({in_val[name]} of {n})" for name, n in totals.items()
-           if in_val[name] != int(round(n * val_split))]
+    odd = [f"{name} ({in_val[name]} of {n})" for name, n in totals.items()  # a share of 0 or all was clamped
+           if in_val[name] != int(round(n * val_split)) and int(round(n * val_split)) in (0, n)]
     if odd:
         warn(f"Some classes are too small for a {val_split:.0%} validation split, so their share differs: "
              f"{', '.join(odd)} validation images. Their validation figures rest on very few images; add photos "
@@ -368,6 +411,7 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
     scan_cache = ScanCache.load(scan_cache_file(scan_cache_dir, path.parent if path.is_file() else path)) \
         if scan_cache_dir else None
     index = {name: i for i, name in enumerate(every)}
+    scanned: dict = {}
     try:
         splits = {}
         for split, files in read.items():
@@ -376,7 +420,7 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
                 encoded = [index[label] for label in labels] if multilabel else index[labels[0]]
                 by_split[row_split or split].append((file, encoded))
             for name, candidates in by_split.items():
-                splits[name] = scan_candidates(candidates, report, converted_dir, scan_cache)
+                splits[name] = scan_candidates(candidates, report, converted_dir, scan_cache, scanned)
     finally:
         if scan_cache:
             scan_cache.save()
@@ -384,7 +428,8 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
         everything = splits.pop("all", Split())
         check_usable(everything, every, path, report)
         splits["train"], splits["val"] = (multilabel_split(everything, len(every), val_split, seed) if multilabel
-                                          else stratified_split(everything, val_split, seed))
+                                          else stratified_split(everything, val_split, seed,
+                                                                copies_of(everything, scanned, report)))
         how = "iteratively stratified" if multilabel else "stratified"
         report["layout"] = f"labels from '{path.name}', {how} split, {val_split:.0%} validation, seed {seed}"
     else:
@@ -402,7 +447,7 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
     named = (("train", train), ("val", val), ("test", test))
     report["counts"] = {name: class_counts(split, every) for name, split in named if split is not None}
     report["images"] = {name: len(split) for name, split in named if split is not None}
-    return ImageData(every, train, val, test, report, multilabel)
+    return checked(ImageData(every, train, val, test, report, multilabel, scanned))
 
 
 def multilabel_split(split: Split, num_classes: int, val_fraction: float, seed: int) -> tuple[Split, Split]:

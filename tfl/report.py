@@ -42,6 +42,13 @@ def data_summary(class_names: list[str], report: dict) -> str:
             lines.append(f"  ... and {len(skipped) - 5} more")
     if report["converted"]:
         lines.append(f"Converted {len(report['converted'])} file(s) TensorFlow cannot decode to PNG.")
+    if report.get("checks"):
+        from tfl.checks import summary_lines
+
+        lines += summary_lines(report["checks"])
+    if report.get("split_keeps_copies_together"):
+        lines.append(f"  the split keeps the {report['split_keeps_copies_together']} photos that are copies of "
+                     "another on one side, so none is in both training and validation")
     return "\n".join(lines)
 
 
@@ -186,4 +193,33 @@ def format_predictions(rows: list[dict], output_format: str) -> str:
             lines.append(f"{row['path']}: {chosen}")
         else:
             lines.append(f"{row['path']}: " + ", ".join(f"{label} {score:.3f}" for label, score in row["top"]))
+    return "\n".join(lines)
+
+
+def format_checks(report: dict, listed: int = 10) -> str:
+    """`tfl check`'s output: the summary, then each list, the likeliest first, `listed` entries each."""
+    checks = report["checks"]
+    lines = [data_summary(report["classes"], report)]
+    titles = {"conflicting_labels": "Copies of one photo with different labels (fix the label, or drop a copy)",
+              "leaks_across_splits": "Copies of one photo in different splits (a leak: figures come out optimistic)",
+              "exact_duplicates": "Identical files", "near_duplicates": "Near duplicates (perceptual hash within "
+              "4 of 64 bits)"}
+    for key, title in titles.items():
+        groups = checks.get(key, [])
+        if groups:
+            lines.append(f"\n{title}: {len(groups)} group(s)")
+            for group in groups[:listed]:
+                lines.append("  " + "  =  ".join(f"{path} ({label}{', ' + split if split else ''})" for path, label,
+                                                split in zip(group["paths"], group["labels"], group["splits"])))
+    if checks.get("unusable"):
+        lines.append(f"\nPhotos unlikely to help: {len(checks['unusable'])}")
+        lines += [f"  {item['path']}: {'; '.join(item['issues'])}" for item in checks["unusable"][:listed]]
+    if checks.get("label_issues"):
+        lines.append(f"\nLabels the probe doubts, likeliest errors first: {checks['label_issues_found']} (the "
+                     f"{len(checks['label_issues'])} likeliest in the JSON report)")
+        lines += [f"  {item['path']}: labelled {item['label']}, looks like {item['probe_says']} (probability of its "
+                  f"label {item['probability_of_label']:.3f})" for item in checks["label_issues"][:listed]]
+    seconds = checks.get("seconds", {})
+    if seconds:
+        lines.append("\n" + ", ".join(f"{what.replace('_', ' ')} {value:.1f} s" for what, value in seconds.items()))
     return "\n".join(lines)

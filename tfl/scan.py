@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,17 +28,41 @@ class ScannedFile:
     problem: str | None = None  # why the file cannot be used
     needs_conversion: bool = False  # decodable by Pillow but not by tf.io.decode_image
     short_side: int = 0  # pixels, of the image as stored
+    # What the data checks (tfl/checks.py) use, measured in the same pass:
+    md5: str = ""  # of the file's bytes: exact duplicates
+    phash: str = ""  # perceptual hash (imagehash's DCT hash, 64 bits in hex): near duplicates
+    brightness: float = 0.0  # mean grey level 0..255
+    contrast: float = 0.0  # standard deviation of the grey levels
+    sharpness: float = 0.0  # variance of the Laplacian of the grey image at 128 px: low is blurry
+    aspect: float = 1.0  # long side / short side
+
+
+def image_measures(image: Image.Image) -> dict:
+    """The perceptual hash and the grey-level figures of a decoded image (RGB or not)."""
+    import imagehash
+    import numpy as np
+
+    grey = image.convert("L")
+    small = np.asarray(grey.resize((128, 128), Image.Resampling.BILINEAR), np.float32)
+    laplacian = (4 * small[1:-1, 1:-1] - small[:-2, 1:-1] - small[2:, 1:-1] - small[1:-1, :-2] - small[1:-1, 2:])
+    return {"phash": str(imagehash.phash(grey)), "brightness": round(float(small.mean()), 2),
+            "contrast": round(float(small.std()), 2), "sharpness": round(float(laplacian.var()), 2),
+            "aspect": round(max(image.size) / max(1, min(image.size)), 3)}
 
 
 def scan_file(path: str) -> ScannedFile:
-    """Fully decode one file with Pillow to find empty, truncated and non-image files up front."""
+    """Fully decode one file with Pillow to find empty, truncated and non-image files up front, and measure what
+    the data checks need."""
     try:
         if os.path.getsize(path) == 0:
             return ScannedFile(path, "empty file")
+        with open(path, "rb") as handle:
+            digest = hashlib.md5(handle.read()).hexdigest()
         with Image.open(path) as image:
-            image_format, short_side = image.format, min(image.size)
+            image_format, short_side, aspect = image.format, min(image.size), max(image.size) / max(1, min(image.size))
             image.draft("RGB", (512, 512))  # JPEG: decode at reduced size, still reads every byte
             image.load()
+            measures = image_measures(image) | {"aspect": round(aspect, 3)}
     except UnidentifiedImageError:
         return ScannedFile(path, "not an image")
     except Image.DecompressionBombError as exc:
@@ -45,7 +70,8 @@ def scan_file(path: str) -> ScannedFile:
                                  f"{Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} megapixels")
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's truncated/corrupt errors
         return ScannedFile(path, f"unreadable ({exc})")
-    return ScannedFile(path, needs_conversion=image_format not in TF_DECODABLE_FORMATS, short_side=short_side)
+    return ScannedFile(path, needs_conversion=image_format not in TF_DECODABLE_FORMATS, short_side=short_side,
+                       md5=digest, **measures)
 
 
 def scan_files(paths: list[str]) -> list[ScannedFile]:
@@ -97,17 +123,20 @@ def finish_scan_worker(worker: subprocess.Popen | None, paths: list[str]) -> lis
 
 
 def scan_worker_main() -> None:
-    """`python -m tfl.scan`: paths as JSON on stdin, [problem, needs_conversion, short_side] rows as JSON out."""
+    """`python -m tfl.scan`: paths as JSON on stdin, rows of each ScannedFile's fields but its path as JSON out."""
     paths = json.load(sys.stdin)
-    rows = [[r.problem, r.needs_conversion, r.short_side] for r in map(scan_file, paths)]
+    rows = [[getattr(r, name) for name in CACHED] for r in map(scan_file, paths)]
     sys.stdout.write(json.dumps(rows))
+
+
+CACHED = [f.name for f in dataclasses.fields(ScannedFile)][1:]  # a cache entry: the signature, then these
 
 
 class ScanCache:
     """Scan results kept between runs, keyed by path, size and modification time: a second run on the same folder
     decodes only new or changed files (a stat per file instead of a full decode)."""
 
-    VERSION = 1
+    VERSION = 2  # 2: the data checks' hashes and measures
 
     def __init__(self, path: Path | None = None, entries: dict | None = None):
         self.path, self.entries, self.changed = path, entries or {}, False
@@ -138,13 +167,14 @@ class ScanCache:
         results: list[ScannedFile | None] = []
         for path, signature in zip(paths, signatures):
             entry = self.entries.get(path)
-            hit = signature is not None and isinstance(entry, list) and len(entry) == 4 and entry[0] == signature
+            hit = signature is not None and isinstance(entry, list) and len(entry) == len(CACHED) + 1 and \
+                entry[0] == signature
             results.append(ScannedFile(path, *entry[1:]) if hit else None)
         todo = [i for i, result in enumerate(results) if result is None]
         for i, result in zip(todo, scan_files([paths[i] for i in todo])):
             results[i] = result
             if signatures[i] is not None:
-                self.entries[paths[i]] = [signatures[i], result.problem, result.needs_conversion, result.short_side]
+                self.entries[paths[i]] = [signatures[i], *(getattr(result, name) for name in CACHED)]
         self.changed = self.changed or bool(todo)
         return results
 

@@ -1,0 +1,186 @@
+"""Data health, before training: exact and near-duplicate photos (within a class, across classes, across splits),
+photos unlikely to be usable (nearly blank, very dark or bright, very blurry, extreme aspect ratio), class imbalance,
+and likely label errors (cleanlab's confident learning on out-of-fold predictions of the cached features).
+
+The hashes and grey-level figures come from the pre-training scan (tfl/scan.py), which decodes every file anyway, so
+the checks add seconds. The duplicate groups also keep the split honest: each group goes to one side."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from tfl.scan import ScannedFile
+
+NEAR_RADIUS = 4  # bits of the 64-bit perceptual hash two near duplicates differ in at most
+DARK, BRIGHT = 20.0, 240.0  # mean grey level below / above which a photo is nearly black / white
+BLANK_CONTRAST = 4.0  # grey-level spread below which a photo shows nothing
+BLURRY_SHARPNESS = 1.5  # variance of the Laplacian at 128 px below which a photo is very blurry
+EXTREME_ASPECT = 4.0  # long side / short side
+IMBALANCE_RATIO = 3.0
+LISTED = 10  # entries per list on screen; data_report.json keeps them all (label errors: 200)
+
+
+class DisjointSets:
+    """Union-find over photo indices: groups of photos linked by being (near) copies of each other."""
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        self.parent[self.find(i)] = self.find(j)
+
+    def groups(self) -> list[list[int]]:
+        found = defaultdict(list)
+        for i in range(len(self.parent)):
+            found[self.find(i)].append(i)
+        return [members for members in found.values() if len(members) > 1]
+
+
+def hash_bits(phashes: list[str]) -> np.ndarray:
+    return np.array([int(h, 16) if h else 0 for h in phashes], dtype=np.uint64)
+
+
+def near_pairs(phashes: list[str], radius: int = NEAR_RADIUS) -> list[tuple[int, int, int]]:
+    """(i, j, distance) of every pair whose perceptual hashes differ in at most `radius` bits (all pairs, in
+    blocks: 4,317 photos are 9 million pairs, a fraction of a second)."""
+    bits = hash_bits(phashes)
+    # A hash with almost every bit alike comes from a featureless image (blank, a plain gradient): such images
+    # would all match each other, so they are left to the exact (byte) comparison.
+    set_bits = np.bitwise_count(bits)
+    valid = np.array([bool(h) for h in phashes]) & (set_bits > 2) & (set_bits < 62)
+    pairs = []
+    for start in range(0, len(bits), 512):
+        block = bits[start:start + 512]
+        distance = np.bitwise_count(block[:, None] ^ bits[None, :])
+        rows, cols = np.nonzero(distance <= radius)
+        for i, j in zip(rows + start, cols):
+            if i < j and valid[i] and valid[j]:
+                pairs.append((int(i), int(j), int(distance[i - start, j])))
+    return pairs
+
+
+@dataclass
+class Photo:
+    path: str
+    label: object  # an int, or a list of ints with several labels per photo
+    split: str | None
+    scanned: ScannedFile
+
+
+def duplicate_groups(photos: list[Photo]) -> tuple[list[list[int]], list[list[int]]]:
+    """(exact groups, near groups): photos with the same bytes; photos within NEAR_RADIUS bits of each other's
+    perceptual hash (chained), leaving out groups that are exact copies only."""
+    by_md5 = defaultdict(list)
+    for i, photo in enumerate(photos):
+        if photo.scanned.md5:
+            by_md5[photo.scanned.md5].append(i)
+    exact = [members for members in by_md5.values() if len(members) > 1]
+    sets = DisjointSets(len(photos))
+    for members in exact:
+        for other in members[1:]:
+            sets.union(members[0], other)
+    closest: dict[int, int] = {}
+    pairs = near_pairs([p.scanned.phash for p in photos])
+    for i, j, distance in pairs:
+        sets.union(i, j)
+    for i, j, distance in pairs:
+        root = sets.find(i)
+        closest[root] = min(closest.get(root, NEAR_RADIUS + 1), distance)
+    exact_sets = {frozenset(members) for members in exact}
+    near = [members for members in sets.groups() if frozenset(members) not in exact_sets]
+    near.sort(key=lambda members: closest.get(sets.find(members[0]), NEAR_RADIUS + 1))  # the closest copies first
+    return exact, near
+
+
+def same_label(photos: list[Photo], members: list[int]) -> bool:
+    return len({str(photos[i].label) for i in members}) == 1
+
+
+def unusable(photo: ScannedFile) -> list[str]:
+    """Why a photo is unlikely to help training (empty when it looks fine)."""
+    issues = []
+    if photo.contrast < BLANK_CONTRAST:
+        issues.append(f"nearly blank (grey-level spread {photo.contrast:.1f})")
+    elif photo.brightness < DARK:
+        issues.append(f"very dark (mean grey {photo.brightness:.0f} of 255)")
+    elif photo.brightness > BRIGHT:
+        issues.append(f"nearly white (mean grey {photo.brightness:.0f} of 255)")
+    if photo.contrast >= BLANK_CONTRAST and photo.sharpness < BLURRY_SHARPNESS:
+        issues.append(f"very blurry (Laplacian variance {photo.sharpness:.2f})")
+    if photo.aspect > EXTREME_ASPECT:
+        issues.append(f"extreme aspect ratio ({photo.aspect:.1f}:1; the square resize squashes it)")
+    return issues
+
+
+def health_report(photos: list[Photo], class_names: list[str]) -> dict:
+    """What data_report.json's "checks" holds: every group and photo found, by kind."""
+    exact, near = duplicate_groups(photos)
+
+    def described(members: list[int]) -> dict:
+        return {"paths": [photos[i].path for i in members],
+                "labels": [label_names(photos[i].label, class_names) for i in members],
+                "splits": [photos[i].split for i in members]}
+
+    groups = [(members, "exact") for members in exact] + [(members, "near") for members in near]
+    conflicts = [described(m) | {"kind": kind} for m, kind in groups if not same_label(photos, m)]
+    leaks = [described(m) | {"kind": kind} for m, kind in groups
+             if same_label(photos, m) and len({photos[i].split for i in m}) > 1]
+    counts = Counter(label for photo in photos for label in as_list(photo.label))
+    sizes = [counts.get(i, 0) for i in range(len(class_names))]
+    return {
+        "photos": len(photos),
+        "exact_duplicates": [described(m) for m in exact],
+        "near_duplicates": [described(m) for m in near],
+        "conflicting_labels": conflicts,
+        "leaks_across_splits": leaks,
+        "unusable": [{"path": p.path, "issues": unusable(p.scanned)} for p in photos if unusable(p.scanned)],
+        "imbalance": {"largest": class_names[int(np.argmax(sizes))], "smallest": class_names[int(np.argmin(sizes))],
+                      "ratio": round(max(sizes) / max(1, min(sizes)), 2),
+                      "imbalanced": max(sizes) >= IMBALANCE_RATIO * max(1, min(sizes))},
+    }
+
+
+def as_list(label) -> list[int]:
+    return label if isinstance(label, list) else [label]
+
+
+def label_names(label, class_names: list[str]) -> str:
+    return ",".join(class_names[i] for i in as_list(label))
+
+
+def grouped_split_groups(photos_count: int, paths: list[str], scanned: dict[str, ScannedFile]) -> list[int]:
+    """A group id per photo: (near) duplicates share one, every other photo has its own."""
+    photos = [Photo(path, 0, None, scanned.get(path, ScannedFile(path))) for path in paths]
+    exact, near = duplicate_groups(photos)
+    group = list(range(photos_count))
+    for members in exact + near:
+        for i in members:
+            group[i] = members[0]
+    return group
+
+
+def summary_lines(checks: dict) -> list[str]:
+    """A few lines for the start of `tfl finetune` (and the head of `tfl check`)."""
+    kinds = [("exact_duplicates", "group(s) of identical files"), ("near_duplicates", "group(s) of near duplicates"),
+             ("conflicting_labels", "group(s) of copies with different labels"),
+             ("leaks_across_splits", "group(s) of copies across splits"), ("unusable", "photo(s) unlikely to help")]
+    found = [f"{len(checks[key])} {what}" for key, what in kinds if checks.get(key)]
+    lines = [f"Checks: {', '.join(found)} (data_report.json lists them; `tfl check` shows them)" if found else
+             "Checks: no duplicates, conflicting labels or unusable photos found"]
+    if checks["imbalance"]["imbalanced"]:
+        imbalance = checks["imbalance"]
+        lines.append(f"  classes {imbalance['ratio']:.1f}x apart ({imbalance['largest']} the largest, "
+                     f"{imbalance['smallest']} the smallest)")
+    if checks.get("label_issues"):
+        lines.append(f"  {checks['label_issues_found']} photo(s) whose label a quick probe doubts (`tfl check` ranks "
+                     "them)")
+    return lines

@@ -1,0 +1,82 @@
+"""The label-error probe: backbone features of every photo, out-of-fold probabilities of a linear classifier on them
+(scikit-learn), and cleanlab's confident-learning ranking of the photos whose given label those contradict most."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfl.data import ImageData, make_pipeline
+from tfl.split import Split
+
+FOLDS = 5
+KEPT = 200  # label issues kept in the report, the likeliest first
+
+
+def features_of(model, split: Split, num_classes: int, image_size: int, batch_size: int = 64) -> np.ndarray:
+    """Pooled backbone features of every photo of `split`, through the classifier's own feature extractor."""
+    from tfl.features import feature_extractor
+
+    extractor = feature_extractor(model)
+    pipeline = make_pipeline(split, num_classes, image_size, batch_size, training=False)
+    return np.concatenate([np.asarray(extractor.predict_on_batch(np.asarray(images))) for images, _ in pipeline])
+
+
+def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Each photo's class probabilities from a logistic regression that did not see it (5 folds)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.pipeline import make_pipeline as sk_pipeline
+
+    folds = min(FOLDS, int(np.bincount(labels).min()))
+    classifier = sk_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=500))
+    if folds < 2:
+        return classifier.fit(features, labels).predict_proba(features)  # too few photos for folds: in-sample
+    return cross_val_predict(classifier, features, labels, method="predict_proba",
+                             cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+
+
+def label_issues(data: ImageData, model, image_size: int) -> tuple[list[dict], int]:
+    """The photos (of one label each) whose label the probe doubts, likeliest errors first (cleanlab's
+    find_label_issues ranked by self-confidence, the probability the probe gives the given label), at most KEPT of
+    them; and how many cleanlab flagged in all."""
+    from cleanlab.filter import find_label_issues
+
+    everything = Split([p for s in (data.train, data.val, data.test) if s is not None for p in s.paths],
+                       [y for s in (data.train, data.val, data.test) if s is not None for y in s.labels])
+    labels = np.asarray(everything.labels)
+    if len(np.unique(labels)) < 2:
+        return [], 0
+    probabilities = out_of_fold_probabilities(features_of(model, everything, len(data.class_names), image_size),
+                                              labels)
+    ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
+    return [{"path": everything.paths[i], "label": data.class_names[labels[i]],
+             "probe_says": data.class_names[int(probabilities[i].argmax())],
+             "probability_of_label": round(float(probabilities[i, labels[i]]), 4)} for i in ranked[:KEPT]], len(ranked)
+
+
+def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
+               echo=print) -> dict:
+    """`tfl check`: the photos read as `tfl finetune` reads them (same split), the data checks, and, with `probe`,
+    the label-error probe on the config's backbone and weights; the report data_report.json would hold."""
+    import time
+
+    from tfl.archs import auto_image_size, get_arch
+    from tfl.data import CsvOptions, load_data
+    from tfl.model import build_model
+
+    start = time.time()
+    image_data = load_data(data, config.val_split, config.seed, scan_cache_dir=scan_cache_dir,
+                           csv=CsvOptions(config.images, config.path_column, config.label_column,
+                                          config.label_separator, config.task))
+    report = image_data.report
+    report["checks"]["seconds"] = {"scan_and_checks": round(time.time() - start, 1)}
+    if probe and not image_data.multilabel:
+        start = time.time()
+        spec = get_arch(config.arch)
+        size = config.image_size or auto_image_size(spec, report.get("median_short_side"))
+        echo(f"Label probe: {config.arch} features at {size} px, a logistic regression in {FOLDS} folds, cleanlab")
+        model = build_model(spec, len(image_data.class_names), size, config.weights, config.alpha)
+        report["checks"]["label_issues"], report["checks"]["label_issues_found"] = label_issues(image_data, model, size)
+        report["checks"]["seconds"]["label_probe"] = round(time.time() - start, 1)
+    return report
