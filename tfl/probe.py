@@ -25,11 +25,13 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, seed: in
     """Each photo's class probabilities from a logistic regression that did not see it (5 folds)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.preprocessing import StandardScaler
     from sklearn.pipeline import make_pipeline as sk_pipeline
+    from sklearn.preprocessing import Normalizer
 
     folds = min(FOLDS, int(np.bincount(labels).min()))
-    classifier = sk_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=500))
+    # Unit-length features, C=1: on flowers with 3% of labels flipped, 56 of the 130 flips ranked in the top 130,
+    # against 35 with standardised features at C=0.1 (benchmarks/README.md)
+    classifier = sk_pipeline(Normalizer(), LogisticRegression(C=1.0, max_iter=500))
     if folds < 2:
         return classifier.fit(features, labels).predict_proba(features)  # too few photos for folds: in-sample
     return cross_val_predict(classifier, features, labels, method="predict_proba",
