@@ -62,6 +62,12 @@ class Run(RunFolder):
         rows = export_run(self.path, format, quantize, **options)
         return self.path / rows[-1]["file"]
 
+    def report(self) -> Path:
+        """Build report.html again from the run's files (after an export, say); its path."""
+        from tfl.html_report import build_report
+
+        return build_report(self.path)
+
     def predictor(self) -> Predictor:
         return load(self.model_file)
 

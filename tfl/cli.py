@@ -217,6 +217,15 @@ def predict(artifact, inputs, top_k, output_format):
 
 
 @main.command()
+@click.argument("run", required=False)
+@click.option("--output", "root", default=DEFAULT_ROOT, show_default=True, help="Runs folder, for the latest run.")
+@friendly_errors
+def report(run, root):
+    """Build a run's report.html again (data health, plan, curves, mistakes, exports), one self-contained file."""
+    click.echo(f"Wrote {tfl.open_run(run, root).report()}")
+
+
+@main.command()
 def archs():
     """List the available backbones."""
     for spec in ARCHS.values():

@@ -17,16 +17,20 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
+import numpy as np
+from PIL import Image
 
 from tfl import __version__
 from tfl.archs import auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
 from tfl.checkpoint import Checkpoint, StageTracker, TrainingState
 from tfl.config import Stage, TrainConfig, from_run_record, run_record
-from tfl.data import CsvOptions, ImageData, load_data, make_pipeline
+from tfl.data import CsvOptions, ImageData, load_data, load_image_for_predict, make_pipeline
 from tfl.distribute import Cluster, connect, disconnect
 from tfl.errors import TflError, disk_full_explained
 from tfl.calibration import calibration_report, fit_temperature, fold_temperature, rescaled
+from tfl.analysis import error_analysis, grad_cam, overlaid, predictions_csv
+from tfl.html_report import ANALYSIS_FILE, MISTAKES_FOLDER, build_report
 from tfl.metrics import classification_metrics, evaluate_model, predict_dataset, write_metrics
 from tfl.multilabel import TASKS, Task, as_binary, choose_thresholds, multilabel_metrics, positive_weights
 from tfl.plots import plot_confusion_matrix, plot_precision_recall, plot_reliability, plot_training_curves
@@ -355,10 +359,32 @@ class Training:
         else:
             plot_confusion_matrix(metrics, run.confusion_file)
         plot_reliability(metrics["calibration"], run.reliability_file)
+        if not self.task.multilabel and data.val.paths:
+            self.analyse(model)
+        build_report(run.path, self.final_dir.name)
         shutil.rmtree(run.checkpoint_dir)  # the run is complete: nothing left to resume
         run_dir = finish_run_dir(run.path, self.final_dir)
         self.caller.echo(closing_line(metrics, time.time() - self.start, run_dir))
         return RunFolder(run_dir)
+
+    def analyse(self, model: keras.Model) -> None:
+        """What the model gets wrong on validation: predictions.csv, analysis.json, and the gallery of its most
+        confident mistakes with Grad-CAM heatmaps (tfl/analysis.py), for report.html."""
+        run, names, size = self.folder, self.data.class_names, self.config.image_size
+        probabilities, labels = self.validation_scores
+        predictions_csv(self.data.val.paths, probabilities, labels, names, run.path / "predictions.csv")
+        found = error_analysis(self.data.val.paths, probabilities, labels, names)
+        heat = None
+        if found["mistakes"]:
+            pixels = np.stack([load_image_for_predict(m["path"], size) for m in found["mistakes"]])
+            heat = grad_cam(model, pixels, [names.index(m["predicted"]) for m in found["mistakes"]])
+            folder = run.path / MISTAKES_FOLDER
+            folder.mkdir(exist_ok=True)
+            for index, image in enumerate(pixels):
+                picture = Image.fromarray(overlaid(image, None if heat is None else heat[index])).resize((180, 180))
+                with atomic_path(folder / f"{index}.jpg", force=True) as tmp:
+                    picture.save(tmp, format="JPEG", quality=85)
+        atomic_write_text(run.path / ANALYSIS_FILE, json.dumps(found | {"grad_cam": heat is not None}, indent=2))
 
     def calibrate(self, model: keras.Model) -> dict:
         """Validation metrics of the model with one temperature, fitted on the validation set, folded into its
@@ -373,7 +399,8 @@ class Training:
         fold_temperature(get_head(model).get_layer("probabilities"), temperature)
         calibration = {"calibration": calibration_report(*pairs, temperature)}
         if not self.task.multilabel:
-            return classification_metrics(rescaled(probabilities, temperature), labels, data.class_names) | calibration
+            self.validation_scores = (rescaled(probabilities, temperature), labels)
+            return classification_metrics(self.validation_scores[0], labels, data.class_names) | calibration
         calibrated = rescaled(pairs[0], temperature)[:, 1].reshape(probabilities.shape)
         self.validation_scores = (calibrated, labels)
         thresholds = choose_thresholds(calibrated, labels)  # the F1-best per label, on the calibrated scores
