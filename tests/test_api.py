@@ -81,8 +81,8 @@ def other_value(field: dataclasses.Field):
         return next(choice for choice in meta["choices"] if choice != default)
     if meta["kind"] is bool:
         return not default
-    special = {"image_size": 96, "weights": "none", "alpha": 0.5, "images": "photos/", "path_column": "file",
-               "label_column": "breed", "label_separator": ";"}
+    special = {"image_size": 96, "weights": "none", "alpha": 0.5, "images": "photos/", "exclude": "bad.txt",
+               "path_column": "file", "label_column": "breed", "label_separator": ";"}
     if field.name in special:
         return special[field.name]
     if meta["kind"] is int:

@@ -149,3 +149,25 @@ def test_the_probe_finds_flipped_labels_on_real_photos(tmp_path):
     found = sum(name in flagged for name in flipped)
     print(f"flipped labels flagged: {found} of {len(flipped)}, among {len(flagged)} flagged of 300")
     assert found >= 2 and len(flagged) <= 75  # flagging this many at random would catch about 0.5 (3 here)
+
+
+def test_an_edited_exclusion_list_leaves_photos_out(faulty, tmp_path):
+    import tfl
+
+    listed = tmp_path / "doubted.txt"
+    tfl.check(faulty, probe=False, exclusions_file=listed, output=tmp_path / "runs", echo=lambda s: None)
+    text = listed.read_text()
+    assert "copied_from_red.jpg" in text and "black.jpg" in text
+    assert all(line.startswith("#") or not line for line in text.splitlines()), "nothing excluded as written"
+    unchanged = load_data(str(faulty), 0.25, 0, exclude=listed)
+    assert unchanged.report["excluded"] == 0 and len(unchanged.report["checks"]["conflicting_labels"]) == 1
+    edited = "\n".join(line[2:] if "copied_from_red.jpg" in line or "black.jpg" in line else line
+                       for line in text.splitlines())
+    listed.write_text(edited)
+    data = load_data(str(faulty), 0.25, 0, exclude=listed)
+    assert data.report["excluded"] == 2 and data.report["checks"]["conflicting_labels"] == []
+    assert not any(p.endswith(("copied_from_red.jpg", "black.jpg")) for p in data.train.paths + data.val.paths)
+    assert (faulty / "green" / "copied_from_red.jpg").is_file(), "nothing is deleted in the user's folder"
+    result = CliRunner().invoke(main, ["finetune", "--data", str(faulty), "--exclude", str(tmp_path / "nope.txt"),
+                                       "--weights", "none", "--output", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and "is not a file" in result.output

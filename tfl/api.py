@@ -122,11 +122,12 @@ def resume(name: str | None = None, *, output: str | Path = DEFAULT_ROOT, echo: 
 
 def check(data: str | Path, *, probe: bool = True, output: str | Path = DEFAULT_ROOT,
           echo: Callable[[str], None] = print, report_file: str | Path | None = None,
-          **settings: Any) -> dict[str, Any]:
+          exclusions_file: str | Path | None = None, **settings: Any) -> dict[str, Any]:
     """The data checks of `tfl finetune` on `data`, alone: duplicates, conflicting labels, leaks, unusable photos,
     imbalance, and (with `probe`) likely label errors by a quick probe of the backbone's features (`settings`: arch,
     alpha, weights, image_size... as for tfl.finetune). Returns the report (also written to `report_file` as JSON,
-    when given); nothing else is written but the scan cache."""
+    when given) and, with `exclusions_file`, a list of the doubted photos to edit for `exclude=`; nothing else is
+    written but the scan cache."""
     check_arguments("tfl.check", data=(data, (str, Path), "the path of a folder or a label file"),
                     probe=(probe, bool, "True or False"))
     config = make_config(None, settings)
@@ -141,6 +142,12 @@ def check(data: str | Path, *, probe: bool = True, output: str | Path = DEFAULT_
 
         atomic_write_text(Path(report_file).expanduser(), json.dumps(report, indent=2) + "\n")
         echo(f"Wrote {report_file}")
+    if exclusions_file is not None:
+        from tfl.fileio import atomic_write_text
+        from tfl.probe import exclusions_text
+
+        atomic_write_text(Path(exclusions_file).expanduser(), exclusions_text(report))
+        echo(f"Wrote {exclusions_file}: uncomment the photos to leave out, then tfl finetune --exclude {exclusions_file}")
     return report
 
 

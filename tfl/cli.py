@@ -140,12 +140,15 @@ def resume_run(resume, output, *settings):
 @click.option("--images", help="Label files: the folder their file names are relative to.")
 @click.option("--listed", type=click.IntRange(1), default=10, show_default=True, help="Entries shown per list.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write the whole report here.")
+@click.option("--exclusions", "exclusions_file", type=click.Path(dir_okay=False),
+              help="Also write the doubted photos here, commented out, to edit for tfl finetune --exclude.")
 @click.option("--output", default=DEFAULT_ROOT, show_default=True, help="Runs folder (where the scan cache lives).")
 @friendly_errors
-def check(data, probe, arch, alpha, weights, image_size, images, listed, json_file, output):
+def check(data, probe, arch, alpha, weights, image_size, images, listed, json_file, exclusions_file, output):
     """Check photos before training: duplicates, conflicting labels, leaks, unusable photos, likely label errors."""
-    report = tfl.check(data, probe=probe, output=output, echo=click.echo, report_file=json_file, arch=arch,
-                       alpha=alpha, weights=weights, image_size=image_size, images=images)
+    report = tfl.check(data, probe=probe, output=output, echo=click.echo, report_file=json_file,
+                       exclusions_file=exclusions_file, arch=arch, alpha=alpha, weights=weights, image_size=image_size,
+                       images=images)
     click.echo(format_checks(report, listed))
 
 

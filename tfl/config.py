@@ -69,6 +69,8 @@ class TrainConfig:
                                       kind=str)
     label_column: str | None = setting(None, "Label files: the column holding the labels (default: detected; one "
                                        "0/1 column per label is read as such).", kind=str)
+    exclude: str | None = setting(None, "A text file of photos to leave out, one path per line ('#' comments); "
+                                  "'tfl check --exclusions FILE' writes one to edit.", kind=str)
     task: str = setting("auto", "single (one label per photo), multilabel (several: independent scores and a "
                         "threshold per label), or auto: multilabel when some photo has several labels.",
                         choices=("auto", "single", "multilabel"))

@@ -85,37 +85,64 @@ def list_files(folder: Path) -> list[str]:
     return files
 
 
-def scan_class_folders(folder: Path, class_names: list[str], report: dict, converted_dir: Path | None,
-                       scan_cache: ScanCache | None = None, found: dict | None = None) -> Split:
-    """Scan `folder/<class>/**` in parallel; usable files become the split, the rest go to the report."""
-    candidates = [(path, label) for label, name in enumerate(class_names)
-                  if (folder / name).is_dir() for path in list_files(folder / name)]
-    return scan_candidates(candidates, report, converted_dir, scan_cache, found)
+@dataclass
+class Reader:
+    """One reading of photos: the report it fills, where converted files go, the scan cache, the photos the user
+    excluded (absolute paths), and the scan of every photo kept (for the data checks)."""
 
+    report: dict
+    converted_dir: Path | None = None
+    scan_cache: ScanCache | None = None
+    excluded: frozenset = frozenset()
+    scanned: dict = field(default_factory=dict)
 
-def scan_candidates(candidates: list[tuple[str, int]], report: dict, converted_dir: Path | None,
-                    scan_cache: ScanCache | None = None, found: dict | None = None) -> Split:
-    """Scan (path, label) pairs in parallel; usable files become the split, the rest go to the report; `found`
-    collects each usable file's scan (under the path the split uses)."""
-    paths = [path for path, _ in candidates]
-    scanned = scan_cache.scan(paths) if scan_cache else scan_files(paths)
-    split = Split()
-    report.setdefault("short_sides", []).extend(r.short_side for r in scanned if not r.problem)
-    for (path, label), result in zip(candidates, scanned):
-        if result.problem:
-            report["skipped"].append({"path": path, "reason": result.problem})
-            continue
-        if result.needs_conversion:
-            if converted_dir is None:
-                report["skipped"].append({"path": path, "reason": "format TensorFlow cannot decode"})
+    def class_folders(self, folder: Path, class_names: list[str]) -> Split:
+        """`folder/<class>/**`, scanned."""
+        return self.candidates([(path, label) for label, name in enumerate(class_names)
+                                if (folder / name).is_dir() for path in list_files(folder / name)])
+
+    def candidates(self, candidates: list[tuple[str, object]]) -> Split:
+        """(path, label) pairs scanned in parallel: usable files become the split, the rest go to the report."""
+        report = self.report
+        if self.excluded:
+            kept = [c for c in candidates if os.path.abspath(c[0]) not in self.excluded]
+            report["excluded"] = report.get("excluded", 0) + len(candidates) - len(kept)
+            candidates = kept
+        paths = [path for path, _ in candidates]
+        scanned = self.scan_cache.scan(paths) if self.scan_cache else scan_files(paths)
+        split = Split()
+        report.setdefault("short_sides", []).extend(r.short_side for r in scanned if not r.problem)
+        for (path, label), result in zip(candidates, scanned):
+            if result.problem:
+                report["skipped"].append({"path": path, "reason": result.problem})
                 continue
-            path = convert_to_png(path, converted_dir)
-            report["converted"].append({"path": result.path, "to": path})
-        split.paths.append(path)
-        split.labels.append(label)
-        if found is not None:
-            found[path] = result
-    return split
+            if result.needs_conversion:
+                if self.converted_dir is None:
+                    report["skipped"].append({"path": path, "reason": "format TensorFlow cannot decode"})
+                    continue
+                path = convert_to_png(path, self.converted_dir)
+                report["converted"].append({"path": result.path, "to": path})
+            split.paths.append(path)
+            split.labels.append(label)
+            self.scanned[path] = result
+        return split
+
+
+def scan_class_folders(folder: Path, class_names: list[str], report: dict, converted_dir: Path | None) -> Split:
+    """Scan `folder/<class>/**` in parallel; usable files become the split, the rest go to the report."""
+    return Reader(report, converted_dir).class_folders(folder, class_names)
+
+
+def read_exclusions(path: str | Path | None) -> frozenset:
+    """The photos a user excluded: one path per line (relative ones to the list's folder), '#' starts a comment."""
+    if path is None:
+        return frozenset()
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise TflError(f"--exclude '{path}' is not a file. Pass a text file with one photo path per line ('tfl check "
+                       "--exclusions FILE' writes one to edit).")
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    return frozenset(os.path.abspath(path.parent / line) for line in lines if line)
 
 
 def stratified_split(split: Split, val_fraction: float, seed: int,
@@ -198,7 +225,8 @@ def class_counts(split: Split, class_names: list[str]) -> dict[str, int]:
 
 
 def load_image_folder(data_dir: str | Path, val_split: float = 0.2, seed: int = 42,
-                      converted_dir: Path | None = None, scan_cache_dir: Path | None = None) -> ImageData:
+                      converted_dir: Path | None = None, scan_cache_dir: Path | None = None,
+                      excluded: frozenset = frozenset()) -> ImageData:
     """Read `data_dir/<class>/...`, or `data_dir/{train,val[,test]}/<class>/...` when those folders exist.
 
     With `scan_cache_dir`, files scanned by an earlier run and unchanged since are not decoded again."""
@@ -210,14 +238,14 @@ def load_image_folder(data_dir: str | Path, val_split: float = 0.2, seed: int = 
     report: dict = {"source": str(root), "skipped": [], "converted": []}
     scan_cache = ScanCache.load(scan_cache_file(scan_cache_dir, root)) if scan_cache_dir else None
     try:
-        return read_image_folder(root, val_split, seed, converted_dir, scan_cache, report)
+        return read_image_folder(root, val_split, seed, Reader(report, converted_dir, scan_cache, excluded))
     finally:
         if scan_cache:
             scan_cache.save()
 
 
-def read_image_folder(root: Path, val_split: float, seed: int, converted_dir: Path | None,
-                      scan_cache: ScanCache | None, report: dict) -> ImageData:
+def read_image_folder(root: Path, val_split: float, seed: int, reader: Reader) -> ImageData:
+    report = reader.report
     split_folders = find_split_folders(root)
     class_root = split_folders.get("train", root)
     class_names = [p.name for p in list_class_folders(class_root)]
@@ -230,18 +258,18 @@ def read_image_folder(root: Path, val_split: float, seed: int, converted_dir: Pa
                                f"'{class_root}' lacks. Every class needs training images.")
     report["layout"] = (describe_layout(split_folders, val_split, seed) if split_folders
                         else f"stratified split, {val_split:.0%} validation, seed {seed}")
-    scanned: dict = {}
-    everything = scan_class_folders(class_root, class_names, report, converted_dir, scan_cache, scanned)
+    scanned = reader.scanned
+    everything = reader.class_folders(class_root, class_names)
     if "val" in split_folders:
         train = everything
-        val = scan_class_folders(split_folders["val"], class_names, report, converted_dir, scan_cache, scanned)
+        val = reader.class_folders(split_folders["val"], class_names)
     else:
         check_usable(everything, class_names, class_root, report)
         train, val = stratified_split(everything, val_split, seed, copies_of(everything, scanned, report))
         warn_about_small_classes(everything, val, class_names, val_split)
     test = None
     if "test" in split_folders:
-        test = scan_class_folders(split_folders["test"], class_names, report, converted_dir, scan_cache, scanned)
+        test = reader.class_folders(split_folders["test"], class_names)
         if not len(test):
             warn(f"'{split_folders['test']}' holds no image in class subfolders named like the training classes, so "
                  "there is no test set (unlabelled photos can be classified with 'tfl predict').")
@@ -346,21 +374,32 @@ def load_tfds(name: str, val_split: float = 0.2, data_dir: str | None = None) ->
 
 
 def load_data(data: str, val_split: float, seed: int, converted_dir: Path | None = None,
-              scan_cache_dir: Path | None = None, csv: CsvOptions | None = None) -> ImageData:
+              scan_cache_dir: Path | None = None, csv: CsvOptions | None = None,
+              exclude: str | Path | None = None) -> ImageData:
     """The photos of `--data`: a tfds name, a label file, a folder of label files (train.csv, val.csv) or a folder of
     class folders."""
     if data.startswith("tfds:"):
         return load_tfds(data.removeprefix("tfds:"), val_split)
     path = Path(data).expanduser()
     if path.is_file() and path.suffix.lower() in LABEL_FILE_SUFFIXES or path.is_dir() and split_label_files(path):
-        return load_label_files(path, val_split, seed, converted_dir, scan_cache_dir, csv or CsvOptions())
-    folders = load_image_folder(data, val_split, seed, converted_dir, scan_cache_dir)
+        return excluding(load_label_files(path, val_split, seed, converted_dir, scan_cache_dir, csv or CsvOptions(),
+                                          read_exclusions(exclude)), exclude)
+    folders = excluding(load_image_folder(data, val_split, seed, converted_dir, scan_cache_dir,
+                                          read_exclusions(exclude)), exclude)
     if csv is not None and csv.task == "multilabel":  # asked for: independent scores, each photo with its one label
         for split in (folders.train, folders.val, folders.test):
             if split is not None:
                 split.labels = [[label] for label in split.labels]
         folders.multilabel, folders.report["task"] = True, "multilabel"
     return folders
+
+
+def excluding(data: ImageData, exclude: str | Path | None) -> ImageData:
+    """The report names the user's exclusion list and how many photos it left out."""
+    if exclude is not None:
+        data.report["exclude_file"] = str(exclude)
+        data.report.setdefault("excluded", 0)
+    return data
 
 
 # --- label files -----------------------------------------------------------------------------------
@@ -391,7 +430,7 @@ def split_label_files(folder: Path) -> dict[str, Path]:
 
 
 def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Path | None,
-                     scan_cache_dir: Path | None, options: CsvOptions) -> ImageData:
+                     scan_cache_dir: Path | None, options: CsvOptions, excluded: frozenset = frozenset()) -> ImageData:
     """Photos named by a label file (its split column honoured), or by train.csv/val.csv[/test.csv] in a folder."""
     from tfl.csv_labels import read_label_file
 
@@ -411,7 +450,8 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
     scan_cache = ScanCache.load(scan_cache_file(scan_cache_dir, path.parent if path.is_file() else path)) \
         if scan_cache_dir else None
     index = {name: i for i, name in enumerate(every)}
-    scanned: dict = {}
+    reader = Reader(report, converted_dir, scan_cache, excluded)
+    scanned = reader.scanned
     try:
         splits = {}
         for split, files in read.items():
@@ -420,7 +460,7 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
                 encoded = [index[label] for label in labels] if multilabel else index[labels[0]]
                 by_split[row_split or split].append((file, encoded))
             for name, candidates in by_split.items():
-                splits[name] = scan_candidates(candidates, report, converted_dir, scan_cache, scanned)
+                splits[name] = reader.candidates(candidates)
     finally:
         if scan_cache:
             scan_cache.save()

@@ -70,7 +70,7 @@ def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
     start = time.time()
     image_data = load_data(data, config.val_split, config.seed, scan_cache_dir=scan_cache_dir,
                            csv=CsvOptions(config.images, config.path_column, config.label_column,
-                                          config.label_separator, config.task))
+                                          config.label_separator, config.task), exclude=config.exclude)
     report = image_data.report
     report["checks"]["seconds"] = {"scan_and_checks": round(time.time() - start, 1)}
     if probe and not image_data.multilabel:
@@ -82,3 +82,20 @@ def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
         report["checks"]["label_issues"], report["checks"]["label_issues_found"] = label_issues(image_data, model, size)
         report["checks"]["seconds"]["label_probe"] = round(time.time() - start, 1)
     return report
+
+
+def exclusions_text(report: dict) -> str:
+    """An exclusion list to edit (`tfl finetune --exclude FILE`): every photo the checks doubt, each line commented
+    out with the reason. Uncomment the lines of the photos to leave out; nothing is excluded as written."""
+    checks = report["checks"]
+    lines = ["# Photos tfl check doubts. Remove the '# ' before a path to leave that photo out of training",
+             "# (tfl finetune --exclude THIS_FILE); nothing is deleted or moved in your folder.", ""]
+    for group in checks.get("conflicting_labels", []):
+        lines.append(f"# copies under different labels: {', '.join(group['labels'])}")
+        lines += [f"# {path}" for path in group["paths"]]
+    for item in checks.get("unusable", []):
+        lines.append(f"# {item['path']}  # {'; '.join(item['issues'])}")
+    for item in checks.get("label_issues", []):
+        lines.append(f"# {item['path']}  # labelled {item['label']}, looks like {item['probe_says']} "
+                     f"({item['probability_of_label']:.3f})")
+    return "\n".join(lines) + "\n"

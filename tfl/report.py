@@ -42,6 +42,8 @@ def data_summary(class_names: list[str], report: dict) -> str:
             lines.append(f"  ... and {len(skipped) - 5} more")
     if report["converted"]:
         lines.append(f"Converted {len(report['converted'])} file(s) TensorFlow cannot decode to PNG.")
+    if report.get("exclude_file"):
+        lines.append(f"Left out {report['excluded']} photo(s) listed in {report['exclude_file']}")
     if report.get("checks"):
         from tfl.checks import summary_lines
 

@@ -421,8 +421,9 @@ class Training:
         data = absolute_data(data or config.data)
         if config.weights not in ("imagenet", "none"):  # a weights file: saved so that it is found from anywhere
             config = dataclasses.replace(config, weights=str(Path(config.weights).expanduser().resolve()))
-        if config.images:  # like the data, found from anywhere
-            config = dataclasses.replace(config, images=str(Path(config.images).expanduser().resolve()))
+        for key in ("images", "exclude"):  # like the data, found from anywhere
+            if getattr(config, key):
+                config = dataclasses.replace(config, **{key: str(Path(getattr(config, key)).expanduser().resolve())})
         output = Path(output).expanduser()
         with run_lock(output, name):
             final_dir, work_dir = prepare_run_dir(output, name, overwrite)
@@ -432,7 +433,7 @@ class Training:
                 image_data = load_data(data, config.val_split, config.seed, converted_dir=folder.converted_dir,
                                        scan_cache_dir=output / SCAN_CACHE_FOLDER, csv=CsvOptions(
                                            config.images, config.path_column, config.label_column,
-                                           config.label_separator, config.task))
+                                           config.label_separator, config.task), exclude=config.exclude)
                 caller.echo(data_summary(image_data.class_names, image_data.report))
                 write_data_files(folder, image_data)
                 config, reasons = resolve_plan(config, image_data, cluster, caller.echo)
