@@ -22,7 +22,8 @@ def run_cli(*args):
 
 def test_run_directory_is_complete(tiny_run):
     expected = {"model.keras", "labels.txt", "config.yaml", "history.csv", "metrics.json", "training_curves.png",
-                "confusion_matrix.png", "reliability_diagram.png", "data_report.json", "splits.json", "logs"}
+                "confusion_matrix.png", "reliability_diagram.png", "data_report.json", "splits.json", "logs",
+                "precision_recall.png", "report.html", "predictions.csv", "analysis.json"}
     assert expected <= {p.name for p in tiny_run.iterdir()}
     assert (tiny_run / "labels.txt").read_text().split() == ["blue", "green", "red"]
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())

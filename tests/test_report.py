@@ -17,7 +17,8 @@ def test_every_run_writes_a_self_contained_report(tiny_run):
         assert f"<h2>{section}</h2>" in page
     assert "Run tiny" in page and ".partial" not in page
     assert not re.search(r'(src|href)="(https?:)?//', page), "nothing is fetched from elsewhere"
-    assert page.count("data:image/png;base64,") >= 3  # curves, confusion matrix, reliability diagram
+    assert page.count("data:image/png;base64,") >= 4  # curves, confusion matrix, precision-recall, reliability
+    assert (tiny_run / "precision_recall.png").stat().st_size > 1000
     analysis = json.loads((tiny_run / "analysis.json").read_text())
     rows = (tiny_run / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("path,label,predicted,confidence,correct") and len(rows) == 1 + analysis[

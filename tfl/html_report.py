@@ -130,12 +130,14 @@ def build_report(run_dir: str | Path, name: str | None = None) -> Path:
     stages = table(["stage", "epochs", "learning rate", "blocks trained"],
                    [[s["name"], s["epochs"], s["learning_rate"], str(s["unfreeze_blocks"])]
                     for s in config.get("stages", [])])
-    figure = run.precision_recall_file if multilabel else run.confusion_file
+    figures = (embedded(run.precision_recall_file, "precision-recall per label") if multilabel else
+               embedded(run.confusion_file, "confusion matrix") + embedded(run.precision_recall_file,
+                                                                          "precision-recall per class"))
     sections = [
         ("Data", data_section(report)),
         ("Plan", f"{stages}<ul>{reasons}</ul>"),
         ("Training", embedded(run.curves_file, "training curves")),
-        ("Per class", class_section(metrics, analysis) + embedded(figure, "per-class figure")),
+        ("Per class", class_section(metrics, analysis) + figures),
         ("Mistakes", mistakes_section(run, analysis) if not multilabel else "<p>See the per-label table.</p>"),
         ("Calibration", embedded(run.reliability_file, "reliability diagram")),
         ("Exports", export_section(run)),

@@ -114,8 +114,10 @@ def plot_reliability(calibration: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def plot_precision_recall(scores_and_truth: tuple[np.ndarray, np.ndarray], path: Path, class_names: list[str]) -> None:
-    """Several labels per photo: each label's precision-recall curve on validation, its AP and its threshold."""
+def plot_precision_recall(scores_and_truth: tuple[np.ndarray, np.ndarray], path: Path, class_names: list[str],
+                          thresholds: bool = True) -> None:
+    """Each label's (or class's, against the rest) precision-recall curve on validation with its AP; with
+    `thresholds` (several labels per photo), a dot at the label's decision threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,11 +135,13 @@ def plot_precision_recall(scores_and_truth: tuple[np.ndarray, np.ndarray], path:
         hits = np.cumsum(positives[order])
         precision, recall = hits / np.arange(1, len(order) + 1), hits / positives.sum()
         line, = axes.plot(recall, precision, label=f"{name} (AP {average_precision(scores[:, i], positives):.2f})")
-        threshold = best_threshold(scores[:, i], positives)
-        at = max(int(np.sum(scores[:, i] >= threshold)) - 1, 0)
-        axes.plot(recall[at], precision[at], "o", color=line.get_color())
-    axes.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
-             title="Validation precision-recall per label (dot: its threshold)")
+        if thresholds:
+            threshold = best_threshold(scores[:, i], positives)
+            at = max(int(np.sum(scores[:, i] >= threshold)) - 1, 0)
+            axes.plot(recall[at], precision[at], "o", color=line.get_color())
+    title = ("Validation precision-recall per label (dot: its threshold)" if thresholds else
+             "Validation precision-recall per class, against the rest")
+    axes.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title=title)
     axes.legend(loc="lower left", fontsize=8)
     atomic_write_bytes(path, figure_bytes(figure))
     plt.close(figure)

@@ -54,7 +54,7 @@ class RunFolder:
     curves_file = property(lambda self: self.path / "training_curves.png")
     confusion_file = property(lambda self: self.path / "confusion_matrix.png")
     reliability_file = property(lambda self: self.path / "reliability_diagram.png")
-    precision_recall_file = property(lambda self: self.path / "precision_recall.png")  # several labels per photo
+    precision_recall_file = property(lambda self: self.path / "precision_recall.png")
     data_report_file = property(lambda self: self.path / "data_report.json")
     export_report_file = property(lambda self: self.path / "export_report.json")
     checkpoint_dir = property(lambda self: self.path / CHECKPOINT_DIR)

@@ -358,6 +358,9 @@ class Training:
             plot_precision_recall(self.validation_scores, run.precision_recall_file, data.class_names)
         else:
             plot_confusion_matrix(metrics, run.confusion_file)
+            probabilities, labels = self.validation_scores
+            plot_precision_recall((probabilities, np.eye(len(data.class_names))[labels]), run.precision_recall_file,
+                                  data.class_names, thresholds=False)
         plot_reliability(metrics["calibration"], run.reliability_file)
         if not self.task.multilabel and data.val.paths:
             self.analyse(model)
