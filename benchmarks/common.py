@@ -43,3 +43,24 @@ def flowers_subset(target: Path, per_class: int) -> Path:
         for photo in sorted(class_dir.iterdir())[:per_class]:
             (target / class_dir.name / photo.name).symlink_to(photo)
     return target
+
+
+def keras_guide_model(size: int, classes: int, activation: str = "softmax", zoom: float | None = None):
+    """The Keras transfer-learning guide's model, as the hand-written recipes build it: augmentation layers, the
+    shared MobileNetV2-0.35 (frozen, called with training=False), pooling, dropout 0.2 and a new dense head.
+    Returns (model, backbone), so that a recipe can unfreeze the backbone for its second stage."""
+    import keras
+
+    base = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=str(WEIGHTS),
+                                          input_shape=(size, size, 3))
+    base.trainable = False
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.RandomFlip("horizontal")(inputs)
+    x = keras.layers.RandomRotation(0.1)(x)
+    if zoom:
+        x = keras.layers.RandomZoom(zoom)(x)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    return keras.Model(inputs, keras.layers.Dense(classes, activation=activation)(x)), base

@@ -13,7 +13,7 @@ import argparse
 import tempfile
 import time
 
-from common import REPO, RESULTS, WEIGHTS, machine, write_results  # sets up TF logging
+from common import REPO, RESULTS, WEIGHTS, keras_guide_model, machine, write_results  # sets up TF logging
 
 import keras
 import numpy as np
@@ -52,17 +52,7 @@ def keras_recipe(run: tfl.Run, epochs: tuple[int, int], seed: int = 42) -> dict:
 
     train, val = dataset(splits["train"], True), dataset(splits["val"], False)
     truth = multi_hot(splits["val"].labels, classes)
-    base = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=str(WEIGHTS),
-                                          input_shape=(size, size, 3))
-    base.trainable = False
-    inputs = keras.Input((size, size, 3))
-    x = keras.layers.RandomFlip("horizontal")(inputs)
-    x = keras.layers.RandomRotation(0.1)(x)
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
-    x = base(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.2)(x)
-    model = keras.Model(inputs, keras.layers.Dense(classes, activation="sigmoid")(x))
+    model, base = keras_guide_model(size, classes, activation="sigmoid")
     rows = []
 
     class Measure(keras.callbacks.Callback):

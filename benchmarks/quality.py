@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, RESULTS, WEIGHTS, machine, write_results  # sets up TF logging
+from common import REPO, RESULTS, WEIGHTS, keras_guide_model, machine, write_results  # sets up TF logging
 
 import keras
 import tensorflow as tf
@@ -46,18 +46,7 @@ def hand_recipe(splits: dict, classes: int, size: int, seed: int = 42) -> dict:
     keras.utils.set_random_seed(seed)
     train = file_dataset(splits["train"].paths, splits["train"].labels, size, True, seed)
     val = file_dataset(splits["val"].paths, splits["val"].labels, size, False)
-    base = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=str(WEIGHTS),
-                                          input_shape=(size, size, 3))
-    base.trainable = False
-    inputs = keras.Input((size, size, 3))
-    x = keras.layers.RandomFlip("horizontal")(inputs)
-    x = keras.layers.RandomRotation(0.1)(x)
-    x = keras.layers.RandomZoom(0.1)(x)
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
-    x = base(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.2)(x)
-    model = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
+    model, base = keras_guide_model(size, classes, zoom=0.1)
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     head = model.fit(train, validation_data=val, epochs=HEAD_EPOCHS, verbose=2)
     base.trainable = True

@@ -142,7 +142,7 @@ def health_report(photos: list[Photo], class_names: list[str]) -> dict:
         "near_duplicates": [described(m) for m in near],
         "conflicting_labels": conflicts,
         "leaks_across_splits": leaks,
-        "unusable": [{"path": p.path, "issues": unusable(p.scanned)} for p in photos if unusable(p.scanned)],
+        "unusable": [{"path": p.path, "issues": issues} for p in photos if (issues := unusable(p.scanned))],
         "imbalance": {"largest": class_names[int(np.argmax(sizes))], "smallest": class_names[int(np.argmin(sizes))],
                       "ratio": round(max(sizes) / max(1, min(sizes)), 2),
                       "imbalanced": max(sizes) >= IMBALANCE_RATIO * max(1, min(sizes))},

@@ -278,10 +278,6 @@ def read_image_folder(root: Path, val_split: float, seed: int, reader: Reader) -
     warn_about_missing_val_classes(val, class_names)
     if len(val) == 0:
         raise TflError(f"The validation split of '{root}' has no usable image. Add images to it, or raise --val-split.")
-    report["classes"] = class_names
-    report["median_short_side"] = int(np.median(report.pop("short_sides"))) if report.get("short_sides") else None
-    report["counts"] = {name: class_counts(split, class_names)
-                        for name, split in (("train", train), ("val", val), ("test", test)) if split is not None}
     return checked(ImageData(class_names, train, val, test, report, scanned=scanned))
 
 
@@ -297,8 +293,17 @@ def copies_of(split: Split, scanned: dict, report: dict) -> list[int]:
 
 
 def checked(data: ImageData) -> ImageData:
-    """The data checks (tfl/checks.py) on every photo read, into the report."""
+    """The report's totals (classes, photos and labels per split, median short side) and the data checks
+    (tfl/checks.py) on every photo read."""
     from tfl.checks import Photo, health_report
+
+    report = data.report
+    named = [(name, split) for name, split in (("train", data.train), ("val", data.val), ("test", data.test))
+             if split is not None]
+    report["classes"] = data.class_names
+    report["median_short_side"] = int(np.median(report.pop("short_sides"))) if report.get("short_sides") else None
+    report["counts"] = {name: class_counts(split, data.class_names) for name, split in named}
+    report["images"] = {name: len(split) for name, split in named}
 
     photos = [Photo(path, label, name, data.scanned[path]) for name, split in
               (("train", data.train), ("val", data.val), ("test", data.test)) if split is not None
@@ -482,11 +487,6 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
     warn_about_missing_val_classes(val, every)
     if len(val) == 0:
         raise TflError(f"The validation split of '{path}' has no usable image. Add rows for it, or raise --val-split.")
-    report["classes"] = every
-    report["median_short_side"] = int(np.median(report.pop("short_sides"))) if report.get("short_sides") else None
-    named = (("train", train), ("val", val), ("test", test))
-    report["counts"] = {name: class_counts(split, every) for name, split in named if split is not None}
-    report["images"] = {name: len(split) for name, split in named if split is not None}
     return checked(ImageData(every, train, val, test, report, multilabel, scanned))
 
 

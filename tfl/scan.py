@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -57,8 +58,9 @@ def scan_file(path: str) -> ScannedFile:
         if os.path.getsize(path) == 0:
             return ScannedFile(path, "empty file")
         with open(path, "rb") as handle:
-            digest = hashlib.md5(handle.read()).hexdigest()
-        with Image.open(path) as image:
+            content = handle.read()  # read once: hashed, then decoded
+        digest = hashlib.md5(content).hexdigest()
+        with Image.open(io.BytesIO(content)) as image:
             image_format, short_side, aspect = image.format, min(image.size), max(image.size) / max(1, min(image.size))
             image.draft("RGB", (512, 512))  # JPEG: decode at reduced size, still reads every byte
             image.load()
