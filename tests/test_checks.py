@@ -103,13 +103,35 @@ def test_near_pairs_by_hamming_distance():
 
 def test_finetune_summarises_the_checks(faulty, tmp_path):
     result = CliRunner().invoke(main, ["finetune", "--data", str(faulty), "--weights", "none", "--arch",
-                                       "mobilenetv2", "--alpha", "0.35", "--image-size", "32", "--epochs", "1,0",
+                                       "mobilenetv2", "--alpha", "0.35", "--image-size", "32", "--epochs", "2,0",
                                        "--output", str(tmp_path / "runs"), "--name", "c"])
     assert result.exit_code == 0, result.output
+    assert "Label probe (" in result.output  # on the features the head's cache just computed
     assert "Checks: 2 group(s) of identical files" in result.output and "1 group(s) of copies with different labels" \
         in result.output
     report = json.loads((tmp_path / "runs" / "c" / "data_report.json").read_text())
     assert len(report["checks"]["conflicting_labels"]) == 1
+    assert "label_issues" in report["checks"] and report["checks"]["label_probe_seconds"] >= 0
+
+
+def test_the_probe_in_finetune_ranks_a_flipped_label_first():
+    """On features of two well-apart clusters, the one photo labelled against its cluster comes first."""
+    from tfl.data import ImageData
+    from tfl.probe import PROBE_LIMIT, probe_cached
+    from tfl.split import Split
+
+    rng = np.random.default_rng(0)
+    labels = [0] * 30 + [1] * 30
+    features = rng.normal(size=(60, 16)) + np.array(labels)[:, None] * 4.0
+    labels[3] = 1  # a photo of class 0 filed under 1
+    paths = [f"p{i}.jpg" for i in range(60)]
+    train, val = Split(paths[:48:], labels[:48]), Split(paths[48:], labels[48:])
+    data = ImageData(["a", "b"], train, val, None, {})
+    found = probe_cached(np.concatenate([features[:48], features[:48]]), features[48:], data)  # 2 cached views
+    assert found["label_issues"][0] == {"path": "p3.jpg", "label": "b", "probe_says": "a",
+                                        "probability_of_label": found["label_issues"][0]["probability_of_label"]}
+    assert found["label_issues"][0]["probability_of_label"] < 0.5
+    assert probe_cached(np.zeros((PROBE_LIMIT, 2)), np.zeros((1, 2)), data) is None  # too big: left to tfl check
 
 
 def test_tfl_check_lists_the_faults_and_writes_its_report(faulty, tmp_path):

@@ -23,7 +23,7 @@ def run_cli(*args):
 def test_run_directory_is_complete(tiny_run):
     expected = {"model.keras", "labels.txt", "config.yaml", "history.csv", "metrics.json", "training_curves.png",
                 "confusion_matrix.png", "reliability_diagram.png", "data_report.json", "splits.json", "logs",
-                "precision_recall.png", "report.html", "predictions.csv", "analysis.json"}
+                "precision_recall.png", "roc_curves.png", "report.html", "predictions.csv", "analysis.json"}
     assert expected <= {p.name for p in tiny_run.iterdir()}
     assert (tiny_run / "labels.txt").read_text().split() == ["blue", "green", "red"]
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())
@@ -104,6 +104,18 @@ def test_evaluate_recomputes_metrics_on_a_folder(tiny_run, tmp_path):
     result = run_cli("evaluate", tiny_run, "--data", other)
     assert result.exit_code == 0, result.output
     assert "on 6 images" in result.output and "green" in result.output
+    # each evaluated set gets its own error analysis and report, beside the run's
+    own, folder = tiny_run / "evaluations" / "val", tiny_run / "evaluations" / "other"
+    assert f"report.html of this evaluation: {folder}" in result.output
+    for written in (own, folder):
+        assert {"metrics.json", "predictions.csv", "analysis.json", "confusion_matrix.png", "roc_curves.png",
+                "precision_recall.png", "report.html"} <= {p.name for p in written.iterdir()}
+    rows = (folder / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 7 and all(str(other) in row for row in rows[1:])
+    analysis = json.loads((folder / "analysis.json").read_text())
+    assert len(list((folder / "mistakes").glob("*.jpg"))) == len(analysis["mistakes"])
+    page = (folder / "report.html").read_text()
+    assert "evaluated on" in page and "<h2>Mistakes</h2>" in page and "<h2>Plan</h2>" not in page
     result = run_cli("evaluate", tiny_run, "--data", write_class_folders(tmp_path / "x", 1, {"purple": (9, 9, 9)}))
     assert result.exit_code == 1 and "does not know" in result.output
 

@@ -29,6 +29,29 @@ def test_iterative_split_keeps_every_label_on_both_sides_near_its_share():
     assert np.all(np.abs(share - 0.2) < 0.1), share
     assert abs(held_out.mean() - 0.2) < 0.02
     assert (held_out == iterative_split(labels, 4, 0.2, seed=1)).all()  # the seed decides
+    # copies of one photo (a group id each) go to one side whole, and the shares stay close
+    groups = [i // 3 if i < 150 else i for i in range(len(labels))]  # the first 150 photos in threes
+    grouped = iterative_split(labels, 4, 0.2, seed=1, groups=groups)
+    assert all(len(set(grouped[i:i + 3])) == 1 for i in range(0, 150, 3))
+    assert abs(grouped.mean() - 0.2) < 0.03 and (matrix[grouped].sum(axis=0) >= 1).all()
+
+
+def test_a_label_file_split_keeps_copies_on_one_side(tmp_path):
+    from tfl.data import CsvOptions, load_data
+
+    rng = np.random.default_rng(0)
+    rows = ["file,labels"]
+    for i in range(40):
+        pixels = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+        names = [f"p{i}.png"] + ([f"copy{i}.png"] if i < 10 else [])  # ten photos filed twice
+        for name in names:
+            Image.fromarray(pixels).save(tmp_path / name)
+            rows.append(f"{name},\"{'a,b' if i % 2 else 'a'}\"")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    data = load_data(str(tmp_path / "labels.csv"), 0.3, 1, csv=CsvOptions(task="auto"))
+    assert data.multilabel and data.report["split_keeps_copies_together"] == 20
+    val = {Path(p).name for p in data.val.paths}
+    assert all((f"p{i}.png" in val) == (f"copy{i}.png" in val) for i in range(10))
 
 
 def test_average_precision_matches_scikit_learns_definition():

@@ -1,18 +1,72 @@
-"""What a model gets wrong, on the validation photos: a per-photo predictions CSV, the most confident mistakes (with
-Grad-CAM heatmaps), the most confused class pairs, and per-class ROC AUC and average precision."""
+"""What a model gets wrong on labelled photos (a run's validation split, or `tfl evaluate`'s): a per-photo predictions
+CSV, the most confident mistakes (with Grad-CAM heatmaps), the most confused class pairs, per-class ROC AUC and
+average precision, and their plots; the files report.html shows."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tfl.fileio import atomic_write_text
+from tfl.fileio import atomic_path, atomic_write_text
+from tfl.runs import RunFolder
 
 MISTAKES = 12  # the most confident mistakes kept for the gallery
 PAIRS = 5  # the most confused class pairs
+
+
+@dataclass
+class Scored:
+    """Labelled photos and a model's (calibrated) scores for them: class indices as labels, or multi-hot rows when
+    a photo has several labels."""
+
+    paths: list[str]
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim > 1
+
+    @property
+    def truth(self) -> np.ndarray:
+        """One row of 0/1 per photo."""
+        return self.labels if self.multilabel else np.eye(len(self.class_names))[self.labels]
+
+
+def write_analysis(scored: Scored, folder: RunFolder, model, image_size: int, metrics: dict) -> None:
+    """The analysis files of `folder` (a run, or an evaluation's folder): precision-recall and ROC curves; with one
+    label per photo also the confusion matrix, predictions.csv, analysis.json and the gallery of the most confident
+    mistakes with Grad-CAM heatmaps."""
+    from PIL import Image
+
+    from tfl.data import load_image_for_predict
+    from tfl.plots import plot_confusion_matrix, plot_precision_recall, plot_roc
+
+    names = scored.class_names
+    plot_precision_recall((scored.scores, scored.truth), folder.precision_recall_file, names,
+                          thresholds=scored.multilabel)
+    plot_roc((scored.scores, scored.truth), folder.roc_file, names)
+    if scored.multilabel:
+        return
+    plot_confusion_matrix(metrics, folder.confusion_file)
+    predictions_csv(scored.paths, scored.scores, scored.labels, names, folder.predictions_file)
+    found = error_analysis(scored.paths, scored.scores, scored.labels, names)
+    heat = None
+    if found["mistakes"]:
+        pixels = np.stack([load_image_for_predict(m["path"], image_size) for m in found["mistakes"]])
+        heat = grad_cam(model, pixels, [names.index(m["predicted"]) for m in found["mistakes"]])
+        folder.mistakes_dir.mkdir(exist_ok=True)
+        for index, image in enumerate(pixels):
+            picture = Image.fromarray(overlaid(image, None if heat is None else heat[index])).resize((180, 180))
+            with atomic_path(folder.mistakes_dir / f"{index}.jpg", force=True) as tmp:
+                picture.save(tmp, format="JPEG", quality=85)
+    atomic_write_text(folder.analysis_file, json.dumps(found | {"grad_cam": heat is not None}, indent=2))
 
 
 def predictions_csv(paths: list[str], probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
@@ -29,19 +83,11 @@ def predictions_csv(paths: list[str], probabilities: np.ndarray, labels: np.ndar
 
 
 def roc_auc(scores: np.ndarray, truth: np.ndarray) -> float | None:
-    """Area under the ROC curve (the Mann-Whitney statistic, ties counted half); None without both kinds."""
-    positives, negatives = scores[truth > 0], scores[truth == 0]
-    if not len(positives) or not len(negatives):
-        return None
-    order = np.argsort(np.concatenate([positives, negatives]), kind="stable")
-    ranks = np.empty(len(order))
-    values = np.concatenate([positives, negatives])[order]
-    ranks[order] = np.arange(1, len(order) + 1)
-    for value in np.unique(values[np.r_[values[1:] == values[:-1], False]]):  # average ranks of ties
-        tied = np.concatenate([positives, negatives]) == value
-        ranks[tied] = ranks[tied].mean()
-    return float((ranks[:len(positives)].sum() - len(positives) * (len(positives) + 1) / 2)
-                 / (len(positives) * len(negatives)))
+    """Area under the ROC curve (scikit-learn's); None without photos of both kinds."""
+    from sklearn.metrics import roc_auc_score
+
+    truth = np.asarray(truth) > 0
+    return float(roc_auc_score(truth, scores)) if 0 < truth.sum() < len(truth) else None
 
 
 def error_analysis(paths: list[str], probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:

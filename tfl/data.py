@@ -472,9 +472,9 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
     if "train" not in splits:
         everything = splits.pop("all", Split())
         check_usable(everything, every, path, report)
-        splits["train"], splits["val"] = (multilabel_split(everything, len(every), val_split, seed) if multilabel
-                                          else stratified_split(everything, val_split, seed,
-                                                                copies_of(everything, scanned, report)))
+        copies = copies_of(everything, scanned, report)
+        splits["train"], splits["val"] = (multilabel_split(everything, len(every), val_split, seed, copies)
+                                          if multilabel else stratified_split(everything, val_split, seed, copies))
         how = "iteratively stratified" if multilabel else "stratified"
         report["layout"] = f"labels from '{path.name}', {how} split, {val_split:.0%} validation, seed {seed}"
     else:
@@ -490,11 +490,13 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
     return checked(ImageData(every, train, val, test, report, multilabel, scanned))
 
 
-def multilabel_split(split: Split, num_classes: int, val_fraction: float, seed: int) -> tuple[Split, Split]:
-    """Photos with several labels split so that every label keeps its share on both sides."""
+def multilabel_split(split: Split, num_classes: int, val_fraction: float, seed: int,
+                     groups: list[int] | None = None) -> tuple[Split, Split]:
+    """Photos with several labels split so that every label keeps its share on both sides (and, given `groups`,
+    copies of one photo on one side)."""
     from tfl.multilabel import iterative_split
 
-    held_out = iterative_split(split.labels, num_classes, val_fraction, seed)
+    held_out = iterative_split(split.labels, num_classes, val_fraction, seed, groups)
     pick = lambda keep: Split([p for p, h in zip(split.paths, held_out) if h == keep],  # noqa: E731
                               [y for y, h in zip(split.labels, held_out) if h == keep])
     return pick(False), pick(True)

@@ -1,24 +1,35 @@
-"""`tfl evaluate`: a run's metrics recomputed on its validation files or on another labelled folder, read with
-the same scan, conversion and report as training."""
+"""`tfl evaluate`: a run's metrics and error analysis recomputed on its validation files or on another labelled
+folder, read with the same scan, conversion and report as training."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
+from tfl.analysis import Scored, write_analysis
 from tfl.data import Split, list_class_folders, make_pipeline, scan_class_folders
-from tfl.errors import TflError
-from tfl.metrics import evaluate_model
+from tfl.errors import TflError, warn
+from tfl.fileio import atomic_path, atomic_write_text
+from tfl.html_report import build_report
+from tfl.metrics import classification_metrics, predict_dataset, write_metrics
+from tfl.multilabel import multilabel_metrics
 from tfl.predict import load_predictor
-from tfl.runs import RunFolder, check_reachable
+from tfl.runs import RunFolder, check_reachable, labels_text
+
+
+EVALUATIONS_FOLDER = "evaluations"  # in the run: one folder per evaluated set, named after it
 
 
 def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str | Path = "saved_models",
                  batch_size: int = 32) -> tuple[dict, Path]:
-    """Recompute a run's metrics on `data` (a class folder), or on its own validation split. On a folder, the files
-    it skipped are listed under "skipped" (as in a training run's data_report.json)."""
+    """Recompute a run's metrics on `data` (a class folder), or on its own validation split, and write the error
+    analysis of that set (predictions.csv, the mistakes with heatmaps, curves, report.html) into
+    RUN/evaluations/<set>/, whose path is the metrics' "analysis". On a folder, the files it skipped are listed
+    under "skipped" (as in a training run's data_report.json)."""
     found = RunFolder.open(run_dir, root)
     run, class_names = found.path, found.class_names
+    thresholds = found.metrics.get("thresholds")
     with tempfile.TemporaryDirectory(prefix="tfl_converted_") as converted:
         report = {}
         if data is None:
@@ -30,10 +41,33 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
             split, report = load_labelled_folder(data, class_names, Path(converted))
         predictor = load_predictor(found.model_file)
         dataset = make_pipeline(split, len(class_names), predictor.image_size, batch_size, training=False)
-        metrics = evaluate_model(predictor.model, dataset, class_names, found.metrics.get("thresholds"))
-    if report:
-        metrics |= {"skipped": report["skipped"], "converted": len(report["converted"])}
+        scored = Scored(split.paths, *predict_dataset(predictor.model, dataset, thresholds is not None), class_names)
+        metrics = (classification_metrics(scored.scores, scored.labels, class_names) if thresholds is None else
+                   multilabel_metrics(scored.scores, scored.labels, class_names, thresholds))
+        if report:
+            metrics |= {"skipped": report["skipped"], "converted": len(report["converted"])}
+        folder = run / EVALUATIONS_FOLDER / ("val" if data is None else Path(data).expanduser().resolve().name)
+        where = f"the validation split of run '{run.name}'" if data is None else f"'{data}'"
+        try:
+            write_evaluation(folder, scored, predictor, metrics | {"analysis": str(folder)},
+                             report | {"layout": f"run '{run.name}' evaluated on {where}"})
+            metrics["analysis"] = str(folder)
+        except OSError as error:  # a run on read-only media still evaluates
+            warn(f"The error analysis could not be written into '{folder}' ({error.strerror or error}); the "
+                 "metrics above are complete.")
     return metrics, run
+
+
+def write_evaluation(folder: Path, scored: Scored, predictor, metrics: dict, report: dict) -> None:
+    """The evaluation's folder, replaced whole: its metrics, error analysis and report.html."""
+    with atomic_path(folder, force=True) as tmp:
+        tmp.mkdir(parents=True)
+        written = RunFolder(tmp)
+        write_metrics(metrics, written.metrics_file)
+        atomic_write_text(written.labels_file, labels_text(scored.class_names))
+        atomic_write_text(written.data_report_file, json.dumps(report, indent=2) + "\n")
+        write_analysis(scored, written, predictor.model, predictor.image_size, metrics)
+        build_report(tmp, report["layout"])
 
 
 def load_labelled_folder(data: str | Path, class_names: list[str], converted_dir: Path | None) -> tuple[Split, dict]:

@@ -139,8 +139,8 @@ def feature_stage_data(model: keras.Model, config: TrainConfig, image_data: Imag
                        feature_cache_dir: Path, scratch_dir: Path, echo: Callable[[str], None],
                        custom_augmenter: bool = False, cluster: Cluster | None = None,
                        class_weight: dict | None = None):
-    """(head model, training data, validation data, class weights for fit) for a head-only stage on cached
-    backbone features. On several workers each computes the features of its own share of the training files.
+    """(head model, training data, validation data, class weights for fit, (training features, validation features))
+    for a head-only stage on cached backbone features. On several workers each computes the features of its own share of the training files.
 
     Features are computed once (or loaded) and kept in `feature_cache_dir` for later runs on the same files. What
     cannot be fingerprinted stays in `scratch_dir` of this run: tfds splits (no files), and augmented views made by a
@@ -173,4 +173,5 @@ def feature_stage_data(model: keras.Model, config: TrainConfig, image_data: Imag
          f"{held}")
     return (get_head(model), *cluster.fit_data(
         lambda batch, repeat: feature_dataset(train_x, train_y, batch, shuffle=True, seed=config.seed, repeat=repeat),
-        lambda batch: feature_dataset(val_x, val_y, batch, shuffle=False, seed=0), config.batch_size, class_weight))
+        lambda batch: feature_dataset(val_x, val_y, batch, shuffle=False, seed=0), config.batch_size, class_weight),
+        (train_x, val_x))

@@ -12,9 +12,6 @@ from pathlib import Path
 from tfl.fileio import atomic_write_text
 from tfl.runs import RunFolder
 
-REPORT_FILE = "report.html"
-ANALYSIS_FILE = "analysis.json"
-MISTAKES_FOLDER = "mistakes"  # the gallery's thumbnails, heatmaps laid over
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #222; }
@@ -94,7 +91,7 @@ def mistakes_section(run: RunFolder, analysis: dict) -> str:
         return "<p>No mistakes on the validation photos.</p>" if analysis else "<p>No analysis in this run.</p>"
     figures = []
     for index, mistake in enumerate(analysis["mistakes"]):
-        image = embedded(run.path / MISTAKES_FOLDER / f"{index}.jpg", Path(mistake["path"]).name, "thumb")
+        image = embedded(run.mistakes_dir / f"{index}.jpg", Path(mistake["path"]).name, "thumb")
         figures.append(f"<figure>{image}<figcaption><b class=bad>{html.escape(mistake['predicted'])}</b> "
                        f"{mistake['confidence']:.2f}, labelled {html.escape(mistake['label'])}<br>"
                        f"<small>{html.escape(Path(mistake['path']).name)}</small></figcaption></figure>")
@@ -117,22 +114,22 @@ def export_section(run: RunFolder) -> str:
 
 
 def build_report(run_dir: str | Path, name: str | None = None) -> Path:
-    """Write (or write again) the run's report.html from its files (`name`: the run's, while it still trains in
-    <name>.partial); its path."""
+    """Write (or write again) the report.html of a run (`name`: the run's, while it still trains in <name>.partial)
+    or of an evaluation's folder (no config.yaml: `name` is its title) from its files; its path."""
     run = RunFolder(Path(run_dir))
     name = name or run.name
-    metrics, config = read_json(run.metrics_file), run.config
-    report, analysis = read_json(run.data_report_file), read_json(run.path / ANALYSIS_FILE)
+    is_run = run.config_file.is_file()
+    metrics, config = read_json(run.metrics_file), run.config if is_run else {}
+    report, analysis = read_json(run.data_report_file), read_json(run.analysis_file)
     multilabel = metrics.get("task") == "multilabel"
-    headline = (f"validation mAP {metrics.get('map', 0):.4f}" if multilabel
-                else f"validation accuracy {metrics.get('accuracy', 0):.4f}")
+    headline = (f"mAP {metrics.get('map', 0):.4f}" if multilabel else f"accuracy {metrics.get('accuracy', 0):.4f}")
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in config.get("plan_reasons", []))
     stages = table(["stage", "epochs", "learning rate", "blocks trained"],
                    [[s["name"], s["epochs"], s["learning_rate"], str(s["unfreeze_blocks"])]
                     for s in config.get("stages", [])])
-    figures = (embedded(run.precision_recall_file, "precision-recall per label") if multilabel else
-               embedded(run.confusion_file, "confusion matrix") + embedded(run.precision_recall_file,
-                                                                          "precision-recall per class"))
+    figures = "".join(embedded(path, alt) for path, alt in (
+        (run.confusion_file, "confusion matrix"), (run.precision_recall_file, "precision-recall per class"),
+        (run.roc_file, "ROC per class")))
     sections = [
         ("Data", data_section(report)),
         ("Plan", f"{stages}<ul>{reasons}</ul>"),
@@ -141,12 +138,18 @@ def build_report(run_dir: str | Path, name: str | None = None) -> Path:
         ("Mistakes", mistakes_section(run, analysis) if not multilabel else "<p>See the per-label table.</p>"),
         ("Calibration", embedded(run.reliability_file, "reliability diagram")),
         ("Exports", export_section(run)),
+    ] if is_run else [
+        ("Data", data_section(report)),
+        ("Per class", class_section(metrics, analysis) + figures),
+        ("Mistakes", mistakes_section(run, analysis) if not multilabel else "<p>See the per-label table.</p>"),
     ]
     body = "".join(f"<h2>{title}</h2>{content}" for title, content in sections)
-    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>tfl run {html.escape(name)}</title>"
-            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1>Run {html.escape(name)}</h1>"
-            f"<p>{html.escape(str(config.get('arch')))} at {config.get('image_size')} px, {headline}, "
-            f"{len(run.class_names)} classes, trained in {metrics.get('wall_seconds', 0):.0f} s.</p>{body}"
-            f"<pre id=errors></pre></body></html>")
-    atomic_write_text(run.path / REPORT_FILE, page)
-    return run.path / REPORT_FILE
+    summary = (f"{html.escape(str(config.get('arch')))} at {config.get('image_size')} px, validation {headline}, "
+               f"{len(run.class_names)} classes, trained in {metrics.get('wall_seconds', 0):.0f} s." if is_run else
+               f"{headline} on {metrics.get('num_images', 0):,} photos, {len(run.class_names)} classes.")
+    heading = f"Run {name}" if is_run else name[:1].upper() + name[1:]
+    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>tfl {html.escape(heading)}</title>"
+            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(heading)}</h1>"
+            f"<p>{summary}</p>{body}<pre id=errors></pre></body></html>")
+    atomic_write_text(run.report_file, page)
+    return run.report_file

@@ -81,36 +81,43 @@ def positive_weights(labels: list[list[int]], num_classes: int) -> list[float] |
     return [round(float(min(MAX_POSITIVE_WEIGHT, max(1.0, n / p))), 4) for n, p in zip(negatives, positives)]
 
 
-def iterative_split(labels: list[list[int]], num_classes: int, val_fraction: float, seed: int) -> np.ndarray:
+def iterative_split(labels: list[list[int]], num_classes: int, val_fraction: float, seed: int,
+                    groups: list[int] | None = None) -> np.ndarray:
     """A boolean mask of the photos held out for validation, by iterative stratification (Sechidis, Tsoumakas and
     Vlahavas 2011): the rarest label's photos are placed first, each into the side that still wants most of it, so
-    that every label keeps close to its share on both sides (and a label with two photos or more is in both)."""
+    that every label keeps close to its share on both sides (and a label with two photos or more is in both).
+    With `groups` (a group id per photo: copies of one photo share one), each group is placed whole, as one unit
+    carrying all its photos' labels."""
     rng = np.random.default_rng(seed)
-    matrix = multi_hot(labels, num_classes).astype(bool)
     n = len(labels)
+    _, unit_of = np.unique(np.arange(n) if groups is None else np.asarray(groups), return_inverse=True)
+    photos = multi_hot(labels, num_classes).astype(int)
+    matrix = np.zeros((unit_of.max() + 1 if n else 0, num_classes), int)  # [unit, label]: its photos with the label
+    np.add.at(matrix, unit_of, photos)
+    sizes = np.bincount(unit_of, minlength=len(matrix))
     fractions = np.array([1 - val_fraction, val_fraction])
     wanted_total = fractions * n
-    wanted = np.outer(fractions, matrix.sum(axis=0))  # [side, label]
-    side = np.full(n, -1)
-    left = np.ones(n, bool)
+    wanted = np.outer(fractions, photos.sum(axis=0)).astype(float)  # [side, label]
+    side = np.full(len(matrix), -1)
+    left = np.ones(len(matrix), bool)
     while left.any() and matrix[left].any():
         counts = matrix[left].sum(axis=0).astype(float)
         counts[counts == 0] = np.inf
         label = int(np.argmin(counts))  # the rarest label among the photos not yet placed
-        for photo in rng.permutation(np.flatnonzero(left & matrix[:, label])):
+        for unit in rng.permutation(np.flatnonzero(left & (matrix[:, label] > 0))):
             wants = wanted[:, label]
             best = np.flatnonzero(wants == wants.max())
             if len(best) > 1:
                 best = best[wanted_total[best] == wanted_total[best].max()]
             chosen = int(rng.choice(best))
-            side[photo], left[photo] = chosen, False
-            wanted[chosen, matrix[photo]] -= 1
-            wanted_total[chosen] -= 1
-    for photo in rng.permutation(np.flatnonzero(left)):  # photos without labels, if any
+            side[unit], left[unit] = chosen, False
+            wanted[chosen] -= matrix[unit]
+            wanted_total[chosen] -= sizes[unit]
+    for unit in rng.permutation(np.flatnonzero(left)):  # photos without labels, if any
         chosen = int(np.argmax(wanted_total))
-        side[photo] = chosen
-        wanted_total[chosen] -= 1
-    return side == 1
+        side[unit] = chosen
+        wanted_total[chosen] -= sizes[unit]
+    return side[unit_of] == 1 if n else np.zeros(0, bool)
 
 
 def average_precision(scores: np.ndarray, truth: np.ndarray) -> float | None:

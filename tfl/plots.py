@@ -1,4 +1,5 @@
-"""The run's pictures: training curves (with each stage's kept epoch) and the confusion matrix, as PNG files."""
+"""The run's pictures, as PNG files: training curves (with each stage's kept epoch), the confusion matrix, the
+reliability diagram, and the per-class precision-recall and ROC curves."""
 
 from __future__ import annotations
 
@@ -143,5 +144,30 @@ def plot_precision_recall(scores_and_truth: tuple[np.ndarray, np.ndarray], path:
              "Validation precision-recall per class, against the rest")
     axes.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title=title)
     axes.legend(loc="lower left", fontsize=8)
+    atomic_write_bytes(path, figure_bytes(figure))
+    plt.close(figure)
+
+
+def plot_roc(scores_and_truth: tuple[np.ndarray, np.ndarray], path: Path, class_names: list[str]) -> None:
+    """Each class's (or label's) ROC curve on validation, one against the rest, with its area (scikit-learn's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    scores, truth = scores_and_truth
+    figure, axes = plt.subplots(figsize=(6, 5))
+    axes.plot([0, 1], [0, 1], ":", color="grey")
+    for i, name in enumerate(class_names):
+        positives = truth[:, i] > 0
+        if positives.all() or not positives.any():
+            continue  # a curve needs photos of both kinds
+        false_positive_rate, true_positive_rate, _ = roc_curve(positives, scores[:, i])
+        axes.plot(false_positive_rate, true_positive_rate,
+                  label=f"{name} (AUC {roc_auc_score(positives, scores[:, i]):.3f})")
+    axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate", ylabel="true positive rate",
+             title="Validation ROC per class, against the rest")
+    axes.legend(loc="lower right", fontsize=8)
     atomic_write_bytes(path, figure_bytes(figure))
     plt.close(figure)

@@ -10,6 +10,7 @@ from tfl.split import Split
 
 FOLDS = 5
 KEPT = 200  # label issues kept in the report, the likeliest first
+PROBE_LIMIT = 20_000  # photos: above, tfl finetune leaves the probe (seconds per thousand photos) to tfl check
 
 
 def features_of(model, split: Split, num_classes: int, image_size: int, batch_size: int = 64) -> np.ndarray:
@@ -42,19 +43,38 @@ def label_issues(data: ImageData, model, image_size: int) -> tuple[list[dict], i
     """The photos (of one label each) whose label the probe doubts, likeliest errors first (cleanlab's
     find_label_issues ranked by self-confidence, the probability the probe gives the given label), at most KEPT of
     them; and how many cleanlab flagged in all."""
-    from cleanlab.filter import find_label_issues
-
     everything = Split([p for s in (data.train, data.val, data.test) if s is not None for p in s.paths],
                        [y for s in (data.train, data.val, data.test) if s is not None for y in s.labels])
-    labels = np.asarray(everything.labels)
-    if len(np.unique(labels)) < 2:
+    if len(set(everything.labels)) < 2:
         return [], 0
-    probabilities = out_of_fold_probabilities(features_of(model, everything, len(data.class_names), image_size),
-                                              labels)
+    return doubted(features_of(model, everything, len(data.class_names), image_size), everything, data.class_names)
+
+
+def doubted(features: np.ndarray, photos: Split, class_names: list[str]) -> tuple[list[dict], int]:
+    """label_issues on features already computed, one row per photo of `photos`."""
+    from cleanlab.filter import find_label_issues
+
+    labels = np.asarray(photos.labels)
+    probabilities = out_of_fold_probabilities(features, labels)
     ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
-    return [{"path": everything.paths[i], "label": data.class_names[labels[i]],
-             "probe_says": data.class_names[int(probabilities[i].argmax())],
+    return [{"path": photos.paths[i], "label": class_names[labels[i]],
+             "probe_says": class_names[int(probabilities[i].argmax())],
              "probability_of_label": round(float(probabilities[i, labels[i]]), 4)} for i in ranked[:KEPT]], len(ranked)
+
+
+def probe_cached(train_features: np.ndarray, val_features: np.ndarray, data: ImageData) -> dict | None:
+    """The label probe inside `tfl finetune`, on the features the head's feature cache holds (the training photos'
+    un-augmented view first, then validation's): the checks' label_issues fields and the seconds it took, or None
+    when the set is too big for a quick probe (then `tfl check` runs it)."""
+    import time
+
+    if len(train_features) + len(val_features) > PROBE_LIMIT or isinstance(train_features, np.memmap):
+        return None
+    start = time.time()
+    photos = Split(data.train.paths + data.val.paths, list(data.train.labels) + list(data.val.labels))
+    features = np.concatenate([train_features[:len(data.train)], val_features])
+    issues, found = doubted(features, photos, data.class_names) if len(set(photos.labels)) > 1 else ([], 0)
+    return {"label_issues": issues, "label_issues_found": found, "label_probe_seconds": round(time.time() - start, 1)}
 
 
 def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,

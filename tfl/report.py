@@ -54,6 +54,17 @@ def data_summary(class_names: list[str], report: dict) -> str:
     return "\n".join(lines)
 
 
+def probe_line(found: dict) -> str:
+    """The label probe's result at the start of training."""
+    if not found["label_issues_found"]:
+        return f"Label probe ({found['label_probe_seconds']:.1f}s): no label doubted"
+    first = found["label_issues"][0]
+    return (f"Label probe ({found['label_probe_seconds']:.1f}s): {found['label_issues_found']} photo(s) whose label "
+            f"the backbone's features contradict, e.g. {first['path']} (labelled {first['label']}, looks like "
+            f"{first['probe_says']}); data_report.json ranks them, `tfl check DATA --exclusions FILE` lists them to "
+            "leave out")
+
+
 def format_plan(rows: list[dict], class_weight: dict | None, class_names: list[str],
                 reasons: list[str] | None = None) -> str:
     """The plan table (a row per stage: what trains, trainable parameters, epochs, rate), the auto plan's reasons
@@ -106,7 +117,7 @@ def format_metrics(metrics: dict, run_dir) -> str:
             ap = "n/a" if row["ap"] is None else f"{row['ap']:.3f}"
             lines.append(f"{name:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} {ap:>7} "
                          f"{row['threshold']:>9.3f} {row['support']:>8}")
-        return "\n".join(lines)
+        return "\n".join(lines + analysis_line(metrics))
     lines = [f"Run {run_dir} on {metrics['num_images']} images: accuracy {metrics['accuracy']:.4f}, "
              f"loss {metrics['loss']:.4f}, macro F1 {metrics['macro_f1']:.4f}",
              f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
@@ -119,7 +130,13 @@ def format_metrics(metrics: dict, run_dir) -> str:
         lines += [f"  ... and {len(skipped) - 5} more"] if len(skipped) > 5 else []
     if metrics.get("converted"):
         lines.append(f"Converted {metrics['converted']} file(s) TensorFlow cannot decode (TIFF...) to read them.")
-    return "\n".join(lines)
+    return "\n".join(lines + analysis_line(metrics))
+
+
+def analysis_line(metrics: dict) -> list[str]:
+    """Where `tfl evaluate` put the error analysis, if it wrote one."""
+    return [f"Mistakes, curves and report.html of this evaluation: {metrics['analysis']}"] if "analysis" in metrics \
+        else []
 
 
 def format_export_report(rows: list[dict]) -> str:

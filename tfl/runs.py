@@ -55,6 +55,11 @@ class RunFolder:
     confusion_file = property(lambda self: self.path / "confusion_matrix.png")
     reliability_file = property(lambda self: self.path / "reliability_diagram.png")
     precision_recall_file = property(lambda self: self.path / "precision_recall.png")
+    roc_file = property(lambda self: self.path / "roc_curves.png")
+    predictions_file = property(lambda self: self.path / "predictions.csv")
+    analysis_file = property(lambda self: self.path / "analysis.json")
+    mistakes_dir = property(lambda self: self.path / "mistakes")  # the gallery's thumbnails, heatmaps laid over
+    report_file = property(lambda self: self.path / "report.html")
     data_report_file = property(lambda self: self.path / "data_report.json")
     export_report_file = property(lambda self: self.path / "export_report.json")
     checkpoint_dir = property(lambda self: self.path / CHECKPOINT_DIR)

@@ -17,29 +17,28 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
-import numpy as np
-from PIL import Image
 
 from tfl import __version__
 from tfl.archs import auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
 from tfl.checkpoint import Checkpoint, StageTracker, TrainingState
 from tfl.config import Stage, TrainConfig, from_run_record, run_record
-from tfl.data import CsvOptions, ImageData, load_data, load_image_for_predict, make_pipeline
+from tfl.data import CsvOptions, ImageData, load_data, make_pipeline
 from tfl.distribute import Cluster, connect, disconnect
 from tfl.errors import TflError, disk_full_explained
 from tfl.calibration import calibration_report, fit_temperature, fold_temperature, rescaled
-from tfl.analysis import error_analysis, grad_cam, overlaid, predictions_csv
-from tfl.html_report import ANALYSIS_FILE, MISTAKES_FOLDER, build_report
+from tfl.analysis import Scored, write_analysis
+from tfl.html_report import build_report
 from tfl.metrics import classification_metrics, evaluate_model, predict_dataset, write_metrics
 from tfl.multilabel import TASKS, Task, as_binary, choose_thresholds, multilabel_metrics, positive_weights
-from tfl.plots import plot_confusion_matrix, plot_precision_recall, plot_reliability, plot_training_curves
+from tfl.plots import plot_reliability, plot_training_curves
 from tfl.features import FEATURE_CACHE_FOLDER, feature_stage_data, uses_feature_cache
 from tfl.model import build_model, get_head, set_trainable_blocks, trainable_params
 from tfl.plan import DataStats, auto_plan
+from tfl.probe import probe_cached
 from tfl.precision import dtype_policy, resolve_precision
 from tfl.fileio import atomic_path, atomic_write_text
-from tfl.report import closing_line, data_summary, describe_unfreeze, format_plan, stage_header
+from tfl.report import closing_line, probe_line, data_summary, describe_unfreeze, format_plan, stage_header
 from tfl.runs import (DEFAULT_ROOT, THRESHOLDS_FILE, RunFolder, default_run_name, finish_run_dir, has_checkpoint,
                       labels_text, portable_path, prepare_run_dir, read_run_config, resumable_run, run_lock,
                       thresholds_text, write_splits)
@@ -251,11 +250,30 @@ class Training:
         """(model to fit, training data, validation data, class weights for fit): the head on cached features for
         a head-only stage, else the whole classifier on augmented pixels."""
         if self.on_features(stage):
-            return feature_stage_data(self.model, self.config, self.data, self.config.image_size, self.augmenter,
-                                      self.output / FEATURE_CACHE_FOLDER, self.folder.cache_dir / "features",
-                                      self.caller.echo, self.caller.augmenter is not None, self.cluster,
-                                      self.class_weight)
+            *fit_data, features = feature_stage_data(
+                self.model, self.config, self.data, self.config.image_size, self.augmenter,
+                self.output / FEATURE_CACHE_FOLDER, self.folder.cache_dir / "features", self.caller.echo,
+                self.caller.augmenter is not None, self.cluster, self.class_weight)
+            self.probe_labels(*features)
+            return fit_data
         return (self.model, *self.pixel_data)
+
+    def probe_labels(self, train_features, val_features) -> None:
+        """Once per run, on the features just cached: the photos whose label a linear probe doubts (tfl/probe.py),
+        counted on screen and listed in data_report.json."""
+        checks = self.data.report.get("checks")
+        if checks is None or "label_issues" in checks or self.task.multilabel or self.cluster.distributed:
+            return
+        found = probe_cached(train_features, val_features, self.data)
+        if found is None:
+            self.caller.echo(f"Label probe: left to `tfl check` for a set this big ({len(self.data.train):,} "
+                             "training photos)")
+            return
+        checks.update(found)
+        saved = json.loads(self.folder.data_report_file.read_text())
+        saved["checks"].update(found)
+        atomic_write_text(self.folder.data_report_file, json.dumps(saved, indent=2) + "\n")
+        self.caller.echo(probe_line(found))
 
     def compile(self, trained: keras.Model, stage: Stage) -> None:
         # A step on feature vectors takes microseconds: 32 per call halve the epoch time (only epoch callbacks run).
@@ -354,40 +372,15 @@ class Training:
         write_history_csv(self.state.rows, run.history_file, self.task.score)
         cached = {stage.name for stage in config.stages if self.on_features(stage)}
         plot_training_curves(self.state.rows, run.curves_file, cached)
-        if self.task.multilabel:
-            plot_precision_recall(self.validation_scores, run.precision_recall_file, data.class_names)
-        else:
-            plot_confusion_matrix(metrics, run.confusion_file)
-            probabilities, labels = self.validation_scores
-            plot_precision_recall((probabilities, np.eye(len(data.class_names))[labels]), run.precision_recall_file,
-                                  data.class_names, thresholds=False)
         plot_reliability(metrics["calibration"], run.reliability_file)
-        if not self.task.multilabel and data.val.paths:
-            self.analyse(model)
+        if data.val.paths:
+            write_analysis(Scored(data.val.paths, *self.validation_scores, data.class_names), run, model,
+                           config.image_size, metrics)
         build_report(run.path, self.final_dir.name)
         shutil.rmtree(run.checkpoint_dir)  # the run is complete: nothing left to resume
         run_dir = finish_run_dir(run.path, self.final_dir)
         self.caller.echo(closing_line(metrics, time.time() - self.start, run_dir))
         return RunFolder(run_dir)
-
-    def analyse(self, model: keras.Model) -> None:
-        """What the model gets wrong on validation: predictions.csv, analysis.json, and the gallery of its most
-        confident mistakes with Grad-CAM heatmaps (tfl/analysis.py), for report.html."""
-        run, names, size = self.folder, self.data.class_names, self.config.image_size
-        probabilities, labels = self.validation_scores
-        predictions_csv(self.data.val.paths, probabilities, labels, names, run.path / "predictions.csv")
-        found = error_analysis(self.data.val.paths, probabilities, labels, names)
-        heat = None
-        if found["mistakes"]:
-            pixels = np.stack([load_image_for_predict(m["path"], size) for m in found["mistakes"]])
-            heat = grad_cam(model, pixels, [names.index(m["predicted"]) for m in found["mistakes"]])
-            folder = run.path / MISTAKES_FOLDER
-            folder.mkdir(exist_ok=True)
-            for index, image in enumerate(pixels):
-                picture = Image.fromarray(overlaid(image, None if heat is None else heat[index])).resize((180, 180))
-                with atomic_path(folder / f"{index}.jpg", force=True) as tmp:
-                    picture.save(tmp, format="JPEG", quality=85)
-        atomic_write_text(run.path / ANALYSIS_FILE, json.dumps(found | {"grad_cam": heat is not None}, indent=2))
 
     def calibrate(self, model: keras.Model) -> dict:
         """Validation metrics of the model with one temperature, fitted on the validation set, folded into its
