@@ -1,13 +1,14 @@
 """Benchmark: tfl's defaults against the Keras guide's two-stage recipe written by hand, on every shared dataset.
 
-For each set in ../shared/datasets (flowers, weather4, potato_leaf3) both train MobileNetV2-0.35 with the shared
+For each single-label set in ../shared/datasets (flowers, weather4, potato_leaf3, and cats5 read through its
+label file) both train MobileNetV2-0.35 with the shared
 ImageNet weights on the same training and validation files (tfl's split, read from its splits.json) at the same
 image size (tfl's auto size), in one script run. The hand recipe is plain Keras and tf.data, no tfl code:
 10 head epochs at 1e-3 (Adam) on flipped/rotated/zoomed pixels, then 10 epochs at 1e-4 with the backbone trainable
 from block 10 on (BatchNormalization in inference mode), as in the Keras transfer-learning guide. Prints one table
 and writes benchmarks/results/quality.json.
 
-    python benchmarks/quality.py [--plan auto|fixed] [--datasets flowers weather4 potato_leaf3] [--out ...]
+    python benchmarks/quality.py [--plan auto|fixed] [--datasets flowers weather4 potato_leaf3 cats5] [--out ...]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import tensorflow as tf
 import tfl
 
 DATASETS = REPO.parent / "shared" / "datasets"
+SOURCES = {"cats5": DATASETS / "cats5" / "cat_labels.csv"}  # sets labelled by a file; the others are class folders
 HEAD_EPOCHS, TUNE_EPOCHS, BATCH = 10, 10, 32
 
 
@@ -67,7 +69,8 @@ def hand_recipe(splits: dict, classes: int, size: int, seed: int = 42) -> dict:
 
 def tfl_defaults(data: Path, runs: Path, plan: str | None) -> tuple[dict, dict, int]:
     start = time.time()
-    run = tfl.finetune(data, alpha=0.35, weights=WEIGHTS, plan=plan, output=runs, name=data.name, verbose=2)
+    name = data.parent.name if data.is_file() else data.name
+    run = tfl.finetune(data, alpha=0.35, weights=WEIGHTS, plan=plan, output=runs, name=name, verbose=2)
     wall = time.time() - start
     metrics = run.metrics
     rows = run.history
@@ -80,15 +83,15 @@ def tfl_defaults(data: Path, runs: Path, plan: str | None) -> tuple[dict, dict, 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--datasets", nargs="+", default=["flowers", "weather4", "potato_leaf3"])
+    parser.add_argument("--datasets", nargs="+", default=["flowers", "weather4", "potato_leaf3", "cats5"])
     parser.add_argument("--plan", choices=["auto", "fixed"], help="tfl's plan (default: the config's)")
     parser.add_argument("--out", default=str(RESULTS / "quality.json"))
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets:
-            data = DATASETS / name
-            if not data.is_dir() or not WEIGHTS.is_file():
+            data = SOURCES.get(name, DATASETS / name)
+            if not data.exists() or not WEIGHTS.is_file():
                 raise SystemExit(f"needs {data} and {WEIGHTS} (the shared folder beside the repo)")
             ours, splits, size = tfl_defaults(data, Path(tmp), args.plan)
             classes = len(set(splits["train"].labels))
