@@ -107,6 +107,35 @@ def test_a_falling_loss_counts_as_progress_while_accuracy_stalls():
     assert state.best == {"epoch": 4, "stage": 0, "value": 0.8, "loss": 0.7}, "a tie in accuracy goes to the lower loss"
 
 
+def test_a_loss_creeping_down_by_thousandths_is_no_progress():
+    """The end of a cosine schedule: the loss still falls, by less than 1% an epoch, and accuracy stalls."""
+    state = track([(0.9, 0.50), (0.9, 0.45), (0.9, 0.449), (0.9, 0.448), (0.9, 0.4475), (0.9, 0.447)], patience=3)
+    assert state.stopped and state.epochs_done == 5  # progress last at epoch 2
+
+
+def test_a_stage_that_stops_says_whether_it_beat_the_one_before():
+    from tfl.config import Stage
+    from tfl.report import early_stop_line
+
+    stages = [Stage("head", 100, 1e-3, 0), Stage("top_blocks", 10, 1e-4, 9)]
+    state = TrainingState(stage=1, stage_epochs=6, stopped=True, best={"epoch": 16, "stage": 0, "value": 0.66})
+    line = early_stop_line(stages[1], state, stages)
+    assert "stopped after 6 of 10 epochs" in line and "never beat head's best epoch (16)" in line
+    state.best = {"epoch": 20, "stage": 1, "value": 0.7}
+    assert "its epoch 20 is the run's best" in early_stop_line(stages[1], state, stages)
+
+
+def test_the_fine_tuning_budget_caps_steps_and_epochs():
+    from tfl.plan import FINE_TUNE_EPOCHS, FINE_TUNE_STEPS
+
+    for images in (300, 877, 3_455, 50_000):
+        tune = plan_for(images, 4)[0].stages[1]
+        steps = tune.epochs * -(-images // 32)
+        assert FINE_TUNE_EPOCHS[0] <= tune.epochs <= FINE_TUNE_EPOCHS[1]
+        assert steps >= FINE_TUNE_STEPS or tune.epochs == FINE_TUNE_EPOCHS[1]  # the budget, unless epochs cap it
+        assert (tune.epochs - 1) * -(-images // 32) < FINE_TUNE_STEPS or tune.epochs == FINE_TUNE_EPOCHS[0]
+
+
 def test_accuracy_decides_the_best_epoch():
     state = track([(0.7, 0.5), (0.9, 0.6), (0.8, 0.4), (0.8, 0.45), (0.8, 0.5)], patience=2)
     assert state.best["epoch"] == 2 and state.stopped and state.epochs_done == 5

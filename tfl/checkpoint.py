@@ -106,6 +106,9 @@ class Checkpoint:
             variable.assign(value)
 
 
+LOSS_PROGRESS = 0.01  # a validation loss this share below the stage's lowest counts as progress (Keras' min_delta)
+
+
 def beats(accuracy: float, loss: float, best: dict | None) -> bool:
     """Whether an epoch beats the `best` so far ({"value": accuracy, "loss": loss}): higher validation accuracy, the
     lower loss breaking ties."""
@@ -117,8 +120,9 @@ class StageTracker(keras.callbacks.Callback):
     checkpoint after every epoch.
 
     The best epoch has the highest validation accuracy, or mAP (the lower loss breaks ties). A stage stops after `patience`
-    epochs with neither a better accuracy nor a lower loss: on a few hundred validation images accuracy moves in
-    steps of a fraction of a point and stalls on noise while the loss still improves."""
+    epochs with neither a better accuracy nor a loss 1% lower than its lowest: on a few hundred validation images
+    accuracy moves in steps of a fraction of a point and stalls on noise while the loss still improves, but a loss
+    creeping down by thousandths at the end of a cosine schedule is no reason to go on."""
 
     def __init__(self, checkpoint: Checkpoint, state: TrainingState, stage_name: str, patience: int,
                  score: str = "accuracy"):
@@ -135,10 +139,12 @@ class StageTracker(keras.callbacks.Callback):
         row |= {key: round(float(logs[key]), 5) for key in ("loss", self.score, "val_loss", "val_" + self.score)
                 if key in logs}
         state.rows.append(row)
-        progress = state.stage_min_loss is None or loss < state.stage_min_loss
+        progress = state.stage_min_loss is None or loss < state.stage_min_loss * (1 - LOSS_PROGRESS)
         state.stage_min_loss = loss if progress else state.stage_min_loss
-        if beats(value, loss, state.stage_best):
-            state.stage_best, progress = {"epoch": epoch + 1, "value": value, "loss": loss}, True
+        previous = state.stage_best
+        if beats(value, loss, previous):  # the best epoch; progress only if its score is higher (or its loss, above)
+            state.stage_best = {"epoch": epoch + 1, "value": value, "loss": loss}
+            progress = progress or previous is None or value > previous["value"]
         state.wait = 0 if progress else state.wait + 1
         if beats(value, loss, state.best):
             state.best = {"epoch": epoch + 1, "stage": state.stage, "value": value, "loss": loss}

@@ -54,15 +54,25 @@ def data_summary(class_names: list[str], report: dict) -> str:
     return "\n".join(lines)
 
 
+def early_stop_line(stage, state, stages: list) -> str:
+    """Why a stage ended before its last epoch, and whether it beat the stages before it."""
+    line = f"{stage.name}: stopped after {state.stage_epochs} of {stage.epochs} epochs, with no progress on validation"
+    if state.best["stage"] < state.stage:
+        earlier = stages[state.best["stage"]].name
+        return (f"{line}; it never beat {earlier}'s best epoch ({state.best['epoch']}), which the run keeps: this set "
+                "gains nothing from moving these blocks")
+    return f"{line}; its epoch {state.best['epoch']} is the run's best so far"
+
+
 def probe_line(found: dict) -> str:
     """The label probe's result at the start of training."""
     if not found["label_issues_found"]:
         return f"Label probe ({found['label_probe_seconds']:.1f}s): no label doubted"
     first = found["label_issues"][0]
-    return (f"Label probe ({found['label_probe_seconds']:.1f}s): {found['label_issues_found']} photo(s) whose label "
-            f"the backbone's features contradict, e.g. {first['path']} (labelled {first['label']}, looks like "
-            f"{first['probe_says']}); data_report.json ranks them, `tfl check DATA --exclusions FILE` lists them to "
-            "leave out")
+    return (f"Label probe ({found['label_probe_seconds']:.1f}s): a linear probe on the backbone's features doubts "
+            f"{found['label_issues_found']} label(s), the likeliest {first['path']} (labelled {first['label']}, "
+            f"looks like {first['probe_says']}); data_report.json ranks them, `tfl check DATA --exclusions FILE` "
+            "lists them to leave out")
 
 
 def format_plan(rows: list[dict], class_weight: dict | None, class_names: list[str],

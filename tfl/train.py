@@ -38,7 +38,7 @@ from tfl.plan import DataStats, auto_plan
 from tfl.probe import probe_cached
 from tfl.precision import dtype_policy, resolve_precision
 from tfl.fileio import atomic_path, atomic_write_text
-from tfl.report import closing_line, probe_line, data_summary, describe_unfreeze, format_plan, stage_header
+from tfl.report import closing_line, early_stop_line, probe_line, data_summary, describe_unfreeze, format_plan, stage_header
 from tfl.runs import (DEFAULT_ROOT, THRESHOLDS_FILE, RunFolder, default_run_name, finish_run_dir, has_checkpoint,
                       labels_text, portable_path, prepare_run_dir, read_run_config, resumable_run, run_lock,
                       thresholds_text, write_splits)
@@ -230,6 +230,8 @@ class Training:
                 self.checkpoint.restore_latest(self.state, trained)
             if not self.state.stage_finished(stage.epochs):
                 self.fit_stage(trained, stage, train_data, val_data, class_weight)
+                if self.state.stopped:
+                    self.caller.echo(early_stop_line(stage, self.state, self.stages))
             self.checkpoint.restore_epoch(self.state.stage_best["epoch"], trained)
         shutil.rmtree(self.folder.cache_dir, ignore_errors=True)  # decoded images are no part of the run
         return self.finish()
