@@ -230,7 +230,7 @@ class Training:
                 self.checkpoint.restore_latest(self.state, trained)
             if not self.state.stage_finished(stage.epochs):
                 self.fit_stage(trained, stage, train_data, val_data, class_weight)
-                if self.state.stopped:
+                if self.state.stopped and self.state.stage_epochs < stage.epochs:
                     self.caller.echo(early_stop_line(stage, self.state, self.stages))
             self.checkpoint.restore_epoch(self.state.stage_best["epoch"], trained)
         shutil.rmtree(self.folder.cache_dir, ignore_errors=True)  # decoded images are no part of the run
