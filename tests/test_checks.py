@@ -134,6 +134,30 @@ def test_the_probe_in_finetune_ranks_a_flipped_label_first():
     assert probe_cached(np.zeros((PROBE_LIMIT, 2)), np.zeros((1, 2)), data) is None  # too big: left to tfl check
 
 
+def test_the_probe_doubts_a_wrong_label_among_several():
+    """Several labels per photo: each label a direction in feature space; the photo given 'b' while its features
+    say 'a' and 'c' comes first, its labels and the probe's named."""
+    from tfl.data import ImageData
+    from tfl.probe import probe_cached
+    from tfl.split import Split
+
+    rng = np.random.default_rng(1)
+    labels = [[k for k in range(3) if rng.random() < 0.4] or [int(rng.integers(3))] for _ in range(90)]
+    features = rng.normal(size=(90, 12)) * 0.3
+    for i, row in enumerate(labels):
+        features[i, row] += 3.0
+    features[7, :] = rng.normal(size=12) * 0.3
+    features[7, [0, 2]] += 3.0
+    labels[7] = [1]
+    paths = [f"p{i}.jpg" for i in range(90)]
+    data = ImageData(["a", "b", "c"], Split(paths[:72], labels[:72]), Split(paths[72:], labels[72:]), None, {},
+                     multilabel=True)
+    found = probe_cached(features[:72], features[72:], data)
+    first = found["label_issues"][0]
+    assert first["path"] == "p7.jpg" and first["label"] == "b" and first["probe_says"] == "a, c"
+    assert first["probability_of_label"] < 0.5 and found["label_issues_found"] <= 15
+
+
 def test_tfl_check_lists_the_faults_and_writes_its_report(faulty, tmp_path):
     out = tmp_path / "check.json"
     result = CliRunner().invoke(main, ["check", str(faulty), "--weights", "none", "--alpha", "0.35", "--image-size",

@@ -142,8 +142,9 @@ def test_a_multilabel_run_end_to_end(tmp_path):
                                   "--output", str(tmp_path / "runs"), "--name", "multi"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "4 labels (several per photo)" in result.output and "iteratively stratified" in result.output
-    assert "Best validation mAP" in result.output
+    assert "Best validation mAP" in result.output and "Label probe (" in result.output
     run = tmp_path / "runs" / "multi"
+    assert "label_issues" in json.loads((run / "data_report.json").read_text())["checks"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["task"] == "multilabel" and 0 <= metrics["map"] <= 1 and len(metrics["thresholds"]) == 4
     assert set(metrics["per_class"]) == {"blue", "green", "red", "striped"}
@@ -164,6 +165,14 @@ def test_a_multilabel_run_end_to_end(tmp_path):
     result = runner.invoke(main, ["evaluate", str(run)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert f"mAP {metrics['map']:.4f}" in result.output and "threshold" in result.output
+    assert (run / "evaluations" / "val" / "roc_curves.png").is_file()
+    checked = tmp_path / "check.json"
+    result = runner.invoke(main, ["check", str(csv_path), "--weights", "none", "--alpha", "0.35", "--image-size", "32",
+                                  "--json", str(checked), "--output", str(tmp_path / "runs")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    checks = json.loads(checked.read_text())["checks"]  # the probe runs on several labels per photo too
+    assert checks["seconds"]["label_probe"] >= 0 and all("," in item["label"] or item["label"] in metrics["per_class"]
+                                                         for item in checks["label_issues"])
 
     # every artifact carries the thresholds, and predict lists the labels that reach them
     result = runner.invoke(main, ["export", str(run), "--format", "all", "--verify-images", "8"], catch_exceptions=False)

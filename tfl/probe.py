@@ -23,43 +23,73 @@ def features_of(model, split: Split, num_classes: int, image_size: int, batch_si
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Each photo's class probabilities from a logistic regression that did not see it (5 folds)."""
+    """Each photo's class probabilities from a logistic regression that did not see it (5 folds); with multi-hot
+    rows as labels, each label's probability from its own one-against-the-rest regression."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline as sk_pipeline
     from sklearn.preprocessing import Normalizer
 
-    folds = min(FOLDS, int(np.bincount(labels).min()))
     # Unit-length features, C=1: on flowers with 3% of labels flipped, 56 of the 130 flips ranked in the top 130,
     # against 35 with standardised features at C=0.1 (benchmarks/README.md)
-    classifier = sk_pipeline(Normalizer(), LogisticRegression(C=1.0, max_iter=500))
-    if folds < 2:
-        return classifier.fit(features, labels).predict_proba(features)  # too few photos for folds: in-sample
-    return cross_val_predict(classifier, features, labels, method="predict_proba",
-                             cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    regression = LogisticRegression(C=1.0, max_iter=500)
+    if labels.ndim > 1:
+        classifier = sk_pipeline(Normalizer(), OneVsRestClassifier(regression))
+        folds = KFold(min(FOLDS, len(labels)), shuffle=True, random_state=seed)
+    else:
+        classifier = sk_pipeline(Normalizer(), regression)
+        count = min(FOLDS, int(np.bincount(labels).min()))
+        if count < 2:
+            return classifier.fit(features, labels).predict_proba(features)  # too few photos for folds: in-sample
+        folds = StratifiedKFold(count, shuffle=True, random_state=seed)
+    return cross_val_predict(classifier, features, labels, method="predict_proba", cv=folds)
 
 
 def label_issues(data: ImageData, model, image_size: int) -> tuple[list[dict], int]:
-    """The photos (of one label each) whose label the probe doubts, likeliest errors first (cleanlab's
-    find_label_issues ranked by self-confidence, the probability the probe gives the given label), at most KEPT of
-    them; and how many cleanlab flagged in all."""
+    """The photos whose label(s) the probe doubts, likeliest errors first (cleanlab's find_label_issues ranked by
+    self-confidence, the probability the probe gives the given label), at most KEPT of them; and how many cleanlab
+    flagged in all."""
     everything = Split([p for s in (data.train, data.val, data.test) if s is not None for p in s.paths],
                        [y for s in (data.train, data.val, data.test) if s is not None for y in s.labels])
-    if len(set(everything.labels)) < 2:
+    if not varied(everything.labels):
         return [], 0
     return doubted(features_of(model, everything, len(data.class_names), image_size), everything, data.class_names)
 
 
+def varied(labels: list) -> bool:
+    """Whether the labels differ at all (a probe needs two kinds)."""
+    return len({tuple(y) if isinstance(y, list) else y for y in labels}) > 1
+
+
 def doubted(features: np.ndarray, photos: Split, class_names: list[str]) -> tuple[list[dict], int]:
-    """label_issues on features already computed, one row per photo of `photos`."""
+    """label_issues on features already computed, one row per photo of `photos`. With several labels per photo, a
+    row's labels are joined by commas, and its probability is the lowest the probe gives any of its label decisions
+    (present or absent)."""
     from cleanlab.filter import find_label_issues
 
-    labels = np.asarray(photos.labels)
-    probabilities = out_of_fold_probabilities(features, labels)
-    ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
-    return [{"path": photos.paths[i], "label": class_names[labels[i]],
-             "probe_says": class_names[int(probabilities[i].argmax())],
-             "probability_of_label": round(float(probabilities[i, labels[i]]), 4)} for i in ranked[:KEPT]], len(ranked)
+    multilabel = bool(photos.labels) and isinstance(photos.labels[0], list)
+    if multilabel:
+        from cleanlab.multilabel_classification.filter import find_label_issues as find_multilabel_issues
+
+        from tfl.multilabel import multi_hot
+
+        truth = multi_hot(photos.labels, len(class_names)).astype(int)
+        probabilities = out_of_fold_probabilities(features, truth)
+        ranked = find_multilabel_issues(photos.labels, probabilities, return_indices_ranked_by="self_confidence")
+        given = np.where(truth > 0, probabilities, 1 - probabilities).min(axis=1)
+        names = lambda row: ", ".join(class_names[k] for k in np.flatnonzero(row)) or "none"  # noqa: E731
+        said = [names(truth[i]) for i in range(len(truth))]
+        says = [names(probabilities[i] >= 0.5) for i in range(len(truth))]
+    else:
+        labels = np.asarray(photos.labels)
+        probabilities = out_of_fold_probabilities(features, labels)
+        ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
+        given = probabilities[np.arange(len(labels)), labels]
+        said = [class_names[y] for y in labels]
+        says = [class_names[int(row.argmax())] for row in probabilities]
+    return [{"path": photos.paths[i], "label": said[i], "probe_says": says[i],
+             "probability_of_label": round(float(given[i]), 4)} for i in ranked[:KEPT]], len(ranked)
 
 
 def probe_cached(train_features: np.ndarray, val_features: np.ndarray, data: ImageData) -> dict | None:
@@ -73,7 +103,7 @@ def probe_cached(train_features: np.ndarray, val_features: np.ndarray, data: Ima
     start = time.time()
     photos = Split(data.train.paths + data.val.paths, list(data.train.labels) + list(data.val.labels))
     features = np.concatenate([train_features[:len(data.train)], val_features])
-    issues, found = doubted(features, photos, data.class_names) if len(set(photos.labels)) > 1 else ([], 0)
+    issues, found = doubted(features, photos, data.class_names) if varied(photos.labels) else ([], 0)
     return {"label_issues": issues, "label_issues_found": found, "label_probe_seconds": round(time.time() - start, 1)}
 
 
@@ -93,7 +123,7 @@ def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
                                           config.label_separator, config.task), exclude=config.exclude)
     report = image_data.report
     report["checks"]["seconds"] = {"scan_and_checks": round(time.time() - start, 1)}
-    if probe and not image_data.multilabel:
+    if probe:
         start = time.time()
         spec = get_arch(config.arch)
         size = config.image_size or auto_image_size(spec, report.get("median_short_side"))

@@ -264,7 +264,7 @@ class Training:
         """Once per run, on the features just cached: the photos whose label a linear probe doubts (tfl/probe.py),
         counted on screen and listed in data_report.json."""
         checks = self.data.report.get("checks")
-        if checks is None or "label_issues" in checks or self.task.multilabel or self.cluster.distributed:
+        if checks is None or "label_issues" in checks or self.cluster.distributed:
             return
         found = probe_cached(train_features, val_features, self.data)
         if found is None:
