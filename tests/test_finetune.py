@@ -115,7 +115,7 @@ def test_evaluate_recomputes_metrics_on_a_folder(tiny_run, tmp_path):
     analysis = json.loads((folder / "analysis.json").read_text())
     assert len(list((folder / "mistakes").glob("*.jpg"))) == len(analysis["mistakes"])
     page = (folder / "report.html").read_text()
-    assert "evaluated on" in page and "<h2>Mistakes</h2>" in page and "<h2>Plan</h2>" not in page
+    assert "evaluated on" in page and "6 photos" in page and "<h2>Mistakes</h2>" in page and "<h2>Plan</h2>" not in page
     result = run_cli("evaluate", tiny_run, "--data", write_class_folders(tmp_path / "x", 1, {"purple": (9, 9, 9)}))
     assert result.exit_code == 1 and "does not know" in result.output
 

@@ -47,10 +47,11 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
         if report:
             metrics |= {"skipped": report["skipped"], "converted": len(report["converted"])}
         folder = run / EVALUATIONS_FOLDER / ("val" if data is None else Path(data).expanduser().resolve().name)
-        where = f"the validation split of run '{run.name}'" if data is None else f"'{data}'"
+        where = "its validation split" if data is None else f"'{data}'"
         try:
             write_evaluation(folder, scored, predictor, metrics | {"analysis": str(folder)},
-                             report | {"layout": f"run '{run.name}' evaluated on {where}"})
+                             report | {"layout": f"{len(split):,} photos: {where}"},
+                             f"run '{run.name}' evaluated on {where}")
             metrics["analysis"] = str(folder)
         except OSError as error:  # a run on read-only media still evaluates
             warn(f"The error analysis could not be written into '{folder}' ({error.strerror or error}); the "
@@ -58,7 +59,7 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
     return metrics, run
 
 
-def write_evaluation(folder: Path, scored: Scored, predictor, metrics: dict, report: dict) -> None:
+def write_evaluation(folder: Path, scored: Scored, predictor, metrics: dict, report: dict, title: str) -> None:
     """The evaluation's folder, replaced whole: its metrics, error analysis and report.html."""
     with atomic_path(folder, force=True) as tmp:
         tmp.mkdir(parents=True)
@@ -67,7 +68,7 @@ def write_evaluation(folder: Path, scored: Scored, predictor, metrics: dict, rep
         atomic_write_text(written.labels_file, labels_text(scored.class_names))
         atomic_write_text(written.data_report_file, json.dumps(report, indent=2) + "\n")
         write_analysis(scored, written, predictor.model, predictor.image_size, metrics)
-        build_report(tmp, report["layout"])
+        build_report(tmp, title)
 
 
 def load_labelled_folder(data: str | Path, class_names: list[str], converted_dir: Path | None) -> tuple[Split, dict]:

@@ -59,9 +59,10 @@ def data_section(report: dict) -> str:
     from tfl.checks import summary_lines
 
     checks = report.get("checks", {})
-    parts = [f"<p>{html.escape(report.get('layout', ''))}</p>",
-             table(["split", "photos"], [[name, sum(counts.values())] for name, counts in
-                                         report.get("counts", {}).items()])]
+    parts = [f"<p>{html.escape(report.get('layout', ''))}</p>"]
+    if report.get("counts"):
+        parts.append(table(["split", "photos"], [[name, sum(counts.values())] for name, counts in
+                                                 report["counts"].items()]))
     if checks:
         parts.append("<ul>" + "".join(f"<li>{html.escape(line.strip())}</li>" for line in summary_lines(checks))
                      + "</ul>")
