@@ -45,7 +45,8 @@ def flowers_subset(target: Path, per_class: int) -> Path:
     return target
 
 
-def keras_guide_model(size: int, classes: int, activation: str = "softmax", zoom: float | None = None):
+def keras_guide_model(size: int, classes: int, activation: str = "softmax", zoom: float | None = None,
+                     rotation: float = 0.1):
     """The Keras transfer-learning guide's model, as the hand-written recipes build it: augmentation layers, the
     shared MobileNetV2-0.35 (frozen, called with training=False), pooling, dropout 0.2 and a new dense head.
     Returns (model, backbone), so that a recipe can unfreeze the backbone for its second stage."""
@@ -56,7 +57,7 @@ def keras_guide_model(size: int, classes: int, activation: str = "softmax", zoom
     base.trainable = False
     inputs = keras.Input((size, size, 3))
     x = keras.layers.RandomFlip("horizontal")(inputs)
-    x = keras.layers.RandomRotation(0.1)(x)
+    x = keras.layers.RandomRotation(rotation)(x)
     if zoom:
         x = keras.layers.RandomZoom(zoom)(x)
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)

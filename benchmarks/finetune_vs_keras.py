@@ -12,7 +12,7 @@ import argparse
 import tempfile
 import time
 
-from common import FLOWERS, RESULTS, WEIGHTS, machine, require_shared_data, write_results  # sets up TF logging
+from common import FLOWERS, RESULTS, WEIGHTS, keras_guide_model, machine, require_shared_data, write_results  # sets up TF logging
 
 import keras
 import tensorflow as tf
@@ -28,18 +28,7 @@ def naive_keras_two_stage(image_size: int, seed: int = 42) -> dict:
     train, val = keras.utils.image_dataset_from_directory(
         FLOWERS, validation_split=0.2, subset="both", seed=seed, image_size=(image_size, image_size), batch_size=32)
     train, val = train.prefetch(tf.data.AUTOTUNE), val.prefetch(tf.data.AUTOTUNE)
-    base = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=str(WEIGHTS),
-                                          input_shape=(image_size, image_size, 3))
-    base.trainable = False
-    inputs = keras.Input((image_size, image_size, 3))
-    x = keras.layers.RandomFlip("horizontal")(inputs)
-    x = keras.layers.RandomRotation(0.2)(x)
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
-    x = base(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.2)(x)
-    outputs = keras.layers.Dense(5, activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
+    model, base = keras_guide_model(image_size, 5, rotation=0.2)  # the tutorial rotates by up to 0.2
     model.compile(optimizer=keras.optimizers.RMSprop(1e-4), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     head = model.fit(train, validation_data=val, epochs=10, verbose=2)
     base.trainable = True

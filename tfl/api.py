@@ -135,15 +135,14 @@ def check(data: str | Path, *, probe: bool = True, output: str | Path = DEFAULT_
     from tfl.probe import check_data
 
     report = check_data(config, str(Path(data).expanduser()), Path(output).expanduser() / ".scan_cache", probe, echo)
+    from tfl.fileio import atomic_write_text
+
     if report_file is not None:
         import json
-
-        from tfl.fileio import atomic_write_text
 
         atomic_write_text(Path(report_file).expanduser(), json.dumps(report, indent=2) + "\n")
         echo(f"Wrote {report_file}")
     if exclusions_file is not None:
-        from tfl.fileio import atomic_write_text
         from tfl.probe import exclusions_text
 
         atomic_write_text(Path(exclusions_file).expanduser(), exclusions_text(report))

@@ -157,11 +157,11 @@ def label_names(label, class_names: list[str]) -> str:
     return ",".join(class_names[i] for i in as_list(label))
 
 
-def grouped_split_groups(photos_count: int, paths: list[str], scanned: dict[str, ScannedFile]) -> list[int]:
+def grouped_split_groups(paths: list[str], scanned: dict[str, ScannedFile]) -> list[int]:
     """A group id per photo: (near) duplicates share one, every other photo has its own."""
     photos = [Photo(path, 0, None, scanned.get(path, ScannedFile(path))) for path in paths]
     exact, near = duplicate_groups(photos)
-    group = list(range(photos_count))
+    group = list(range(len(paths)))
     for members in exact + near:
         for i in members:
             group[i] = members[0]

@@ -286,7 +286,7 @@ def copies_of(split: Split, scanned: dict, report: dict) -> list[int]:
     side; the report says how many photos that concerned."""
     from tfl.checks import grouped_split_groups
 
-    groups = grouped_split_groups(len(split), split.paths, scanned)
+    groups = grouped_split_groups(split.paths, scanned)
     grouped = sum(count for count in Counter(groups).values() if count > 1)
     report["split_keeps_copies_together"] = grouped
     return groups
@@ -305,8 +305,7 @@ def checked(data: ImageData) -> ImageData:
     report["counts"] = {name: class_counts(split, data.class_names) for name, split in named}
     report["images"] = {name: len(split) for name, split in named}
 
-    photos = [Photo(path, label, name, data.scanned[path]) for name, split in
-              (("train", data.train), ("val", data.val), ("test", data.test)) if split is not None
+    photos = [Photo(path, label, name, data.scanned[path]) for name, split in named
               for path, label in zip(split.paths, split.labels) if path in data.scanned]
     data.report["checks"] = health_report(photos, data.class_names)
     return data
@@ -421,6 +420,12 @@ class CsvOptions:
     label_column: str | None = None
     label_separator: str | None = None
     task: str = "auto"  # single, multilabel, or auto: multilabel when some photo has several labels
+
+    @classmethod
+    def of(cls, settings) -> "CsvOptions":
+        """The options a TrainConfig (or anything with its fields) states."""
+        return cls(settings.images, settings.path_column, settings.label_column, settings.label_separator,
+                   settings.task)
 
 
 def split_label_files(folder: Path) -> dict[str, Path]:

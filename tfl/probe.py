@@ -119,8 +119,7 @@ def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
 
     start = time.time()
     image_data = load_data(data, config.val_split, config.seed, scan_cache_dir=scan_cache_dir,
-                           csv=CsvOptions(config.images, config.path_column, config.label_column,
-                                          config.label_separator, config.task), exclude=config.exclude)
+                           csv=CsvOptions.of(config), exclude=config.exclude)
     report = image_data.report
     report["checks"]["seconds"] = {"scan_and_checks": round(time.time() - start, 1)}
     if probe:

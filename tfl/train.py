@@ -429,9 +429,8 @@ class Training:
             with discarded_on_failure(work_dir):
                 keras.utils.set_random_seed(config.seed)
                 image_data = load_data(data, config.val_split, config.seed, converted_dir=folder.converted_dir,
-                                       scan_cache_dir=output / SCAN_CACHE_FOLDER, csv=CsvOptions(
-                                           config.images, config.path_column, config.label_column,
-                                           config.label_separator, config.task), exclude=config.exclude)
+                                       scan_cache_dir=output / SCAN_CACHE_FOLDER, csv=CsvOptions.of(config),
+                                       exclude=config.exclude)
                 caller.echo(data_summary(image_data.class_names, image_data.report))
                 write_data_files(folder, image_data)
                 config, reasons = resolve_plan(config, image_data, cluster, caller.echo)
