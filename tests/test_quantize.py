@@ -14,6 +14,8 @@ from tfl.cli import main
 class FakeLayers:
     """A fallback whose file is just the number of layers kept in float."""
 
+    kept_as, max_float_share = "float32", 0.5
+
     def __init__(self, model, calibration, float_content):
         self.all = [f"layer{i}" for i in range(53)]
 
@@ -56,6 +58,13 @@ def test_the_search_keeps_the_fewest_layers_in_float_that_meet_the_target(monkey
     content, report = quantize.quantized_file(None, "int8", None, goal)
     assert report["fallback"]["layers_in_float"] == 0 and content == (0).to_bytes(2, "big")  # no better: as it was
 
+    # a fallback whose layers in float cost no size (dynamic's float16 weights) may keep all of them in float
+    monkeypatch.setattr(FakeLayers, "max_float_share", 1.0)
+    monkeypatch.setattr(quantize.Goal, "measure", lambda self, content, q, margin=0.0: {
+        "agreement": 0.9, "met": int.from_bytes(content, "big") >= 44})
+    content, report = quantize.quantized_file(None, "int8", None, goal)
+    assert report["fallback"]["target_met"] and report["fallback"]["layers_in_float"] == 44
+
 
 def test_files_that_meet_their_target_are_left_as_the_converter_wrote_them(monkeypatch):
     monkeypatch.setattr(quantize, "convert", lambda model, q, calibration: b"converted")
@@ -93,6 +102,40 @@ def test_weights_kept_past_the_flatbuffer_are_brought_inside(tiny_run):
     assert quantize.inlined(inside) == inside
     images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)
     np.testing.assert_array_equal(quantize.probabilities(inside, images), quantize.probabilities(outside, images))
+
+
+def test_dynamic_layers_kept_in_float_hold_float16_weights(tiny_run):
+    """The dynamic fallback's float layers keep float16 weights: the file is never bigger than the float16 one."""
+    import keras
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = keras.models.load_model(tiny_run / "model.keras", compile=False)
+    content = quantize.convert(model, "none", None)
+    fallback = quantize.DynamicLayers(model, None, content)
+    kept = fallback.all[:2]
+
+    def weight_types(built: bytes) -> dict[str, str]:
+        """Each quantizable layer's weight type, through the DEQUANTIZE that feeds it if there is one."""
+        parsed = schema.ModelT.InitFromPackedBuf(built, 0)
+        graph = parsed.subgraphs[0]
+        made_by = {op.outputs[0]: op for op in graph.operators}
+        names = {value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
+        found = {}
+        for op in graph.operators:
+            output = graph.tensors[op.outputs[0]].name.decode()
+            if output in fallback.all:
+                weight = op.inputs[1]
+                if weight in made_by:  # weight-only: a DEQUANTIZE of the stored weights
+                    weight = made_by[weight].inputs[0]
+                found[output] = names[graph.tensors[weight].type]
+        return found
+
+    types = weight_types(fallback.build(kept))
+    assert {types[name] for name in kept} == {"FLOAT16"}
+    assert {types[name] for name in fallback.all[2:]} == {"INT8"}
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)).astype(np.uint8)
+    assert quantize.probabilities(fallback.build(kept), images).shape == (4, model.output_shape[-1])
+    assert len(fallback.build(fallback.all)) <= 1.02 * len(quantize.convert(model, "float16", None))
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "int8"])

@@ -3,14 +3,16 @@ layers whose quantization changes the model's answers most, until the file keeps
 
 The fallback, for dynamic and int8 files that miss their target (TARGETS, and 1 point of accuracy when labels exist):
 1. rank the quantizable layers (convolutions and the dense head) by the damage each does alone: the divergence of the
-   file's probabilities from the float file's when only that layer is quantized, on 48 verification photos;
+   file's probabilities from the float file's when only that layer is quantized, on 300 verification photos;
 2. keep the 1, 2, 4, 8... most damaging ones in float (then the fewest between the last two tried) until the file
-   meets its target, with a margin, on the verification photos, and no more than half of them: past that a file is
-   about as big and slow as float16, so the closest within it is kept and the report says it misses.
-int8 uses TensorFlow Lite's own selective quantization (QuantizationDebugger's denylisted nodes); dynamic range uses
-Google's AI Edge Quantizer (ai-edge-quantizer), since TensorFlow's dynamic-range converter cannot leave layers out.
-MobileNetV2's linear "project" convolutions are the usual culprits: on flowers, 8 of 36 layers in float lift dynamic
-from 95.4% to 99.1% top-1 agreement."""
+   meets its target, with a margin, on the verification photos, within the fallback's limit; past it the closest is
+   kept and the report says it misses.
+int8 uses TensorFlow Lite's own selective quantization (QuantizationDebugger's denylisted nodes): its layers in float
+compute in float32, so at most half of them are (past that the file is as slow as float32). Dynamic range uses
+Google's AI Edge Quantizer (ai-edge-quantizer), since TensorFlow's dynamic-range converter cannot leave layers out:
+its layers in float keep float16 weights, so the file is never bigger than the float16 one, and any number may be
+(on flowers int8 weights in any of 44 of 53 layers cost more than 1% of the answers; see benchmarks/README.md).
+MobileNetV2's small early layers and linear "project" convolutions are the usual culprits."""
 
 from __future__ import annotations
 
@@ -33,10 +35,9 @@ STEPS = (1, 2, 4, 8, 16, 32, 64, 128)  # layers kept in float, tried in turn
 # The search aims this share of the way from the target to 100%: apps resize photos their own way (MediaPipe), and a
 # file tuned to just meet the target on tfl's pixels fell below it there (flowers, dynamic: 99.1% vs 98.2%).
 SEARCH_MARGIN = 0.5
-# At most this share of the layers in float: beyond it a file is about as big and slow as float16 (flowers int8
-# needed 43 of 53 to reach 97% agreement: 1.62 MB, float32's speed), so the closest within it is kept and reported.
-MAX_FLOAT_SHARE = 0.5
-RANKING_IMAGES = 48  # verification photos the layers are ranked on
+# verification photos the layers are ranked on: on flowers, ranked on 48 int8 needed 32 layers in float for 97%
+# agreement, ranked on 300 16 (4 s more)
+RANKING_IMAGES = 300
 QUANTIZABLE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
 
 
@@ -128,6 +129,11 @@ class Int8Layers:
     """Full int8 with some layers in float: TensorFlow Lite's selective quantization. The file takes float32 pixels
     (the converter's selective path keeps float inputs); its metadata tells apps to feed raw pixels all the same."""
 
+    kept_as = "float32"
+    # At most this share of the layers in float: beyond it the file is about as big and slow as float16 (flowers
+    # needed 43 of 53 to reach 97% agreement: 1.62 MB, float32's speed), so the closest within it is kept and reported.
+    max_float_share = 0.5
+
     def __init__(self, model: keras.Model, calibration: Callable, float_content: bytes):
         self.all = [name for name, _ in layers(float_content)]
         with tempfile.TemporaryDirectory() as work, native_stderr_held():
@@ -143,8 +149,11 @@ class Int8Layers:
 
 
 class DynamicLayers:
-    """Dynamic-range quantization (int8 weights, activations quantized as they come) of the chosen layers, by AI Edge
-    Quantizer."""
+    """Dynamic-range quantization (int8 weights, activations quantized as they come) by AI Edge Quantizer, with the
+    layers kept in float holding float16 weights (dequantized once when the file loads, as in the float16 file)."""
+
+    kept_as = "float16"
+    max_float_share = 1.0  # all of them in float16 is the float16 file: never bigger (and on x86 faster than hybrid int8)
 
     def __init__(self, model: keras.Model, calibration: Callable, float_content: bytes):
         self.float_content = float_content
@@ -152,11 +161,14 @@ class DynamicLayers:
         self.all = [name for name, _ in self.found]
 
     def build(self, in_float: list[str]) -> bytes:
-        from ai_edge_quantizer import qtyping, quantizer
+        from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
 
         job = quantizer.Quantizer(self.float_content)
-        for name, op in self.found:
-            if name not in in_float:  # its own name as a regular expression matches this layer alone
+        for name, op in self.found:  # its own name as a regular expression matches this layer alone
+            if name in in_float:
+                job.add_weight_only_config(re.escape(name), qtyping.TFLOperationName[op], 16,
+                                           algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
+            else:
                 job.add_dynamic_config(re.escape(name), qtyping.TFLOperationName[op], 8)
         with native_stderr_held():
             return inlined(bytes(job.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model))
@@ -215,7 +227,7 @@ def quantized_file(model: keras.Model, quantize: str, calibration: Callable | No
         return tried[steps]["met"]
 
     below = 0  # the most layers in float known to miss the target
-    most = max(1, int(len(order) * MAX_FLOAT_SHARE))
+    most = max(1, int(len(order) * fallback.max_float_share))
     for steps in sorted({min(step, most) for step in STEPS}):
         if attempt(steps):
             while steps - below > 1:  # then the fewest between the last miss and this hit
@@ -231,10 +243,11 @@ def quantized_file(model: keras.Model, quantize: str, calibration: Callable | No
     if kept_first:  # nothing within the limit did better than the converter's own file
         candidate, steps, measured = content, 0, first
     return candidate, {"fallback": {
-        "layers_in_float": steps, "layers": len(order), "in_float": [name.split(";")[0] for name in order[:steps]],
+        "layers_in_float": steps, "layers": len(order), "kept_as": fallback.kept_as,
+        "in_float": [name.split(";")[0] for name in order[:steps]],
         "fully_quantized": {k: v for k, v in first.items() if k != "met"},
         "after": {k: v for k, v in measured.items() if k != "met"}, "target_met": measured["met"],
         "searched_to": f"top-1 agreement >= {TARGETS[quantize] + SEARCH_MARGIN * (1 - TARGETS[quantize]):.1%}, "
-                       f"at most {most} layers in float",
+                       f"at most {most} layers in {fallback.kept_as}",
         "target": f"top-1 agreement >= {TARGETS[quantize]:.0%}" + (
             f", accuracy drop <= {MAX_ACCURACY_DROP:.0%}" if goal.labels is not None else "")}}

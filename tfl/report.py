@@ -175,12 +175,13 @@ def fallback_line(row: dict) -> str:
     said = (f"{row['file']}: as the converter quantized it, it agreed with the Keras model on {first['agreement']:.1%}, "
             f"below its target ({fallback['target']}); ")
     if not fallback["layers_in_float"]:
-        return said + ("keeping up to half of its layers in float did no better, so it is kept as the converter "
-                       "wrote it. !!! It misses its target: check it before shipping it, or use float16. !!!")
+        return said + ("keeping layers in float (as many as its limit allows) did no better, so it is kept as the "
+                       "converter wrote it. !!! It misses its target: check it before shipping it, or use float16. !!!")
     outcome = ("and meets the target." if fallback["target_met"] else "still short of the target (the closest within "
-               "half of the layers is kept). !!! Check it before shipping it, or use float16. !!!")
+               "its limit is kept). !!! Check it before shipping it, or use float16. !!!")
+    kept_as = fallback.get("kept_as", "float")  # older reports did not say
     return said + (f"with the {fallback['layers_in_float']} of {fallback['layers']} layers that lose most kept in "
-                   f"float it agrees on {after['agreement']:.1%}, {outcome}")
+                   f"{kept_as} it agrees on {after['agreement']:.1%}, {outcome}")
 
 
 def fastest_line(rows: list[dict]) -> str:
