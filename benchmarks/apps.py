@@ -6,7 +6,7 @@ run (MobileNetV2-0.35 with the shared weights), which is exported as TFLite in e
 - accuracy and batch-1 latency of each file on tfl's pixels (export_report.json), and the layers the quantization
   fallback kept in float where the converter's file missed its target.
 
-    python benchmarks/apps.py [--datasets flowers weather4 potato_leaf3] [--out benchmarks/results/apps.json]
+    python benchmarks/apps.py [--datasets flowers weather4 potato_leaf3 cats5] [--out benchmarks/results/apps.json]
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import REPO, RESULTS, WEIGHTS, machine, write_results  # sets up TF logging
+from common import RESULTS, SINGLE_LABEL_SETS, WEIGHTS, machine, source, write_results  # sets up TF logging
 
 import numpy as np
 
 import tfl
 from tfl.data import load_image_for_predict
 
-DATASETS = REPO.parent / "shared" / "datasets"
 FILES = {"none": "model_float32.tflite", "float16": "model_float16.tflite", "dynamic": "model_dynamic.tflite",
          "int8": "model_int8.tflite"}
 
@@ -46,7 +45,7 @@ def mediapipe_tops(model_path: Path, photos: list[str]) -> np.ndarray:
 
 
 def measure(name: str, workdir: Path) -> dict:
-    run = tfl.finetune(DATASETS / name, alpha=0.35, weights=WEIGHTS, output=workdir, name=name, verbose=2)
+    run = tfl.finetune(source(name), alpha=0.35, weights=WEIGHTS, output=workdir, name=name, verbose=2)
     for quantize in FILES:
         run.export("tflite", quantize, verify_images=10_000, force=True)
     report, calibration = tfl.open_run(run.path).export_report_file, run.metrics["calibration"]
@@ -78,7 +77,7 @@ def measure(name: str, workdir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["flowers", "weather4", "potato_leaf3"])
+    parser.add_argument("--datasets", nargs="+", default=list(SINGLE_LABEL_SETS))
     parser.add_argument("--out", default=str(RESULTS / "apps.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,6 +15,14 @@ REPO = Path(__file__).resolve().parent.parent
 FLOWERS = REPO.parent / "shared" / "datasets" / "flowers"
 WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_0.35_no_top.weights.h5"
 RESULTS = REPO / "benchmarks" / "results"
+DATASETS = REPO.parent / "shared" / "datasets"
+SINGLE_LABEL_SETS = ("flowers", "weather4", "potato_leaf3", "cats5")
+LABEL_FILES = {"cats5": DATASETS / "cats5" / "cat_labels.csv"}  # sets labelled by a file; the others are class folders
+
+
+def source(name: str) -> Path:
+    """What tfl reads a shared set from: its label file, or its folder of class folders."""
+    return LABEL_FILES.get(name, DATASETS / name)
 
 
 def require_shared_data() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import REPO, RESULTS, WEIGHTS, machine, write_results  # sets up TF logging
+from common import RESULTS, SINGLE_LABEL_SETS, WEIGHTS, machine, source, write_results  # sets up TF logging
 
 import keras
 import numpy as np
@@ -27,8 +27,6 @@ from tfl.data import load_data, make_pipeline
 from tfl.features import feature_extractor
 from tfl.model import build_head, build_model
 
-DATASETS = REPO.parent / "shared" / "datasets"
-SOURCES = {"cats5": DATASETS / "cats5" / "cat_labels.csv"}
 VIEWS = 4
 MAX_EPOCHS, PATIENCE, BATCH = 100, 8, 32
 
@@ -78,13 +76,13 @@ def train_head(train_x, train_y, val_x, val_y, classes, *, dropout=0.2, smoothin
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["flowers", "weather4", "potato_leaf3", "cats5"])
+    parser.add_argument("--datasets", nargs="+", default=list(SINGLE_LABEL_SETS))
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS / "head.json"))
     args = parser.parse_args()
     rows = []
     for name in args.datasets:
-        data = load_data(str(SOURCES.get(name, DATASETS / name)), 0.2, 42)
+        data = load_data(str(source(name)), 0.2, 42)
         classes = len(data.class_names)
         spec = get_arch("mobilenetv2")
         size = auto_image_size(spec, data.report.get("median_short_side"))

@@ -19,15 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, RESULTS, WEIGHTS, keras_guide_model, machine, write_results  # sets up TF logging
+from common import RESULTS, SINGLE_LABEL_SETS, WEIGHTS, keras_guide_model, machine, source, write_results  # sets up TF logging
 
 import keras
 import tensorflow as tf
 
 import tfl
 
-DATASETS = REPO.parent / "shared" / "datasets"
-SOURCES = {"cats5": DATASETS / "cats5" / "cat_labels.csv"}  # sets labelled by a file; the others are class folders
 HEAD_EPOCHS, TUNE_EPOCHS, BATCH = 10, 10, 32
 
 
@@ -83,14 +81,14 @@ def tfl_defaults(data: Path, runs: Path, plan: str | None) -> tuple[dict, dict, 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--datasets", nargs="+", default=["flowers", "weather4", "potato_leaf3", "cats5"])
+    parser.add_argument("--datasets", nargs="+", default=list(SINGLE_LABEL_SETS))
     parser.add_argument("--plan", choices=["auto", "fixed"], help="tfl's plan (default: the config's)")
     parser.add_argument("--out", default=str(RESULTS / "quality.json"))
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets:
-            data = SOURCES.get(name, DATASETS / name)
+            data = source(name)
             if not data.exists() or not WEIGHTS.is_file():
                 raise SystemExit(f"needs {data} and {WEIGHTS} (the shared folder beside the repo)")
             ours, splits, size = tfl_defaults(data, Path(tmp), args.plan)
