@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from PIL import Image
 
 from tests.conftest import write_class_folders
 from tfl.cli import main
@@ -118,6 +119,19 @@ def test_evaluate_recomputes_metrics_on_a_folder(tiny_run, tmp_path):
     assert "evaluated on" in page and "6 photos" in page and "<h2>Mistakes</h2>" in page and "<h2>Plan</h2>" not in page
     result = run_cli("evaluate", tiny_run, "--data", write_class_folders(tmp_path / "x", 1, {"purple": (9, 9, 9)}))
     assert result.exit_code == 1 and "does not know" in result.output
+
+    # a folder named val does not replace the run's own evaluation; a TIFF is listed where it is, not as the PNG
+    # tfl converted it to for the evaluation's time
+    held_out = write_class_folders(tmp_path / "dogs" / "val", per_class=2, classes={"red": (200, 40, 40)})
+    tiff = held_out / "red" / "scan.tiff"
+    Image.new("RGB", (40, 40), (200, 40, 40)).save(tiff, "TIFF")
+    before = (own / "predictions.csv").read_text()
+    result = run_cli("evaluate", tiny_run, "--data", held_out)
+    assert result.exit_code == 0, result.output
+    assert (own / "predictions.csv").read_text() == before
+    rows = (tiny_run / "evaluations" / "dogs-val" / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 4 and any(str(tiff) in row for row in rows[1:])
+    assert not any("tfl_converted_" in row for row in rows)
 
 
 def test_auto_image_size_follows_small_photos(tiny_folder, tmp_path):

@@ -41,12 +41,14 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
             split, report = load_labelled_folder(data, class_names, Path(converted))
         predictor = load_predictor(found.model_file)
         dataset = make_pipeline(split, len(class_names), predictor.image_size, batch_size, training=False)
-        scored = Scored(split.paths, *predict_dataset(predictor.model, dataset, thresholds is not None), class_names)
+        originals = {row["to"]: row["path"] for row in report.get("converted", [])}  # not the temporary PNGs
+        scored = Scored([originals.get(path, path) for path in split.paths],
+                        *predict_dataset(predictor.model, dataset, thresholds is not None), class_names)
         metrics = (classification_metrics(scored.scores, scored.labels, class_names) if thresholds is None else
                    multilabel_metrics(scored.scores, scored.labels, class_names, thresholds))
         if report:
             metrics |= {"skipped": report["skipped"], "converted": len(report["converted"])}
-        folder = run / EVALUATIONS_FOLDER / ("val" if data is None else Path(data).expanduser().resolve().name)
+        folder = run / EVALUATIONS_FOLDER / evaluation_name(data)
         where = "its validation split" if data is None else f"'{data}'"
         try:
             write_evaluation(folder, scored, predictor, metrics | {"analysis": str(folder)},
@@ -57,6 +59,15 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
             warn(f"The error analysis could not be written into '{folder}' ({error.strerror or error}); the "
                  "metrics above are complete.")
     return metrics, run
+
+
+def evaluation_name(data: str | Path | None) -> str:
+    """The folder of an evaluation in RUN/evaluations/: `val` for the run's own validation split, else the data
+    folder's name (`<parent>-val` for a folder named val, which would otherwise replace the run's own)."""
+    if data is None:
+        return "val"
+    folder = Path(data).expanduser().resolve()
+    return f"{folder.parent.name}-val" if folder.name == "val" else folder.name
 
 
 def write_evaluation(folder: Path, scored: Scored, predictor, metrics: dict, report: dict, title: str) -> None:
