@@ -14,10 +14,11 @@ from tfl.cli import main
 class FakeLayers:
     """A fallback whose file is just the number of layers kept in float."""
 
-    kept_as, max_float_share = "float32", 0.5
+    kept_as, max_float_share, max_weight_share = "float32", 0.5, 1 / 3
 
     def __init__(self, model, calibration, float_content):
         self.all = [f"layer{i}" for i in range(53)]
+        self.weights = dict.fromkeys(self.all, 1)
 
     def build(self, in_float):
         return len(in_float).to_bytes(2, "big")
@@ -60,6 +61,7 @@ def test_the_search_keeps_the_fewest_layers_in_float_that_meet_the_target(monkey
 
     # a fallback whose layers in float cost no size (dynamic's float16 weights) may keep all of them in float
     monkeypatch.setattr(FakeLayers, "max_float_share", 1.0)
+    monkeypatch.setattr(FakeLayers, "max_weight_share", 1.0)
     monkeypatch.setattr(quantize.Goal, "measure", lambda self, content, q, margin=0.0: {
         "agreement": 0.9, "met": int.from_bytes(content, "big") >= 44})
     content, report = quantize.quantized_file(None, "int8", None, goal)
@@ -102,6 +104,17 @@ def test_weights_kept_past_the_flatbuffer_are_brought_inside(tiny_run):
     assert quantize.inlined(inside) == inside
     images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)
     np.testing.assert_array_equal(quantize.probabilities(inside, images), quantize.probabilities(outside, images))
+
+
+def test_layers_in_float_hold_at_most_the_fallbacks_share_of_the_weights():
+    """int8 keeps in float32 no layers past a third of the weights (else the file outgrows float16's), even the most
+    damaging: the search walks the rest of the ranking."""
+    fallback = FakeLayers(None, None, None)
+    fallback.weights |= {"layer0": 100, "layer1": 10}  # 161 weights in all: at most 53 in float
+    order = ["layer0", "layer2", "layer1", "layer3"] + [f"layer{i}" for i in range(4, 53)]
+    kept = quantize.within_weight_share(order, fallback)
+    assert kept[:3] == ["layer2", "layer1", "layer3"] and "layer0" not in kept
+    assert sum(fallback.weights[name] for name in kept) == 53 and kept[-1] == "layer44" and len(kept) == 44
 
 
 def test_dynamic_layers_kept_in_float_hold_float16_weights(tiny_run):

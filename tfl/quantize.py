@@ -8,7 +8,8 @@ The fallback, for dynamic and int8 files that miss their target (TARGETS, and 1 
    meets its target, with a margin, on the verification photos, within the fallback's limit; past it the closest is
    kept and the report says it misses.
 int8 uses TensorFlow Lite's own selective quantization (QuantizationDebugger's denylisted nodes): its layers in float
-compute in float32, so at most half of them are (past that the file is as slow as float32). Dynamic range uses
+compute in float32, so at most half of them are (past that the file is as slow as float32), holding at most a third
+of the weights (past that it is bigger than the float16 file). Dynamic range uses
 Google's AI Edge Quantizer (ai-edge-quantizer), since TensorFlow's dynamic-range converter cannot leave layers out:
 its layers in float keep float16 weights, so the file is never bigger than the float16 one, and any number may be
 (on flowers int8 weights in any of 44 of 53 layers cost more than 1% of the answers; see benchmarks/README.md).
@@ -109,8 +110,17 @@ class Goal:
         return result | {"met": met}
 
 
-def layers(content: bytes) -> list[tuple[str, str]]:
-    """(output tensor name, op name) of each quantizable layer of a float .tflite, in graph order."""
+@dataclass(frozen=True)
+class Layer:
+    """A quantizable layer of a float .tflite: its output tensor's name, its op, and how many weights it holds."""
+
+    name: str
+    op: str
+    weights: int
+
+
+def layers(content: bytes) -> list[Layer]:
+    """The quantizable layers of a float .tflite, in graph order."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(content, 0)
@@ -121,7 +131,8 @@ def layers(content: bytes) -> list[tuple[str, str]]:
         code = model.operatorCodes[operator.opcodeIndex]
         name = codes.get(max(code.builtinCode, code.deprecatedBuiltinCode))
         if name in QUANTIZABLE:
-            found.append((graph.tensors[operator.outputs[0]].name.decode(), name))
+            found.append(Layer(graph.tensors[operator.outputs[0]].name.decode(), name,
+                               int(np.prod(graph.tensors[operator.inputs[1]].shape))))
     return found
 
 
@@ -130,12 +141,16 @@ class Int8Layers:
     (the converter's selective path keeps float inputs); its metadata tells apps to feed raw pixels all the same."""
 
     kept_as = "float32"
-    # At most this share of the layers in float: beyond it the file is about as big and slow as float16 (flowers
-    # needed 43 of 53 to reach 97% agreement: 1.62 MB, float32's speed), so the closest within it is kept and reported.
+    # At most this share of the layers in float: beyond it the file is about as slow as float32 (flowers once needed
+    # 43 of 53 to reach 97% agreement: 1.62 MB, float32's speed), so the closest within it is kept and reported.
     max_float_share = 0.5
+    # And at most this share of the weights: a float32 weight is 4 bytes against int8's 1, so the file stays smaller
+    # than the float16 one (a flowers file with the 1,280-channel convolution in float was 1.34 MB against 0.88).
+    max_weight_share = 1 / 3
 
     def __init__(self, model: keras.Model, calibration: Callable, float_content: bytes):
-        self.all = [name for name, _ in layers(float_content)]
+        self.weights = {layer.name: layer.weights for layer in layers(float_content)}
+        self.all = list(self.weights)
         with tempfile.TemporaryDirectory() as work, native_stderr_held():
             settings = converter(model, work)
             settings.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -153,23 +168,25 @@ class DynamicLayers:
     layers kept in float holding float16 weights (dequantized once when the file loads, as in the float16 file)."""
 
     kept_as = "float16"
-    max_float_share = 1.0  # all of them in float16 is the float16 file: never bigger (and on x86 faster than hybrid int8)
+    max_float_share = max_weight_share = 1.0  # all in float16 is the float16 file (on x86 faster than hybrid int8)
 
     def __init__(self, model: keras.Model, calibration: Callable, float_content: bytes):
         self.float_content = float_content
         self.found = layers(float_content)
-        self.all = [name for name, _ in self.found]
+        self.weights = {layer.name: layer.weights for layer in self.found}
+        self.all = list(self.weights)
 
     def build(self, in_float: list[str]) -> bytes:
         from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
 
         job = quantizer.Quantizer(self.float_content)
-        for name, op in self.found:  # its own name as a regular expression matches this layer alone
-            if name in in_float:
-                job.add_weight_only_config(re.escape(name), qtyping.TFLOperationName[op], 16,
+        for layer in self.found:  # its own name as a regular expression matches this layer alone
+            op = qtyping.TFLOperationName[layer.op]
+            if layer.name in in_float:
+                job.add_weight_only_config(re.escape(layer.name), op, 16,
                                            algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
             else:
-                job.add_dynamic_config(re.escape(name), qtyping.TFLOperationName[op], 8)
+                job.add_dynamic_config(re.escape(layer.name), op, 8)
         with native_stderr_held():
             return inlined(bytes(job.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model))
 
@@ -208,6 +225,17 @@ def ranked(fallback, float_content: bytes, images: np.ndarray) -> list[str]:
     return sorted(fallback.all, key=damage.get, reverse=True)
 
 
+def within_weight_share(order: list[str], fallback) -> list[str]:
+    """The layers of `order` that may be kept in float, in order: each while the ones before it and it hold no more
+    than the fallback's share of the weights."""
+    budget, used, kept = fallback.max_weight_share * sum(fallback.weights.values()), 0, []
+    for name in order:
+        if used + fallback.weights[name] <= budget:
+            kept.append(name)
+            used += fallback.weights[name]
+    return kept
+
+
 def quantized_file(model: keras.Model, quantize: str, calibration: Callable | None,
                    goal: Goal | None) -> tuple[bytes, dict]:
     """The .tflite of `quantize`, and what its report says of the fallback (empty when none was needed)."""
@@ -219,7 +247,7 @@ def quantized_file(model: keras.Model, quantize: str, calibration: Callable | No
         return content, {}
     float_content = convert(model, "none", None)
     fallback = FALLBACKS[quantize](model, calibration, float_content)
-    order = ranked(fallback, float_content, goal.images[:RANKING_IMAGES])
+    order = within_weight_share(ranked(fallback, float_content, goal.images[:RANKING_IMAGES]), fallback)
     tried = {}
 
     def attempt(steps: int) -> bool:
@@ -227,7 +255,7 @@ def quantized_file(model: keras.Model, quantize: str, calibration: Callable | No
         return tried[steps]["met"]
 
     below = 0  # the most layers in float known to miss the target
-    most = max(1, int(len(order) * fallback.max_float_share))
+    most = min(len(order), max(1, int(len(fallback.all) * fallback.max_float_share)))
     for steps in sorted({min(step, most) for step in STEPS}):
         if attempt(steps):
             while steps - below > 1:  # then the fewest between the last miss and this hit
@@ -243,11 +271,13 @@ def quantized_file(model: keras.Model, quantize: str, calibration: Callable | No
     if kept_first:  # nothing within the limit did better than the converter's own file
         candidate, steps, measured = content, 0, first
     return candidate, {"fallback": {
-        "layers_in_float": steps, "layers": len(order), "kept_as": fallback.kept_as,
+        "layers_in_float": steps, "layers": len(fallback.all), "kept_as": fallback.kept_as,
         "in_float": [name.split(";")[0] for name in order[:steps]],
         "fully_quantized": {k: v for k, v in first.items() if k != "met"},
         "after": {k: v for k, v in measured.items() if k != "met"}, "target_met": measured["met"],
         "searched_to": f"top-1 agreement >= {TARGETS[quantize] + SEARCH_MARGIN * (1 - TARGETS[quantize]):.1%}, "
-                       f"at most {most} layers in {fallback.kept_as}",
+                       f"at most {most} layers in {fallback.kept_as}" + (
+                           f" holding at most {fallback.max_weight_share:.0%} of the weights"
+                           if fallback.max_weight_share < 1 else ""),
         "target": f"top-1 agreement >= {TARGETS[quantize]:.0%}" + (
             f", accuracy drop <= {MAX_ACCURACY_DROP:.0%}" if goal.labels is not None else "")}}
