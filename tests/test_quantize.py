@@ -169,3 +169,16 @@ def test_a_file_below_its_target_keeps_layers_in_float_and_still_loads_in_mediap
     assert "layers that lose most kept in float" in result.output
     assert row["mediapipe_top1_agreement"] >= row["top1_agreement"] - 0.05  # loads in MediaPipe, names checked
     assert row["size_bytes"] < 0.8 * (run / "model.keras").stat().st_size
+
+
+def test_the_report_says_what_the_fallback_kept_and_as_what():
+    from tfl.report import fallback_line
+
+    def row(kept, layers, kept_as):
+        return {"file": "model_dynamic.tflite", "fallback": {
+            "layers_in_float": kept, "layers": layers, "kept_as": kept_as, "target_met": True,
+            "fully_quantized": {"agreement": 0.97}, "after": {"agreement": 0.994}, "target": "top-1 agreement >= 99%"}}
+
+    assert "31 of 53 layers that lose most kept in float16 it agrees on 99.4%" in fallback_line(row(31, 53, "float16"))
+    assert "the float16 one in effect" in fallback_line(row(53, 53, "float16"))
+    assert "in effect" not in fallback_line(row(26, 53, "float32"))

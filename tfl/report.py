@@ -180,8 +180,10 @@ def fallback_line(row: dict) -> str:
     outcome = ("and meets the target." if fallback["target_met"] else "still short of the target (the closest within "
                "its limit is kept). !!! Check it before shipping it, or use float16. !!!")
     kept_as = fallback.get("kept_as", "float")  # older reports did not say
+    whole = (" Every layer is in float16: this file is the float16 one in effect." if kept_as == "float16" and
+             fallback["layers_in_float"] == fallback["layers"] else "")
     return said + (f"with the {fallback['layers_in_float']} of {fallback['layers']} layers that lose most kept in "
-                   f"{kept_as} it agrees on {after['agreement']:.1%}, {outcome}")
+                   f"{kept_as} it agrees on {after['agreement']:.1%}, {outcome}{whole}")
 
 
 def fastest_line(rows: list[dict]) -> str:
