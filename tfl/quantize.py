@@ -136,7 +136,24 @@ def layers(content: bytes) -> list[Layer]:
     return found
 
 
-class Int8Layers:
+class LayerFallback:
+    """What a fallback knows of the float file: its quantizable layers (`found`), the weights each holds, and their
+    names in graph order (`all`); a subclass builds the file with chosen layers in float (`build`)."""
+
+    kept_as: str
+    max_float_share: float
+    max_weight_share: float
+
+    def __init__(self, float_content: bytes):
+        self.found = layers(float_content)
+        self.weights = {layer.name: layer.weights for layer in self.found}
+
+    @property
+    def all(self) -> list[str]:
+        return list(self.weights)
+
+
+class Int8Layers(LayerFallback):
     """Full int8 with some layers in float: TensorFlow Lite's selective quantization. The file takes float32 pixels
     (the converter's selective path keeps float inputs); its metadata tells apps to feed raw pixels all the same."""
 
@@ -149,8 +166,7 @@ class Int8Layers:
     max_weight_share = 1 / 3
 
     def __init__(self, model: keras.Model, calibration: Callable, float_content: bytes):
-        self.weights = {layer.name: layer.weights for layer in layers(float_content)}
-        self.all = list(self.weights)
+        super().__init__(float_content)
         with tempfile.TemporaryDirectory() as work, native_stderr_held():
             settings = converter(model, work)
             settings.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -163,7 +179,7 @@ class Int8Layers:
             return self.debugger.get_nondebug_quantized_model()
 
 
-class DynamicLayers:
+class DynamicLayers(LayerFallback):
     """Dynamic-range quantization (int8 weights, activations quantized as they come) by AI Edge Quantizer, with the
     layers kept in float holding float16 weights (dequantized once when the file loads, as in the float16 file)."""
 
@@ -171,10 +187,8 @@ class DynamicLayers:
     max_float_share = max_weight_share = 1.0  # all in float16 is the float16 file (on x86 faster than hybrid int8)
 
     def __init__(self, model: keras.Model, calibration: Callable, float_content: bytes):
+        super().__init__(float_content)
         self.float_content = float_content
-        self.found = layers(float_content)
-        self.weights = {layer.name: layer.weights for layer in self.found}
-        self.all = list(self.weights)
 
     def build(self, in_float: list[str]) -> bytes:
         from ai_edge_quantizer import algorithm_manager, qtyping, quantizer

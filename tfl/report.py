@@ -179,7 +179,7 @@ def fallback_line(row: dict) -> str:
                        "converter wrote it. !!! It misses its target: check it before shipping it, or use float16. !!!")
     outcome = ("and meets the target." if fallback["target_met"] else "still short of the target (the closest within "
                "its limit is kept). !!! Check it before shipping it, or use float16. !!!")
-    kept_as = fallback.get("kept_as", "float")  # older reports did not say
+    kept_as = fallback["kept_as"]
     whole = (" Every layer is in float16: this file is the float16 one in effect." if kept_as == "float16" and
              fallback["layers_in_float"] == fallback["layers"] else "")
     return said + (f"with the {fallback['layers_in_float']} of {fallback['layers']} layers that lose most kept in "
