@@ -1,4 +1,4 @@
-"""The fused random affine transform: each component does what the Keras layer of that name would do."""
+"""The fused random affine transform: each component does what the Keras layer of that name would do; pixel noise."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfl.augment import RandomAffine, apply_affine, build_augmenter
+from tfl.augment import PixelNoise, RandomAffine, apply_affine, build_augmenter
 
 IMAGES = tf.constant(np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32"))
 
@@ -67,3 +67,13 @@ def test_presets_run_inside_tf_data(preset):
     dataset = tf.data.Dataset.from_tensors(IMAGES).repeat(3).map(augmenter, num_parallel_calls=2)
     batches = [batch.numpy() for batch in dataset]
     assert len(batches) == 3 and not np.allclose(batches[0], batches[1]), "each batch draws new parameters"
+
+
+def test_pixel_noise_has_a_random_strength_per_image_up_to_its_maximum():
+    grey = tf.fill([64, 16, 16, 3], 128.0)
+    noisy = PixelNoise(max_stddev=6.0, seed=0)(grey).numpy()
+    stddevs = (noisy - 128.0).reshape(64, -1).std(axis=1)
+    assert stddevs.max() < 6.6 and stddevs.min() < 1.5 and stddevs.max() > 4.5, stddevs
+    assert float(np.abs(noisy.reshape(64, -1).mean(axis=1) - 128).max()) < 0.6, "noise, not a brightness change"
+    assert noisy.min() >= 0 and noisy.max() <= 255 and PixelNoise()(tf.fill([1, 4, 4, 3], 255.0)).numpy().max() <= 255
+    np.testing.assert_array_equal(PixelNoise()(IMAGES, training=False), IMAGES)

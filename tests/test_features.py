@@ -1,5 +1,6 @@
 """The feature cache: the head trained on cached features takes the same update path, and the cache is keyed right."""
 
+import dataclasses
 import os
 
 import keras
@@ -13,7 +14,7 @@ from tests.conftest import make_image, require_mobilenet_weights, write_class_fo
 from tfl.archs import get_arch
 from tfl.augment import build_augmenter
 from tfl.cli import main
-from tfl.config import Stage
+from tfl.config import Stage, TrainConfig
 from tfl.data import Split, load_image_folder, make_pipeline
 from tfl.features import (cache_key, cached_features, compute_features, feature_dataset, feature_extractor,
                           load_features)
@@ -58,23 +59,28 @@ def test_head_on_cached_features_matches_training_the_frozen_model():
 def test_cache_key_changes_with_data_arch_size_and_weights(tiny_folder, tmp_path):
     paths = sorted(str(p) for p in tiny_folder.rglob("*.jpg"))
     split = Split(paths=paths, labels=[0] * len(paths))
-    base = dict(arch="mobilenetv2", alpha=0.35, image_size=96, weights="imagenet", views=1, augment="light", seed=1,
-                precision="float32")
-    key = cache_key(split, **base)
-    assert cache_key(split, **base) == key
-    assert cache_key(split, **{**base, "augment": "strong"}) == key, "augmentation only matters for extra views"
-    for change in ({"arch": "resnet50"}, {"image_size": 128}, {"weights": "none"}, {"alpha": 0.5}, {"views": 2}, {"precision": "mixed_bfloat16"}):
-        assert cache_key(split, **{**base, **change}) != key, change
-    assert cache_key(Split(paths=paths[:-1], labels=[0] * (len(paths) - 1)), **base) != key
+    base = TrainConfig(arch="mobilenetv2", alpha=0.35, weights="imagenet", augment="light", seed=1,
+                       precision="float32")
+
+    def key_of(split=split, views=1, image_size=96, **change):
+        return cache_key(split, dataclasses.replace(base, **change), image_size, views)
+    key = key_of()
+    assert key_of() == key
+    assert key_of(augment="strong") == key, "augmentation only matters for extra views"
+    assert key_of(views=2) != key and key_of(image_size=128) != key
+    for change in ({"arch": "resnet50"}, {"weights": "none"}, {"alpha": 0.5}, {"precision": "mixed_bfloat16"},
+                   {"low_pass": False}):
+        assert key_of(**change) != key, change
+    assert key_of(split=Split(paths=paths[:-1], labels=[0] * (len(paths) - 1))) != key
     make_image((1, 2, 3), seed=123).save(paths[0])  # the same file name, new pixels
     os.utime(paths[0], ns=(1, 1))
-    assert cache_key(split, **base) != key
+    assert key_of() != key
     weights_file = tmp_path / "w.weights.h5"
     weights_file.write_bytes(b"one")
-    first = cache_key(split, **{**base, "weights": str(weights_file)})
+    first = key_of(weights=str(weights_file))
     weights_file.write_bytes(b"other")
     os.utime(weights_file, ns=(2, 2))
-    assert cache_key(split, **{**base, "weights": str(weights_file)}) != first
+    assert key_of(weights=str(weights_file)) != first
 
 
 def test_cached_features_are_computed_once(tmp_path):

@@ -72,3 +72,25 @@ def test_training_moves_only_the_layers_of_its_stage():
     assert not any(p.startswith("block_1_") or p.startswith("Conv1/") for p in changed)
     bn_paths = {w.path for layer in batchnorm_layers(model) for w in layer.weights}
     assert not changed & bn_paths, "BatchNormalization weights and moving statistics must not change"
+
+
+def test_low_pass_keeps_flat_areas_and_edges_and_damps_pixel_noise(tmp_path):
+    from tfl.model import LowPass
+
+    flat = np.full((1, 8, 8, 3), 200.0, dtype="float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(LowPass()(flat)), flat, rtol=1e-6)  # borders too: mirrored
+    ramp = np.broadcast_to(np.arange(8, dtype="float32")[None, None, :, None] * 30, (1, 8, 8, 3))
+    blurred = keras.ops.convert_to_numpy(LowPass()(ramp))
+    np.testing.assert_allclose(blurred[:, :, 1:-1], ramp[:, :, 1:-1], rtol=1e-6)  # a linear ramp stays (inside)
+    checker = (np.indices((8, 8)).sum(axis=0) % 2)[None, :, :, None] * np.ones(3) * 255.0
+    damped = keras.ops.convert_to_numpy(LowPass()(checker.astype("float32")))
+    assert np.ptp(damped) < 0.01 * 255, "the highest frequency (a one-pixel checkerboard) is gone"
+    model = build_model(get_arch("mobilenetv2"), 3, 32, weights="none", alpha=0.35)
+    assert isinstance(model.get_layer("low_pass"), LowPass) and model.count_params() == \
+        build_model(get_arch("mobilenetv2"), 3, 32, weights="none", alpha=0.35, low_pass=False).count_params()
+    assert "low_pass" not in [layer.name for layer in build_model(get_arch("mobilenetv2"), 3, 32, weights="none",
+                                                                   alpha=0.35, low_pass=False).layers]
+    model.save(tmp_path / "m.keras")
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "m.keras").predict(images, verbose=0),
+                               model.predict(images, verbose=0), atol=1e-6)

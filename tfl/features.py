@@ -41,15 +41,15 @@ def file_fingerprint(path: str) -> list:
     return [path, stat.st_size, stat.st_mtime_ns]
 
 
-def cache_key(split: Split, arch: str, alpha: float, image_size: int, weights: str, views: int, augment: str,
-              seed: int, precision: str = "float32") -> str:
-    """Changes whenever the data, arch, image size, weights or the augmented views would change the features.
-    (Nine parameters: each is a part of the key.)"""
-    weights_id = file_fingerprint(weights) if os.path.isfile(weights) else weights
-    description = {"files": [file_fingerprint(p) for p in split.paths], "labels": split.labels, "arch": arch,
-                   "alpha": alpha, "image_size": image_size, "weights": weights_id, "views": views,
-                   "augment": augment if views > 1 else "none", "seed": seed, "precision": precision,
-                   "keras": keras.__version__, "decoder": DECODER_VERSION}
+def cache_key(split: Split, config: TrainConfig, image_size: int, views: int) -> str:
+    """Changes whenever the data, arch, image size, weights, low-pass or the augmented views would change the
+    features."""
+    weights_id = file_fingerprint(config.weights) if os.path.isfile(config.weights) else config.weights
+    description = {"files": [file_fingerprint(p) for p in split.paths], "labels": split.labels, "arch": config.arch,
+                   "alpha": config.alpha, "image_size": image_size, "weights": weights_id, "views": views,
+                   "augment": config.augment if views > 1 else "none", "seed": config.seed,
+                   "precision": config.precision, "low_pass": config.low_pass, "keras": keras.__version__,
+                   "decoder": DECODER_VERSION}
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -156,8 +156,7 @@ def feature_stage_data(model: keras.Model, config: TrainConfig, image_data: Imag
         if private:
             compute(scratch_dir / name)
             return (*load_features(scratch_dir / name), False)
-        key = cache_key(split, config.arch, config.alpha, image_size, config.weights, views, config.augment,
-                        config.seed, config.precision)
+        key = cache_key(split, config, image_size, views)
         return cached_features(feature_cache_dir, key, compute)
 
     cluster = cluster or Cluster()

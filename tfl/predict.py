@@ -52,6 +52,8 @@ class KerasPredictor(Predictor):
     def __init__(self, model_path: Path):
         import keras
 
+        import tfl.model  # noqa: F401  (registers the classifier's own layer, LowPass, with Keras)
+
         self.model = keras.models.load_model(model_path, compile=False)
         self.image_size = int(self.model.input_shape[1])
         self.class_names = read_labels(model_path.parent / LABELS_FILE)

@@ -311,7 +311,7 @@ class Training:
     def new_model(self, weights: str | None = None) -> keras.Model:
         config = self.config
         return build_model(self.spec, len(self.data.class_names), config.image_size, weights or config.weights,
-                           config.alpha, config.dropout, self.task.activation)
+                           config.alpha, config.dropout, self.task.activation, config.low_pass)
 
     def on_features(self, stage: Stage) -> bool:
         return uses_feature_cache(stage, self.config)
