@@ -52,9 +52,9 @@ class KerasPredictor(Predictor):
     def __init__(self, model_path: Path):
         import keras
 
-        import tfl.model  # noqa: F401  (registers the classifier's own layer, LowPass, with Keras)
+        from tfl.model import LowPass  # the classifier's own layer
 
-        self.model = keras.models.load_model(model_path, compile=False)
+        self.model = keras.models.load_model(model_path, compile=False, custom_objects={"LowPass": LowPass})
         self.image_size = int(self.model.input_shape[1])
         self.class_names = read_labels(model_path.parent / LABELS_FILE)
         self.thresholds = read_thresholds(model_path.parent / THRESHOLDS_FILE, self.class_names)
