@@ -56,7 +56,7 @@ def test_head_on_cached_features_matches_training_the_frozen_model():
                                atol=1e-5)
 
 
-def test_cache_key_changes_with_data_arch_size_and_weights(tiny_folder, tmp_path):
+def test_cache_key_changes_with_data_arch_size_and_weights(tiny_folder, tmp_path, monkeypatch):
     paths = sorted(str(p) for p in tiny_folder.rglob("*.jpg"))
     split = Split(paths=paths, labels=[0] * len(paths))
     base = TrainConfig(arch="mobilenetv2", alpha=0.35, weights="imagenet", augment="light", seed=1,
@@ -68,6 +68,9 @@ def test_cache_key_changes_with_data_arch_size_and_weights(tiny_folder, tmp_path
     assert key_of() == key
     assert key_of(augment="strong") == key, "augmentation only matters for extra views"
     assert key_of(views=2) != key and key_of(image_size=128) != key
+    augmented = key_of(views=2)
+    monkeypatch.setattr(features_module, "PRESETS_VERSION", features_module.PRESETS_VERSION + 1)
+    assert key_of(views=2) != augmented and key_of() == key, "a preset that changed changes augmented views only"
     for change in ({"arch": "resnet50"}, {"weights": "none"}, {"alpha": 0.5}, {"precision": "mixed_bfloat16"},
                    {"low_pass": False}):
         assert key_of(**change) != key, change

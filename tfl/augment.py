@@ -110,6 +110,7 @@ def rand_augment(seed: int):
     return keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed)
 
 
+PRESETS_VERSION = 2  # changes whenever a preset transforms images otherwise (2: pixel noise); part of cache keys
 PRESETS = {
     "none": lambda seed: [],
     "light": light_layers,

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfl.augment import PRESETS_VERSION
 from tfl.data import DECODER_VERSION, ImageData, Split, make_pipeline
 from tfl.distribute import Cluster
 from tfl.model import get_head
@@ -47,7 +48,7 @@ def cache_key(split: Split, config: TrainConfig, image_size: int, views: int) ->
     weights_id = file_fingerprint(config.weights) if os.path.isfile(config.weights) else config.weights
     description = {"files": [file_fingerprint(p) for p in split.paths], "labels": split.labels, "arch": config.arch,
                    "alpha": config.alpha, "image_size": image_size, "weights": weights_id, "views": views,
-                   "augment": config.augment if views > 1 else "none", "seed": config.seed,
+                   "augment": f"{config.augment} v{PRESETS_VERSION}" if views > 1 else "none", "seed": config.seed,
                    "precision": config.precision, "low_pass": config.low_pass, "keras": keras.__version__,
                    "decoder": DECODER_VERSION}
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
