@@ -75,3 +75,16 @@ def test_too_many_unfreeze_blocks_is_rejected():
 def test_defaults_without_yaml_are_a_valid_plan():
     config = TrainConfig()
     assert config.stages[0].unfreeze_blocks == 0 and config.stages[-1].unfreeze_blocks == "all"
+
+
+def test_a_run_recorded_before_the_low_pass_resumes_without_it():
+    import yaml
+
+    from tfl.config import from_run_record, run_record
+
+    record = yaml.safe_load(run_record(TrainConfig(low_pass=True), "photos", 96, "float32", "tensorflow", {}, None))
+    assert from_run_record(record, "config.yaml").low_pass is True
+    assert from_run_record(record | {"low_pass": False}, "config.yaml").low_pass is False
+    del record["low_pass"]
+    assert from_run_record(record, "config.yaml").low_pass is False, "its model was built without the blur"
+    assert TrainConfig().low_pass is True

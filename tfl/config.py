@@ -339,6 +339,11 @@ def run_record(config: TrainConfig, data: str, image_size: int, precision: str, 
     return yaml.safe_dump(values | ({"plan_reasons": plan_reasons} if plan_reasons else {}), sort_keys=False)
 
 
+# Settings added after runs were recorded without them, and the value those runs used (a run started before the
+# low-pass has no blur in its model, and resumes so).
+RECORDED_BEFORE = {"low_pass": False}
+
+
 def from_run_record(values: dict[str, Any], source: str) -> TrainConfig:
     """The config a run was trained with, from its config.yaml."""
-    return apply_overrides(TrainConfig(), values, source)
+    return apply_overrides(TrainConfig(), RECORDED_BEFORE | values, source)
