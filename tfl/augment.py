@@ -82,7 +82,8 @@ class PixelNoise:
     The pixels an app feeds differ from tfl's by a few levels (another JPEG decoder, another resize, float16 or int8
     arithmetic inside the file); trained with this, cats5's fine-tuned model moved its top-1 on 0% of the photos under
     +-1 of noise instead of 2%, and MediaPipe's float32 file agreed with it on 98% instead of 97% (benchmarks/README.md,
-    "Low-pass and pixel noise")."""
+    "Low-pass and pixel noise"). Not keras.layers.GaussianNoise: its strength is one fixed value, and as a Keras
+    layer it would run on the Keras backend (JAX) inside tf.data."""
 
     def __init__(self, max_stddev: float = 6.0, seed: int = 42):
         self.max_stddev, self.seed = max_stddev, seed

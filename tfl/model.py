@@ -17,6 +17,8 @@ from tfl.errors import TflError
 BACKBONE_NAME = "backbone"
 HEAD_NAME = "head"  # pooled features -> dropout -> softmax: the part a head-only stage trains
 BINOMIAL = (0.25, 0.5, 0.25)  # the low-pass filter's taps, each way
+# [3, 3, in, out]: each colour channel blurred on its own
+LOW_PASS_KERNEL = (np.outer(BINOMIAL, BINOMIAL)[:, :, None, None] * np.eye(3)[None, None]).astype("float32")
 MID_GREY = 127.5
 
 
@@ -34,10 +36,8 @@ class LowPass(keras.layers.Layer):
 
     def call(self, pixels):
         ops = keras.ops
-        taps = np.asarray(BINOMIAL, dtype="float32")
-        kernel = np.outer(taps, taps)[:, :, None, None] * np.eye(3, dtype="float32")[None, None]  # [3, 3, in, out]
-        centred = pixels - MID_GREY
-        return ops.conv(centred, ops.cast(kernel, pixels.dtype), strides=1, padding="same") + MID_GREY
+        return ops.conv(pixels - MID_GREY, ops.cast(LOW_PASS_KERNEL, pixels.dtype), strides=1, padding="same") \
+            + MID_GREY
 
     def compute_output_shape(self, input_shape):
         return input_shape
