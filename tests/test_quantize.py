@@ -182,3 +182,34 @@ def test_the_report_says_what_the_fallback_kept_and_as_what():
     assert "31 of 53 layers that lose most kept in float16 it agrees on 99.4%" in fallback_line(row(31, 53, "float16"))
     assert "the float16 one in effect" in fallback_line(row(53, 53, "float16"))
     assert "in effect" not in fallback_line(row(26, 53, "float32"))
+
+
+def test_bias_correction_brings_each_int8_layers_mean_output_back_to_the_float_files(real_run):
+    """int8's rounding shifts the mean of each channel of each layer's output; bias correction, measured on the
+    calibration photos, must undo most of that shift on other photos too, and leave float layers alone."""
+    import tfl
+    from tfl.export import representative_images
+
+    run = tfl.Run(real_run)
+    model = tfl.load(run.path).model
+    size = int(model.input_shape[1])
+    calibration = representative_images(list(run.splits["train"].paths), size, 40)
+    float_content = quantize.convert(model, "none", None)
+    converted = quantize.convert(model, "int8", calibration)
+    corrected = quantize.bias_corrected(converted, float_content, calibration.photos)
+    assert corrected != converted and abs(len(corrected) - len(converted)) < 0.01 * len(converted)
+
+    held_out = representative_images(list(run.splits["val"].paths), size, 40).photos
+    names = [layer.name for layer in quantize.layers(float_content)]
+    target = quantize.channel_means(float_content, held_out, names)
+
+    def shift(content: bytes) -> float:
+        """The mean over layers of each one's mean absolute shift per channel, relative to its outputs' spread."""
+        means = quantize.channel_means(content, held_out, names)
+        return float(np.mean([np.abs(means[n] - target[n]).mean() / (np.abs(target[n]).mean() + 1e-6)
+                              for n in names]))
+
+    before, after = shift(converted), shift(corrected)
+    print(f"mean shift per channel, relative: {before:.4f} as converted, {after:.4f} corrected")
+    assert after < 0.6 * before
+    assert quantize.bias_corrected(float_content, float_content, calibration.photos) == float_content

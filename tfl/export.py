@@ -21,7 +21,7 @@ from tfl.errors import TflError, disk_full_explained
 from tfl.evaluate import load_labelled_folder
 from tfl.precision import float32_copy
 from tfl.predict import load_predictor
-from tfl.quantize import Goal, quantized_file
+from tfl.quantize import Calibration, Goal, quantized_file
 from tfl.report import format_export_report
 from tfl.tflite_metadata import ModelInfo, with_metadata
 from tfl.fileio import atomic_path, atomic_write_text
@@ -100,21 +100,10 @@ def write_tflite(model: keras.Model, target: Path, job: ArtifactJob) -> dict:
     return report
 
 
-def representative_images(paths: list[str], image_size: int, samples: int, seed: int = 0) -> Callable:
-    """Calibration data for int8: `samples` of `paths`, as float32 pixel batches of one, after a black and a white
-    image. Those two make the uint8 input's scale 1 and zero point 0, so that a uint8 pixel is its own value: MediaPipe
-    feeds raw pixels and ignores the input's quantization (with photos alone its scale came out 0.9 and its scores
-    shifted)."""
+def representative_images(paths: list[str], image_size: int, samples: int, seed: int = 0) -> Calibration:
+    """Calibration data for int8: `samples` of `paths`, drawn at random, resized as training saw them."""
     chosen = np.random.default_rng(seed).permutation(len(paths))[:samples]
-
-    def generate():
-        for value in (0.0, 255.0):
-            yield [np.full((1, image_size, image_size, 3), value, np.float32)]
-        for index in chosen:
-            pixels = load_image_for_predict(paths[index], image_size)
-            yield [pixels.astype(np.float32)[np.newaxis]]
-
-    return generate
+    return Calibration(np.stack([load_image_for_predict(paths[index], image_size) for index in chosen]))
 
 
 def calibration_photos(run: RunFolder, data: Split | None, echo: Callable[[str], None]) -> list[str]:

@@ -1,5 +1,12 @@
-"""Quantized TFLite files: TensorFlow's converter for each quantization, and the fallback that keeps in float the
-layers whose quantization changes the model's answers most, until the file keeps the Keras model's answers.
+"""Quantized TFLite files: TensorFlow's converter for each quantization, int8's bias correction, and the fallback that
+keeps in float the layers whose quantization changes the model's answers most, until the file keeps the Keras model's
+answers.
+
+int8's rounding of weights and activations shifts the mean of each layer's outputs (by about one quantization step
+per channel in MobileNetV2's first blocks, more than the noise it adds), and the shifts add up through the network.
+Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization"; Qualcomm's AIMET) shifts each int8 layer's
+bias, in graph order, so that its outputs' mean per channel over 100 calibration photos is the float file's. On a
+cats5 model it took the converter's file from 93.5% to 97.0% top-1 agreement and from -3.0 to -0.5 points, in 6 s.
 
 The fallback, for dynamic and int8 files that miss their target (TARGETS, and 1 point of accuracy when labels exist):
 1. rank the quantizable layers (convolutions and the dense head) by the damage each does alone: the divergence of the
@@ -20,8 +27,8 @@ from __future__ import annotations
 import functools
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
-from typing import Callable
 
 import keras
 import numpy as np
@@ -40,6 +47,24 @@ SEARCH_MARGIN = 0.5
 # agreement, ranked on 300 16 (4 s more)
 RANKING_IMAGES = 300
 QUANTIZABLE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+# calibration photos the bias correction measures means on: on cats5 100 and 300 gave the same answers (6 s and 18 s)
+BIAS_CORRECTION_IMAGES = 100
+
+
+@dataclass
+class Calibration:
+    """The photos int8 calibrates on (uint8, resized). Called, it is TensorFlow Lite's representative dataset: a black
+    and a white image, then each photo, as float32 batches of one. The two make the uint8 input's scale 1 and zero
+    point 0, so that a uint8 pixel is its own value: MediaPipe feeds raw pixels and ignores the input's quantization
+    (with photos alone its scale came out 0.9 and its scores shifted)."""
+
+    photos: np.ndarray
+
+    def __call__(self):
+        for value in (0.0, 255.0):
+            yield [np.full((1, *self.photos.shape[1:]), value, np.float32)]
+        for photo in self.photos:
+            yield [photo.astype(np.float32)[np.newaxis]]
 
 
 def converter(model: keras.Model, work: str) -> tf.lite.TFLiteConverter:
@@ -56,8 +81,8 @@ def converter(model: keras.Model, work: str) -> tf.lite.TFLiteConverter:
     return result
 
 
-def convert(model: keras.Model, quantize: str, calibration: Callable | None) -> bytes:
-    """The plain .tflite of one quantization; int8 takes uint8 pixels (scale 1, see export.representative_images)."""
+def convert(model: keras.Model, quantize: str, calibration: Calibration | None) -> bytes:
+    """The plain .tflite of one quantization; int8 takes uint8 pixels (scale 1, see Calibration)."""
     with tempfile.TemporaryDirectory() as work, native_stderr_held():
         settings = converter(model, work)
         if quantize != "none":
@@ -165,8 +190,9 @@ class Int8Layers(LayerFallback):
     # than the float16 one (a flowers file with the 1,280-channel convolution in float was 1.34 MB against 0.88).
     max_weight_share = 1 / 3
 
-    def __init__(self, model: keras.Model, calibration: Callable, float_content: bytes):
+    def __init__(self, model: keras.Model, calibration: Calibration, float_content: bytes):
         super().__init__(float_content)
+        self.float_content, self.photos = float_content, calibration.photos[:BIAS_CORRECTION_IMAGES]
         with tempfile.TemporaryDirectory() as work, native_stderr_held():
             settings = converter(model, work)
             settings.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -176,7 +202,8 @@ class Int8Layers(LayerFallback):
     def build(self, in_float: list[str]) -> bytes:
         with native_stderr_held():
             self.debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(in_float))
-            return self.debugger.get_nondebug_quantized_model()
+            content = self.debugger.get_nondebug_quantized_model()
+        return bias_corrected(content, self.float_content, self.photos)
 
 
 class DynamicLayers(LayerFallback):
@@ -186,7 +213,7 @@ class DynamicLayers(LayerFallback):
     kept_as = "float16"
     max_float_share = max_weight_share = 1.0  # all in float16 is the float16 file (on x86 faster than hybrid int8)
 
-    def __init__(self, model: keras.Model, calibration: Callable, float_content: bytes):
+    def __init__(self, model: keras.Model, calibration: Calibration, float_content: bytes):
         super().__init__(float_content)
         self.float_content = float_content
 
@@ -225,6 +252,59 @@ def inlined(content: bytes) -> bytes:
 FALLBACKS = {"int8": Int8Layers, "dynamic": DynamicLayers}
 
 
+def channel_means(content: bytes, images: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """The mean over `images` and positions of each channel of the tensors named, dequantized."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with warnings.catch_warnings(), native_stderr_held():
+        warnings.simplefilter("ignore")  # "preserve_all_tensors is intended for debugging"
+        interpreter = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
+        source = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(source["index"], [1, *images.shape[1:]])
+        interpreter.allocate_tensors()
+    details = {detail["name"]: detail for detail in interpreter.get_tensor_details()}
+    sums = dict.fromkeys(names, 0.0)
+    for image in images:
+        interpreter.set_tensor(source["index"], image[np.newaxis].astype(source["dtype"]))
+        interpreter.invoke()
+        for name in names:
+            values = interpreter.get_tensor(details[name]["index"]).astype(np.float64)
+            scale, zero_point = details[name]["quantization"]
+            values = (values - zero_point) * scale if scale else values
+            sums[name] = sums[name] + values.reshape(-1, values.shape[-1]).mean(axis=0)
+    return {name: total / len(images) for name, total in sums.items()}
+
+
+def bias_corrected(content: bytes, float_content: bytes, images: np.ndarray) -> bytes:
+    """The file with each int8 layer's bias shifted, in graph order, so that the mean of each channel of its output
+    over `images` is the float file's (see the module's docstring); layers in float are left as they are."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(content, 0)
+    graph = model.subgraphs[0]
+    in_float_file = {layer.name for layer in layers(float_content)}
+    quantized = []  # (output name, bias tensor) of each int8 layer with a bias, in graph order
+    for operator in graph.operators:
+        output = graph.tensors[operator.outputs[0]]
+        bias = graph.tensors[operator.inputs[2]] if len(operator.inputs) > 2 and operator.inputs[2] >= 0 else None
+        if (bias is not None and bias.type == schema.TensorType.INT32 and bias.quantization is not None
+                and output.name.decode() in in_float_file and model.buffers[bias.buffer].data is not None):
+            quantized.append((output.name.decode(), bias))
+    if not quantized:
+        return content
+    target = channel_means(float_content, images, [name for name, _ in quantized])
+    for name, bias in quantized:
+        error = channel_means(content, images, [name])[name] - target[name]
+        buffer = model.buffers[bias.buffer]
+        values = np.frombuffer(bytes(bytearray(buffer.data)), np.int32).copy()
+        values -= np.round(error / np.asarray(bias.quantization.scale, np.float64)).astype(np.int32)
+        buffer.data = np.frombuffer(values.tobytes(), np.uint8)
+        builder = AlignedBuilder(len(content) + 4096)
+        builder.Finish(model.Pack(builder), MODEL_IDENTIFIER)
+        content = bytes(builder.Output())
+    return content
+
+
 def divergence(reference: np.ndarray, probabilities_: np.ndarray) -> float:
     """Mean Kullback-Leibler divergence of each row from the reference's."""
     reference, probabilities_ = np.clip(reference, 1e-7, 1), np.clip(probabilities_, 1e-7, 1)
@@ -250,16 +330,23 @@ def within_weight_share(order: list[str], fallback) -> list[str]:
     return kept
 
 
-def quantized_file(model: keras.Model, quantize: str, calibration: Callable | None,
+def quantized_file(model: keras.Model, quantize: str, calibration: Calibration | None,
                    goal: Goal | None) -> tuple[bytes, dict]:
     """The .tflite of `quantize`, and what its report says of the fallback (empty when none was needed)."""
-    content = convert(model, quantize, calibration)
+    content, report, float_content = convert(model, quantize, calibration), {}, None
+    if quantize == "int8" and calibration is not None:
+        float_content = convert(model, "none", None)
+        converted, content = content, bias_corrected(content, float_content,
+                                                     calibration.photos[:BIAS_CORRECTION_IMAGES])
+        if goal is not None:
+            report["bias_correction"] = {"images": min(len(calibration.photos), BIAS_CORRECTION_IMAGES),
+                                         "converted": _shown(goal.measure(converted, quantize))}
     if goal is None or quantize not in FALLBACKS:
-        return content, {}
+        return content, report
     first = goal.measure(content, quantize)
     if first["met"]:
-        return content, {}
-    float_content = convert(model, "none", None)
+        return content, report
+    float_content = float_content or convert(model, "none", None)
     fallback = FALLBACKS[quantize](model, calibration, float_content)
     order = within_weight_share(ranked(fallback, float_content, goal.images[:RANKING_IMAGES]), fallback)
     tried = {}
@@ -284,14 +371,18 @@ def quantized_file(model: keras.Model, quantize: str, calibration: Callable | No
     kept_first = not measured["met"] and measured["agreement"] <= first["agreement"]
     if kept_first:  # nothing within the limit did better than the converter's own file
         candidate, steps, measured = content, 0, first
-    return candidate, {"fallback": {
+    return candidate, report | {"fallback": {
         "layers_in_float": steps, "layers": len(fallback.all), "kept_as": fallback.kept_as,
         "in_float": [name.split(";")[0] for name in order[:steps]],
-        "fully_quantized": {k: v for k, v in first.items() if k != "met"},
-        "after": {k: v for k, v in measured.items() if k != "met"}, "target_met": measured["met"],
+        "fully_quantized": _shown(first), "after": _shown(measured), "target_met": measured["met"],
         "searched_to": f"top-1 agreement >= {TARGETS[quantize] + SEARCH_MARGIN * (1 - TARGETS[quantize]):.1%}, "
                        f"at most {most} layers in {fallback.kept_as}" + (
                            f" holding at most {fallback.max_weight_share:.0%} of the weights"
                            if fallback.max_weight_share < 1 else ""),
         "target": f"top-1 agreement >= {TARGETS[quantize]:.0%}" + (
             f", accuracy drop <= {MAX_ACCURACY_DROP:.0%}" if goal.labels is not None else "")}}
+
+
+def _shown(measured: dict) -> dict:
+    """A measurement as the report shows it (without whether it met the target, said once beside it)."""
+    return {key: value for key, value in measured.items() if key != "met"}

@@ -165,14 +165,25 @@ def format_export_report(rows: list[dict]) -> str:
                      f"{agree:>7} {row['latency_ms_batch1']:>7.2f}")
     notes = ["Several labels per photo: 'val acc' is the mAP, 'agree' the share of (photo, label) decisions at the "
              "thresholds that agree with the Keras model."] if multilabel else []
-    return "\n".join(lines + notes + [fallback_line(row) for row in rows if "fallback" in row] + [fastest_line(rows)])
+    return "\n".join(lines + notes + [bias_correction_line(row) for row in rows if "bias_correction" in row]
+                     + [fallback_line(row) for row in rows if "fallback" in row] + [fastest_line(rows)])
+
+
+def bias_correction_line(row: dict) -> str:
+    """What int8's bias correction (tfl/quantize.py) changed."""
+    correction, converted = row["bias_correction"], row["bias_correction"]["converted"]
+    drop = (f", {-converted['accuracy_drop'] * 100:+.1f} points of accuracy" if "accuracy_drop" in converted else "")
+    return (f"{row['file']}: as the converter quantized it, it agreed with the Keras model on "
+            f"{converted['agreement']:.1%}{drop}; with each layer's bias corrected on {correction['images']} "
+            "calibration photos (outputs' means matched to float's), as in the table.")
 
 
 def fallback_line(row: dict) -> str:
     """What the quantization fallback (tfl/quantize.py) did to one file."""
     fallback = row["fallback"]
     first, after = fallback["fully_quantized"], fallback["after"]
-    said = (f"{row['file']}: as the converter quantized it, it agreed with the Keras model on {first['agreement']:.1%}, "
+    how = "quantized and bias-corrected" if "bias_correction" in row else "the converter quantized it"
+    said = (f"{row['file']}: as {how}, it agreed with the Keras model on {first['agreement']:.1%}, "
             f"below its target ({fallback['target']}); ")
     if not fallback["layers_in_float"]:
         return said + ("keeping layers in float (as many as its limit allows) did no better, so it is kept as the "
