@@ -67,6 +67,7 @@ def measure(name: str, workdir: Path) -> dict:
                        "mediapipe_agreement_with_keras": round(float((tops[quantize] == keras_top).mean()), 4),
                        "mediapipe_agreement_with_float32": round(float((tops[quantize] == tops["none"]).mean()), 4),
                        "size_mb": round(report[file]["size_bytes"] / 1e6, 2),
+                       "bias_correction": report[file].get("bias_correction", {}),
                        "fallback": {key: value for key, value in report[file].get("fallback", {}).items()
                                     if key != "in_float"}}
             for quantize, file in FILES.items()}
@@ -92,8 +93,10 @@ def main() -> None:
                   f"{row['change_vs_keras']:>+7.4f} {row['latency_ms_batch1']:>5.2f} "
                   f"{row['mediapipe_accuracy_own_loader']:>7.4f} {row['mediapipe_agreement_with_keras']:>8.1%} "
                   f"{row['mediapipe_agreement_with_float32']:>7.1%} {row['size_mb']:>5.2f} "
-                  + (f"{row['fallback']['layers_in_float']}/{row['fallback']['layers']} (converter's file "
-                     f"{row['fallback']['fully_quantized']['agreement']:.1%})" if row["fallback"] else "-"))
+                  + (f"{row['fallback']['layers_in_float']}/{row['fallback']['layers']} (before "
+                     f"{row['fallback']['fully_quantized']['agreement']:.1%})" if row["fallback"] else "-")
+                  + (f", converter's file {row['bias_correction']['converted']['agreement']:.1%} before bias "
+                     "correction" if row["bias_correction"] else ""))
     write_results(args.out, {"machine": machine(), "results": results})
 
 

@@ -52,6 +52,26 @@ def test_the_calibration_error_of_known_cases():
     assert expected_calibration_error(np.array([[0.9, 0.1]] * 4), labels) == pytest.approx(0.4)
 
 
+def test_the_error_a_perfectly_calibrated_model_would_measure_matches_one_and_shrinks_with_more_photos():
+    """ECE is biased upwards on few photos; the floor tfl reports is what calibrated scores measure on as many."""
+    from tfl.calibration import ece_if_calibrated
+    from tfl.report import calibration_line
+
+    rng = np.random.default_rng(3)
+    scores = softmax(rng.normal(0, 1.5, (200, 5)))
+    measured = [expected_calibration_error(scores, np.array([rng.choice(5, p=row) for row in scores]))
+                for _ in range(40)]  # labels drawn from the scores: perfectly calibrated by construction
+    floor = ece_if_calibrated(scores)
+    assert floor == pytest.approx(np.mean(measured), rel=0.2) and floor > 0.04
+    assert ece_if_calibrated(np.tile(scores, (25, 1))) < floor / 3, "more photos, less noise"
+    line = calibration_line({"temperature": 0.97, "ece_before": 0.043, "ece_after": 0.047,
+                             "ece_if_calibrated": floor, "measured_on": 200})
+    assert "temperature of 0.97" in line and "differ by chance" in line and f"{floor:.3f}" in line
+    line = calibration_line({"temperature": 0.33, "ece_before": 0.11, "ece_after": 0.009,
+                             "ece_if_calibrated": 0.014, "measured_on": 219})
+    assert "0.110 before, 0.009 after" in line and "chance" not in line
+
+
 def test_folding_the_temperature_into_the_softmax_layer_rescales_its_scores():
     import keras
 
@@ -65,7 +85,8 @@ def test_folding_the_temperature_into_the_softmax_layer_rescales_its_scores():
 def test_a_run_reports_its_calibration_and_can_turn_it_off(tiny_run, tiny_folder, tmp_path):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     calibration = metrics["calibration"]
-    assert calibration["temperature"] > 0 and {"ece_before", "ece_after", "nll_before", "nll_after"} <= set(calibration)
+    assert calibration["temperature"] > 0 and {"ece_before", "ece_after", "nll_before", "nll_after",
+                                               "ece_if_calibrated", "measured_on"} <= set(calibration)
     assert calibration["nll_after"] <= calibration["nll_before"] + 1e-4, "the temperature minimises validation NLL"
     assert metrics["loss"] == pytest.approx(calibration["nll_after"], abs=2e-3), "the model kept is the calibrated one"
     assert (tiny_run / "reliability_diagram.png").stat().st_size > 1000

@@ -292,13 +292,19 @@ class Export:
         reference = predict_all(keras_predictor, check.images, 32)
         self.job.goal = Goal(check.images, reference, None if check.labels is None or check.labels.ndim > 1
                              else check.labels)  # several labels per photo: agreement only
-        rows = [verify(keras_predictor, self.run.model_file, check, None)]
+        rows = [verify(keras_predictor, self.run.model_file, check, None) | self.calibration()]
         self.record(rows[0])
         for row_format, quantize, path in targets:
             rows.append(self.write_one(row_format, quantize, path, model, check, reference, force, max_accuracy_drop))
             self.record(rows[-1])
         self.echo(format_export_report(rows))
         return rows
+
+    def calibration(self) -> dict:
+        """What the model's temperature did at training (metrics.json), which every artifact carries."""
+        calibration = self.run.metrics.get("calibration", {}) if self.run.metrics_file.is_file() else {}
+        keys = ("temperature", "ece_before", "ece_after", "ece_if_calibrated", "measured_on")
+        return {"calibration": {key: calibration[key] for key in keys}} if set(keys) <= set(calibration) else {}
 
     def still_to_write(self, wanted, force: bool) -> list[tuple[ArtifactFormat, str, Path]]:
         """(format, quantization, path) of each artifact asked for, without those already exported and verified

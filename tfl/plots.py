@@ -95,14 +95,16 @@ def plot_training_curves(history: list[dict], path: Path, cached_stages: Collect
 
 def plot_reliability(calibration: dict, path: Path) -> None:
     """Accuracy against confidence per bin, before and after the temperature (the diagonal is perfect calibration);
-    the ECE of each in the legend."""
+    the ECE of each in the legend, and what a perfectly calibrated model's would be on as many photos."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(5, 5))
-    axes.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    floor = (f" (its ECE on {calibration['measured_on']:,}: about {calibration['ece_if_calibrated']:.3f})"
+             if "ece_if_calibrated" in calibration else "")
+    axes.plot([0, 1], [0, 1], ":", color="grey", label=f"perfectly calibrated{floor}")
     for key, style in (("before", "o--"), ("after", "s-")):
         rows = calibration[f"reliability_{key}"]
         label = (f"{key} (ECE {calibration[f'ece_{key}']:.3f})" if key == "before" else

@@ -113,7 +113,21 @@ def closing_line(metrics: dict, wall_seconds: float, run_dir) -> str:
              "multilabel" else "")
     return (f"\nBest validation {name} {value:.4f}{extra} (stage {metrics['best_epoch']['stage']}, epoch "
             f"{metrics['best_epoch']['epoch']}; chosen on this validation set, so optimistic){test} · wall time "
-            f"{format_duration(wall_seconds)} · run {run_dir}")
+            f"{format_duration(wall_seconds)} · run {run_dir}\n{calibration_line(metrics['calibration'])}")
+
+
+def calibration_line(calibration: dict) -> str:
+    """What the temperature did to the scores, and how far the calibration error can be told from chance."""
+    measured = (f"calibration error (ECE) {calibration['ece_before']:.3f} before, {calibration['ece_after']:.3f} "
+                f"after, on {calibration['measured_on']:,} validation scores")
+    if calibration["temperature"] == 1.0:
+        said = f"Scores as trained (no temperature): {measured}"
+    else:
+        said = f"Scores calibrated by a temperature of {calibration['temperature']:.2f}: {measured}"
+    floor = calibration["ece_if_calibrated"]
+    chance = (" (so these differ by chance)" if max(calibration["ece_before"], calibration["ece_after"]) <= floor
+              else "")
+    return f"{said}; a perfectly calibrated model would measure about {floor:.3f} on as many{chance}."
 
 
 def format_metrics(metrics: dict, run_dir) -> str:
@@ -165,17 +179,20 @@ def format_export_report(rows: list[dict]) -> str:
                      f"{agree:>7} {row['latency_ms_batch1']:>7.2f}")
     notes = ["Several labels per photo: 'val acc' is the mAP, 'agree' the share of (photo, label) decisions at the "
              "thresholds that agree with the Keras model."] if multilabel else []
-    return "\n".join(lines + notes + [bias_correction_line(row) for row in rows if "bias_correction" in row]
-                     + [fallback_line(row) for row in rows if "fallback" in row] + [fastest_line(rows)])
+    notes += [calibration_line(row["calibration"]) for row in rows if "calibration" in row]
+    notes += [bias_correction_line(row) for row in rows if "bias_correction" in row]
+    return "\n".join(lines + notes + [fallback_line(row) for row in rows if "fallback" in row] + [fastest_line(rows)])
 
 
 def bias_correction_line(row: dict) -> str:
     """What int8's bias correction (tfl/quantize.py) changed."""
     correction, converted = row["bias_correction"], row["bias_correction"]["converted"]
     drop = (f", {-converted['accuracy_drop'] * 100:+.1f} points of accuracy" if "accuracy_drop" in converted else "")
+    corrected = row["fallback"]["fully_quantized"] if "fallback" in row else row
     return (f"{row['file']}: as the converter quantized it, it agreed with the Keras model on "
             f"{converted['agreement']:.1%}{drop}; with each layer's bias corrected on {correction['images']} "
-            "calibration photos (outputs' means matched to float's), as in the table.")
+            "calibration photos (its outputs' means matched to the float model's), on "
+            f"{corrected.get('agreement', corrected.get('top1_agreement')):.1%}.")
 
 
 def fallback_line(row: dict) -> str:
