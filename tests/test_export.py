@@ -223,9 +223,9 @@ def test_int8_export_agrees_with_keras_on_real_photos(real_run):
     keras_row = json.loads((real_run / "export_report.json").read_text())["model.keras"]
     assert row["size_bytes"] < 0.6 * (real_run / "model.keras").stat().st_size
     assert keras_row["accuracy"] > 0.4
-    # bias-corrected on the calibration photos (at most 100 of them), and the report says what that changed
-    assert row["bias_correction"]["images"] == 60 and "agreement" in row["bias_correction"]["converted"]
-    assert "bias corrected on 60 calibration photos" in result.output
+    # bias-corrected on BIAS_CORRECTION_IMAGES of the calibration photos, and the report says what that changed
+    assert row["bias_correction"]["images"] == 32 and "agreement" in row["bias_correction"]["converted"]
+    assert "bias corrected on 32 calibration photos" in result.output
     # the report carries the temperature the model was calibrated with, and how far its effect can be measured
     assert set(keras_row["calibration"]) == {"temperature", "ece_before", "ece_after", "ece_if_calibrated",
                                              "measured_on"}

@@ -173,7 +173,7 @@ def evaluate(run, data, root):
               help="Weights: float32, float16, dynamic-range int8, or full int8 (" + ", ".join(
                   row.name for row in FORMATS.values() if len(row.quantizations) > 1) + " only).")
 @click.option("--calibration-samples", type=click.IntRange(1), default=300, show_default=True,
-              help="Training images used to calibrate int8 (its activation ranges; the first 100 also correct "
+              help="Training images used to calibrate int8 (its activation ranges; 32 of them also correct "
                    "each layer's bias).")
 @click.option("--verify-images", type=click.IntRange(1), default=500, show_default=True,
               help="Validation images each artifact is checked on.")
