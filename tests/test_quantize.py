@@ -196,7 +196,8 @@ def test_bias_correction_brings_each_int8_layers_mean_output_back_to_the_float_f
     calibration = representative_images(list(run.splits["train"].paths), size, 40)
     float_content = quantize.convert(model, "none", None)
     converted = quantize.convert(model, "int8", calibration)
-    corrected = quantize.bias_corrected(converted, float_content, calibration.photos)
+    correct = quantize.BiasCorrection(float_content, calibration.photos)
+    corrected = correct(converted)
     assert corrected != converted and abs(len(corrected) - len(converted)) < 0.01 * len(converted)
 
     held_out = representative_images(list(run.splits["val"].paths), size, 40).photos
@@ -212,4 +213,4 @@ def test_bias_correction_brings_each_int8_layers_mean_output_back_to_the_float_f
     before, after = shift(converted), shift(corrected)
     print(f"mean shift per channel, relative: {before:.4f} as converted, {after:.4f} corrected")
     assert after < 0.6 * before
-    assert quantize.bias_corrected(float_content, float_content, calibration.photos) == float_content
+    assert correct(float_content) == float_content

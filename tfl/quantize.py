@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfl.backend import native_stderr_held
-from tfl.tflite_metadata import MODEL_IDENTIFIER, AlignedBuilder
+from tfl.tflite_metadata import packed
 
 TARGETS = {"none": 0.999, "float16": 0.99, "dynamic": 0.99, "int8": 0.97}  # top-1 agreement with the Keras model
 MAX_ACCURACY_DROP = 0.01
@@ -61,6 +61,11 @@ class Calibration:
     (with photos alone its scale came out 0.9 and its scores shifted)."""
 
     photos: np.ndarray
+
+    @property
+    def correction_photos(self) -> np.ndarray:
+        """The photos the bias correction measures on."""
+        return self.photos[:BIAS_CORRECTION_IMAGES]
 
     def __call__(self):
         for value in (0.0, 255.0):
@@ -194,7 +199,7 @@ class Int8Layers(LayerFallback):
 
     def __init__(self, model: keras.Model, calibration: Calibration, float_content: bytes):
         super().__init__(float_content)
-        self.float_content, self.photos = float_content, calibration.photos[:BIAS_CORRECTION_IMAGES]
+        self.correct = BiasCorrection(float_content, calibration.correction_photos)
         with tempfile.TemporaryDirectory() as work, native_stderr_held():
             settings = converter(model, work)
             settings.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -205,7 +210,7 @@ class Int8Layers(LayerFallback):
         with native_stderr_held():
             self.debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(in_float))
             content = self.debugger.get_nondebug_quantized_model()
-        return bias_corrected(content, self.float_content, self.photos)
+        return self.correct(content)
 
 
 class DynamicLayers(LayerFallback):
@@ -246,9 +251,7 @@ def inlined(content: bytes) -> bytes:
     for buffer in outside:
         buffer.data = np.frombuffer(content[buffer.offset:buffer.offset + buffer.size], np.uint8)
         buffer.offset = buffer.size = 0
-    builder = AlignedBuilder(len(content) + 4096)
-    builder.Finish(model.Pack(builder), MODEL_IDENTIFIER)
-    return bytes(builder.Output())
+    return packed(model, len(content))
 
 
 FALLBACKS = {"int8": Int8Layers, "dynamic": DynamicLayers}
@@ -277,34 +280,35 @@ def channel_means(content: bytes, images: np.ndarray, names: list[str]) -> dict[
     return {name: total / len(images) for name, total in sums.items()}
 
 
-def bias_corrected(content: bytes, float_content: bytes, images: np.ndarray) -> bytes:
-    """The file with each int8 layer's bias shifted, in graph order, so that the mean of each channel of its output
-    over `images` is the float file's (see the module's docstring); layers in float are left as they are."""
-    from ai_edge_litert import schema_py_generated as schema
+class BiasCorrection:
+    """Shifts each int8 layer's bias, in graph order, so that the mean of each channel of its output over `images`
+    is the float file's (see the module's docstring); layers in float are left as they are. The float file's means
+    are measured once, for every file corrected (the fallback corrects each one it builds)."""
 
-    model = schema.ModelT.InitFromPackedBuf(content, 0)
-    graph = model.subgraphs[0]
-    in_float_file = {layer.name for layer in layers(float_content)}
-    quantized = []  # (output name, bias tensor) of each int8 layer with a bias, in graph order
-    for operator in graph.operators:
-        output = graph.tensors[operator.outputs[0]]
-        bias = graph.tensors[operator.inputs[2]] if len(operator.inputs) > 2 and operator.inputs[2] >= 0 else None
-        if (bias is not None and bias.type == schema.TensorType.INT32 and bias.quantization is not None
-                and output.name.decode() in in_float_file and model.buffers[bias.buffer].data is not None):
-            quantized.append((output.name.decode(), bias))
-    if not quantized:
+    def __init__(self, float_content: bytes, images: np.ndarray):
+        self.images = images
+        self.target = channel_means(float_content, images, [layer.name for layer in layers(float_content)])
+
+    def __call__(self, content: bytes) -> bytes:
+        from ai_edge_litert import schema_py_generated as schema
+
+        model = schema.ModelT.InitFromPackedBuf(content, 0)
+        graph = model.subgraphs[0]
+        quantized = []  # (output name, bias tensor) of each int8 layer with a bias, in graph order
+        for operator in graph.operators:
+            name = graph.tensors[operator.outputs[0]].name.decode()
+            bias = graph.tensors[operator.inputs[2]] if len(operator.inputs) > 2 and operator.inputs[2] >= 0 else None
+            if (bias is not None and bias.type == schema.TensorType.INT32 and bias.quantization is not None
+                    and name in self.target and model.buffers[bias.buffer].data is not None):
+                quantized.append((name, bias))
+        for name, bias in quantized:
+            error = channel_means(content, self.images, [name])[name] - self.target[name]
+            buffer = model.buffers[bias.buffer]
+            values = np.frombuffer(bytes(bytearray(buffer.data)), np.int32).copy()
+            values -= np.round(error / np.asarray(bias.quantization.scale, np.float64)).astype(np.int32)
+            buffer.data = np.frombuffer(values.tobytes(), np.uint8)
+            content = packed(model, len(content))
         return content
-    target = channel_means(float_content, images, [name for name, _ in quantized])
-    for name, bias in quantized:
-        error = channel_means(content, images, [name])[name] - target[name]
-        buffer = model.buffers[bias.buffer]
-        values = np.frombuffer(bytes(bytearray(buffer.data)), np.int32).copy()
-        values -= np.round(error / np.asarray(bias.quantization.scale, np.float64)).astype(np.int32)
-        buffer.data = np.frombuffer(values.tobytes(), np.uint8)
-        builder = AlignedBuilder(len(content) + 4096)
-        builder.Finish(model.Pack(builder), MODEL_IDENTIFIER)
-        content = bytes(builder.Output())
-    return content
 
 
 def divergence(reference: np.ndarray, probabilities_: np.ndarray) -> float:
@@ -338,10 +342,9 @@ def quantized_file(model: keras.Model, quantize: str, calibration: Calibration |
     content, report, float_content = convert(model, quantize, calibration), {}, None
     if quantize == "int8" and calibration is not None:
         float_content = convert(model, "none", None)
-        converted, content = content, bias_corrected(content, float_content,
-                                                     calibration.photos[:BIAS_CORRECTION_IMAGES])
+        converted, content = content, BiasCorrection(float_content, calibration.correction_photos)(content)
         if goal is not None:
-            report["bias_correction"] = {"images": min(len(calibration.photos), BIAS_CORRECTION_IMAGES),
+            report["bias_correction"] = {"images": len(calibration.correction_photos),
                                          "converted": _shown(goal.measure(converted, quantize))}
     if goal is None or quantize not in FALLBACKS:
         return content, report

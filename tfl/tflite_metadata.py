@@ -100,6 +100,13 @@ class AlignedBuilder(flatbuffers.Builder):
         return super().StartVector(elemSize, numElems, max(alignment, 16) if elemSize == 1 else alignment)
 
 
+def packed(model, size_hint: int) -> bytes:
+    """A TFLite model object (schema's ModelT) as .tflite bytes, its buffers aligned."""
+    builder = AlignedBuilder(size_hint + 4096)
+    builder.Finish(model.Pack(builder), MODEL_IDENTIFIER)
+    return bytes(builder.Output())
+
+
 def with_metadata(tflite: bytes, class_names: list[str], info: ModelInfo,
                   thresholds: list[float] | None = None) -> bytes:
     """The model with its metadata (replacing any) and labels.txt appended (and, with several labels per photo,
@@ -124,9 +131,7 @@ def with_metadata(tflite: bytes, class_names: list[str], info: ModelInfo,
         entry = model_schema.MetadataT()
         entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
         model.metadata = [*(model.metadata or []), entry]
-    builder = AlignedBuilder(len(tflite) + 4096)
-    builder.Finish(model.Pack(builder), MODEL_IDENTIFIER)
-    out = io.BytesIO(bytes(builder.Output()))
+    out = io.BytesIO(packed(model, len(tflite)))
     out.seek(0, io.SEEK_END)
     with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr(LABELS_FILE, labels_text(class_names))
