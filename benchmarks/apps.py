@@ -82,8 +82,11 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(SINGLE_LABEL_SETS))
     parser.add_argument("--out", default=str(RESULTS / "apps.json"))
     args = parser.parse_args()
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        results = [measure(name, Path(tmp)) for name in args.datasets]
+        for name in args.datasets:  # written after each set, so that a long run's finished sets are kept
+            results.append(measure(name, Path(tmp)))
+            write_results(args.out, {"machine": machine(), "results": results})
     print(f"\n{machine()}")
     print(f"{'dataset':<14} {'T':>5} {'ECE before':>10} {'after':>6} {'floor':>6} | {'file':<8} {'acc':>6} {'change':>7} {'ms':>5} "
           f"{'MP acc':>7} {'MP=keras':>8} {'MP=f32':>7} {'MB':>5} float layers")

@@ -30,7 +30,7 @@ import tfl
 from tfl.archs import get_arch
 from tfl.augment import build_augmenter
 from tfl.config import Stage
-from tfl.data import JPEG_DCT_RATIOS, load_image_folder, make_pipeline
+from tfl.data import REDUCTION_RATIOS, load_image_folder, make_pipeline
 from tfl.export import export_run
 from tfl.model import build_model, set_trainable_blocks
 from tfl.precision import dtype_policy
@@ -121,7 +121,7 @@ def libjpeg_floor(paths: list[str], ratio: int) -> tf.data.Dataset:
 
 def pipeline_rates(folder: Path, data, size: int, alpha: float) -> dict:
     count = len(data.train)
-    ratio = max(r for r in JPEG_DCT_RATIOS if 1024 // r >= size)  # the scale tfl decodes these JPEGs at
+    ratio = max(r for r in REDUCTION_RATIOS if 1024 // r >= size)  # the scale tfl decodes these JPEGs at
     rates = {f"libjpeg_decode_alone_1_{ratio}_scale": best_rate(lambda: libjpeg_floor(data.train.paths, ratio), count, 0)}
     for augment in ("none", "light"):
         def make(augment=augment):

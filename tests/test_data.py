@@ -224,14 +224,28 @@ def test_large_jpegs_decode_at_reduced_scale_to_nearly_the_same_pixels(tmp_path)
 def test_jpeg_scale_is_the_largest_that_keeps_the_model_size():
     import tensorflow as tf
 
-    from tfl.data import JPEG_DCT_RATIOS, jpeg_scale_index
+    from tfl.data import REDUCTION_RATIOS, reduction_index
 
     cases = {(700, 224): 2, (900, 224): 4, (447, 224): 1, (448, 224): 2, (2000, 224): 8, (200, 224): 1, (1792, 224): 8}
     for (short_side, size), ratio in cases.items():
-        assert JPEG_DCT_RATIOS[int(jpeg_scale_index(tf.constant(short_side), size))] == ratio, (short_side, size)
+        assert REDUCTION_RATIOS[int(reduction_index(tf.constant(short_side), size))] == ratio, (short_side, size)
 
 
-def test_resize_pixels_keeps_images_at_size_averages_when_shrinking_and_squashes_others():
+def half_pixel_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """Reference: bilinear interpolation with half-pixel centres and no antialiasing, as OpenCV's INTER_LINEAR
+    (which MediaPipe Tasks resizes with) and Android's createScaledBitmap compute it."""
+    def axis(n):
+        x = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
+        low = np.floor(x).astype(int)
+        return low, np.minimum(low + 1, n - 1), x - low
+    (y0, y1, fy), (x0, x1, fx) = axis(image.shape[0]), axis(image.shape[1])
+    image = image.astype(np.float64)
+    top = image[y0][:, x0] * (1 - fx)[None, :, None] + image[y0][:, x1] * fx[None, :, None]
+    bottom = image[y1][:, x0] * (1 - fx)[None, :, None] + image[y1][:, x1] * fx[None, :, None]
+    return top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]
+
+
+def test_resize_pixels_keeps_images_at_size_and_resizes_others_as_app_runtimes_do():
     rng = np.random.default_rng(0)
     square = tf.constant(rng.integers(0, 256, (32, 32, 3)).astype("uint8"))
     kept = resize_pixels(square, 32)
@@ -240,11 +254,16 @@ def test_resize_pixels_keeps_images_at_size_averages_when_shrinking_and_squashes
     resized = resize_pixels(wide, 32)
     assert resized.shape == (32, 32, 3) and resized.dtype == tf.uint8
     np.testing.assert_array_equal(resized, 77)
+    for shape in [(60, 45, 3), (40, 90, 3), (20, 24, 3)]:  # shrinking under 2x, also one side more, and enlarging
+        photo = rng.integers(0, 256, shape).astype("uint8")
+        expected = half_pixel_bilinear(photo, 32)
+        np.testing.assert_allclose(resize_pixels(tf.constant(photo), 32).numpy(), expected, atol=0.51)
     stripes = np.zeros((128, 128, 3), "uint8")
-    stripes[:, 3::4] = 252  # every fourth column: plain bilinear sampling at 1/4 would miss them all and give 0
-    np.testing.assert_allclose(resize_pixels(tf.constant(stripes), 32), 63, atol=1)  # shrinking averages them in
-    small = tf.constant(np.full((16, 16, 3), 200, "uint8"))
-    np.testing.assert_array_equal(resize_pixels(small, 32), 200)
+    stripes[:, 3::4] = 252  # every fourth column: bilinear at 1/4 would sample between columns 4j+1 and 4j+2 only
+    np.testing.assert_allclose(resize_pixels(tf.constant(stripes), 32), 63, atol=1)  # boxed 4x4 first: averaged in
+    big = rng.integers(0, 256, (150, 200, 3)).astype("uint8")  # 2x boxes, then bilinear from 75x100
+    boxed = big.reshape(75, 2, 100, 2, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(resize_pixels(tf.constant(big), 64).numpy(), half_pixel_bilinear(boxed, 64), atol=0.51)
     traced = tf.function(lambda image: resize_pixels(image, 32)).get_concrete_function(
         tf.TensorSpec([None, None, 3], tf.uint8))
     assert traced.output_shapes == (32, 32, 3), "batching needs a static shape"

@@ -331,7 +331,7 @@ def override_stages(config: TrainConfig, epochs: str | None, learning_rates: str
 
 
 def run_record(config: TrainConfig, data: str, image_size: int, precision: str, backend: str,
-               versions: dict[str, str], plan_reasons: list[str] | None) -> str:
+               versions: dict[str, Any], plan_reasons: list[str] | None) -> str:
     """A run's config.yaml: every setting as used (so `--config` reproduces the run), plus a record of versions
     and of why the plan was chosen."""
     values = config.to_dict() | {"data": data, "image_size": image_size, "precision": precision, "backend": backend,

@@ -27,7 +27,8 @@ SPLIT_ROLES = {"train": "training", "val": "validation", "test": "held-out test"
 # A top-level folder named like a split that tfl does not know (seg_train, train_set, Test-Images): a class it is not.
 SPLIT_LIKE = re.compile(r"(?i)(^|[^a-z])(train|training|trn|val|valid|validation|dev|test|testing|tst)"
                         r"(set|data|ing)?([^a-z]|$)")
-DECODER_VERSION = 2  # changes whenever the decoder gives other pixels (2: EXIF orientation); part of cache keys
+DECODER_VERSION = 3  # changes whenever the decoder gives other pixels (2: EXIF orientation, 3: bilinear shrinking);
+# part of the feature cache key
 MEMORY_CACHE_LIMIT_BYTES = 3 * 2**30  # decoded images beyond this are cached on disk instead
 
 
@@ -509,20 +510,33 @@ def multilabel_split(split: Split, num_classes: int, val_fraction: float, seed: 
 
 # --- tf.data pipelines ---------------------------------------------------------------------------
 
+REDUCTION_RATIOS = (1, 2, 4, 8)  # the scales libjpeg can decode a JPEG at; other images are boxed down alike
+
+
+def reduction_index(short_side: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Index into REDUCTION_RATIOS of the largest ratio that keeps the short side at least `image_size`."""
+    return tf.add_n([tf.cast(short_side >= ratio * image_size, tf.int32) for ratio in REDUCTION_RATIOS[1:]])
+
+
 def resize_pixels(image: tf.Tensor, image_size: int) -> tf.Tensor:
     """Resize uint8 RGB pixels to a square of `image_size` (the same in training, predict and the SavedModel)."""
     height, width = tf.shape(image)[0], tf.shape(image)[1]
+    ratio = tf.gather(REDUCTION_RATIOS, reduction_index(tf.minimum(height, width), image_size))
 
-    def resize(method: str, antialias: bool):
-        resized = tf.image.resize(image, [image_size, image_size], method=method, antialias=antialias)
+    def resize():
+        # A large image first averages boxes of 2x2, 4x4 or 8x8 pixels, as a large JPEG's reduced-scale decode does
+        # (so a PNG and a JPEG of one photo get nearly the same pixels, and no pixel is skipped). Then plain
+        # bilinear with half-pixel centres, as the runtimes apps feed do (MediaPipe Tasks, Android's
+        # createScaledBitmap, TF.js): trained on those pixels, MediaPipe's float32 file agreed with the Keras model
+        # on 97.5-98.0% of cats5 in four runs against 96.0-99.0% when tfl shrank by area (benchmarks/README.md).
+        boxed = tf.cond(ratio > 1, lambda: tf.image.resize(image, [-(-height // ratio), -(-width // ratio)], "area"),
+                        lambda: tf.cast(image, tf.float32))
+        resized = tf.image.resize(boxed, [image_size, image_size], method="bilinear", antialias=False)
         return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
-    # Shrinking averages each output pixel's box of input pixels ("area": antialiased, and at 224 px 2.3x faster
-    # than antialiased bilinear, which cost more than the JPEG decode); enlarging interpolates. A photo already at
-    # the size is left alone: resizing would give back the same pixels at the cost of half a decode.
-    pixels = tf.case([((height == image_size) & (width == image_size), lambda: tf.cast(image, tf.uint8)),
-                      ((height >= image_size) & (width >= image_size), lambda: resize("area", False))],
-                     default=lambda: resize("bilinear", True))
+    # A photo already at the size is left alone: resizing would give back the same pixels at the cost of half a
+    # decode.
+    pixels = tf.cond((height == image_size) & (width == image_size), lambda: tf.cast(image, tf.uint8), resize)
     pixels.set_shape([image_size, image_size, 3])
     return pixels
 
@@ -534,21 +548,13 @@ def decode_encoded(data: tf.Tensor, image_size: int) -> tf.Tensor:
     return resize_pixels(image, image_size)
 
 
-JPEG_DCT_RATIOS = (1, 2, 4, 8)  # the scales libjpeg can decode at
-
-
-def jpeg_scale_index(short_side: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Index into JPEG_DCT_RATIOS of the largest ratio that keeps the short side at least `image_size`."""
-    return tf.add_n([tf.cast(short_side >= ratio * image_size, tf.int32) for ratio in JPEG_DCT_RATIOS[1:]])
-
-
 def decode_jpeg_reduced(data: tf.Tensor, image_size: int) -> tf.Tensor:
     """Decode a JPEG at 1/2, 1/4 or 1/8 scale in the DCT domain when it stays at least `image_size` on its short
     side: a 12 MP photo for a 224 px model decodes about 8x faster."""
     short_side = tf.reduce_min(tf.io.extract_jpeg_shape(data)[:2])
-    image = tf.switch_case(jpeg_scale_index(short_side, image_size),
+    image = tf.switch_case(reduction_index(short_side, image_size),
                            [lambda ratio=ratio: tf.io.decode_jpeg(data, channels=3, ratio=ratio)
-                            for ratio in JPEG_DCT_RATIOS])
+                            for ratio in REDUCTION_RATIOS])
     image.set_shape([None, None, 3])
     return resize_pixels(image, image_size)
 

@@ -23,7 +23,7 @@ from tfl.archs import auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
 from tfl.checkpoint import Checkpoint, StageTracker, TrainingState
 from tfl.config import Stage, TrainConfig, from_run_record, run_record
-from tfl.data import CsvOptions, ImageData, load_data, make_pipeline
+from tfl.data import DECODER_VERSION, CsvOptions, ImageData, load_data, make_pipeline
 from tfl.distribute import Cluster, connect, disconnect
 from tfl.errors import TflError, disk_full_explained
 from tfl.calibration import calibration_report, fit_temperature, fold_temperature, rescaled
@@ -436,7 +436,7 @@ class Training:
                 config, reasons = resolve_plan(config, image_data, cluster, caller.echo)
                 atomic_write_text(folder.config_file, run_record(
                     config, data, config.image_size, config.precision, keras.backend.backend(),
-                    {"tfl": __version__, "keras": keras.__version__}, reasons))
+                    {"tfl": __version__, "keras": keras.__version__, "decoder": DECODER_VERSION}, reasons))
                 with failures_explained(config, config.image_size, work_dir, name):
                     yield cls(config, image_data, folder, final_dir, output, cluster, caller, reasons)
 
