@@ -254,4 +254,6 @@ def test_several_labels_per_photo_train_on_two_devices(backend, tmp_path):
     assert any("2 devices = 2 replicas" in line for line in report["lines"]), report["lines"]
     metrics = report["metrics"]
     assert metrics["task"] == "multilabel" and 0 <= metrics["map"] <= 1 and len(metrics["thresholds"]) == 4
-    assert tfl.open_run(report["path"]).evaluate()["map"] == pytest.approx(metrics["map"], abs=1e-6)
+    # Random weights on 24 tiny photos give nearly tied scores: the float rounding of two replicas and of one device
+    # (and of AVX2 against AVX512 kernels) reorders a tie or two, which moves this mAP by up to 0.04.
+    assert tfl.open_run(report["path"]).evaluate()["map"] == pytest.approx(metrics["map"], abs=0.05)
