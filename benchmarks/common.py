@@ -46,7 +46,8 @@ def cpu_vector_units() -> str:
         return "CPU flags unknown"
     names = {"avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI", "avx512f": "AVX512", "avx2": "AVX2"}
     present = [label for flag, label in names.items() if flag in flags]
-    return " + ".join(present) + ("" if any("VNNI" in p for p in present) else ", no VNNI") if present else "no AVX2"
+    vnni = "avx512_vnni" in flags or "avx_vnni" in flags
+    return " + ".join(present or ["no AVX2"]) + ("" if vnni else ", no VNNI")
 
 
 def write_results(path: str | Path, results: dict) -> None:

@@ -521,9 +521,9 @@ def reduction_index(short_side: tf.Tensor, image_size: int) -> tf.Tensor:
 def resize_pixels(image: tf.Tensor, image_size: int) -> tf.Tensor:
     """Resize uint8 RGB pixels to a square of `image_size` (the same in training, predict and the SavedModel)."""
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    ratio = tf.gather(REDUCTION_RATIOS, reduction_index(tf.minimum(height, width), image_size))
 
     def resize():
+        ratio = tf.gather(REDUCTION_RATIOS, reduction_index(tf.minimum(height, width), image_size))
         # A large image first averages boxes of 2x2, 4x4 or 8x8 pixels, as a large JPEG's reduced-scale decode does
         # (so a PNG and a JPEG of one photo get nearly the same pixels, and no pixel is skipped). Then plain
         # bilinear with half-pixel centres, as the runtimes apps feed do (MediaPipe Tasks, Android's
