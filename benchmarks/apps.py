@@ -74,6 +74,7 @@ def measure(name: str, workdir: Path) -> dict:
     return {"dataset": name, "val_images": len(val), "keras_accuracy": run.metrics["accuracy"],
             "temperature": calibration["temperature"], "ece_before": calibration["ece_before"],
             "ece_after": calibration["ece_after"], "ece_if_calibrated": calibration["ece_if_calibrated"],
+            "debiased_before": calibration["debiased_before"], "debiased_after": calibration["debiased_after"],
             "files": rows}
 
 
@@ -88,12 +89,13 @@ def main() -> None:
             results.append(measure(name, Path(tmp)))
             write_results(args.out, {"machine": machine(), "results": results})
     print(f"\n{machine()}")
-    print(f"{'dataset':<14} {'T':>5} {'ECE before':>10} {'after':>6} {'floor':>6} | {'file':<8} {'acc':>6} {'change':>7} {'ms':>5} "
+    print(f"{'dataset':<14} {'T':>5} {'ECE before':>10} {'after':>6} {'floor':>6} {'debiased':>8} {'after':>6} | {'file':<8} {'acc':>6} {'change':>7} {'ms':>5} "
           f"{'MP acc':>7} {'MP=keras':>8} {'MP=f32':>7} {'MB':>5} float layers")
     for result in results:
         for quantize, row in result["files"].items():
             print(f"{result['dataset']:<14} {result['temperature']:>5.2f} {result['ece_before']:>10.4f} "
-                  f"{result['ece_after']:>6.4f} {result['ece_if_calibrated']:>6.4f} | {quantize:<8} {row['accuracy_tfl_pixels']:>6.4f} "
+                  f"{result['ece_after']:>6.4f} {result['ece_if_calibrated']:>6.4f} {result['debiased_before']:>8.4f} "
+                  f"{result['debiased_after']:>6.4f} | {quantize:<8} {row['accuracy_tfl_pixels']:>6.4f} "
                   f"{row['change_vs_keras']:>+7.4f} {row['latency_ms_batch1']:>5.2f} "
                   f"{row['mediapipe_accuracy_own_loader']:>7.4f} {row['mediapipe_agreement_with_keras']:>8.1%} "
                   f"{row['mediapipe_agreement_with_float32']:>7.1%} {row['size_mb']:>5.2f} "

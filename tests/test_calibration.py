@@ -69,7 +69,31 @@ def test_the_error_a_perfectly_calibrated_model_would_measure_matches_one_and_sh
     assert "temperature of 0.97" in line and "differ by chance" in line and f"{floor:.3f}" in line
     line = calibration_line({"temperature": 0.33, "ece_before": 0.11, "ece_after": 0.009,
                              "ece_if_calibrated": 0.014, "measured_on": 219})
-    assert "0.110 before, 0.009 after" in line and "chance" not in line
+    assert "0.110 before, 0.009 after" in line and "chance" not in line and "debiased" not in line
+    line = calibration_line({"temperature": 0.96, "ece_before": 0.087, "ece_after": 0.102, "ece_if_calibrated": 0.077,
+                             "debiased_before": 0.0, "debiased_after": 0.0, "measured_on": 200})
+    assert "(debiased, equal-mass bins): 0.000 before, 0.000 after" in line
+
+
+def test_the_debiased_error_is_near_zero_for_calibrated_scores_and_falls_with_the_temperature(overconfident):
+    """Where ECE on 200 photos cannot tell a calibrated model from chance (0.08 either way), the debiased estimate
+    (Kumar et al. 2019) reads near 0 for calibrated scores and still sees a miscalibrated model's error."""
+    from tfl.calibration import debiased_calibration_error
+
+    rng = np.random.default_rng(5)
+    scores = softmax(rng.normal(0, 1.5, (200, 5)))
+    draws = [np.array([rng.choice(5, p=row) for row in scores]) for _ in range(40)]
+    plain = np.mean([expected_calibration_error(scores, labels) for labels in draws])
+    debiased = np.mean([debiased_calibration_error(scores, labels) for labels in draws])
+    assert plain > 0.05 and debiased < plain / 2, (plain, debiased)
+    probabilities, labels = overconfident
+    before = debiased_calibration_error(probabilities[:200], labels[:200])
+    after = debiased_calibration_error(rescaled(probabilities[:200], fit_temperature(probabilities, labels)),
+                                       labels[:200])
+    assert before > 0.1 and after < before / 2, (before, after)
+    # two photos per bin at least; known case: confidence 0.9, accuracy 0.5 in one bin of four
+    assert debiased_calibration_error(np.array([[0.9, 0.1]] * 4), np.array([0, 0, 1, 1]), bins=1) == pytest.approx(
+        np.sqrt(0.4 ** 2 - 0.25 / 3), abs=1e-4)
 
 
 def test_folding_the_temperature_into_the_softmax_layer_rescales_its_scores():
@@ -86,7 +110,8 @@ def test_a_run_reports_its_calibration_and_can_turn_it_off(tiny_run, tiny_folder
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     calibration = metrics["calibration"]
     assert calibration["temperature"] > 0 and {"ece_before", "ece_after", "nll_before", "nll_after",
-                                               "ece_if_calibrated", "measured_on"} <= set(calibration)
+                                               "ece_if_calibrated", "debiased_before", "debiased_after",
+                                               "measured_on"} <= set(calibration)
     assert calibration["nll_after"] <= calibration["nll_before"] + 1e-4, "the temperature minimises validation NLL"
     assert metrics["loss"] == pytest.approx(calibration["nll_after"], abs=2e-3), "the model kept is the calibrated one"
     assert (tiny_run / "reliability_diagram.png").stat().st_size > 1000

@@ -228,7 +228,7 @@ def test_int8_export_agrees_with_keras_on_real_photos(real_run):
     assert "bias corrected on 32 calibration photos" in result.output
     # the report carries the temperature the model was calibrated with, and how far its effect can be measured
     assert set(keras_row["calibration"]) == {"temperature", "ece_before", "ece_after", "ece_if_calibrated",
-                                             "measured_on"}
+                                             "debiased_before", "debiased_after", "measured_on"}
     assert "perfectly calibrated model would measure about" in result.output
 
 

@@ -127,7 +127,11 @@ def calibration_line(calibration: dict) -> str:
     floor = calibration["ece_if_calibrated"]
     chance = (" (so these differ by chance)" if max(calibration["ece_before"], calibration["ece_after"]) <= floor
               else "")
-    return f"{said}; a perfectly calibrated model would measure about {floor:.3f} on as many{chance}."
+    said = f"{said}; a perfectly calibrated model would measure about {floor:.3f} on as many{chance}"
+    if "debiased_before" not in calibration:  # runs trained before tfl measured it
+        return said + "."
+    return (f"{said}. Less its sampling noise (debiased, equal-mass bins): {calibration['debiased_before']:.3f} "
+            f"before, {calibration['debiased_after']:.3f} after.")
 
 
 def format_metrics(metrics: dict, run_dir) -> str:
