@@ -20,6 +20,7 @@ def run_python(code: str, backend: str, timeout: int = 600) -> subprocess.Comple
                           text=True, timeout=timeout)
 
 
+@pytest.mark.extended  # the default suite steps every arch on TensorFlow and runs the whole CLI on JAX
 def test_every_arch_trains_one_step_on_jax():
     result = run_python("""
         import json, keras, numpy as np
