@@ -303,10 +303,11 @@ class Export:
     def calibration(self) -> dict:
         """What the model's temperature did at training (metrics.json), which every artifact carries."""
         calibration = self.run.metrics.get("calibration", {}) if self.run.metrics_file.is_file() else {}
-        keys = ("temperature", "ece_before", "ece_after", "ece_if_calibrated", "debiased_before", "debiased_after",
-                "measured_on")
-        return {"calibration": {key: calibration[key] for key in keys if key in calibration}} if set(
-            keys[:4]) <= set(calibration) else {}
+        required = ("temperature", "ece_before", "ece_after", "ece_if_calibrated", "measured_on")
+        optional = ("debiased_before", "debiased_after")  # absent from runs trained before tfl measured it
+        if not set(required) <= set(calibration):
+            return {}
+        return {"calibration": {key: calibration[key] for key in (*required, *optional) if key in calibration}}
 
     def still_to_write(self, wanted, force: bool) -> list[tuple[ArtifactFormat, str, Path]]:
         """(format, quantization, path) of each artifact asked for, without those already exported and verified

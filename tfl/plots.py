@@ -108,8 +108,8 @@ def plot_reliability(calibration: dict, path: Path) -> None:
     for key, style in (("before", "o--"), ("after", "s-")):
         rows = calibration[f"reliability_{key}"]
         debiased = f", debiased {calibration[f'debiased_{key}']:.3f}" if f"debiased_{key}" in calibration else ""
-        label = (f"{key} (ECE {calibration[f'ece_{key}']:.3f}{debiased})" if key == "before" else
-                 f"with temperature {calibration['temperature']:.2f} (ECE {calibration['ece_after']:.3f}{debiased})")
+        name = key if key == "before" else f"with temperature {calibration['temperature']:.2f}"
+        label = f"{name} (ECE {calibration[f'ece_{key}']:.3f}{debiased})"
         axes.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], style, label=label)
     axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence of the top class", ylabel="accuracy",
              title="reliability on the validation set")
