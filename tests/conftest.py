@@ -55,13 +55,6 @@ def tiny_run(tmp_path_factory) -> Path:
     return run.path
 
 
-def pytest_collection_modifyitems(items):
-    """Tests on exported_run share one xdist worker (`--dist loadgroup`), so its four exports are built once."""
-    for item in items:
-        if "exported_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("exported_run"))
-
-
 def require_flowers():
     if not FLOWERS.is_dir():
         pytest.skip(f"real images not found at {FLOWERS} (the shared datasets folder is absent)")

@@ -52,6 +52,7 @@ def val_images(run, n=6):
     return np.stack([load_image_for_predict(p, size) for p in splits["val"]["paths"][:n]])
 
 
+@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_every_artifact_is_written_and_reported(exported_run):
     for name in ("model_float32.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite"):
         assert (exported_run / name).stat().st_size > 10_000
@@ -68,6 +69,7 @@ def test_every_artifact_is_written_and_reported(exported_run):
     assert not list(exported_run.rglob("*.tmp")), "no temporary file may be left behind"
 
 
+@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_labels_travel_inside_the_tflite(exported_run):
     for name in ("model_float32.tflite", "model_int8.tflite"):
         with zipfile.ZipFile(exported_run / name) as archive:
@@ -77,6 +79,7 @@ def test_labels_travel_inside_the_tflite(exported_run):
 TFLITE_FILES = ("model_float32.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite")
 
 
+@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_every_tflite_carries_metadata_for_mediapipe(exported_run):
     """TFLite Metadata as MediaPipe Tasks reads it: an RGB image input normalized by mean 0 and std 1 (the model
     normalizes by itself), the labels as the output's axis labels, stored uncompressed."""
@@ -102,6 +105,7 @@ def test_every_tflite_carries_metadata_for_mediapipe(exported_run):
     assert (round(scale, 6), zero_point) == (1.0, 0), "MediaPipe feeds raw uint8 pixels: scale 1, zero point 0"
 
 
+@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_every_tflite_loads_in_mediapipe_tasks_with_its_class_names(exported_run):
     """As an app developer loads it: MediaPipe Tasks' ImageClassifier, on a photo file."""
     mp = pytest.importorskip("mediapipe", reason="MediaPipe Tasks is tfl's [mediapipe] extra (in [dev])")
@@ -122,6 +126,7 @@ def test_every_tflite_loads_in_mediapipe_tasks_with_its_class_names(exported_run
     assert report["model_float32.tflite"]["mediapipe_top1_agreement"] == 1.0
 
 
+@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_tflite_runs_with_ai_edge_litert_and_matches_keras(exported_run):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -140,6 +145,7 @@ def test_tflite_runs_with_ai_edge_litert_and_matches_keras(exported_run):
     assert int8.get_input_details()[0]["dtype"] == np.uint8
 
 
+@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_saved_model_loads_without_tfl_or_keras(exported_run, tmp_path):
     images = val_images(exported_run, 3)
     np.save(tmp_path / "images.npy", images)
@@ -184,6 +190,7 @@ def test_saved_model_loads_without_tfl_or_keras(exported_run, tmp_path):
     np.testing.assert_allclose(result["probabilities"], keras_out, atol=1e-4)
 
 
+@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_onnx_runs_with_onnxruntime_alone(exported_run, tmp_path):
     """As a C#, Java or browser app would run it: no TensorFlow, no Keras, no tfl; labels from the file itself."""
     images = val_images(exported_run, 6)
@@ -232,6 +239,7 @@ def test_int8_export_agrees_with_keras_on_real_photos(real_run):
     assert "perfectly calibrated model would measure about" in result.output
 
 
+@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_existing_artifact_needs_force(exported_run):
     before = (exported_run / "model_float32.tflite").stat().st_mtime_ns
     result = CliRunner().invoke(main, ["export", str(exported_run), "--format", "tflite"])
@@ -281,6 +289,7 @@ def test_export_killed_midway_leaves_nothing(tiny_run, tmp_path):
     assert (target / "saved_model.pb").is_file() and not list(target.parent.glob(".1.*.tmp"))
 
 
+@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_predict_every_artifact_kind_and_report_unreadable_files(exported_run, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -304,6 +313,7 @@ def test_predict_every_artifact_kind_and_report_unreadable_files(exported_run, t
         assert [r["top"][0]["score"] for r in outputs[name][:2]] == pytest.approx(reference, abs=1e-4)
 
 
+@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_predict_table_and_csv(exported_run, tmp_path):
     make_image((200, 40, 40), seed=5).save(tmp_path / "a.jpg")
     table = cli("predict", exported_run / "model.keras", tmp_path / "a.jpg")
