@@ -1,5 +1,5 @@
 """Quantized TFLite files: TensorFlow's converter for each quantization, int8's bias correction, and the fallback that
-keeps in float the layers whose quantization changes the model's answers most, until the file keeps the Keras model's
+keeps in float the operations whose quantization changes the model's answers most, until the file keeps the Keras model's
 answers.
 
 int8's rounding of weights and activations shifts the mean of each layer's outputs (by about one quantization step
@@ -9,14 +9,17 @@ bias, in graph order, so that its outputs' mean per channel over 32 calibration 
 cats5 model it took the converter's file from 93.5% to 97.0% top-1 agreement and from -3.0 to -0.5 points, in 3 s.
 
 The fallback, for dynamic and int8 files that miss their target (TARGETS, and 1 point of accuracy when labels exist):
-1. rank the quantizable layers (convolutions and the dense head) by the damage each does alone: the divergence of the
-   file's probabilities from the float file's when only that layer is quantized, on 300 verification photos;
+1. rank the operations it may keep in float by the damage each does alone: the divergence of the file's
+   probabilities from the float file's when only that one is quantized, on 300 verification photos. For dynamic
+   these are the layers with weights (convolutions, the dense head); for int8 also the residual adds, the pooling and
+   the softmax, since int8 rounds every tensor between operations (on a cats5 model, every layer in float still left
+   97% agreement; with those too, 100%);
 2. keep the 1, 2, 4, 8... most damaging ones in float (then the fewest between the last two tried) until the file
    meets its target, with a margin, on the verification photos, within the fallback's limit; past it the closest is
    kept and the report says it misses.
-int8 uses TensorFlow Lite's own selective quantization (QuantizationDebugger's denylisted nodes): its layers in float
-compute in float32, so at most half of them are (past that the file is as slow as float32), holding at most a third
-of the weights (past that it is bigger than the float16 file). Dynamic range uses
+int8 uses TensorFlow Lite's own selective quantization (QuantizationDebugger's denylisted nodes): its operations in
+float compute in float32, so at most half of them are (past that the file is as slow as float32), holding at most a
+third of the weights (past that it is bigger than the float16 file). Dynamic range uses
 Google's AI Edge Quantizer (ai-edge-quantizer), since TensorFlow's dynamic-range converter cannot leave layers out:
 its layers in float keep float16 weights, so the file is never bigger than the float16 one, and any number may be
 (on flowers int8 weights in any of 44 of 53 layers cost more than 1% of the answers; see benchmarks/README.md).
@@ -40,13 +43,18 @@ from tfl.tflite_metadata import packed
 TARGETS = {"none": 0.999, "float16": 0.99, "dynamic": 0.99, "int8": 0.97}  # top-1 agreement with the Keras model
 MAX_ACCURACY_DROP = 0.01
 STEPS = (1, 2, 4, 8, 16, 32, 64, 128)  # layers kept in float, tried in turn
-# The search aims this share of the way from the target to 100%: apps resize photos their own way (MediaPipe), and a
-# file tuned to just meet the target on tfl's pixels fell below it there (flowers, dynamic: 99.1% vs 98.2%).
+# A file must reach this share of the way from the target to 100% on tfl's pixels, or the fallback searches for one
+# that does: apps resize and decode photos their own way (MediaPipe), and a file that just met the target on tfl's
+# pixels fell below it there (flowers, dynamic: 99.1% against 98.2%; int8: 97.8% against 96.98%). It is reported as
+# meeting its target when it meets the target itself.
 SEARCH_MARGIN = 0.5
 # verification photos the layers are ranked on: on flowers, ranked on 48 int8 needed 32 layers in float for 97%
 # agreement, ranked on 300 16 (4 s more)
 RANKING_IMAGES = 300
-QUANTIZABLE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+QUANTIZABLE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}  # the ops with weights
+# int8's fallback may keep any operation in float but these, which only move values (TensorFlow Lite runs them in
+# int8 at their input's scale, so keeping them in float changes no rounding).
+NOT_KEPT_IN_FLOAT = {"RESHAPE", "SQUEEZE", "PAD", "PADV2", "MAX_POOL_2D", "QUANTIZE", "DEQUANTIZE"}
 # calibration photos the bias correction measures means on. 16, 32, 100 and 300 gave files of the same agreement on
 # cats5 and flowers (benchmarks/README.md); its time grows with photos x layers: on 32, MobileNetV2 takes 2-3 s,
 # ResNet50 about 30 s, InceptionV3 (96 layers at 299 px) about 80 s.
@@ -151,8 +159,9 @@ class Layer:
     weights: int
 
 
-def layers(content: bytes) -> list[Layer]:
-    """The quantizable layers of a float .tflite, in graph order."""
+def layers(content: bytes, ops: set[str] | None = QUANTIZABLE) -> list[Layer]:
+    """The ops of a float .tflite named in `ops` (None: every op with a quantizable output), in graph order; an op's
+    weights are its constant second input's."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(content, 0)
@@ -162,9 +171,12 @@ def layers(content: bytes) -> list[Layer]:
     for operator in graph.operators:
         code = model.operatorCodes[operator.opcodeIndex]
         name = codes.get(max(code.builtinCode, code.deprecatedBuiltinCode))
-        if name in QUANTIZABLE:
+        wanted = name not in NOT_KEPT_IN_FLOAT if ops is None else name in ops
+        if wanted:
+            second = graph.tensors[operator.inputs[1]] if len(operator.inputs) > 1 else None
+            constant = second is not None and model.buffers[second.buffer].data is not None
             found.append(Layer(graph.tensors[operator.outputs[0]].name.decode(), name,
-                               int(np.prod(graph.tensors[operator.inputs[1]].shape))))
+                               int(np.prod(second.shape)) if constant else 0))
     return found
 
 
@@ -175,9 +187,10 @@ class LayerFallback:
     kept_as: str
     max_float_share: float
     max_weight_share: float
+    ops: set[str] | None = QUANTIZABLE  # what it may keep in float (see `layers`)
 
     def __init__(self, float_content: bytes):
-        self.found = layers(float_content)
+        self.found = layers(float_content, self.ops)
         self.weights = {layer.name: layer.weights for layer in self.found}
 
     @property
@@ -190,6 +203,7 @@ class Int8Layers(LayerFallback):
     (the converter's selective path keeps float inputs); its metadata tells apps to feed raw pixels all the same."""
 
     kept_as = "float32"
+    ops = None  # any operation (see the module's docstring)
     # At most this share of the layers in float: beyond it the file is about as slow as float32 (flowers once needed
     # 43 of 53 to reach 97% agreement: 1.62 MB, float32's speed), so the closest within it is kept and reported.
     max_float_share = 0.5
@@ -348,19 +362,20 @@ def quantized_file(model: keras.Model, quantize: str, calibration: Calibration |
                                          "converted": _shown(goal.measure(converted, quantize))}
     if goal is None or quantize not in FALLBACKS:
         return content, report
-    first = goal.measure(content, quantize)
+    first = goal.measure(content, quantize, SEARCH_MARGIN)  # with the search's margin, for the reason given there
     if first["met"]:
         return content, report
     float_content = float_content or convert(model, "none", None)
     fallback = FALLBACKS[quantize](model, calibration, float_content)
     order = within_weight_share(ranked(fallback, float_content, goal.images[:RANKING_IMAGES]), fallback)
-    tried = {}
+    tried = {}  # operations in float: (the file, what it measured with the margin)
 
     def attempt(steps: int) -> bool:
-        tried[steps] = goal.measure(fallback.build(order[:steps]), quantize, SEARCH_MARGIN)
-        return tried[steps]["met"]
+        built = fallback.build(order[:steps])
+        tried[steps] = built, goal.measure(built, quantize, SEARCH_MARGIN)
+        return tried[steps][1]["met"]
 
-    below = 0  # the most layers in float known to miss the target
+    below = 0  # the most operations in float known to miss the target
     most = min(len(order), max(1, int(len(fallback.all) * fallback.max_float_share)))
     for steps in sorted({min(step, most) for step in STEPS}):
         if attempt(steps):
@@ -369,19 +384,18 @@ def quantized_file(model: keras.Model, quantize: str, calibration: Calibration |
                 below, steps = (below, middle) if attempt(middle) else (middle, steps)
             break
         below = steps
-    met = [steps for steps, measured in tried.items() if measured["met"]]
-    steps = min(met) if met else max(tried, key=lambda s: (tried[s]["agreement"], -s))
-    candidate = fallback.build(order[:steps])
+    met = [steps for steps, (_, measured) in tried.items() if measured["met"]]
+    steps = min(met) if met else max(tried, key=lambda s: (tried[s][1]["agreement"], -s))
+    candidate = tried[steps][0]
+    if not met and tried[steps][1]["agreement"] <= first["agreement"]:  # nothing did better than the first file
+        candidate, steps = content, 0
     measured = goal.measure(candidate, quantize)  # against the target itself
-    kept_first = not measured["met"] and measured["agreement"] <= first["agreement"]
-    if kept_first:  # nothing within the limit did better than the converter's own file
-        candidate, steps, measured = content, 0, first
     return candidate, report | {"fallback": {
         "layers_in_float": steps, "layers": len(fallback.all), "kept_as": fallback.kept_as,
         "in_float": [name.split(";")[0] for name in order[:steps]],
         "fully_quantized": _shown(first), "after": _shown(measured), "target_met": measured["met"],
         "searched_to": f"top-1 agreement >= {TARGETS[quantize] + SEARCH_MARGIN * (1 - TARGETS[quantize]):.1%}, "
-                       f"at most {most} layers in {fallback.kept_as}" + (
+                       f"at most {most} operations in {fallback.kept_as}" + (
                            f" holding at most {fallback.max_weight_share:.0%} of the weights"
                            if fallback.max_weight_share < 1 else ""),
         "target": f"top-1 agreement >= {TARGETS[quantize]:.0%}" + (

@@ -204,17 +204,20 @@ def fallback_line(row: dict) -> str:
     fallback = row["fallback"]
     first, after = fallback["fully_quantized"], fallback["after"]
     how = "quantized and bias-corrected" if "bias_correction" in row else "the converter quantized it"
+    short = ("below its target" if not fallback["target_met"] or fallback["layers_in_float"] else
+             "which meets its target but not the margin apps need, since they resize photos their own way")
     said = (f"{row['file']}: as {how}, it agreed with the Keras model on {first['agreement']:.1%}, "
-            f"below its target ({fallback['target']}); ")
+            f"{short} ({fallback['target']}; searched to {fallback['searched_to']}); ")
     if not fallback["layers_in_float"]:
-        return said + ("keeping layers in float (as many as its limit allows) did no better, so it is kept as the "
-                       "converter wrote it. !!! It misses its target: check it before shipping it, or use float16. !!!")
+        return said + ("keeping operations in float did no better, so it is kept as it was" + (
+            "." if fallback["target_met"] else
+            ". !!! It misses its target: check it before shipping it, or use float16. !!!"))
     outcome = ("and meets the target." if fallback["target_met"] else "still short of the target (the closest within "
                "its limit is kept). !!! Check it before shipping it, or use float16. !!!")
     kept_as = fallback["kept_as"]
-    whole = (" Every layer is in float16: this file is the float16 one in effect." if kept_as == "float16" and
+    whole = (" Every operation is in float16: this file is the float16 one in effect." if kept_as == "float16" and
              fallback["layers_in_float"] == fallback["layers"] else "")
-    return said + (f"with the {fallback['layers_in_float']} of {fallback['layers']} layers that lose most kept in "
+    return said + (f"with the {fallback['layers_in_float']} of {fallback['layers']} operations that lose most kept in "
                    f"{kept_as} it agrees on {after['agreement']:.1%}, {outcome}{whole}")
 
 
