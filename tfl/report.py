@@ -204,8 +204,8 @@ def fallback_line(row: dict) -> str:
     fallback = row["fallback"]
     first, after = fallback["fully_quantized"], fallback["after"]
     how = "quantized and bias-corrected" if "bias_correction" in row else "the converter quantized it"
-    short = ("below its target" if not fallback["target_met"] or fallback["layers_in_float"] else
-             "which meets its target but not the margin apps need, since they resize photos their own way")
+    short = ("which meets its target but not the margin apps need, since they resize photos their own way"
+             if fallback.get("fully_quantized_met_target") else "below its target")
     said = (f"{row['file']}: as {how}, it agreed with the Keras model on {first['agreement']:.1%}, "
             f"{short} ({fallback['target']}; searched to {fallback['searched_to']}); ")
     if not fallback["layers_in_float"]:
