@@ -96,6 +96,34 @@ def test_the_debiased_error_is_near_zero_for_calibrated_scores_and_falls_with_th
         np.sqrt(0.4 ** 2 - 0.25 / 3), abs=1e-4)
 
 
+def test_a_temperature_is_folded_in_only_when_the_likelihood_gain_is_beyond_chance(overconfident):
+    """On 200 photos of calibrated scores the fitted T is noise (cats5's 0.96 made its ECE rise): kept at 1 in about
+    the test's 5% of draws at most; on overconfident scores it is folded in."""
+    from tfl.calibration import SIGNIFICANCE, calibrating_temperature, calibration_report
+    from tfl.report import calibration_line
+
+    probabilities, labels = overconfident
+    temperature, fitted, p_value = calibrating_temperature(probabilities[:200], labels[:200])
+    assert p_value < SIGNIFICANCE and temperature == fitted == pytest.approx(2.0, abs=0.5)
+
+    rng = np.random.default_rng(5)
+    calibrated = softmax(rng.normal(0, 2, (200, 5)))
+    cumulative = np.cumsum(calibrated, axis=1)
+    applied, p_values = 0, []
+    for _ in range(40):
+        drawn = (rng.random((200, 1)) > cumulative).sum(axis=1)
+        temperature, fitted, p_value = calibrating_temperature(calibrated, drawn)
+        applied += temperature != 1.0
+        p_values.append(p_value)
+        assert temperature in (1.0, fitted) and (temperature == 1.0) == (p_value >= SIGNIFICANCE)
+    assert applied <= 6 and np.median(p_values) > 0.2
+
+    report = calibration_report(calibrated, drawn, 1.0, 0.96, 0.62)
+    assert report["temperature"] == 1.0 and report["ece_after"] == report["ece_before"]
+    line = calibration_line(report)
+    assert "did not better the likelihood beyond chance: p = 0.62" in line and "0.96" in line
+
+
 def test_folding_the_temperature_into_the_softmax_layer_rescales_its_scores():
     import keras
 
@@ -111,7 +139,8 @@ def test_a_run_reports_its_calibration_and_can_turn_it_off(tiny_run, tiny_folder
     calibration = metrics["calibration"]
     assert calibration["temperature"] > 0 and {"ece_before", "ece_after", "nll_before", "nll_after",
                                                "ece_if_calibrated", "debiased_before", "debiased_after",
-                                               "measured_on"} <= set(calibration)
+                                               "fitted_temperature", "p_value", "measured_on"} <= set(calibration)
+    assert calibration["temperature"] in (1.0, calibration["fitted_temperature"])
     assert calibration["nll_after"] <= calibration["nll_before"] + 1e-4, "the temperature minimises validation NLL"
     assert metrics["loss"] == pytest.approx(calibration["nll_after"], abs=2e-3), "the model kept is the calibrated one"
     assert (tiny_run / "reliability_diagram.png").stat().st_size > 1000

@@ -234,8 +234,8 @@ def test_int8_export_agrees_with_keras_on_real_photos(real_run):
     assert row["bias_correction"]["images"] == 32 and "agreement" in row["bias_correction"]["converted"]
     assert "bias corrected on 32 calibration photos" in result.output
     # the report carries the temperature the model was calibrated with, and how far its effect can be measured
-    assert set(keras_row["calibration"]) == {"temperature", "ece_before", "ece_after", "ece_if_calibrated",
-                                             "debiased_before", "debiased_after", "measured_on"}
+    assert set(keras_row["calibration"]) == {"temperature", "fitted_temperature", "p_value", "ece_before", "ece_after",
+                                             "ece_if_calibrated", "debiased_before", "debiased_after", "measured_on"}
     assert "perfectly calibrated model would measure about" in result.output
 
 

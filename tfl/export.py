@@ -304,7 +304,7 @@ class Export:
         """What the model's temperature did at training (metrics.json), which every artifact carries."""
         calibration = self.run.metrics.get("calibration", {}) if self.run.metrics_file.is_file() else {}
         required = ("temperature", "ece_before", "ece_after", "ece_if_calibrated", "measured_on")
-        optional = ("debiased_before", "debiased_after")  # absent from runs trained before tfl measured it
+        optional = ("fitted_temperature", "p_value", "debiased_before", "debiased_after")  # absent from older runs
         if not set(required) <= set(calibration):
             return {}
         return {"calibration": {key: calibration[key] for key in (*required, *optional) if key in calibration}}

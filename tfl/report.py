@@ -120,7 +120,10 @@ def calibration_line(calibration: dict) -> str:
     """What the temperature did to the scores, and how far the calibration error can be told from chance."""
     measured = (f"calibration error (ECE) {calibration['ece_before']:.3f} before, {calibration['ece_after']:.3f} "
                 f"after, on {calibration['measured_on']:,} validation scores")
-    if calibration["temperature"] == 1.0:
+    if calibration["temperature"] == 1.0 and calibration.get("p_value") is not None:
+        said = (f"Scores as trained (the fitted temperature, {calibration['fitted_temperature']:.2f}, did not better "
+                f"the likelihood beyond chance: p = {calibration['p_value']:.2f}): {measured}")
+    elif calibration["temperature"] == 1.0:
         said = f"Scores as trained (no temperature): {measured}"
     else:
         said = f"Scores calibrated by a temperature of {calibration['temperature']:.2f}: {measured}"

@@ -26,7 +26,7 @@ from tfl.config import Stage, TrainConfig, from_run_record, run_record
 from tfl.data import DECODER_VERSION, CsvOptions, ImageData, load_data, make_pipeline
 from tfl.distribute import Cluster, connect, disconnect
 from tfl.errors import TflError, disk_full_explained
-from tfl.calibration import calibration_report, fit_temperature, fold_temperature, rescaled
+from tfl.calibration import calibrating_temperature, calibration_report, fold_temperature, rescaled
 from tfl.analysis import Scored, write_analysis
 from tfl.html_report import build_report
 from tfl.metrics import classification_metrics, evaluate_model, predict_dataset, write_metrics
@@ -393,9 +393,9 @@ class Training:
         probabilities, labels = predict_dataset(model, pipeline, self.task.multilabel)
         # several labels: each (photo, label) pair is a two-class problem, calibrated as such
         pairs = as_binary(probabilities, labels) if self.task.multilabel else (probabilities, labels)
-        temperature = fit_temperature(*pairs) if self.config.calibrate else 1.0
+        temperature, *tested = calibrating_temperature(*pairs) if self.config.calibrate else (1.0, None, None)
         fold_temperature(get_head(model).get_layer("probabilities"), temperature)
-        calibration = {"calibration": calibration_report(*pairs, temperature)}
+        calibration = {"calibration": calibration_report(*pairs, temperature, *tested)}
         if not self.task.multilabel:
             self.validation_scores = (rescaled(probabilities, temperature), labels)
             return classification_metrics(self.validation_scores[0], labels, data.class_names) | calibration
