@@ -139,8 +139,9 @@ def test_layers_in_float_hold_at_most_the_fallbacks_share_of_the_weights():
     assert sum(fallback.weights[name] for name in kept) == 53 and kept[-1] == "layer44" and len(kept) == 44
 
 
-def test_dynamic_layers_kept_in_float_hold_float16_weights(tiny_run):
-    """The dynamic fallback's float layers keep float16 weights: the file is never bigger than the float16 one."""
+def test_layers_kept_in_float_hold_float16_weights_in_dynamic_and_float32_in_float16(tiny_run):
+    """The dynamic fallback's float layers keep float16 weights (the file is never bigger than the float16 one);
+    the float16 fallback's keep float32 ones."""
     import keras
     from ai_edge_litert import schema_py_generated as schema
 
@@ -171,6 +172,14 @@ def test_dynamic_layers_kept_in_float_hold_float16_weights(tiny_run):
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)).astype(np.uint8)
     assert quantize.probabilities(fallback.build(kept), images).shape == (4, model.output_shape[-1])
     assert len(fallback.build(fallback.all)) <= 1.02 * len(quantize.convert(model, "float16", None))
+
+    fallback = quantize.Float16Layers(model, None, content)  # float16's: float32 weights where kept in float
+    assert fallback.all == [layer.name for layer in quantize.layers(content)]
+    types = weight_types(fallback.build(kept))
+    assert {types[name] for name in kept} == {"FLOAT32"}
+    assert {types[name] for name in fallback.all[2:]} == {"FLOAT16"}
+    assert len(fallback.build([])) <= 1.02 * len(quantize.convert(model, "float16", None))
+    assert quantize.probabilities(fallback.build(kept), images).shape == (4, model.output_shape[-1])
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "int8"])
