@@ -98,11 +98,21 @@ def test_every_tflite_carries_metadata_for_mediapipe(exported_run):
         assert metadata.version == b"tiny" and metadata.minParserVersion == b"1.0.0"
         with zipfile.ZipFile(exported_run / name) as archive:
             assert archive.getinfo("labels.txt").compress_type == zipfile.ZIP_STORED
+    assert_int8_input(exported_run)
+
+
+def assert_int8_input(run):
+    """A fully int8 file takes uint8 pixels at scale 1 (MediaPipe feeds raw pixels and ignores the input's
+    quantization); one with operations kept in float by the fallback takes float32 pixels."""
     from ai_edge_litert.interpreter import Interpreter
 
-    scale, zero_point = Interpreter(model_path=str(exported_run / "model_int8.tflite")).get_input_details()[0][
-        "quantization"]
-    assert (round(scale, 6), zero_point) == (1.0, 0), "MediaPipe feeds raw uint8 pixels: scale 1, zero point 0"
+    row = json.loads((run / "export_report.json").read_text())["model_int8.tflite"]
+    details = Interpreter(model_path=str(run / "model_int8.tflite")).get_input_details()[0]
+    if row.get("fallback", {}).get("layers_in_float"):
+        assert details["dtype"] == np.float32
+    else:
+        assert details["dtype"] == np.uint8
+        assert (round(details["quantization"][0], 6), details["quantization"][1]) == (1.0, 0)
 
 
 @pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
@@ -141,8 +151,7 @@ def test_tflite_runs_with_ai_edge_litert_and_matches_keras(exported_run):
         interpreter.set_tensor(inp["index"], images.astype("float32"))
         interpreter.invoke()
         np.testing.assert_allclose(interpreter.get_tensor(out["index"]), reference, atol=tolerance, err_msg=name)
-    int8 = Interpreter(model_path=str(exported_run / "model_int8.tflite"))
-    assert int8.get_input_details()[0]["dtype"] == np.uint8
+    assert_int8_input(exported_run)
 
 
 @pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each

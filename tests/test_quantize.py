@@ -286,3 +286,17 @@ def test_int8_fallback_may_keep_the_adds_pooling_and_softmax_in_float_as_well_as
     agreement = (quantize.probabilities(content, calibration.photos).argmax(1)
                  == quantize.probabilities(float_content, calibration.photos).argmax(1)).mean()
     assert agreement >= 0.5, "the file with float adds must still classify"
+
+
+def test_the_converters_int8_file_takes_raw_uint8_pixels(tiny_run):
+    """The fully int8 file's input is uint8 at scale 1 and zero point 0, so that a uint8 pixel is its own value, as
+    MediaPipe feeds it (the black and white calibration images fix the range at 0..255)."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = keras.models.load_model(tiny_run / "model.keras", compile=False)
+    photos = np.random.default_rng(0).integers(30, 220, (4, 32, 32, 3)).astype(np.uint8)
+    details = Interpreter(model_content=quantize.convert(model, "int8", quantize.Calibration(photos))
+                          ).get_input_details()[0]
+    assert details["dtype"] == np.uint8
+    assert (round(details["quantization"][0], 6), details["quantization"][1]) == (1.0, 0)
