@@ -211,7 +211,8 @@ def test_the_report_says_what_the_fallback_kept_and_as_what():
             "fully_quantized": {"agreement": 0.97}, "after": {"agreement": 0.994}, "target": "top-1 agreement >= 99%",
             "searched_to": "top-1 agreement >= 99.5%"}}
 
-    assert "31 of 53 operations that lose most kept in float16 it agrees on 99.4%" in fallback_line(row(31, 53, "float16"))
+    said = fallback_line(row(31, 53, "float16"))
+    assert "31 of 53 operations that lose most kept in float16 it agrees on 99.4%" in said
     assert "the float16 one in effect" in fallback_line(row(53, 53, "float16"))
     assert "in effect" not in fallback_line(row(26, 53, "float32"))
     just_met = row(0, 53, "float32")  # met the target, not the margin, and nothing did better

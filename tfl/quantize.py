@@ -1,6 +1,6 @@
 """Quantized TFLite files: TensorFlow's converter for each quantization, int8's bias correction, and the fallback that
-keeps in float the operations whose quantization changes the model's answers most, until the file keeps the Keras model's
-answers.
+keeps in float the operations whose quantization changes the model's answers most, until the file keeps the Keras
+model's answers.
 
 int8's rounding of weights and activations shifts the mean of each layer's outputs (by about one quantization step
 per channel in MobileNetV2's first blocks, more than the noise it adds), and the shifts add up through the network.
@@ -12,9 +12,9 @@ The fallback, for float16, dynamic and int8 files that miss their target (TARGET
 exist), with a margin (SEARCH_MARGIN):
 1. rank the operations it may keep in float by the damage each does alone: the divergence of the file's
    probabilities from the float file's when only that one is quantized, on 300 verification photos. For float16 and
-   dynamic these are the layers with weights (convolutions, the dense head); for int8 also the residual adds, the pooling and
-   the softmax, since int8 rounds every tensor between operations (on a cats5 model, every layer in float still left
-   97% agreement; with those too, 100%);
+   dynamic these are the layers with weights (convolutions, the dense head); for int8 also the residual adds, the
+   pooling and the softmax, since int8 rounds every tensor between operations (on a cats5 model, every layer in
+   float still left 97% agreement; with those too, 100%);
 2. keep the 1, 2, 4, 8... most damaging ones in float (then the fewest between the last two tried) until the file
    meets its target, with a margin, on the verification photos, within the fallback's limit; past it the closest is
    kept and the report says it misses.
