@@ -208,7 +208,7 @@ def test_unknown_augment_preset_is_an_error():
 def test_large_jpegs_decode_at_reduced_scale_to_nearly_the_same_pixels(tmp_path):
     import tensorflow as tf
 
-    from tfl.data import decode_encoded, decode_image_file
+    from tfl.data import JPEG_DCT, decode_image_file, resize_pixels
 
     small = tmp_path / "small.jpg"
     make_image((200, 40, 40), size=60, seed=3).save(small, quality=95)
@@ -216,9 +216,28 @@ def test_large_jpegs_decode_at_reduced_scale_to_nearly_the_same_pixels(tmp_path)
     make_image((40, 180, 60), size=64, seed=4).resize((1100, 900), Image.BILINEAR).save(big, quality=95)
     for path, tolerance in ((small, 0.0), (big, 4.0)):
         reduced = decode_image_file(tf.constant(str(path)), 64).numpy().astype(float)
-        full = decode_encoded(tf.io.read_file(str(path)), 64).numpy().astype(float)
+        whole = tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3, dct_method=JPEG_DCT)
+        full = resize_pixels(whole, 64).numpy().astype(float)
         assert reduced.shape == full.shape == (64, 64, 3)
         assert np.abs(reduced - full).mean() <= tolerance, path.name
+
+
+def test_a_jpeg_decodes_to_the_same_pixels_as_pillows_and_mediapipes_libjpeg():
+    """libjpeg's accurate DCT, as Pillow and MediaPipe decode: TensorFlow's default fast one is a level away."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from tfl.data import decode_image_bytes
+
+    buffer = io.BytesIO()
+    make_image((120, 80, 200), size=96, seed=3).save(buffer, format="JPEG", quality=85)
+    pillow = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")).astype(int)
+    ours = decode_image_bytes(tf.constant(buffer.getvalue()), 96).numpy().astype(int)
+    fast = tf.io.decode_jpeg(buffer.getvalue(), channels=3).numpy().astype(int)
+    assert np.abs(ours - pillow).max() == 0
+    assert np.abs(fast - pillow).mean() > 0.5, "TensorFlow's default DCT differs: the test would not see a change"
 
 
 def test_jpeg_scale_is_the_largest_that_keeps_the_model_size():
