@@ -20,7 +20,7 @@ from common import RESULTS, SINGLE_LABEL_SETS, WEIGHTS, machine, source, write_r
 import numpy as np
 
 import tfl
-from tfl.data import load_image_for_predict
+from tfl.pipeline import load_image_for_predict
 
 FILES = {"none": "model_float32.tflite", "float16": "model_float16.tflite", "dynamic": "model_dynamic.tflite",
          "int8": "model_int8.tflite"}

@@ -20,7 +20,8 @@ import tensorflow as tf
 
 import tfl
 from tfl.augment import build_augmenter
-from tfl.data import load_image_folder, make_pipeline
+from tfl.data import load_image_folder
+from tfl.pipeline import make_pipeline
 
 SIZE = 128
 

@@ -19,7 +19,7 @@ from common import REPO, RESULTS, WEIGHTS, machine, write_results  # sets up TF 
 import numpy as np
 
 import tfl
-from tfl.data import load_image_for_predict
+from tfl.pipeline import load_image_for_predict
 from tfl.export import model_info, representative_images
 from tfl.precision import float32_copy
 from tfl.quantize import convert, probabilities

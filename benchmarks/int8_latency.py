@@ -20,7 +20,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from tfl.archs import get_arch
-from tfl.data import load_image_for_predict
+from tfl.pipeline import load_image_for_predict
 from tfl.model import build_model
 
 RECIPES = ("float32", "int8", "int8_per_tensor", "int8_float_io")

@@ -30,7 +30,8 @@ import tfl
 from tfl.archs import get_arch
 from tfl.augment import build_augmenter
 from tfl.config import Stage
-from tfl.data import REDUCTION_RATIOS, load_image_folder, make_pipeline
+from tfl.data import load_image_folder
+from tfl.pipeline import REDUCTION_RATIOS, make_pipeline
 from tfl.export import export_run
 from tfl.model import build_model, set_trainable_blocks
 from tfl.precision import dtype_policy

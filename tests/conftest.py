@@ -1,6 +1,7 @@
 """Shared fixtures: tiny generated image folders, and the real data and weights in ../shared."""
 
 import os
+import shutil
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -50,9 +51,40 @@ def tiny_run(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny_run")
     data = write_class_folders(root / "data", per_class=10)
-    run = tfl.finetune(data, arch="mobilenetv2", weights="none", image_size=32, alpha=0.35, batch_size=8,
-                       epochs=(2, 1), output=root / "runs", name="tiny", echo=lambda s: None, verbose=0)
+    run = tfl.finetune(data, **TINY_SETTINGS, epochs=(2, 1), output=root / "runs", name="tiny", echo=lambda s: None,
+                       verbose=0)
     return run.path
+
+
+# The tiny model every test run trains: MobileNetV2-0.35 at 32 px, 8 photos a batch (as flags and as settings).
+TINY_SETTINGS = dict(arch="mobilenetv2", alpha=0.35, weights="none", image_size=32, batch_size=8)
+
+
+def tiny_flags(weights: str | Path = "none") -> list[str]:
+    """TINY_SETTINGS as `tfl finetune` flags."""
+    return ["--arch", "mobilenetv2", "--alpha", "0.35", "--weights", str(weights), "--image-size", "32",
+            "--batch-size", "8"]
+
+
+def cli(*args):
+    """`tfl ARGS` in this process (click's runner): any exception but an exit, or a traceback printed, fails."""
+    from click.testing import CliRunner
+
+    from tfl.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result
+
+
+@pytest.fixture
+def own_run(tiny_run, tmp_path) -> Path:
+    """A copy of the shared tiny run without its exports, free to export into or damage."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("export*", "model_*.tflite", "model.onnx",
+                                                                   ".export.lock"))
+    return copy
 
 
 def require_flowers():

@@ -6,10 +6,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import tfl.data as data_module
+import tfl.pipeline as pipeline_module
 from tests.conftest import make_image, write_class_folders
 from tfl.augment import build_augmenter, build_mixer
-from tfl.data import Split, load_image_folder, make_pipeline, resize_pixels, stratified_split
+from tfl.data import Split, load_image_folder, stratified_split
+from tfl.pipeline import make_pipeline, resize_pixels
 from tfl.errors import TflError
 from tfl.scan import scan_file
 
@@ -208,7 +209,7 @@ def test_unknown_augment_preset_is_an_error():
 def test_large_jpegs_decode_at_reduced_scale_to_nearly_the_same_pixels(tmp_path):
     import tensorflow as tf
 
-    from tfl.data import JPEG_DCT, decode_image_file, resize_pixels
+    from tfl.pipeline import JPEG_DCT, decode_image_file, resize_pixels
 
     small = tmp_path / "small.jpg"
     make_image((200, 40, 40), size=60, seed=3).save(small, quality=95)
@@ -229,7 +230,7 @@ def test_a_jpeg_decodes_to_the_same_pixels_as_pillows_and_mediapipes_libjpeg():
     import tensorflow as tf
     from PIL import Image
 
-    from tfl.data import decode_image_bytes
+    from tfl.pipeline import decode_image_bytes
 
     buffer = io.BytesIO()
     make_image((120, 80, 200), size=96, seed=3).save(buffer, format="JPEG", quality=85)
@@ -243,7 +244,7 @@ def test_a_jpeg_decodes_to_the_same_pixels_as_pillows_and_mediapipes_libjpeg():
 def test_jpeg_scale_is_the_largest_that_keeps_the_model_size():
     import tensorflow as tf
 
-    from tfl.data import REDUCTION_RATIOS, reduction_index
+    from tfl.pipeline import REDUCTION_RATIOS, reduction_index
 
     cases = {(700, 224): 2, (900, 224): 4, (447, 224): 1, (448, 224): 2, (2000, 224): 8, (200, 224): 1, (1792, 224): 8}
     for (short_side, size), ratio in cases.items():
@@ -289,7 +290,7 @@ def test_resize_pixels_keeps_images_at_size_and_resizes_others_as_app_runtimes_d
 
 
 def test_decoded_images_over_the_memory_limit_are_cached_on_disk(tiny_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "MEMORY_CACHE_LIMIT_BYTES", 0)
+    monkeypatch.setattr(pipeline_module, "MEMORY_CACHE_LIMIT_BYTES", 0)
     data = load_image_folder(tiny_folder, seed=0)
     dataset = make_pipeline(data.train, 3, 32, 4, training=False, cache_dir=tmp_path / "cache")
     first = [x.numpy() for x, _ in dataset]
@@ -317,7 +318,7 @@ def test_the_decoder_turns_photos_upright_as_pillow_does(big_endian):
     """Phone photos store pixels as the sensor saw them and an EXIF orientation; every viewer turns them."""
     from PIL import ImageOps
 
-    from tfl.data import decode_image_bytes, exif_orientation
+    from tfl.pipeline import decode_image_bytes, exif_orientation
 
     rng = np.random.default_rng(0)
     plain = jpeg_bytes(Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)), quality=95)
@@ -334,7 +335,7 @@ def test_the_decoder_turns_photos_upright_as_pillow_does(big_endian):
 
 
 def test_a_damaged_exif_segment_is_read_as_no_orientation():
-    from tfl.data import exif_orientation
+    from tfl.pipeline import exif_orientation
 
     plain = jpeg_bytes(make_image((1, 2, 3)))
     for junk in (b"Exif\x00\x00", b"Exif\x00\x00II*\x00\xff\xff\xff\xff", b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00"):

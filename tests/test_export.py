@@ -19,13 +19,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import REPO, make_image
+from tests.conftest import REPO, cli, make_image
 from tfl.cli import main
-from tfl.data import load_image_for_predict
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+from tfl.pipeline import load_image_for_predict
 
 
 @pytest.fixture(scope="session")

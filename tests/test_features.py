@@ -15,7 +15,8 @@ from tfl.archs import get_arch
 from tfl.augment import build_augmenter
 from tfl.cli import main
 from tfl.config import Stage, TrainConfig
-from tfl.data import Split, load_image_folder, make_pipeline
+from tfl.data import Split, load_image_folder
+from tfl.pipeline import make_pipeline
 from tfl.features import (cache_key, cached_features, compute_features, feature_dataset, feature_extractor,
                           load_features)
 from tfl.model import build_model, set_trainable_blocks

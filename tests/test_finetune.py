@@ -6,19 +6,12 @@ import json
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import write_class_folders
-from tfl.cli import main
+from tests.conftest import cli, tiny_flags, write_class_folders
 from tfl.train import auto_class_weights
 
-TINY = ["--arch", "mobilenetv2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
-        "--batch-size", "8", "--augment", "light"]
-
-
-def run_cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+TINY = [*tiny_flags(), "--augment", "light"]
 
 
 def test_run_directory_is_complete(tiny_run):
@@ -44,7 +37,7 @@ def test_run_directory_is_complete(tiny_run):
 
 
 def test_cli_prints_plan_stage_headers_and_summary(tiny_folder, tmp_path):
-    result = run_cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "1,1", "--output", tmp_path, "--name", "r")
+    result = cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "1,1", "--output", tmp_path, "--name", "r")
     assert result.exit_code == 0, result.output
     out = result.output
     assert "Data: 3 classes, 30 train / 6 val images" in out
@@ -56,10 +49,10 @@ def test_cli_prints_plan_stage_headers_and_summary(tiny_folder, tmp_path):
 def test_existing_run_is_not_overwritten_silently(tiny_folder, tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "keep.txt").write_text("precious")
-    result = run_cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "1,0", "--output", tmp_path, "--name", "r")
+    result = cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "1,0", "--output", tmp_path, "--name", "r")
     assert result.exit_code != 0 and "already exists" in result.output and "--overwrite" in result.output
     assert (tmp_path / "r" / "keep.txt").read_text() == "precious"
-    result = run_cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "1,0", "--output", tmp_path, "--name", "r",
+    result = cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "1,0", "--output", tmp_path, "--name", "r",
                      "--overwrite")
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "r" / "keep.txt").exists() and (tmp_path / "r" / "model.keras").is_file()
@@ -68,7 +61,7 @@ def test_existing_run_is_not_overwritten_silently(tiny_folder, tmp_path):
 def test_same_seed_gives_the_same_run(tiny_folder, tmp_path):
     histories = []
     for name in ("a", "b"):
-        result = run_cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "2,0", "--seed", "7",
+        result = cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "2,0", "--seed", "7",
                          "--output", tmp_path, "--name", name)
         assert result.exit_code == 0, result.output
         histories.append((tmp_path / name / "history.csv").read_text())
@@ -82,10 +75,10 @@ def test_same_seed_gives_the_same_run(tiny_folder, tmp_path):
 def test_imbalanced_classes_get_balanced_weights_in_the_plan(tmp_path):
     data = write_class_folders(tmp_path / "d", per_class=4, classes={"few": (200, 40, 40)})
     write_class_folders(data, per_class=16, classes={"many": (40, 60, 200)}, seed=500)
-    result = run_cli("finetune", "--data", data, *TINY, "--epochs", "1,0", "--output", tmp_path, "--name", "imb")
+    result = cli("finetune", "--data", data, *TINY, "--epochs", "1,0", "--output", tmp_path, "--name", "imb")
     assert result.exit_code == 0, result.output
     assert "class weights (auto, imbalanced classes): few 2.67, many 0.62" in result.output  # 3 vs 13 training images
-    result = run_cli("finetune", "--data", data, *TINY, "--epochs", "1,0", "--class-weight", "none",
+    result = cli("finetune", "--data", data, *TINY, "--epochs", "1,0", "--class-weight", "none",
                      "--output", tmp_path, "--name", "imb2")
     assert "class weights: none" in result.output
 
@@ -97,12 +90,12 @@ def test_auto_class_weights_only_when_imbalanced():
 
 
 def test_evaluate_recomputes_metrics_on_a_folder(tiny_run, tmp_path):
-    result = run_cli("evaluate", tiny_run)
+    result = cli("evaluate", tiny_run)
     assert result.exit_code == 0, result.output
     saved = json.loads((tiny_run / "metrics.json").read_text())
     assert f"accuracy {saved['accuracy']:.4f}" in result.output
     other = write_class_folders(tmp_path / "other", per_class=3, classes={"red": (200, 40, 40), "blue": (40, 60, 200)})
-    result = run_cli("evaluate", tiny_run, "--data", other)
+    result = cli("evaluate", tiny_run, "--data", other)
     assert result.exit_code == 0, result.output
     assert "on 6 images" in result.output and "green" in result.output
     # each evaluated set gets its own error analysis and report, beside the run's
@@ -117,7 +110,7 @@ def test_evaluate_recomputes_metrics_on_a_folder(tiny_run, tmp_path):
     assert len(list((folder / "mistakes").glob("*.jpg"))) == len(analysis["mistakes"])
     page = (folder / "report.html").read_text()
     assert "evaluated on" in page and "6 photos" in page and "<h2>Mistakes</h2>" in page and "<h2>Plan</h2>" not in page
-    result = run_cli("evaluate", tiny_run, "--data", write_class_folders(tmp_path / "x", 1, {"purple": (9, 9, 9)}))
+    result = cli("evaluate", tiny_run, "--data", write_class_folders(tmp_path / "x", 1, {"purple": (9, 9, 9)}))
     assert result.exit_code == 1 and "does not know" in result.output
 
     # a folder named val does not replace the run's own evaluation; a TIFF is listed where it is, not as the PNG
@@ -126,7 +119,7 @@ def test_evaluate_recomputes_metrics_on_a_folder(tiny_run, tmp_path):
     tiff = held_out / "red" / "scan.tiff"
     Image.new("RGB", (40, 40), (200, 40, 40)).save(tiff, "TIFF")
     before = (own / "predictions.csv").read_text()
-    result = run_cli("evaluate", tiny_run, "--data", held_out)
+    result = cli("evaluate", tiny_run, "--data", held_out)
     assert result.exit_code == 0, result.output
     assert (own / "predictions.csv").read_text() == before
     rows = (tiny_run / "evaluations" / "dogs-val" / "predictions.csv").read_text().splitlines()
@@ -136,7 +129,7 @@ def test_evaluate_recomputes_metrics_on_a_folder(tiny_run, tmp_path):
 
 def test_auto_image_size_follows_small_photos(tiny_folder, tmp_path):
     args = [a for a in TINY if a not in ("--image-size", "32")]
-    result = run_cli("finetune", "--data", tiny_folder, *args, "--epochs", "1,0", "--output", tmp_path, "--name", "auto")
+    result = cli("finetune", "--data", tiny_folder, *args, "--epochs", "1,0", "--output", tmp_path, "--name", "auto")
     assert result.exit_code == 0, result.output
     assert "at 128 px (auto: photos' median short side 40 px)" in result.output
     assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["image_size"] == 128

@@ -11,18 +11,11 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import make_image, write_class_folders
+from tests.conftest import cli, make_image, tiny_flags, write_class_folders
 from tfl.cli import main
-from tfl.data import load_image_for_predict
+from tfl.pipeline import load_image_for_predict
 
-TINY = ["--arch", "mobilenetv2", "--alpha", "0.35", "--weights", "none", "--image-size", "32", "--batch-size", "8"]
-
-
-def cli(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result
+TINY = tiny_flags()
 
 
 def train(data, runs, name, *extra, epochs="2,1"):
@@ -108,16 +101,9 @@ def test_one_decoder_sixteen_bit_pngs_keep_their_picture(tmp_path):
     assert np.abs(pixels[..., 0].astype(int) - expected).max() <= 1
 
 
-@pytest.fixture
-def own_run(tiny_run, tmp_path):
-    """A copy of the shared tiny run, free to export into."""
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("export*", "model_*.tflite"))
-    return copy
-
-
 def test_predict_sees_exactly_the_pixels_training_saw(tmp_path):
-    from tfl.data import Split, decoded_images
+    from tfl.data import Split
+    from tfl.pipeline import decoded_images
 
     paths = []
     for i, size in enumerate((40, 300, 900)):  # small, larger than the model, large enough for a reduced decode

@@ -9,20 +9,14 @@ import sys
 import time
 
 import pytest
-from click.testing import CliRunner
 
-from tests.conftest import MOBILENET_035_WEIGHTS, REPO, write_class_folders
-from tfl.cli import main
+from tests.conftest import MOBILENET_035_WEIGHTS, REPO, cli, tiny_flags, write_class_folders
 
 pytestmark = pytest.mark.slow
 
 # Real weights when ../shared has them, so that accuracy means something; random ones otherwise.
 WEIGHTS = str(MOBILENET_035_WEIGHTS) if MOBILENET_035_WEIGHTS.is_file() else "none"
-TINY = ["--arch", "mobilenetv2", "--alpha", "0.35", "--weights", WEIGHTS, "--image-size", "32", "--batch-size", "8"]
-
-
-def cli(*args, cwd=None):
-    return CliRunner().invoke(main, [str(a) for a in args])
+TINY = tiny_flags(WEIGHTS)
 
 
 def start_training(data, runs, name, epochs, config):

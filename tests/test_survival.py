@@ -16,26 +16,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 import tfl
-from tests.conftest import REPO, make_image, write_class_folders
+from tests.conftest import REPO, TINY_SETTINGS, cli, make_image, write_class_folders
 from tfl.cli import main
 
-TINY = dict(arch="mobilenetv2", alpha=0.35, weights="none", image_size=32, batch_size=8, echo=lambda s: None,
-            verbose=0)
-
-
-def cli(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result
-
-
-@pytest.fixture
-def own_run(tiny_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("export*", "model_*.tflite", "model.onnx",
-                                                                   ".export.lock"))
-    return copy
+TINY = dict(TINY_SETTINGS, echo=lambda s: None, verbose=0)
 
 
 def move_photos_away(run):

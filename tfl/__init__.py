@@ -7,11 +7,10 @@
     tfl.load(artifact).predict(["a.jpg", "b.png"], top_k=3)
 """
 
-__version__ = "0.1.0"
-
 from tfl.api import Run, check, finetune, load, make_config, open_run, resume  # noqa: E402
 from tfl.config import Stage, TrainConfig  # noqa: E402
 from tfl.errors import TflError, TflWarning  # noqa: E402
+from tfl.version import __version__  # noqa: E402
 
 __all__ = ["finetune", "check", "resume", "open_run", "load", "make_config", "Run", "TrainConfig", "Stage", "Predictor",
            "TflError", "TflWarning", "__version__"]

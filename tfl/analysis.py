@@ -45,7 +45,7 @@ def write_analysis(scored: Scored, folder: RunFolder, model, image_size: int, me
     mistakes with Grad-CAM heatmaps."""
     from PIL import Image
 
-    from tfl.data import load_image_for_predict
+    from tfl.pipeline import load_image_for_predict
     from tfl.plots import plot_confusion_matrix, plot_precision_recall, plot_roc
 
     names = scored.class_names

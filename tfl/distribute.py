@@ -24,7 +24,7 @@ import keras
 
 from tfl.backend import start_jax
 from tfl.config import DISTRIBUTE_MODES
-from tfl.data import Split
+from tfl.split import Split
 from tfl.errors import TflError, unknown, warn
 from tfl.keras_patches import patch_keras_distributed_fit
 

@@ -8,7 +8,9 @@ import tempfile
 from pathlib import Path
 
 from tfl.analysis import Scored, write_analysis
-from tfl.data import Split, list_class_folders, make_pipeline, scan_class_folders
+from tfl.split import Split
+from tfl.data import list_class_folders, scan_class_folders
+from tfl.pipeline import make_pipeline
 from tfl.errors import TflError, warn
 from tfl.fileio import atomic_path, atomic_write_text
 from tfl.html_report import build_report

@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfl.backend import native_stderr_held
-from tfl.data import Split, decode_image_bytes, label_array, load_image_for_predict
+from tfl.split import Split
+from tfl.pipeline import decode_image_bytes, label_array, load_image_for_predict
 from tfl.errors import TflError, disk_full_explained
 from tfl.evaluate import load_labelled_folder
 from tfl.precision import float32_copy

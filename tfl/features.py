@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfl.augment import PRESETS_VERSION
-from tfl.data import DECODER_VERSION, ImageData, Split, make_pipeline
+from tfl.data import ImageData, Split
+from tfl.pipeline import DECODER_VERSION, make_pipeline
 from tfl.distribute import Cluster
 from tfl.model import get_head
 from tfl.fileio import atomic_path

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from tfl.backend import native_stderr_held
-from tfl.data import is_hidden, load_image_for_predict, pixels_of_image
+from tfl.data import is_hidden
+from tfl.pipeline import load_image_for_predict, pixels_of_image
 from tfl.errors import TflError
 from tfl.formats import LOADABLE, ArtifactFormat
 from tfl.runs import (LABELS_FILE, MODEL_FILE, THRESHOLDS_FILE, parse_labels, parse_thresholds, read_labels,

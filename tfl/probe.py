@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfl.data import ImageData, make_pipeline
+from tfl.data import ImageData
+
+from tfl.pipeline import make_pipeline
 from tfl.split import Split
 
 FOLDS = 5

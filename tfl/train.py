@@ -18,12 +18,12 @@ from typing import Callable, Sequence
 
 import keras
 
-from tfl import __version__
 from tfl.archs import auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
 from tfl.checkpoint import Checkpoint, StageTracker, TrainingState
 from tfl.config import Stage, TrainConfig, from_run_record, run_record
-from tfl.data import DECODER_VERSION, CsvOptions, ImageData, load_data, make_pipeline
+from tfl.data import CsvOptions, ImageData, load_data
+from tfl.pipeline import DECODER_VERSION, make_pipeline
 from tfl.distribute import Cluster, connect, disconnect
 from tfl.errors import TflError, disk_full_explained
 from tfl.calibration import calibrating_temperature, calibration_report, fold_temperature, rescaled
@@ -43,6 +43,7 @@ from tfl.runs import (DEFAULT_ROOT, THRESHOLDS_FILE, RunFolder, default_run_name
                       labels_text, portable_path, prepare_run_dir, read_run_config, resumable_run, run_lock,
                       thresholds_text, write_splits)
 from tfl.scan import SCAN_CACHE_FOLDER
+from tfl.version import __version__
 
 IMBALANCE_RATIO = 1.5  # class_weight auto: balance when the largest class is this much bigger than the smallest
 def history_columns(score: str) -> list[str]:
