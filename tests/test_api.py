@@ -23,6 +23,7 @@ def readme_python_example() -> str:
     return match.group(1)
 
 
+@pytest.mark.integration
 def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     weights = require_mobilenet_weights()
     write_class_folders(tmp_path / "photos", per_class=8)
@@ -41,6 +42,7 @@ def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     assert "model_int8.tflite" in report
 
 
+@pytest.mark.integration
 def test_custom_augmenter_and_callbacks_are_used(tmp_path):
     calls = []
 

@@ -105,7 +105,7 @@ NEW_ENTRIES = ["mobilenetv3small", pytest.param("mobilenetv3large", marks=pytest
                pytest.param("efficientnetv2b0", marks=pytest.mark.extended)]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("name", NEW_ENTRIES)
 def test_a_backbone_added_as_one_entry_trains_exports_every_format_and_predicts(name, tmp_path):
     import json

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import REPO, write_class_folders
 
 pytest.importorskip("jax", reason="JAX is not installed (pip install 'tfl[jax]')")
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def run_python(code: str, backend: str, timeout: int = 600) -> subprocess.CompletedProcess:

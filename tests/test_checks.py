@@ -101,6 +101,7 @@ def test_near_pairs_by_hamming_distance():
     assert near_pairs(hashes, radius=8) == [(0, 1, 4), (0, 2, 8), (1, 2, 4)]
 
 
+@pytest.mark.integration
 def test_finetune_summarises_the_checks(faulty, tmp_path):
     result = CliRunner().invoke(main, ["finetune", "--data", str(faulty), "--weights", "none", "--arch",
                                        "mobilenetv2", "--alpha", "0.35", "--image-size", "32", "--epochs", "2,0",

@@ -101,6 +101,7 @@ def test_a_split_column_and_train_val_files_are_honoured(tmp_path):
     assert "train: train.csv" in data.report["layout"]
 
 
+@pytest.mark.integration
 def test_finetune_reads_a_label_file_and_resumes_from_its_splits(tmp_path):
     rows = flat_photos(tmp_path / "data" / "pics", per_class=8)
     csv_path = write(tmp_path / "data" / "train.csv", ["name;kind"] + [f"{f};{l}" for f, l in rows])

@@ -94,6 +94,7 @@ def run_workers(backend: str, data, weights: str, tmp_path) -> list[str]:
     return outputs
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", ["tensorflow", pytest.param("jax", marks=pytest.mark.extended)])
 def test_two_workers_train_one_run_together(colours, backend, tmp_path):
     data, weights, single = colours
@@ -137,6 +138,7 @@ print(json.dumps({"lines": lines, "accuracy": run.metrics["accuracy"], "path": s
 """
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", [pytest.param("tensorflow", marks=pytest.mark.extended), "jax"])
 def test_mirrored_trains_on_two_logical_devices(colours, backend, tmp_path):
     data, weights, single = colours
@@ -238,6 +240,7 @@ print(json.dumps({"lines": lines, "metrics": run.metrics, "path": str(run.path)}
 """
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", ["tensorflow", pytest.param("jax", marks=pytest.mark.extended)])
 def test_several_labels_per_photo_train_on_two_devices(backend, tmp_path):
     """A multi-label run (label file, sigmoid head, mAP, thresholds) on Keras' engines, both backends."""

@@ -24,17 +24,6 @@ from tfl.cli import main
 from tfl.pipeline import load_image_for_predict
 
 
-@pytest.fixture(scope="session")
-def exported_run(tiny_run):
-    """tiny_run exported as a SavedModel and as TFLite in every quantization."""
-    for quantize in ("none", "float16", "dynamic", "int8"):
-        fmt = "all" if quantize == "none" else "tflite"
-        result = cli("export", tiny_run, "--format", fmt, "--quantize", quantize, "--calibration-samples", "8",
-                     "--verify-images", "6")
-        assert result.exit_code == 0, result.output
-    return tiny_run
-
-
 def keras_probabilities(run, images):
     import keras
 
@@ -48,7 +37,6 @@ def val_images(run, n=6):
     return np.stack([load_image_for_predict(p, size) for p in splits["val"]["paths"][:n]])
 
 
-@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_every_artifact_is_written_and_reported(exported_run):
     for name in ("model_float32.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite"):
         assert (exported_run / name).stat().st_size > 10_000
@@ -65,7 +53,6 @@ def test_every_artifact_is_written_and_reported(exported_run):
     assert not list(exported_run.rglob("*.tmp")), "no temporary file may be left behind"
 
 
-@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_labels_travel_inside_the_tflite(exported_run):
     for name in ("model_float32.tflite", "model_int8.tflite"):
         with zipfile.ZipFile(exported_run / name) as archive:
@@ -75,7 +62,6 @@ def test_labels_travel_inside_the_tflite(exported_run):
 TFLITE_FILES = ("model_float32.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite")
 
 
-@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_every_tflite_carries_metadata_for_mediapipe(exported_run):
     """TFLite Metadata as MediaPipe Tasks reads it: an RGB image input normalized by mean 0 and std 1 (the model
     normalizes by itself), the labels as the output's axis labels, stored uncompressed."""
@@ -111,7 +97,6 @@ def assert_int8_input(run):
         assert (round(details["quantization"][0], 6), details["quantization"][1]) == (1.0, 0)
 
 
-@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_every_tflite_loads_in_mediapipe_tasks_with_its_class_names(exported_run):
     """As an app developer loads it: MediaPipe Tasks' ImageClassifier, on a photo file."""
     mp = pytest.importorskip("mediapipe", reason="MediaPipe Tasks is tfl's [mediapipe] extra (in [dev])")
@@ -132,7 +117,6 @@ def test_every_tflite_loads_in_mediapipe_tasks_with_its_class_names(exported_run
     assert report["model_float32.tflite"]["mediapipe_top1_agreement"] == 1.0
 
 
-@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_tflite_runs_with_ai_edge_litert_and_matches_keras(exported_run):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -150,7 +134,6 @@ def test_tflite_runs_with_ai_edge_litert_and_matches_keras(exported_run):
     assert_int8_input(exported_run)
 
 
-@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_saved_model_loads_without_tfl_or_keras(exported_run, tmp_path):
     images = val_images(exported_run, 3)
     np.save(tmp_path / "images.npy", images)
@@ -195,7 +178,6 @@ def test_saved_model_loads_without_tfl_or_keras(exported_run, tmp_path):
     np.testing.assert_allclose(result["probabilities"], keras_out, atol=1e-4)
 
 
-@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_onnx_runs_with_onnxruntime_alone(exported_run, tmp_path):
     """As a C#, Java or browser app would run it: no TensorFlow, no Keras, no tfl; labels from the file itself."""
     images = val_images(exported_run, 6)
@@ -225,15 +207,16 @@ def test_onnx_runs_with_onnxruntime_alone(exported_run, tmp_path):
     assert result["diff"] < 1e-4 and result["agreement"] == 1.0
 
 
-def test_int8_export_agrees_with_keras_on_real_photos(real_run):
-    result = cli("export", real_run, "--format", "tflite", "--quantize", "int8", "--calibration-samples", "60")
+def test_int8_export_agrees_with_keras_on_real_photos(real_copy):
+    result = cli("export", real_copy, "--format", "tflite", "--quantize", "int8", "--calibration-samples", "60",
+                 "--no-fallback")  # the search is tests/test_quantize.py's
     assert result.exit_code == 0, result.output
-    row = json.loads((real_run / "export_report.json").read_text())["model_int8.tflite"]
+    row = json.loads((real_copy / "export_report.json").read_text())["model_int8.tflite"]
     print("int8 on real photos:", row)
     # a briefly trained model has low-margin predictions, so int8 flips some; chance agreement is about 0.2
     assert row["top1_agreement"] >= 0.75 and row["accuracy_change"] >= -0.1
-    keras_row = json.loads((real_run / "export_report.json").read_text())["model.keras"]
-    assert row["size_bytes"] < 0.6 * (real_run / "model.keras").stat().st_size
+    keras_row = json.loads((real_copy / "export_report.json").read_text())["model.keras"]
+    assert row["size_bytes"] < 0.6 * (real_copy / "model.keras").stat().st_size
     assert keras_row["accuracy"] > 0.4
     # bias-corrected on BIAS_CORRECTION_IMAGES of the calibration photos, and the report says what that changed
     assert row["bias_correction"]["images"] == 32 and "agreement" in row["bias_correction"]["converted"]
@@ -244,7 +227,6 @@ def test_int8_export_agrees_with_keras_on_real_photos(real_run):
     assert "perfectly calibrated model would measure about" in result.output
 
 
-@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_existing_artifact_needs_force(exported_run):
     before = (exported_run / "model_float32.tflite").stat().st_mtime_ns
     result = CliRunner().invoke(main, ["export", str(exported_run), "--format", "tflite"])
@@ -268,7 +250,7 @@ def test_accuracy_drop_over_the_limit_fails_and_writes_nothing(tiny_run, monkeyp
 
     monkeypatch.setattr(tfl.export, "verify", worse)
     result = CliRunner().invoke(main, ["export", str(run), "--quantize", "dynamic", "--max-accuracy-drop", "0.01",
-                                       "--verify-images", "4"])
+                                       "--verify-images", "4", "--no-fallback"])
     assert result.exit_code == 1 and "loses 5.0% accuracy" in result.output and "Nothing was written" in result.output
     assert not (run / "model_dynamic.tflite").exists() and not list(run.glob(".*tmp"))
 
@@ -294,7 +276,6 @@ def test_export_killed_midway_leaves_nothing(tiny_run, tmp_path):
     assert (target / "saved_model.pb").is_file() and not list(target.parent.glob(".1.*.tmp"))
 
 
-@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_predict_every_artifact_kind_and_report_unreadable_files(exported_run, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -318,7 +299,6 @@ def test_predict_every_artifact_kind_and_report_unreadable_files(exported_run, t
         assert [r["top"][0]["score"] for r in outputs[name][:2]] == pytest.approx(reference, abs=1e-4)
 
 
-@pytest.mark.xdist_group("exported_run")  # one worker builds the fixture, not each
 def test_predict_table_and_csv(exported_run, tmp_path):
     make_image((200, 40, 40), seed=5).save(tmp_path / "a.jpg")
     table = cli("predict", exported_run / "model.keras", tmp_path / "a.jpg")
@@ -384,16 +364,16 @@ def served(folder: Path):
         server.shutdown()
 
 
-def test_web_page_classifies_a_photo_like_tfl_predict(real_run, tmp_path):
+def test_web_page_classifies_a_photo_like_tfl_predict(real_copy, tmp_path):
     """examples/web in headless Chromium: ONNX Runtime Web's top-1 for a real photo is tfl predict's."""
     browser = chromium_binary()
-    result = cli("export", real_run, "--format", "onnx", "--verify-images", "12", "--force")
+    result = cli("export", real_copy, "--format", "onnx", "--verify-images", "12")
     assert result.exit_code == 0, result.output
-    photos = json.loads((real_run / "splits.json").read_text())["val"]["paths"][:12]
-    predicted = json.loads(cli("predict", real_run / "model.onnx", *photos, "--format", "json").stdout)
+    photos = json.loads((real_copy / "splits.json").read_text())["val"]["paths"][:12]
+    predicted = json.loads(cli("predict", real_copy / "model.onnx", *photos, "--format", "json").stdout)
     confident = max(predicted, key=lambda row: row["top"][0]["score"] - row["top"][1]["score"])
     site = web_example_folder(tmp_path / "site")
-    shutil.copy(real_run / "model.onnx", site / "model.onnx")
+    shutil.copy(real_copy / "model.onnx", site / "model.onnx")
     shutil.copy(confident["path"], site / "photo.jpg")
     with served(site) as address:
         page = subprocess.run(

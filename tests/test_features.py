@@ -152,6 +152,7 @@ def test_features_over_the_memory_limit_stream_from_disk(tmp_path, monkeypatch):
     assert not np.array_equal(epochs[0], epochs[1]), "each epoch draws a new order"
 
 
+@pytest.mark.integration
 def test_finetune_trains_the_head_on_streamed_features(tmp_path, monkeypatch):
     monkeypatch.setattr(features_module, "FEATURE_MEMORY_LIMIT_BYTES", 0)
     data = write_class_folders(tmp_path / "data", per_class=8)
@@ -164,6 +165,7 @@ def test_finetune_trains_the_head_on_streamed_features(tmp_path, monkeypatch):
     assert len(history) == 4, "three head epochs on streamed features"
 
 
+@pytest.mark.integration
 def test_finetune_uses_and_reuses_the_cache(tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=8)
     args = ["finetune", "--data", str(data), "--weights", "none", "--alpha", "0.35", "--image-size", "32",
@@ -180,6 +182,7 @@ def test_finetune_uses_and_reuses_the_cache(tmp_path):
     assert (tmp_path / "runs" / "c" / "model.keras").is_file()
 
 
+@pytest.mark.integration
 def test_mixup_turns_the_feature_cache_off(tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=6)
     result = CliRunner().invoke(main, ["finetune", "--data", str(data), "--weights", "none", "--alpha", "0.35",

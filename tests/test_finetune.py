@@ -36,6 +36,7 @@ def test_run_directory_is_complete(tiny_run):
     assert not tiny_run.with_name("tiny.partial").exists()
 
 
+@pytest.mark.integration
 def test_cli_prints_plan_stage_headers_and_summary(tiny_folder, tmp_path):
     result = cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "1,1", "--output", tmp_path, "--name", "r")
     assert result.exit_code == 0, result.output
@@ -46,6 +47,7 @@ def test_cli_prints_plan_stage_headers_and_summary(tiny_folder, tmp_path):
     assert "Best validation accuracy" in out and "wall time" in out and str(tmp_path / "r") in out
 
 
+@pytest.mark.integration
 def test_existing_run_is_not_overwritten_silently(tiny_folder, tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "keep.txt").write_text("precious")
@@ -58,6 +60,7 @@ def test_existing_run_is_not_overwritten_silently(tiny_folder, tmp_path):
     assert not (tmp_path / "r" / "keep.txt").exists() and (tmp_path / "r" / "model.keras").is_file()
 
 
+@pytest.mark.integration
 def test_same_seed_gives_the_same_run(tiny_folder, tmp_path):
     histories = []
     for name in ("a", "b"):
@@ -72,6 +75,7 @@ def test_same_seed_gives_the_same_run(tiny_folder, tmp_path):
             == json.loads((tmp_path / "b" / "splits.json").read_text()))
 
 
+@pytest.mark.integration
 def test_imbalanced_classes_get_balanced_weights_in_the_plan(tmp_path):
     data = write_class_folders(tmp_path / "d", per_class=4, classes={"few": (200, 40, 40)})
     write_class_folders(data, per_class=16, classes={"many": (40, 60, 200)}, seed=500)
@@ -89,17 +93,17 @@ def test_auto_class_weights_only_when_imbalanced():
     assert auto_class_weights([10, 40], "auto") == {0: 2.5, 1: 0.625}
 
 
-def test_evaluate_recomputes_metrics_on_a_folder(tiny_run, tmp_path):
-    result = cli("evaluate", tiny_run)
+def test_evaluate_recomputes_metrics_on_a_folder(own_run, tmp_path):
+    result = cli("evaluate", own_run)
     assert result.exit_code == 0, result.output
-    saved = json.loads((tiny_run / "metrics.json").read_text())
+    saved = json.loads((own_run / "metrics.json").read_text())
     assert f"accuracy {saved['accuracy']:.4f}" in result.output
     other = write_class_folders(tmp_path / "other", per_class=3, classes={"red": (200, 40, 40), "blue": (40, 60, 200)})
-    result = cli("evaluate", tiny_run, "--data", other)
+    result = cli("evaluate", own_run, "--data", other)
     assert result.exit_code == 0, result.output
     assert "on 6 images" in result.output and "green" in result.output
     # each evaluated set gets its own error analysis and report, beside the run's
-    own, folder = tiny_run / "evaluations" / "val", tiny_run / "evaluations" / "other"
+    own, folder = own_run / "evaluations" / "val", own_run / "evaluations" / "other"
     assert f"report.html of this evaluation: {folder}" in result.output
     for written in (own, folder):
         assert {"metrics.json", "predictions.csv", "analysis.json", "confusion_matrix.png", "roc_curves.png",
@@ -110,7 +114,7 @@ def test_evaluate_recomputes_metrics_on_a_folder(tiny_run, tmp_path):
     assert len(list((folder / "mistakes").glob("*.jpg"))) == len(analysis["mistakes"])
     page = (folder / "report.html").read_text()
     assert "evaluated on" in page and "6 photos" in page and "<h2>Mistakes</h2>" in page and "<h2>Plan</h2>" not in page
-    result = cli("evaluate", tiny_run, "--data", write_class_folders(tmp_path / "x", 1, {"purple": (9, 9, 9)}))
+    result = cli("evaluate", own_run, "--data", write_class_folders(tmp_path / "x", 1, {"purple": (9, 9, 9)}))
     assert result.exit_code == 1 and "does not know" in result.output
 
     # a folder named val does not replace the run's own evaluation; a TIFF is listed where it is, not as the PNG
@@ -119,14 +123,15 @@ def test_evaluate_recomputes_metrics_on_a_folder(tiny_run, tmp_path):
     tiff = held_out / "red" / "scan.tiff"
     Image.new("RGB", (40, 40), (200, 40, 40)).save(tiff, "TIFF")
     before = (own / "predictions.csv").read_text()
-    result = cli("evaluate", tiny_run, "--data", held_out)
+    result = cli("evaluate", own_run, "--data", held_out)
     assert result.exit_code == 0, result.output
     assert (own / "predictions.csv").read_text() == before
-    rows = (tiny_run / "evaluations" / "dogs-val" / "predictions.csv").read_text().splitlines()
+    rows = (own_run / "evaluations" / "dogs-val" / "predictions.csv").read_text().splitlines()
     assert len(rows) == 4 and any(str(tiff) in row for row in rows[1:])
     assert not any("tfl_converted_" in row for row in rows)
 
 
+@pytest.mark.integration
 def test_auto_image_size_follows_small_photos(tiny_folder, tmp_path):
     args = [a for a in TINY if a not in ("--image-size", "32")]
     result = cli("finetune", "--data", tiny_folder, *args, "--epochs", "1,0", "--output", tmp_path, "--name", "auto")

@@ -62,7 +62,7 @@ def two_workers(mode: str) -> list[str]:
     return results
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_keras_still_needs_the_multi_worker_patch():
     results = two_workers("unpatched")
     assert all("FAILED" in r for r in results), (
@@ -70,6 +70,6 @@ def test_keras_still_needs_the_multi_worker_patch():
         f"{results}): drop tfl/keras_patches.py and its use in tfl/distribute.py.")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_patch_makes_multi_worker_fit_work():
     assert two_workers("patched") == ["RESULT OK", "RESULT OK"]

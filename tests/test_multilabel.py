@@ -132,6 +132,7 @@ def striped_photos(folder: Path, per_colour: int = 10) -> list[tuple[str, list[s
     return rows
 
 
+@pytest.mark.integration
 def test_a_multilabel_run_end_to_end(tmp_path):
     rows = striped_photos(tmp_path / "data" / "images")
     csv_path = tmp_path / "data" / "labels.csv"
@@ -229,6 +230,7 @@ def test_miml_scenes_both_label_layouts_read_alike():
     assert all(abs(val_counts[k] / total[k] - 0.2) < 0.03 for k in total), val_counts
 
 
+@pytest.mark.integration
 def test_the_python_api_trains_folders_as_multilabel_when_asked(tmp_path):
     """--task multilabel on class folders: independent scores, each photo with its one label."""
     import tfl

@@ -141,7 +141,7 @@ def test_accuracy_decides_the_best_epoch():
     assert state.best["epoch"] == 2 and state.stopped and state.epochs_done == 5
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_auto_plan_is_printed_saved_and_warms_up(tiny_folder, tmp_path):
     result = CliRunner().invoke(main, ["finetune", "--data", str(tiny_folder), "--weights", "none", "--alpha", "0.35",
                                        "--image-size", "32", "--batch-size", "8", "--plan", "auto",

@@ -14,6 +14,7 @@ from tfl.cli import main
 from tfl.precision import resolve_precision
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("policy", [pytest.param("mixed_bfloat16", marks=pytest.mark.extended), "mixed_float16"])
 def test_mixed_precision_trains_and_exports(tmp_path, policy):
     data = write_class_folders(tmp_path / "data", per_class=6)

@@ -1,7 +1,6 @@
 """The quantization fallback: a dynamic or int8 file that misses its target keeps its most damaging layers in float."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -183,10 +182,8 @@ def test_layers_kept_in_float_hold_float16_weights_in_dynamic_and_float32_in_flo
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "int8"])
-def test_a_file_below_its_target_keeps_layers_in_float_and_still_loads_in_mediapipe(real_run, tmp_path, kind,
-                                                                                    monkeypatch):
-    run = tmp_path / "run"
-    shutil.copytree(real_run, run, ignore=shutil.ignore_patterns("*.tflite", "export*"))
+def test_a_file_below_its_target_keeps_layers_in_float_and_still_loads_in_mediapipe(real_copy, kind, monkeypatch):
+    run = real_copy
     monkeypatch.setitem(quantize.TARGETS, kind, 1.0)  # every answer kept: the converter's file misses it
     result = CliRunner().invoke(main, ["export", str(run), "--format", "tflite", "--quantize", kind,
                                        "--calibration-samples", "40"], catch_exceptions=False)

@@ -50,6 +50,7 @@ def moved_run(tmp_path_factory):
     return moved
 
 
+@pytest.mark.integration
 def test_run_keeps_absolute_data_paths_and_its_converted_images(moved_run):
     config = yaml.safe_load((moved_run / "config.yaml").read_text())
     assert os.path.isabs(config["data"])
@@ -63,15 +64,18 @@ def test_run_keeps_absolute_data_paths_and_its_converted_images(moved_run):
     assert [item["to"] for item in report["converted"]] == converted, "no '.partial' path in the data report"
 
 
+@pytest.mark.integration
 def test_a_moved_run_evaluates_and_exports_from_another_directory(moved_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = cli("evaluate", moved_run)
     assert result.exit_code == 0, result.output
-    result = cli("export", moved_run, "--format", "tflite", "--quantize", "int8", "--calibration-samples", "40")
+    result = cli("export", moved_run, "--format", "tflite", "--quantize", "int8", "--calibration-samples", "40",
+                 "--no-fallback")
     assert result.exit_code == 0, result.output
     assert (moved_run / "model_int8.tflite").is_file()
 
 
+@pytest.mark.integration
 def test_a_relative_weights_path_is_saved_absolute(tiny_folder, tmp_path, monkeypatch):
     from tests.conftest import require_mobilenet_weights
 
@@ -83,6 +87,7 @@ def test_a_relative_weights_path_is_saved_absolute(tiny_folder, tmp_path, monkey
     assert yaml.safe_load((tmp_path / "w" / "config.yaml").read_text())["weights"] == str(weights.resolve())
 
 
+@pytest.mark.integration
 def test_files_get_ordinary_modes(moved_run):
     umask = os.umask(0o022)
     os.umask(umask)
@@ -118,7 +123,7 @@ def test_predict_sees_exactly_the_pixels_training_saw(tmp_path):
 
 def test_metrics_and_the_export_reference_agree(own_run):
     tiny_run = own_run
-    result = cli("export", tiny_run, "--format", "tflite", "--quantize", "dynamic")
+    result = cli("export", tiny_run, "--format", "tflite", "--quantize", "dynamic", "--no-fallback")
     assert result.exit_code == 0, result.output
     report = json.loads((tiny_run / "export_report.json").read_text())
     metrics = json.loads((tiny_run / "metrics.json").read_text())
@@ -150,6 +155,7 @@ def test_predict_fails_when_no_input_could_be_read(tiny_run, tmp_path):
     assert result.exit_code == 1 and "None of the 1 input file(s) could be read" in result.output
 
 
+@pytest.mark.integration
 def test_huge_images_are_skipped_and_reported(tmp_path, monkeypatch):
     """Pillow refuses images over twice MAX_IMAGE_PIXELS (a decompression bomb); a smaller limit stands in for a
     196-megapixel photo."""
@@ -193,6 +199,7 @@ def test_alpha_for_an_arch_without_it_is_a_warning(tmp_path):
     assert result.output.startswith("Warning: alpha 0.35 is ignored: resnet50 has no width multiplier (only mobilenetv2")
 
 
+@pytest.mark.integration
 def test_a_runs_config_yaml_reproduces_the_run(tiny_folder, tmp_path):
     first = train(tiny_folder, tmp_path, "first", "--seed", "5", epochs="3,0")
     result = cli("finetune", "--config", first / "config.yaml", "--output", tmp_path, "--name", "again")

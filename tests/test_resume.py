@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import MOBILENET_035_WEIGHTS, REPO, cli, tiny_flags, write_class_folders
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 # Real weights when ../shared has them, so that accuracy means something; random ones otherwise.
 WEIGHTS = str(MOBILENET_035_WEIGHTS) if MOBILENET_035_WEIGHTS.is_file() else "none"

@@ -49,7 +49,7 @@ def test_a_run_whose_photos_are_gone_still_exports_and_says_what_was_not_verifie
     assert not (own_run / "model_int8.tflite").exists()
 
     data = tiny_run.parent.parent / "data"  # photos of the same classes, in class folders
-    result = cli("export", own_run, "--quantize", "int8", "--data", data, "--calibration-samples", "8")
+    result = cli("export", own_run, "--quantize", "int8", "--data", data, "--calibration-samples", "8", "--no-fallback")
     assert result.exit_code == 0, result.output
     assert "int8 calibration: on the 30 photos of --data" in result.output
     row = json.loads((own_run / "export_report.json").read_text())["model_int8.tflite"]
@@ -60,7 +60,7 @@ def test_a_run_with_some_photos_gone_verifies_on_those_left(own_run):
     splits = json.loads((own_run / "splits.json").read_text())
     splits["val"]["paths"][0] = "/gone/photo.jpg"
     (own_run / "splits.json").write_text(json.dumps(splits))
-    result = cli("export", own_run, "--quantize", "dynamic")
+    result = cli("export", own_run, "--quantize", "dynamic", "--no-fallback")
     assert result.exit_code == 0, result.output
     row = json.loads((own_run / "export_report.json").read_text())["model_dynamic.tflite"]
     n = len(splits["val"]["paths"])
@@ -119,6 +119,7 @@ class DeleteAfterFirstFit:
         self.photo, self.callback = photo, Callback()
 
 
+@pytest.mark.integration
 def test_a_photo_deleted_during_training_is_a_message_and_the_run_resumes(tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=8)
     run = tfl.finetune(data, epochs=(2, 1), output=tmp_path / "runs", name="ok", **TINY)
@@ -140,6 +141,7 @@ def disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/checkpoint/epoch2.npz")
 
 
+@pytest.mark.integration
 def test_a_full_disk_while_training_is_a_message_and_the_run_resumes(tiny_folder, tmp_path, monkeypatch):
     from tfl.checkpoint import Checkpoint
 
@@ -164,6 +166,7 @@ def test_a_full_disk_while_training_is_a_message_and_the_run_resumes(tiny_folder
     assert (tmp_path / "runs" / "full" / "model.keras").is_file()
 
 
+@pytest.mark.integration
 def test_a_full_disk_while_computing_the_feature_cache_leaves_nothing(tiny_folder, tmp_path, monkeypatch):
     import tfl.features
 
@@ -213,17 +216,11 @@ def test_a_config_file_value_out_of_bounds_names_the_file(tiny_folder, tmp_path)
     assert result.exit_code == 1 and "Image size in the command line must be at least 32, got 0" in result.output
 
 
-@pytest.fixture(scope="module")
-def every_predictor(tiny_run, tmp_path_factory):
-    """A copy of the tiny run as every artifact kind, exported once."""
-    from tfl.export import export_run
-
-    run = tmp_path_factory.mktemp("every") / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export*", "model_*.tflite", "model.onnx",
-                                                                  ".export.lock"))
-    export_run(run, "all", "none", verify_images=4, echo=lambda s: None)
-    return {"keras": run, "saved_model": run / "export" / "saved_model" / "1",
-            "tflite": run / "model_float32.tflite", "onnx": run / "model.onnx"}
+@pytest.fixture
+def every_predictor(exported_run):
+    """The tiny run as every artifact kind (tests/test_export.py's exported_run, built once per session)."""
+    return {"keras": exported_run, "saved_model": exported_run / "export" / "saved_model" / "1",
+            "tflite": exported_run / "model_float32.tflite", "onnx": exported_run / "model.onnx"}
 
 
 @pytest.mark.parametrize("kind", ["keras", "saved_model", "tflite", "onnx"])
@@ -293,14 +290,14 @@ def test_tflite_predict_prints_no_xnnpack_line(every_predictor, tiny_run):
     assert "XNNPACK" not in result.stderr + result.stdout
 
 
-def test_evaluate_on_a_folder_converts_and_reports_as_training_does(tiny_run, tmp_path):
+def test_evaluate_on_a_folder_converts_and_reports_as_training_does(own_run, tmp_path):
     data = write_class_folders(tmp_path / "more", per_class=2)
     make_image((200, 40, 40), seed=5).save(data / "red" / "scan.tiff", "TIFF")
     (data / "green" / "broken.jpg").write_text("not an image")
-    result = cli("evaluate", tiny_run, "--data", data)
+    result = cli("evaluate", own_run, "--data", data)
     assert result.exit_code == 0, result.output
     assert "on 7 images" in result.output, "the TIFF is read, converted"
     assert "Skipped 1 unusable file(s):" in result.output and "broken.jpg" in result.output
     assert "Converted 1 file(s)" in result.output
-    metrics = tfl.open_run(tiny_run).evaluate(data)
+    metrics = tfl.open_run(own_run).evaluate(data)
     assert metrics["num_images"] == 7 and [item["path"].split("/")[-1] for item in metrics["skipped"]] == ["broken.jpg"]

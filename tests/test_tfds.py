@@ -24,6 +24,7 @@ def test_tfds_dataset_gives_class_names_and_splits(mock_tfds):
     assert data.report["source"] == "tfds:beans"
 
 
+@pytest.mark.integration
 def test_finetune_on_tfds_end_to_end(mock_tfds, tmp_path):
     result = CliRunner().invoke(main, ["finetune", "--data", "tfds:tf_flowers", "--weights", "none", "--alpha", "0.35",
                                        "--image-size", "32", "--batch-size", "6", "--epochs", "1,0",

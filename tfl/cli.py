@@ -181,6 +181,10 @@ def evaluate(run, data, root):
               help="Classes returned by the SavedModel's classify_images signature.")
 @click.option("--max-accuracy-drop", type=float, help="Fail (and write nothing) if an artifact loses more accuracy "
               "than this against the Keras model, e.g. 0.01.")
+@click.option("--fallback/--no-fallback", default=True, show_default=True,
+              help="A float16, dynamic or int8 file below its agreement target keeps its most damaging operations in "
+                   "float (minutes on a large model); --no-fallback keeps the converter's file, its agreement "
+                   "reported.")
 @click.option("--meta", "metadata", multiple=True, metavar="KEY=VALUE",
               help="A field of the TFLite metadata (name, description, version, author, license); repeatable.")
 @click.option("--force", is_flag=True, help="Replace existing artifacts.")

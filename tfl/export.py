@@ -47,6 +47,7 @@ class ArtifactJob:
     calibration_samples: int = 300
     info: ModelInfo = dataclasses.field(default_factory=ModelInfo)  # TFLite metadata: name, description, author...
     goal: Goal | None = None  # what a quantized TFLite file must keep of the Keras model's answers
+    fallback: bool = True  # a quantized file below its goal keeps its most damaging operations in float
     thresholds: list[float] | None = None  # several labels per photo: each label's decision threshold
 
 
@@ -96,7 +97,7 @@ def write_tflite(model: keras.Model, target: Path, job: ArtifactJob) -> dict:
     most damaging layers in float (tfl/quantize.py), and says so in the returned report fields."""
     representative = (representative_images(job.calibration, int(model.input_shape[1]), job.calibration_samples)
                       if job.quantize == "int8" else None)
-    content, report = quantized_file(model, job.quantize, representative, job.goal)
+    content, report = quantized_file(model, job.quantize, representative, job.goal, search=job.fallback)
     target.write_bytes(with_metadata(content, job.class_names, job.info, job.thresholds))
     return report
 
@@ -250,7 +251,7 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
                calibration_samples: int = 300, verify_images: int = 500, top_k: int = 5, force: bool = False,
                max_accuracy_drop: float | None = None, root: str | Path = DEFAULT_ROOT,
                echo: Callable[[str], None] = print, data: str | Path | None = None,
-               metadata: dict[str, str] | None = None) -> list[dict]:
+               metadata: dict[str, str] | None = None, fallback: bool = True) -> list[dict]:
     """Write the requested artifacts of RUN atomically, verify each, and record each in export_report.json as soon
     as it is in place (an export killed midway keeps what it finished and records it). `data`: a folder of class
     subfolders to verify (and calibrate int8) on, instead of the run's own photos. `metadata`: fields of the TFLite
@@ -263,7 +264,7 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
     with export_lock(run.path), disk_full_explained(f"exporting '{run.path}'", advice), \
             tempfile.TemporaryDirectory(prefix="tfl_converted_") as converted:
         job = ArtifactJob(run.class_names, quantize, top_k, None, calibration_samples, model_info(run, metadata),
-                          thresholds=run.thresholds)
+                          thresholds=run.thresholds, fallback=fallback)
         return Export(run, job, echo, Path(converted)).write(wanted, force, verify_images, max_accuracy_drop, data)
 
 

@@ -388,8 +388,9 @@ def within_weight_share(order: list[str], fallback) -> list[str]:
 
 
 def quantized_file(model: keras.Model, quantize: str, calibration: Calibration | None,
-                   goal: Goal | None) -> tuple[bytes, dict]:
-    """The .tflite of `quantize`, and what its report says of the fallback (empty when none was needed)."""
+                   goal: Goal | None, search: bool = True) -> tuple[bytes, dict]:
+    """The .tflite of `quantize`, and what its report says of the fallback (empty when none was needed, or
+    `search` is False: the converter's file, bias-corrected for int8, is kept whatever it measures)."""
     content, report, float_content = convert(model, quantize, calibration), {}, None
     if quantize == "int8" and calibration is not None:
         float_content = convert(model, "none", None)
@@ -402,6 +403,8 @@ def quantized_file(model: keras.Model, quantize: str, calibration: Calibration |
     first = goal.measure(content, quantize, SEARCH_MARGIN)  # with the search's margin, for the reason given there
     if first["met"]:
         return content, report
+    if not search:
+        return content, report | {"below_target": target(quantize, goal)}
     float_content = float_content or convert(model, "none", None)
     fallback = FALLBACKS[quantize](model, calibration, float_content)
     order = within_weight_share(ranked(fallback, float_content, goal.images[:RANKING_IMAGES]), fallback)
@@ -436,8 +439,13 @@ def quantized_file(model: keras.Model, quantize: str, calibration: Calibration |
                        f"at most {most} operations in {fallback.kept_as}" + (
                            f" holding at most {fallback.max_weight_share:.0%} of the weights"
                            if fallback.max_weight_share < 1 else ""),
-        "target": f"top-1 agreement >= {TARGETS[quantize]:.0%}" + (
-            f", accuracy drop <= {MAX_ACCURACY_DROP:.0%}" if goal.labels is not None else "")}}
+        "target": target(quantize, goal)}}
+
+
+def target(quantize: str, goal: Goal) -> str:
+    """The target a file of `quantize` must meet, as the report says it."""
+    return f"top-1 agreement >= {TARGETS[quantize]:.0%}" + (
+        f", accuracy drop <= {MAX_ACCURACY_DROP:.0%}" if goal.labels is not None else "")
 
 
 def _shown(measured: dict) -> dict:

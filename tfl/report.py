@@ -188,7 +188,16 @@ def format_export_report(rows: list[dict]) -> str:
              "thresholds that agree with the Keras model."] if multilabel else []
     notes += [calibration_line(row["calibration"]) for row in rows if "calibration" in row]
     notes += [bias_correction_line(row) for row in rows if "bias_correction" in row]
-    return "\n".join(lines + notes + [fallback_line(row) for row in rows if "fallback" in row] + [fastest_line(rows)])
+    notes += [fallback_line(row) for row in rows if "fallback" in row]
+    notes += [below_target_line(row) for row in rows if "below_target" in row]
+    return "\n".join(lines + notes + [fastest_line(rows)])
+
+
+def below_target_line(row: dict) -> str:
+    """A quantized file below its target that --no-fallback kept as the converter wrote it."""
+    return (f"{row['file']}: below its target or the margin apps need ({row['below_target']}), and kept as the "
+            "converter wrote it, as --no-fallback asks. !!! Check it before shipping it, or export it again "
+            "without --no-fallback. !!!")
 
 
 def bias_correction_line(row: dict) -> str:
