@@ -168,7 +168,7 @@ def exported_run(tiny_run, tmp_path_factory):
     read it only. Without the quantization fallback (tests/test_quantize.py searches on the real run): the tiny
     model's low-margin answers would send each quantized file through minutes of search."""
     def build(folder):
-        run = run_copy(tiny_run, folder / "run")
+        run = run_copy(tiny_run, folder / "tiny")  # the folder's name is the TFLite metadata's version
         for quantize in ("none", "float16", "dynamic", "int8"):
             fmt = "all" if quantize == "none" else "tflite"
             result = cli("export", run, "--format", fmt, "--quantize", quantize, "--calibration-samples", "8",
@@ -176,7 +176,7 @@ def exported_run(tiny_run, tmp_path_factory):
             assert result.exit_code == 0, result.output
             (folder / f"output_{quantize}.txt").write_text(result.output)
 
-    return built_once(tmp_path_factory, "exported_run", build) / "run"
+    return built_once(tmp_path_factory, "exported_run", build) / "tiny"
 
 
 def require_flowers():

@@ -218,3 +218,31 @@ def test_an_edited_exclusion_list_leaves_photos_out(faulty, tmp_path):
     result = CliRunner().invoke(main, ["finetune", "--data", str(faulty), "--exclude", str(tmp_path / "nope.txt"),
                                        "--weights", "none", "--output", str(tmp_path / "runs")])
     assert result.exit_code == 1 and "is not a file" in result.output
+
+
+def test_an_exclusion_list_written_for_relative_data_excludes_from_anywhere(faulty, tmp_path, monkeypatch):
+    """Issue 41.2: `tfl check --exclusions out/x.txt` on relative data wrote paths relative to the current folder,
+    which `--exclude` read relative to the list's folder: uncommented lines left out nothing, without a word."""
+    import tfl
+
+    monkeypatch.chdir(tmp_path)
+    tfl.check("faulty", probe=False, exclusions_file="out/doubted.txt", output="runs", echo=lambda s: None)
+    listed = tmp_path / "out" / "doubted.txt"
+    edited = [line[2:] if "copied_from_red.jpg" in line or "black.jpg" in line else line
+              for line in listed.read_text().splitlines()]
+    listed.write_text("\n".join(edited) + "\n")
+    monkeypatch.chdir(tmp_path / "out")  # read from elsewhere
+    data = load_data(str(faulty), 0.25, 0, exclude=listed)
+    assert data.report["excluded"] == 2
+
+
+def test_a_photo_named_with_a_hash_can_be_excluded_and_a_line_matching_nothing_is_told(faulty, tmp_path):
+    from tfl.errors import TflWarning
+
+    shutil.copy(faulty / "red" / "red_3.jpg", faulty / "red" / "IMG#1.jpg")
+    listed = tmp_path / "exclude.txt"
+    listed.write_text(f"# a comment\n{faulty / 'red' / 'IMG#1.jpg'}  # labelled red\nred/nowhere.jpg\n")
+    with pytest.warns(TflWarning, match=r"1 line\(s\) of .*exclude.txt match no photo.*nowhere.jpg"):
+        data = load_data(str(faulty), 0.25, 0, exclude=listed)
+    assert data.report["excluded"] == 1
+    assert not any(p.endswith("IMG#1.jpg") for p in data.train.paths + data.val.paths)

@@ -6,7 +6,7 @@ import pytest
 
 from tfl.errors import TflError
 from tfl.fileio import atomic_path, atomic_write_text
-from tfl.runs import latest_run, prepare_run_dir, resolve_run
+from tfl.runs import check_run_name, claimed_run_name, latest_run, prepare_run_dir, resolve_run
 
 
 def fake_run(root, name, mtime):
@@ -55,3 +55,52 @@ def test_prepare_run_dir_refuses_an_existing_run(tmp_path):
         prepare_run_dir(tmp_path, "r")
     final, partial = prepare_run_dir(tmp_path, "r", overwrite=True)
     assert final == tmp_path / "r" and partial.name == "r.partial" and (final / "model.keras").exists()
+
+
+def test_overwrite_replaces_only_a_run_and_names_stay_inside_the_output(tmp_path):
+    """Issue 41.1: --overwrite deleted whatever folder had the run's name (the training photos, with --output . --name
+    photos), --name . moved the whole output folder aside, and --name ../x wrote outside --output."""
+    photos = tmp_path / "photos"
+    (photos / "red").mkdir(parents=True)
+    (photos / "red" / "a.jpg").write_bytes(b"jpeg")
+    with pytest.raises(TflError, match="is not a tfl run.*only runs"):
+        prepare_run_dir(tmp_path, "photos", overwrite=True)
+    (tmp_path / "mine.partial").mkdir()
+    (tmp_path / "mine.partial" / "notes.txt").write_text("mine")
+    with pytest.raises(TflError, match="is not a tfl run"):
+        prepare_run_dir(tmp_path, "mine", overwrite=True)
+    assert (photos / "red" / "a.jpg").read_bytes() == b"jpeg" and (tmp_path / "mine.partial" / "notes.txt").is_file()
+    for name in (".", "..", "../x", "a/b", "a\\b", "", ".hidden", "x.partial", "bell\x07"):
+        with pytest.raises(TflError, match="plain folder name"):
+            check_run_name(name)
+    assert check_run_name("flowers-v2 (final)") == "flowers-v2 (final)"
+
+
+def test_finetune_refuses_to_overwrite_the_photos_and_writes_nothing(tmp_path, monkeypatch):
+    from tests.conftest import cli, tiny_flags, write_class_folders
+
+    monkeypatch.chdir(tmp_path)
+    write_class_folders(tmp_path / "photos", per_class=4)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = cli("finetune", "--data", "photos", *tiny_flags(), "--output", ".", "--name", "photos", "--overwrite")
+    assert result.exit_code == 1 and "is not a tfl run" in result.output
+    result = cli("finetune", "--data", "photos", *tiny_flags(), "--output", "runs", "--name", "../escaped")
+    assert result.exit_code == 1 and "plain folder name" in result.output
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if not p.name.endswith(".lock"))
+    assert [p for p in after if p.parts[0] != "runs"] == before, "the photos are untouched, nothing escaped"
+
+
+def test_runs_started_in_the_same_second_get_different_default_names(tmp_path, monkeypatch):
+    """Issue 41.20: two runs started in one second took one default name, and the second stopped."""
+    import tfl.runs
+
+    monkeypatch.setattr(tfl.runs, "default_run_name", lambda arch: f"{arch}-20261206-120000")
+    fake_run(tmp_path, "mobilenetv2-20261206-120000", 1)
+    with claimed_run_name(tmp_path, None, "mobilenetv2") as first:
+        with claimed_run_name(tmp_path, None, "mobilenetv2") as second:  # the first still holds its lock
+            assert (first, second) == ("mobilenetv2-20261206-120000-2", "mobilenetv2-20261206-120000-3")
+    with claimed_run_name(tmp_path, "mine", "mobilenetv2") as given:
+        assert given == "mine"
+        with pytest.raises(TflError, match="being trained by another"):
+            with claimed_run_name(tmp_path, "mine", "mobilenetv2"):
+                pass

@@ -105,6 +105,8 @@ class Reader:
         if self.excluded:
             kept = [c for c in candidates if os.path.abspath(c[0]) not in self.excluded]
             report["excluded"] = report.get("excluded", 0) + len(candidates) - len(kept)
+            report.setdefault("excluded_paths", []).extend(
+                os.path.abspath(c[0]) for c in candidates if os.path.abspath(c[0]) in self.excluded)
             candidates = kept
         paths = [path for path, _ in candidates]
         scanned = self.scan_cache.scan(paths) if self.scan_cache else scan_files(paths)
@@ -131,15 +133,20 @@ def scan_class_folders(folder: Path, class_names: list[str], report: dict, conve
     return Reader(report, converted_dir).class_folders(folder, class_names)
 
 
+EXCLUSION_NOTE = re.compile(r"\s+#\s.*$")  # "path  # why": a note after a path, after white space
+
+
 def read_exclusions(path: str | Path | None) -> frozenset:
-    """The photos a user excluded: one path per line (relative ones to the list's folder), '#' starts a comment."""
+    """The photos a user excluded: one path per line (relative ones to the list's folder); a line starting with '#'
+    is a comment, and ' # ' after a path starts a note ('#' inside a file name is part of it)."""
     if path is None:
         return frozenset()
     path = Path(path).expanduser()
     if not path.is_file():
         raise TflError(f"--exclude '{path}' is not a file. Pass a text file with one photo path per line ('tfl check "
                        "--exclusions FILE' writes one to edit).")
-    lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    lines = [EXCLUSION_NOTE.sub("", line).strip() for line in path.read_text().splitlines()
+             if not line.lstrip().startswith("#")]
     return frozenset(os.path.abspath(path.parent / line) for line in lines if line)
 
 
@@ -397,10 +404,16 @@ def load_data(data: str, val_split: float, seed: int, converted_dir: Path | None
 
 
 def excluding(data: ImageData, exclude: str | Path | None) -> ImageData:
-    """The report names the user's exclusion list and how many photos it left out."""
+    """The report names the user's exclusion list and how many photos it left out; lines that matched no photo are
+    told (a list read against other data, or paths written for another folder, would leave out nothing)."""
     if exclude is not None:
         data.report["exclude_file"] = str(exclude)
         data.report.setdefault("excluded", 0)
+        listed = read_exclusions(exclude)
+        unmatched = sorted(listed - set(data.report.get("excluded_paths", ())))
+        if unmatched:
+            warn(f"{len(unmatched)} line(s) of {exclude} match no photo of the data, so they leave nothing out "
+                 f"(the first: {unmatched[0]}). Relative paths are read from the list's folder.")
     return data
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import numpy as np
 
 from tfl.data import ImageData
@@ -143,12 +144,12 @@ def exclusions_text(report: dict) -> str:
     checks = report["checks"]
     lines = ["# Photos tfl check doubts. Remove the '# ' before a path to leave that photo out of training",
              "# (tfl finetune --exclude THIS_FILE); nothing is deleted or moved in your folder.", ""]
-    for group in checks.get("conflicting_labels", []):
+    for group in checks.get("conflicting_labels", []):  # absolute paths: the list is read from its own folder
         lines.append(f"# copies under different labels: {', '.join(group['labels'])}")
-        lines += [f"# {path}" for path in group["paths"]]
+        lines += [f"# {os.path.abspath(path)}" for path in group["paths"]]
     for item in checks.get("unusable", []):
-        lines.append(f"# {item['path']}  # {'; '.join(item['issues'])}")
+        lines.append(f"# {os.path.abspath(item['path'])}  # {'; '.join(item['issues'])}")
     for item in checks.get("label_issues", []):
-        lines.append(f"# {item['path']}  # labelled {item['label']}, looks like {item['probe_says']} "
-                     f"({item['probability_of_label']:.3f})")
+        lines.append(f"# {os.path.abspath(item['path'])}  # labelled {item['label']}, looks like "
+                     f"{item['probe_says']} ({item['probability_of_label']:.3f})")
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import csv
 import json
 import os
@@ -130,12 +131,16 @@ def default_run_name(arch: str) -> str:
     return f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+class LockBusy(TflError):
+    """Another tfl process holds the lock."""
+
+
 def _lock(lock_file: Path, busy: str, unwritable: str):
     lock = FileLock(lock_file, timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        raise TflError(busy) from None
+        raise LockBusy(busy) from None
     except OSError as exc:
         raise TflError(f"{unwritable}: {exc.strerror or exc}. Pass --output with a folder you can write to.") from None
     return lock
@@ -159,6 +164,39 @@ def run_lock(root: str | Path, name: str):
         lock.release()
 
 
+def check_run_name(name: str) -> str:
+    """A run's name is one plain folder name, so that the run stays inside --output (and --overwrite can only ever
+    replace a run there)."""
+    if (not name or name.startswith(".") or name.endswith(PARTIAL_SUFFIX) or any(c in name for c in "/\\")
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+        raise TflError(f"Run name {name!r} is not a plain folder name: a run's name may not be empty, start with '.', "
+                       f"end in '{PARTIAL_SUFFIX}', or hold '/', '\\' or control characters, so that the run stays "
+                       "inside --output. Pass another --name.")
+    return name
+
+
+@contextlib.contextmanager
+def claimed_run_name(root: str | Path, name: str | None, arch: str):
+    """The run's name, locked while the block runs: `name` (checked), or else the first of ARCH-TIME, ARCH-TIME-2, ...
+    that no run, interrupted run or other tfl process has (two runs started in one second get two names)."""
+    if name is not None:
+        with run_lock(root, check_run_name(name)):
+            yield name
+        return
+    base, root = default_run_name(arch), Path(root).expanduser()
+    for n in itertools.count(1):
+        candidate = base if n == 1 else f"{base}-{n}"
+        if (root / candidate).exists() or (root / f"{candidate}{PARTIAL_SUFFIX}").exists():
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(run_lock(root, candidate))
+            except LockBusy:
+                continue  # another process took this name a moment ago
+            yield candidate
+            return
+
+
 @contextlib.contextmanager
 def export_lock(run: Path):
     """One export of a run at a time: a second one stops at once with a message (the lock dies with its process)."""
@@ -178,7 +216,7 @@ def has_checkpoint(partial: Path) -> bool:
 def prepare_run_dir(root: str | Path, name: str, overwrite: bool = False) -> tuple[Path, Path]:
     """Return (final run path, partial path to train into); refuse to overwrite silently."""
     root = Path(root).expanduser().resolve()
-    final = root / name
+    final = root / check_run_name(name)
     if final.exists() and not overwrite:
         raise TflError(f"A run named '{name}' already exists in '{root}'. Choose another --name, or pass "
                        "--overwrite to replace it.")
@@ -186,6 +224,11 @@ def prepare_run_dir(root: str | Path, name: str, overwrite: bool = False) -> tup
     if has_checkpoint(partial) and not overwrite:
         raise TflError(f"An interrupted run named '{name}' is in '{partial}'. Continue it with 'tfl finetune "
                        f"--resume {name}', or pass --overwrite to start it anew.")
+    for folder, ours in ((final, is_run_dir), (partial, is_partial_run)):
+        if folder.exists() and not ours(folder):
+            raise TflError(f"'{folder}' is not a tfl run (it lacks {MODEL_FILE} and {LABELS_FILE}, or a "
+                           f"{CHECKPOINT_DIR}/ and {CONFIG_FILE}), and --overwrite replaces only runs: nothing was "
+                           "changed. Choose another --name or --output.")
     try:
         if partial.exists():
             shutil.rmtree(partial)
@@ -234,7 +277,13 @@ def finish_run_dir(partial: Path, final: Path) -> Path:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / RUN_MARKER).is_file() and (path / LABELS_FILE).is_file()
+    return path.is_dir() and (path / RUN_MARKER).is_file() and (path / LABELS_FILE).is_file()
+
+
+def is_partial_run(path: Path) -> bool:
+    """A run's folder while it trains (or left by one that stopped): empty, or holding tfl's first files."""
+    return path.is_dir() and (not any(path.iterdir()) or (path / CHECKPOINT_DIR).is_dir()
+                              or (path / CONFIG_FILE).is_file() or (path / SPLITS_FILE).is_file())
 
 
 def latest_run(root: str | Path = DEFAULT_ROOT) -> Path:

@@ -39,7 +39,7 @@ from tfl.probe import probe_cached
 from tfl.precision import dtype_policy, resolve_precision
 from tfl.fileio import atomic_path, atomic_write_text
 from tfl.report import closing_line, early_stop_line, probe_line, data_summary, describe_unfreeze, format_plan, stage_header
-from tfl.runs import (DEFAULT_ROOT, THRESHOLDS_FILE, RunFolder, default_run_name, finish_run_dir, has_checkpoint,
+from tfl.runs import (DEFAULT_ROOT, THRESHOLDS_FILE, RunFolder, claimed_run_name, finish_run_dir, has_checkpoint,
                       labels_text, portable_path, prepare_run_dir, read_run_config, resumable_run, run_lock,
                       thresholds_text, write_splits)
 from tfl.scan import SCAN_CACHE_FOLDER
@@ -413,7 +413,6 @@ class Training:
             cluster: Cluster, caller: Caller):
         """A fresh run: the photos scanned and split, the plan chosen, the run folder made and its files written;
         the run locked while the block runs (seven parameters: the command's options, each once)."""
-        name = name or default_run_name(config.arch)
         if not (data or config.data):
             raise TflError("No photos given: pass --data DIR (data= in Python), a folder with one subfolder of "
                            "images per class.")
@@ -424,7 +423,7 @@ class Training:
             if getattr(config, key):
                 config = dataclasses.replace(config, **{key: str(Path(getattr(config, key)).expanduser().resolve())})
         output = Path(output).expanduser()
-        with run_lock(output, name):
+        with claimed_run_name(output, name, config.arch) as name:
             final_dir, work_dir = prepare_run_dir(output, name, overwrite)
             folder = RunFolder(work_dir)
             with discarded_on_failure(work_dir):
