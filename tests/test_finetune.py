@@ -55,9 +55,15 @@ def test_existing_run_is_not_overwritten_silently(tiny_folder, tmp_path):
     assert result.exit_code != 0 and "already exists" in result.output and "--overwrite" in result.output
     assert (tmp_path / "r" / "keep.txt").read_text() == "precious"
     result = cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "1,0", "--output", tmp_path, "--name", "r",
-                     "--overwrite")
+                 "--overwrite")
+    assert result.exit_code == 1 and "is not a tfl run" in result.output, "--overwrite replaces only runs"
+    assert (tmp_path / "r" / "keep.txt").read_text() == "precious"
+    (tmp_path / "r" / "model.keras").write_bytes(b"an earlier run")
+    (tmp_path / "r" / "labels.txt").write_text("blue\ngreen\nred\n")
+    result = cli("finetune", "--data", tiny_folder, *TINY, "--epochs", "1,0", "--output", tmp_path, "--name", "r",
+                 "--overwrite")
     assert result.exit_code == 0, result.output
-    assert not (tmp_path / "r" / "keep.txt").exists() and (tmp_path / "r" / "model.keras").is_file()
+    assert not (tmp_path / "r" / "keep.txt").exists() and (tmp_path / "r" / "model.keras").stat().st_size > 1000
 
 
 @pytest.mark.integration
