@@ -30,10 +30,19 @@ CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 
 INTEGRATION_FIXTURES = {"tiny_run", "own_run", "exported_run", "real_run", "real_copy"}
 
 
+# The tests on these share one xdist worker (--dist loadgroup), so the other never waits while one builds them.
+GROUPED_FIXTURES = ("exported_run", "real_run")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.get_closest_marker("extended"):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if INTEGRATION_FIXTURES & fixtures or item.get_closest_marker("extended"):
             item.add_marker(pytest.mark.integration)
+        group = next((name for name in GROUPED_FIXTURES if name in fixtures), None)
+        if group and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def started_by_a_test() -> bool:
