@@ -246,3 +246,11 @@ def test_a_photo_named_with_a_hash_can_be_excluded_and_a_line_matching_nothing_i
         data = load_data(str(faulty), 0.25, 0, exclude=listed)
     assert data.report["excluded"] == 1
     assert not any(p.endswith("IMG#1.jpg") for p in data.train.paths + data.val.paths)
+
+
+def test_names_with_terminal_escapes_are_printed_escaped(faulty):
+    """Issue 41.16: a photo named '\\e]0;PWNED\\a' set the terminal's title when tfl check printed it."""
+    shutil.copy(faulty / "red" / "red_0.jpg", faulty / "green" / "\x1b]0;PWNED\x07.jpg")  # a copy under two labels
+    result = CliRunner().invoke(main, ["check", str(faulty), "--no-probe", "--output", str(faulty.parent / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "\\x1b]0;PWNED\\x07.jpg" in result.output and "\x1b" not in result.output and "\x07" not in result.output

@@ -76,3 +76,35 @@ def test_unwritable_output(tiny_folder, tmp_path):
 def test_evaluate_without_any_run(tmp_path):
     result = invoke(["evaluate", "--output", tmp_path])
     assert result.exit_code == 1 and "No finished run found" in result.output
+
+
+def test_check_outputs_that_are_files_or_inside_files_are_one_paragraph_errors(tiny_folder, tmp_path):
+    """Issue 41.15: `tfl check --output FILE` and `--json afile/r.json` ended in tracebacks."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args, message in ((["--output", afile], "must be a folder"), (["--json", afile / "r.json"], "is a file, not a"),
+                          (["--exclusions", afile / "x.txt"], "--exclusions")):
+        result = invoke(["check", tiny_folder, "--no-probe", "--output", tmp_path / "runs", *args])
+        assert result.exit_code == 1 and message in result.output, result.output
+    result = invoke(["check", tiny_folder, "--no-probe", "--json", tmp_path])
+    assert result.exit_code == 2 and "is a directory" in result.output
+    assert afile.read_text() == "x"
+
+
+def test_check_takes_the_options_it_asks_for_and_prints_its_checks_when_the_probe_cannot_run(tmp_path):
+    """Issue 41.17: `tfl check` said "Pass --label-column NAME" and then refused that option; with weights it could
+    not load it printed none of the checks that need no weights."""
+    from tests.conftest import write_class_folders
+
+    photos = write_class_folders(tmp_path / "photos", per_class=4)
+    rows = [f"{p.relative_to(photos)},{p.parent.name},{'big' if i % 2 else 'small'}"
+            for i, p in enumerate(sorted(photos.rglob("*.jpg")))]
+    (photos / "labels.csv").write_text("\n".join(["file,colour,size", *rows]) + "\n")
+    asked = invoke(["check", photos / "labels.csv", "--no-probe", "--output", tmp_path / "runs"])
+    assert asked.exit_code == 1 and "--label-column" in asked.output
+    given = invoke(["check", photos / "labels.csv", "--no-probe", "--label-column", "colour", "--seed", "3",
+                    "--val-split", "0.25", "--output", tmp_path / "runs"])
+    assert given.exit_code == 0 and "3 classes" in given.output, given.output
+    no_weights = invoke(["check", photos, "--weights", tmp_path / "nope.h5", "--output", tmp_path / "runs"])
+    assert no_weights.exit_code == 1 and "Data: 3 classes" in no_weights.output
+    assert no_weights.output.index("Data: 3 classes") < no_weights.output.index("nope.h5' does not exist")

@@ -34,14 +34,16 @@ def write(path: Path, lines: list[str], newline: str = "\n") -> Path:
 
 @pytest.mark.parametrize("header, row, expected", [
     (["id", "breed"], ["a.jpg", "Maine Coon"], "one label per row in column 'breed'"),
-    (["Filenames", "labels"], ["a.jpg", "desert,sea"], "several per row separated by ','"),
-    (["file", "tags"], ["a.jpg", "desert|sea"], "separated by '|'"),
+    (["Filenames", "labels"], ["a.jpg", "desert,sea", "desert"], "several per row separated by ','"),
+    (["file", "tags"], ["a.jpg", "desert|sea", "sea"], "separated by '|'"),
     (["Filenames", "desert", "sea", "trees"], ["a.jpg", "1", "0", "1"], "one 0/1 column per label (3: desert, sea, trees)"),
     (["label", "image", "split"], ["cat", "x/a.png", "val"], "files in column 'image'; one label per row in column "
                                                                "'label'; splits from column 'split'"),
 ])
 def test_layouts_are_detected(header, row, expected):
-    assert expected in detect_layout(header, [row, row]).describe()
+    """A third value in a row is another photo's label: a separator is told by parts that combine."""
+    rows = [row[:len(header)], row[:len(header)]] + ([[row[0], row[2]]] if len(row) > len(header) else [])
+    assert expected in detect_layout(header, rows).describe()
 
 
 def test_what_cannot_be_detected_asks_for_the_flag():
@@ -171,3 +173,65 @@ def test_bad_label_files_are_one_paragraph_and_exit_1(tmp_path):
     result = CliRunner().invoke(main, ["finetune", "--data", str(empty), "--weights", "none",
                                        "--output", str(tmp_path / "runs")])
     assert result.exit_code == 1 and "has a header and no rows" in result.output
+
+
+def test_a_blank_cell_in_a_split_column_is_an_error_not_a_random_split(tmp_path):
+    """Issue 41.7: one blank cell dropped the whole split column, and a random split was used without a word."""
+    rows = flat_photos(tmp_path / "photos")
+    lines = ["file,label,split"] + [f"photos/{f},{label},{'' if i == 4 else 'val' if i % 3 == 0 else 'train'}"
+                                    for i, (f, label) in enumerate(rows)]
+    with pytest.raises(TflError, match=r"Column 'split' .* on 17 row\(s\) but not on 1: row 5 after the header"):
+        load_data(str(write(tmp_path / "gap.csv", lines)), 0.2, 0)
+    holidays = [[f"photos/{f}", label, f"holiday {i % 2}"] for i, (f, label) in enumerate(rows)]
+    assert "splits from" not in detect_layout(["file", "label", "set"], holidays).describe(), "a set, not a split"
+
+
+def test_label_files_as_excel_saves_them_are_decoded(tmp_path):
+    """Issue 41.6: Excel's CSV (Windows-1252: 'daisy’s' read as 'daisy\\x92s', '…' as a line break that split the
+    row) and its "Unicode Text" (UTF-16: columns read as 'ÿþfile') were not decoded."""
+    (tmp_path / "cp1252.csv").write_bytes("file,label\r\na.jpg,daisy’s…\r\nb.jpg,rose\r\n".encode("cp1252"))
+    assert read_table(tmp_path / "cp1252.csv") == (["file", "label"], [["a.jpg", "daisy’s…"], ["b.jpg", "rose"]])
+    (tmp_path / "unicode.txt").write_bytes("file\tlabel\r\na.jpg\tdaisy\r\nb.jpg\trosé\r\n".encode("utf-16"))
+    assert read_table(tmp_path / "unicode.txt") == (["file", "label"], [["a.jpg", "daisy"], ["b.jpg", "rosé"]])
+    (tmp_path / "quoted.csv").write_text('file,label\na.jpg,"rose\nred"\nb.jpg,tulip\n')
+    assert read_table(tmp_path / "quoted.csv")[1] == [["a.jpg", "rose\nred"], ["b.jpg", "tulip"]]
+
+
+def test_windows_paths_in_a_label_file_find_their_photos(tmp_path):
+    """Issue 41.19: 'img\\x.jpg' (as Windows tools write paths) matched nothing, without a hint."""
+    rows = flat_photos(tmp_path / "photos")
+    lines = ["file,label"] + [f"photos\\{f},{label}" for f, label in rows]
+    data = load_data(str(write(tmp_path / "windows.csv", lines)), 0.2, 0)
+    assert len(data.train) + len(data.val) == len(rows)
+
+
+def test_a_zero_one_label_column_beside_a_zero_one_flag_is_one_label():
+    """Issue 41.8: `file,label,hard` with 0/1 values was read as two multi-label columns (rows 0 in both dropped)."""
+    rows = [["a.jpg", "0", "1"], ["b.jpg", "1", "0"], ["c.jpg", "0", "0"]]
+    assert "one label per row in column 'label'" in detect_layout(["file", "label", "hard"], rows).describe()
+    assert "one 0/1 column per label" in detect_layout(["file", "cat", "dog"], rows).describe()
+
+
+@pytest.mark.parametrize("values, separator, kind", [
+    # a beekeeping label file: six health states, some with commas and spaces inside
+    (["healthy", "ant problems", "few varrao, hive beetles", "Varroa, Small Hive Beetles", "hive being robbed",
+      "missing queen"], None, "one label, not split on ','"),
+    # Kaggle's best-known multi-label set writes its tags separated by spaces
+    (["agriculture clear primary", "clear primary", "haze primary water", "clear primary water", "cloudy"], " ",
+     "tags"),
+    # 3 colours and 4 garments in 7 combinations
+    (["black jeans", "black shirt", "blue shirt", "blue jeans", "red dress", "red shirt", "blue dress"], " ", "tags"),
+    # cats5's breeds: a word shared, a new companion each time
+    (["Abyssinian", "American Bobtail", "American Curl", "American Shorthair", "American Wirehair"], None,
+     "one label, not split on ' '"),
+    (["desert,mountains", "desert", "sea,sunset", "sea", "mountains,trees"], ",", "labels"),
+])
+def test_one_rule_tells_a_separator_from_the_words_of_one_label(values, separator, kind):
+    """Issue 41.9: commas inside one label made 8 labels of 6 health states; space-separated tags were read as one
+    label each. Parts of a real separator combine; parts that only come together are one label."""
+    layout = detect_layout(["file", "label"], [[f"{i}.jpg", value] for i, value in enumerate(values * 2)])
+    assert layout.separator == separator
+    said = layout.describe()
+    assert ("--label-separator none" in said) if separator else ("--label-separator" in said and "splits them" in said)
+    assert detect_layout(["file", "label"], [["a.jpg", values[1]], ["b.jpg", values[2]]],
+                         separator="none").separator is None

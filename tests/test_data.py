@@ -1,4 +1,5 @@
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ from PIL import Image
 import tfl.pipeline as pipeline_module
 from tests.conftest import make_image, write_class_folders
 from tfl.augment import build_augmenter, build_mixer
-from tfl.data import Split, load_image_folder, stratified_split
+from tfl.data import Split, load_data, load_image_folder, stratified_split
 from tfl.pipeline import make_pipeline, resize_pixels
 from tfl.errors import TflError
 from tfl.scan import scan_file
@@ -341,3 +342,38 @@ def test_a_damaged_exif_segment_is_read_as_no_orientation():
     for junk in (b"Exif\x00\x00", b"Exif\x00\x00II*\x00\xff\xff\xff\xff", b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00"):
         data = plain[:2] + b"\xff\xe1" + (len(junk) + 2).to_bytes(2, "big") + junk + plain[2:]
         assert int(exif_orientation(tf.constant(data))) == 1
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_with_its_reason(tmp_path):
+    """Issue 41.12: a Latin-1 file name (an old Windows archive) crashed tfl finetune, evaluate and check."""
+    from tests.conftest import cli
+
+    data = write_class_folders(tmp_path / "photos", per_class=4)
+    (data / "red" / "red_0.jpg").rename(os.fsdecode(os.path.join(os.fsencode(data / "red"), b"caf\xe9.jpg")))
+    loaded = load_image_folder(data, 0.25, 0)
+    assert [item["reason"] for item in loaded.report["skipped"]] == [
+        "its name is not valid UTF-8 (an old archive's encoding, say): rename it"]
+    assert len(loaded.train) + len(loaded.val) == 11
+    result = cli("check", data, "--no-probe", "--output", tmp_path / "runs", "--exclusions", tmp_path / "x.txt")
+    assert result.exit_code == 0 and "caf\\xe9.jpg" in result.output
+    (tmp_path / "latin1.txt").write_bytes(f"{data / 'red' / 'red_1.jpg'}  # café\n".encode("latin-1"))
+    (tmp_path / "binary.txt").write_bytes(b"\x00\x01\x02")
+    assert load_data(str(data), 0.25, 0, exclude=tmp_path / "latin1.txt").report["excluded"] == 1
+    with pytest.raises(TflError, match="is not a text file"):
+        load_data(str(data), 0.25, 0, exclude=tmp_path / "binary.txt")
+
+
+def test_a_linked_subfolder_is_skipped_with_its_reason_and_a_label_only_in_validation_says_so(tmp_path):
+    """Issue 41.21: symlinked subfolders inside a class folder were skipped without a word; a label found only on
+    validation rows of a label file was told to 'remove the folders'."""
+    data = write_class_folders(tmp_path / "photos", per_class=4)
+    elsewhere = write_class_folders(tmp_path / "more", per_class=2)
+    (data / "red" / "linked").symlink_to(elsewhere / "red", target_is_directory=True)
+    loaded = load_image_folder(data, 0.25, 0)
+    assert [Path(item["path"]).name for item in loaded.report["skipped"]] == ["linked"]
+    assert "a link to a folder" in loaded.report["skipped"][0]["reason"]
+    lines = ["file,label,split"] + [f"{p.relative_to(data)},{p.parent.name},{'val' if 'blue' in p.name else 'train'}"
+                                    for p in sorted(data.glob("*/*.jpg"))]
+    (data / "labels.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(TflError, match=r"Label\(s\) blue of .* only on validation or test rows.*remove their rows"):
+        load_data(str(data / "labels.csv"), 0.25, 0)

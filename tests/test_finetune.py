@@ -144,3 +144,17 @@ def test_auto_image_size_follows_small_photos(tiny_folder, tmp_path):
     assert result.exit_code == 0, result.output
     assert "at 128 px (auto: photos' median short side 40 px)" in result.output
     assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["image_size"] == 128
+
+
+@pytest.mark.integration
+def test_evaluate_takes_a_label_file(own_run, tmp_path):
+    """Issue 41.18: `tfl evaluate --data labels.csv` said the file did not exist."""
+    data = write_class_folders(tmp_path / "more", per_class=2)
+    rows = [f"{p.relative_to(data)},{p.parent.name}" for p in sorted(data.rglob("*.jpg"))]
+    (data / "labels.csv").write_text("\n".join(["file,label", *rows]) + "\n")
+    result = cli("evaluate", own_run, "--data", data / "labels.csv")
+    assert result.exit_code == 0 and "on 6 images" in result.output, result.output
+    assert json.loads((own_run / "evaluations" / "labels" / "metrics.json").read_text())["num_images"] == 6
+    (data / "odd.csv").write_text("file,label\nred/red_0.jpg,purple\nred/red_1.jpg,red\n")
+    result = cli("evaluate", own_run, "--data", data / "odd.csv")
+    assert result.exit_code == 1 and "label(s) purple that the model does not know" in result.output

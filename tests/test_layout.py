@@ -82,3 +82,57 @@ def test_every_module_says_what_it_owns():
     for path in sorted(PACKAGE.glob("*.py")):
         docstring = ast.get_docstring(ast.parse(path.read_text()))
         assert docstring and docstring.strip(), f"{path.name} has no docstring"
+
+
+PLANTED = '''
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import TINY_SETTINGS, write_class_folders
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import tfl
+
+    root = tmp_path_factory.mktemp("planted")
+    return tfl.finetune(write_class_folders(root / "data", 4), **TINY_SETTINGS, epochs=(1, 0), output=root / "runs",
+                        name="x", echo=lambda s: None, verbose=0)
+
+
+def test_trains_in_a_module_fixture(trained):
+    pass
+
+
+def test_starts_python():
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+
+@pytest.mark.integration
+def test_marked_may_start_python():
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+'''
+
+
+@pytest.mark.integration  # it starts pytest in a process of its own
+def test_a_fast_test_that_trains_or_starts_python_fails_naming_its_tier(tmp_path):
+    """The tier guard in tests/conftest.py, on a planted file: a module fixture that trains and a test that starts
+    Python fail with the message; the same in a test marked integration passes."""
+    import os
+    import subprocess
+    import sys
+
+    planted = REPO / "tests" / f"_planted_tier_check_{os.getpid()}.py"
+    planted.write_text(PLANTED)
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                               "-o", "addopts=", str(planted)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    finally:
+        planted.unlink()
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    assert "test_trains_in_a_module_fixture trains a run: mark it @pytest.mark.integration" in output
+    assert "test_starts_python starts a Python process: mark it @pytest.mark.integration" in output
+    assert all(count in output for count in ("1 failed", "1 passed", "1 error")), output[-500:]

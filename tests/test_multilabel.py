@@ -71,7 +71,7 @@ def test_average_precision_matches_scikit_learns_definition():
 def test_thresholds_and_metrics_by_hand():
     scores = np.array([[0.9, 0.2], [0.6, 0.7], [0.4, 0.1], [0.2, 0.8]])
     truth = np.array([[1, 0], [1, 1], [0, 0], [0, 1]])
-    assert best_threshold(scores[:, 0], truth[:, 0]) == 0.6  # F1 1 at 0.6; 0.4 would add a false positive
+    assert best_threshold(scores[:, 0], truth[:, 0]) == pytest.approx(0.5)  # F1 1 from 0.6; 0.4 adds a false one
     metrics = multilabel_metrics(scores, truth, ["a", "b"], [0.6, 0.7])
     assert metrics["map"] == 1.0 and metrics["micro_f1"] == 1.0 and metrics["exact_match"] == 1.0
     metrics = multilabel_metrics(scores, truth, ["a", "b"], [0.5, 0.5])
@@ -146,6 +146,8 @@ def test_a_multilabel_run_end_to_end(tmp_path):
     assert "Best validation mAP" in result.output and "Label probe (" in result.output
     run = tmp_path / "runs" / "multi"
     assert "label_issues" in json.loads((run / "data_report.json").read_text())["checks"]
+    predictions = (run / "predictions.csv").read_text().splitlines()  # issue 41.21: the README lists it
+    assert predictions[0].startswith("path,labels,predicted,exact_match,") and len(predictions) > 3
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["task"] == "multilabel" and 0 <= metrics["map"] <= 1 and len(metrics["thresholds"]) == 4
     assert set(metrics["per_class"]) == {"blue", "green", "red", "striped"}
@@ -203,15 +205,23 @@ def test_a_multilabel_run_end_to_end(tmp_path):
     assert [row["label"] for row in json.loads(result.output)[0]["labels"]] == expected
 
 
-def test_single_asked_of_a_multilabel_file_is_an_error(tmp_path):
-    rows = striped_photos(tmp_path, per_colour=2)
+def test_single_asked_of_a_multilabel_file_reads_each_value_whole_and_of_zero_one_columns_is_an_error(tmp_path):
+    """--task single says outright that a value with a separator is one label (issue 41.9); 0/1 columns with two 1s
+    on a row cannot be one label."""
+    rows = striped_photos(tmp_path, per_colour=6)
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("file,labels\n" + "".join(f'{f},"{",".join(labels)}"\n' for f, labels in rows))
     from tfl.data import CsvOptions, load_data
     from tfl.errors import TflError
 
+    data = load_data(str(csv_path), 0.2, 0, csv=CsvOptions(task="single"))
+    assert not data.multilabel and "red,striped" in data.class_names and "red" in data.class_names
+    names = sorted({label for _, labels in rows for label in labels})
+    onehot = tmp_path / "onehot.csv"
+    onehot.write_text(f"file,{','.join(names)}\n" + "".join(
+        f"{f},{','.join('1' if n in labels else '0' for n in names)}\n" for f, labels in rows))
     with pytest.raises(TflError, match="--task multilabel"):
-        load_data(str(csv_path), 0.2, 0, csv=CsvOptions(task="single"))
+        load_data(str(onehot), 0.2, 0, csv=CsvOptions(task="single"))
 
 
 def test_miml_scenes_both_label_layouts_read_alike():
@@ -243,3 +253,24 @@ def test_the_python_api_trains_folders_as_multilabel_when_asked(tmp_path):
     assert run.metrics["task"] == "multilabel" and run.thresholds is not None and len(run.thresholds) == 3
     rows = tfl.load(run.path).predict(str(data / "red"), top_k=3)
     assert all("labels" in row for row in rows) and len(rows) == 8
+
+
+def test_a_threshold_keeps_every_photo_that_chose_it():
+    """Issue 41.3: rounded to 4 places, a label on every photo got 0.3619 against a lowest score of 0.361894."""
+    scores, truth = np.array([0.361894, 0.52, 0.9, 0.97], np.float32), np.ones(4)
+    threshold = best_threshold(scores, truth)
+    assert (scores >= threshold).all() and threshold == pytest.approx(0.361894 / 2)
+    scores, truth = np.array([0.2, 0.30001, 0.30002, 0.8], np.float32), np.array([0, 0, 1, 1])
+    threshold = best_threshold(scores, truth)
+    assert 0.30001 < threshold < 0.30002 and list(scores >= threshold) == [False, False, True, True]
+
+
+def test_predict_csv_marks_every_label_over_its_threshold_beyond_the_top_k():
+    """Issue 41.5: the CSV listed only the top-k, so a third label over its threshold was missing (JSON had it)."""
+    from tfl.report import format_predictions
+
+    rows = [{"path": "a.jpg", "top": [("sea", 0.9)], "labels": [("sea", 0.9), ("sunset", 0.7), ("trees", 0.6)]}]
+    lines = format_predictions(rows, "csv").splitlines()
+    assert lines[0].endswith(",above_threshold") and len(lines) == 4
+    assert [line.split(",")[2] for line in lines[1:]] == ["sea", "sunset", "trees"]
+    assert all(line.endswith(",yes") for line in lines[1:])

@@ -298,3 +298,15 @@ def test_the_converters_int8_file_takes_raw_uint8_pixels(tiny_run):
                           ).get_input_details()[0]
     assert details["dtype"] == np.uint8
     assert (round(details["quantization"][0], 6), details["quantization"][1]) == (1.0, 0)
+
+
+def test_a_multilabel_file_is_judged_on_every_labels_decision(monkeypatch):
+    """Issue 41.4: judged on the top answer only, a multi-label int8 file agreeing on 85.7% of the label decisions
+    was kept with no fallback and no warning."""
+    reference = np.array([[0.9, 0.6], [0.2, 0.7], [0.8, 0.1]])
+    quantized = np.array([[0.9, 0.4], [0.2, 0.7], [0.8, 0.1]])  # the same top answers; one label's decision flips
+    monkeypatch.setattr(quantize, "probabilities", lambda content, images: quantized)
+    images = np.zeros((3, 4, 4, 3))
+    measured = quantize.Goal(images, reference, thresholds=np.array([0.5, 0.5])).measure(b"", "int8")
+    assert measured["agreement"] == pytest.approx(5 / 6) and not measured["met"]
+    assert quantize.Goal(images, reference).measure(b"", "int8")["met"], "the top answer alone would keep it"

@@ -248,3 +248,44 @@ def test_an_export_killed_after_its_saved_model_finishes_on_a_rerun(own_run, mon
     assert "Keeping export/saved_model/1" in result.output
     report = json.loads((tiny_run / "export_report.json").read_text())
     assert {"export/saved_model/1", "model_float32.tflite"} <= set(report)
+
+
+def test_a_class_named_with_a_line_break_is_refused_before_training(tmp_path):
+    """Issue 41.10: a class folder named with a newline made labels.txt list four names for three outputs."""
+    data = write_class_folders(tmp_path / "photos", per_class=3)
+    (data / "red").rename(data / "red\ntulip")
+    result = cli("finetune", "--data", data, *TINY, "--epochs", "1,0", "--output", tmp_path / "runs")
+    assert result.exit_code == 1 and "'red\\ntulip'" in result.output and "control character" in result.output
+    assert not (tmp_path / "runs").exists() or not [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+
+
+@pytest.mark.integration
+def test_labels_that_do_not_match_the_models_outputs_are_a_clear_error(own_run, tmp_path):
+    (own_run / "labels.txt").write_text("blue\ngreen\nred\ntulip\n")
+    make_image((200, 40, 40)).save(tmp_path / "a.jpg")
+    result = cli("predict", own_run, tmp_path / "a.jpg")
+    assert result.exit_code == 1 and "gives 3 scores per image, but its class names (labels.txt) are 4" in result.output
+
+
+@pytest.mark.integration
+def test_report_on_a_damaged_or_read_only_run_is_a_clear_error(own_run, monkeypatch):
+    """Issue 41.13: tfl report on a cut metrics.json or config.yaml, or on a run it cannot write, gave a traceback."""
+    import tfl.html_report
+
+    metrics = (own_run / "metrics.json").read_text()
+    (own_run / "metrics.json").write_text(metrics[: len(metrics) // 2])
+    result = cli("report", own_run)
+    assert result.exit_code == 1 and "metrics.json' is damaged" in result.output
+    (own_run / "metrics.json").write_text(metrics)
+    config = (own_run / "config.yaml").read_text()
+    (own_run / "config.yaml").write_text("arch: [mobilenetv2\n")
+    result = cli("report", own_run)
+    assert result.exit_code == 1 and "config.yaml' is damaged" in result.output
+    (own_run / "config.yaml").write_text(config)
+
+    def refused(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(tfl.html_report, "atomic_write_text", refused)  # root writes anywhere: refused as on read-only
+    result = cli("report", own_run)
+    assert result.exit_code == 1 and "Permission denied" in result.output and "copy the run folder" in result.output

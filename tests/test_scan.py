@@ -103,3 +103,22 @@ def test_worker_processes_scan_exactly_like_threads(tmp_path, monkeypatch):
 
     monkeypatch.setattr(scan_module.sys, "executable", str(tmp_path / "no-python-here"))
     assert scan_module.scan_files(paths) == expected
+
+
+def test_a_large_file_that_is_no_image_is_not_read_into_memory(tmp_path):
+    """Issue 41.11: a 1 GiB video in a class folder took tfl check from 854 MB to 1,882 MB."""
+    import tracemalloc
+
+    from tfl.scan import scan_file
+
+    video = tmp_path / "clip.mp4"
+    with open(video, "wb") as handle:
+        handle.write(b"\x00\x00\x00\x18ftypmp42")
+        handle.truncate(256 * 2**20)  # 256 MiB, sparse
+    tracemalloc.start()
+    try:
+        result = scan_file(str(video))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.problem == "not an image" and peak < 16 * 2**20, peak

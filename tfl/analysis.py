@@ -53,6 +53,8 @@ def write_analysis(scored: Scored, folder: RunFolder, model, image_size: int, me
                           thresholds=scored.multilabel)
     plot_roc((scored.scores, scored.truth), folder.roc_file, names)
     if scored.multilabel:
+        thresholds = np.array([metrics["per_class"][name]["threshold"] for name in names])
+        multilabel_predictions_csv(scored, thresholds, folder.predictions_file)
         return
     plot_confusion_matrix(metrics, folder.confusion_file)
     predictions_csv(scored.paths, scored.scores, scored.labels, names, folder.predictions_file)
@@ -79,6 +81,20 @@ def predictions_csv(paths: list[str], probabilities: np.ndarray, labels: np.ndar
         best = int(scores.argmax())
         writer.writerow([file, class_names[label], class_names[best], f"{scores[best]:.5f}", int(best == label),
                          *(f"{s:.5f}" for s in scores)])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def multilabel_predictions_csv(scored: Scored, thresholds: np.ndarray, path: Path) -> None:
+    """Several labels per photo: one row per photo, its labels, those over their thresholds, whether the two are the
+    same, and every label's score."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    names = scored.class_names
+    writer.writerow(["path", "labels", "predicted", "exact_match", *names])
+    for file, scores, truth in zip(scored.paths, scored.scores, scored.labels):
+        given = ";".join(names[i] for i in np.flatnonzero(truth))
+        predicted = ";".join(names[i] for i in np.flatnonzero(scores >= thresholds))
+        writer.writerow([file, given, predicted, int(given == predicted), *(f"{s:.5f}" for s in scores)])
     atomic_write_text(path, buffer.getvalue())
 
 

@@ -131,21 +131,24 @@ def check(data: str | Path, *, probe: bool = True, output: str | Path = DEFAULT_
     check_arguments("tfl.check", data=(data, (str, Path), "the path of a folder or a label file"),
                     probe=(probe, bool, "True or False"))
     config = make_config(None, settings)
+    from tfl.fileio import atomic_write_text, file_to_write, folder_to_write
+
+    output = folder_to_write(output, "--output")  # each checked before minutes of work
+    report_file = None if report_file is None else file_to_write(report_file, "--json")
+    exclusions_file = None if exclusions_file is None else file_to_write(exclusions_file, "--exclusions")
     use_backend(config.backend)
     from tfl.probe import check_data
 
-    report = check_data(config, str(Path(data).expanduser()), Path(output).expanduser() / ".scan_cache", probe, echo)
-    from tfl.fileio import atomic_write_text
-
+    report = check_data(config, str(Path(data).expanduser()), output / ".scan_cache", probe, echo)
     if report_file is not None:
         import json
 
-        atomic_write_text(Path(report_file).expanduser(), json.dumps(report, indent=2) + "\n")
+        atomic_write_text(report_file, json.dumps(report, indent=2) + "\n")
         echo(f"Wrote {report_file}")
     if exclusions_file is not None:
         from tfl.probe import exclusions_text
 
-        atomic_write_text(Path(exclusions_file).expanduser(), exclusions_text(report))
+        atomic_write_text(exclusions_file, exclusions_text(report))
         echo(f"Wrote {exclusions_file}: uncomment the photos to leave out, then tfl finetune --exclude {exclusions_file}")
     return report
 

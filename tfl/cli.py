@@ -15,14 +15,19 @@ from tfl.archs import ARCHS
 from tfl.backend import VERBOSE_ENV, use_backend
 from tfl.config import SETTINGS, parse_per_stage
 from tfl.errors import TflError, TflWarning
-from tfl.report import format_checks, format_metrics, format_predictions
+from tfl.report import format_checks, format_metrics, format_predictions, terminal_text
 from tfl.formats import ALL, FORMATS, QUANTIZATIONS, export_help
 from tfl.runs import DEFAULT_ROOT
 
 
+def echo(message: str = "", err: bool = False) -> None:
+    """Every line tfl prints, with names' control characters escaped (tfl/report.py's terminal_text)."""
+    click.echo(terminal_text(str(message)), err=err)
+
+
 def show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
     if issubclass(category, TflWarning):
-        click.echo(f"Warning: {message}", err=True)
+        echo(f"Warning: {message}", err=True)
     else:
         _default(message, category, filename, lineno, file, line)
 
@@ -46,14 +51,16 @@ def friendly_errors(command):
                 warnings.showwarning = show_warning
                 return command(*args, **kwargs)
         except TflError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(terminal_text(str(exc))) from None
         except KeyboardInterrupt:
-            click.echo("\n" + INTERRUPTED.get(command.__name__, "Interrupted."), err=True)
+            echo("\n" + INTERRUPTED.get(command.__name__, "Interrupted."), err=True)
             sys.exit(130)
     return wrapper
 
 
 LATEST = "\0latest"  # --resume without a name
+# What `tfl check` reads the data with, as finetune does (so it checks the same split of the same files)
+CHECK_SETTINGS = ("path_column", "label_column", "label_separator", "task", "val_split", "seed", "exclude")
 
 
 def progress_verbosity() -> int:
@@ -69,12 +76,16 @@ def main(verbose):
         os.environ[VERBOSE_ENV] = "1"
 
 
-def setting_options(command):
+def options_of(names: tuple[str, ...] | None = None):
     """One option per TrainConfig field (its help, type and choices from the field), so adding a setting there adds
-    it here."""
+    it here; `names`: only those."""
+    return lambda command: setting_options(command, names)
+
+
+def setting_options(command, names: tuple[str, ...] | None = None):
     for name, spec in reversed(SETTINGS.items()):
         meta = spec.metadata
-        if not meta["cli"]:
+        if not meta["cli"] or (names is not None and name not in names):
             continue
         flag = "--" + name.replace("_", "-")
         default = spec.default
@@ -116,7 +127,7 @@ def finetune(data, config_file, epochs, lr, unfreeze_blocks, name, output, overw
                          source="the command line")
     if not (data or config.data):
         raise click.UsageError("Missing option '--data' (a folder with one subfolder of images per class).")
-    tfl.finetune(data, config=config, output=output, name=name, overwrite=overwrite, echo=click.echo,
+    tfl.finetune(data, config=config, output=output, name=name, overwrite=overwrite, echo=echo,
                  verbose=progress_verbosity())
 
 
@@ -126,7 +137,7 @@ def resume_run(resume, output, *settings):
     if [v for v in flags if v not in (None, False)] + [k for k, v in options.items() if v is not None]:
         raise TflError("--resume continues a run with the settings it was started with, so it takes no other "
                        "training option (only --output). Drop them, or start a new run.")
-    tfl.resume(None if resume == LATEST else resume, output=output, echo=click.echo, verbose=progress_verbosity())
+    tfl.resume(None if resume == LATEST else resume, output=output, echo=echo, verbose=progress_verbosity())
 
 
 @main.command()
@@ -143,13 +154,19 @@ def resume_run(resume, output, *settings):
 @click.option("--exclusions", "exclusions_file", type=click.Path(dir_okay=False),
               help="Also write the doubted photos here, commented out, to edit for tfl finetune --exclude.")
 @click.option("--output", default=DEFAULT_ROOT, show_default=True, help="Runs folder (where the scan cache lives).")
+@options_of(CHECK_SETTINGS)
 @friendly_errors
-def check(data, probe, arch, alpha, weights, image_size, images, listed, json_file, exclusions_file, output):
+def check(data, probe, arch, alpha, weights, image_size, images, listed, json_file, exclusions_file, output,
+          **settings):
     """Check photos before training: duplicates, conflicting labels, leaks, unusable photos, likely label errors."""
-    report = tfl.check(data, probe=probe, output=output, echo=click.echo, report_file=json_file,
+    # Eleven parameters: click passes every option of the command as one.
+    report = tfl.check(data, probe=probe, output=output, echo=echo, report_file=json_file,
                        exclusions_file=exclusions_file, arch=arch, alpha=alpha, weights=weights, image_size=image_size,
-                       images=images)
-    click.echo(format_checks(report, listed))
+                       images=images, **{key: value for key, value in settings.items() if value is not None})
+    echo(format_checks(report, listed))
+    if report["checks"].get("label_probe_error"):  # the checks above need no weights; the probe does
+        raise TflError(f"{report['checks']['label_probe_error']} The checks above are complete; the label probe did "
+                       "not run (pass --no-probe to leave it out).")
 
 
 @main.command()
@@ -162,7 +179,7 @@ def evaluate(run, data, root):
     use_backend("tensorflow")
     found = tfl.open_run(run, root)
     metrics = found.evaluate(data)
-    click.echo(format_metrics(metrics, found.path))
+    echo(format_metrics(metrics, found.path))
 
 
 @main.command()
@@ -200,7 +217,7 @@ def export(run, root, export_format, quantize, **options):
     bad = [key for key, sep, _ in pairs if not sep or not key]
     if bad:
         raise TflError(f"--meta takes KEY=VALUE (like --meta author='Jane Doe'), got '{bad[0]}'.")
-    tfl.open_run(run, root).export(export_format, quantize, echo=click.echo,
+    tfl.open_run(run, root).export(export_format, quantize, echo=echo,
                                    metadata={key.strip(): value for key, _, value in pairs}, **options)
 
 
@@ -215,13 +232,13 @@ def predict(artifact, inputs, top_k, output_format):
     """Classify image files or folders INPUTS with ARTIFACT (.keras, run dir, SavedModel dir, .tflite or .onnx)."""
     use_backend("tensorflow")
     rows = tfl.load(artifact).predict(list(inputs), top_k)
-    click.echo(format_predictions(rows, output_format))
+    echo(format_predictions(rows, output_format))
     failed = sum("error" in row for row in rows)
     if failed == len(rows):
         raise TflError(f"None of the {len(rows)} input file(s) could be read as an image (see the errors above). "
                        "Pass JPEG, PNG, GIF, BMP, WebP or TIFF files.")
     if failed:
-        click.echo(f"{failed} of {len(rows)} file(s) could not be read; the others were predicted.", err=True)
+        echo(f"{failed} of {len(rows)} file(s) could not be read; the others were predicted.", err=True)
 
 
 @main.command()
@@ -230,16 +247,26 @@ def predict(artifact, inputs, top_k, output_format):
 @friendly_errors
 def report(run, root):
     """Build a run's report.html again (data health, plan, curves, mistakes, exports), one self-contained file."""
-    click.echo(f"Wrote {tfl.open_run(run, root).report()}")
+    echo(f"Wrote {tfl.open_run(run, root).report()}")
 
 
 @main.command()
 def archs():
     """List the available backbones."""
     for spec in ARCHS.values():
-        click.echo(f"{spec.name:<12} {spec.image_size:>4} px (min {spec.min_image_size:>3})  "
+        echo(f"{spec.name:<12} {spec.image_size:>4} px (min {spec.min_image_size:>3})  "
                    f"{spec.num_blocks:>2} blocks  {spec.description}")
 
 
+def run() -> None:
+    """The `tfl` command: a Ctrl-C that lands outside a command's own handling (after it printed its results, say)
+    ends quietly with exit 130, never as a traceback."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.stderr.write("\nInterrupted.\n")
+        sys.exit(130)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -75,7 +75,8 @@ class TrainConfig:
                         "threshold per label), or auto: multilabel when some photo has several labels.",
                         choices=("auto", "single", "multilabel"))
     label_separator: str | None = setting(None, "Label files: what separates several labels in one column "
-                                          "(default: detected among , ; |).", kind=str)
+                                          "(default: detected among , ; | and space; 'none': one label per "
+                                          "value).", kind=str)
     arch: str = setting("mobilenetv2", "Backbone (`tfl archs` lists them).", choices=tuple(ARCHS))
     plan: str = setting("auto", "auto: stages chosen from the number of images and classes (tfl/plan.py: head to "
                         "convergence, then warmed-up fine-tuning); fixed: the config's stages as given.",

@@ -10,7 +10,9 @@ are in one subfolder (a Kaggle `train/` beside `train.csv`), that subfolder is u
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -23,7 +25,8 @@ PATH_NAMES = ("path", "file", "filename", "filenames", "file_name", "image", "im
               "image_path", "filepath", "name")
 LABEL_NAMES = ("label", "labels", "class", "classes", "category", "categories", "target", "tags", "y")
 SPLIT_NAMES = ("split", "set", "subset", "fold_name")
-SEPARATORS = (",", ";", "|")
+SEPARATORS = (",", ";", "|", " ")  # tried in this order; a space last, as Kaggle's tag files write tags
+NO_SEPARATOR = "none"  # --label-separator none: each value is one label
 EXAMPLES = 5  # rows named per kind of problem, on screen and in data_report.json
 
 
@@ -35,6 +38,7 @@ class CsvLayout:
     label_columns: list[str]  # one column, or one 0/1 column per label
     separator: str | None = None  # several labels in one column, split on this
     split_column: str | None = None
+    not_split_on: str | None = None  # a separator the values hold but that was found to join one label's words
 
     @property
     def one_hot(self) -> bool:
@@ -45,9 +49,12 @@ class CsvLayout:
             labels = f"one 0/1 column per label ({len(self.label_columns)}: {', '.join(self.label_columns[:6])}" + (
                 ", ...)" if len(self.label_columns) > 6 else ")")
         elif self.separator:
-            labels = f"labels in column '{self.label_columns[0]}', several per row separated by '{self.separator}'"
+            labels = (f"labels in column '{self.label_columns[0]}', several per row separated by '{self.separator}' "
+                      f"(--label-separator {NO_SEPARATOR} reads each value as one label)")
         else:
-            labels = f"one label per row in column '{self.label_columns[0]}'"
+            labels = f"one label per row in column '{self.label_columns[0]}'" + (
+                f" (its values hold '{self.not_split_on}', but their parts do not combine freely, so each value is "
+                f"one label: --label-separator '{self.not_split_on}' splits them)" if self.not_split_on else "")
         split = f"; splits from column '{self.split_column}'" if self.split_column else ""
         return f"files in column '{self.path_column}'; {labels}{split}"
 
@@ -66,12 +73,23 @@ class LabelledFiles:
         return any(len(labels) > 1 for labels in self.labels)
 
 
+def decoded(data: bytes) -> str:
+    """A label file's text: UTF-16 (Excel's "Unicode Text") or UTF-8 by their byte order marks; else UTF-8, else
+    Windows-1252 (Excel's CSV on Windows: 0x92 is an apostrophe, 0x85 an ellipsis), else Latin-1."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
 def read_table(path: Path) -> tuple[list[str], list[list[str]]]:
     """The header and rows of a CSV or TSV (delimiter sniffed among comma, tab and semicolon; any line ending)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        text = path.read_text(encoding="latin-1")
+        text = decoded(path.read_bytes())
     except OSError as exc:
         raise TflError(f"Cannot read the label file '{path}': {exc.strerror}.") from None
     sample = "\n".join(text.splitlines()[:50])
@@ -79,7 +97,9 @@ def read_table(path: Path) -> tuple[list[str], list[list[str]]]:
         dialect = csv.Sniffer().sniff(sample, delimiters=",\t;")
     except csv.Error:
         dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
-    rows = [row for row in csv.reader(text.splitlines(), dialect) if any(cell.strip() for cell in row)]
+    # newline="": the csv module finds the line ends itself, so a quoted cell may hold one (str.splitlines would also
+    # break lines at characters such as U+0085)
+    rows = [row for row in csv.reader(io.StringIO(text, newline=""), dialect) if any(cell.strip() for cell in row)]
     if len(rows) < 2:
         raise TflError(f"The label file '{path}' has {'no rows' if not rows else 'a header and no rows'}. It needs a "
                        "header line, then one row per image: its file name and its label(s).")
@@ -111,22 +131,67 @@ def detect_layout(header: list[str], rows: list[list[str]], path_column: str | N
                            f".jpg, .png, ... nor is called path, file or image). Its columns: {', '.join(header)}. "
                            "Pass --path-column NAME.")
     split_column = named([c for c in header if c != path_column], SPLIT_NAMES)
-    if split_column and not {v.lower() for v in columns[split_column]} <= SPLIT_VALUES.keys():
-        split_column = None
+    if split_column:
+        values = columns[split_column]
+        odd = [i for i, v in enumerate(values) if v.strip().lower() not in SPLIT_VALUES]
+        if odd and len(odd) < len(values):  # a split column with gaps: not a reason to split at random silently
+            raise TflError(f"Column '{split_column}' of '{source}' gives a split (train, val or test) on "
+                           f"{len(values) - len(odd)} row(s) but not on {len(odd)}: row {odd[0] + 1} after the header "
+                           f"has '{values[odd[0]]}'. Give every row train, val or test, or remove the column to have "
+                           "tfl split at random.")
+        split_column = None if odd else split_column
     others = [c for c in header if c not in (path_column, split_column)]
     if label_column is None:
         binary = [c for c in others if columns[c] and set(columns[c]) <= {"0", "1", "0.0", "1.0", ""}]
-        if len(binary) >= 2 and len(binary) == len(others):
+        # one 0/1 column per label, unless one is named as the label: `file,label,hard` is a 0/1 label and a flag
+        if len(binary) >= 2 and len(binary) == len(others) and named(others, LABEL_NAMES) is None:
             return CsvLayout(path_column, binary, split_column=split_column)
         label_column = others[0] if len(others) == 1 else named(others, LABEL_NAMES)
         if label_column is None:
             raise TflError(f"Cannot tell which column of '{source}' holds the labels: besides the files ('{path_column}') "
                            f"it has {', '.join(others) or 'no column'}. Pass --label-column NAME (one label, or "
                            "several with --label-separator), or give one 0/1 column per label.")
-    if separator is None:
-        values = [v for v in columns[label_column] if v]
-        separator = next((s for s in SEPARATORS if any(s in v for v in values)), None)
-    return CsvLayout(path_column, [label_column], separator or None, split_column)
+    if separator is not None:
+        return CsvLayout(path_column, [label_column], None if separator == NO_SEPARATOR else separator, split_column)
+    values = {v.strip() for v in columns[label_column] if v.strip()}
+    held = [s for s in SEPARATORS if any(s in v for v in values)]
+    chosen = next((s for s in held if separates(values, s)), None)
+    return CsvLayout(path_column, [label_column], chosen, split_column,
+                     not_split_on=None if chosen else next(iter(held), None))
+
+
+def separates(values: set[str], separator: str) -> bool:
+    """Whether `separator` separates labels in `values` rather than joining one label's words. The parts of a real
+    separator combine: some part comes in two or more combinations (alone counts as one); parts that only ever come
+    together ('few varrao, hive beetles') are one label. A space also joins the words of names, which share words
+    too ('American Curl', 'British Shorthair', 'American Shorthair'), so for a space most combinations must lie on
+    cycles of parts and combinations, as freely combined tags do ('black jeans', 'black shirt', 'blue shirt',
+    'blue jeans': each part meets the others again) and a list of names does not."""
+    combinations = {frozenset(p.strip() for p in value.split(separator) if p.strip()) for value in values}
+    if separator != " ":
+        seen = Counter(part for combination in combinations for part in combination)
+        return any(count >= 2 for count in seen.values())
+    several = [c for c in combinations if len(c) > 1]
+    return bool(several) and len(on_cycles(several)) >= len(several) / 2
+
+
+def on_cycles(combinations: list[frozenset]) -> set[frozenset]:
+    """The combinations in the 2-core of the graph that joins each combination to its parts: those left when parts
+    and combinations with fewer than two links are taken away, again and again."""
+    links: dict = defaultdict(set)
+    for combination in combinations:
+        for part in combination:
+            links[("combination", combination)].add(("part", part))
+            links[("part", part)].add(("combination", combination))
+    loose = [node for node, linked in links.items() if len(linked) < 2]
+    while loose:
+        node = loose.pop()
+        for other in links.pop(node, ()):
+            if other in links:
+                links[other].discard(node)
+                if len(links[other]) == 1:
+                    loose.append(other)
+    return {node[1] for node in links if node[0] == "combination"}
 
 
 SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -150,7 +215,10 @@ class FileFinder:
         self.by_stem: dict[str, list[str]] | None = None
 
     def find(self, name: str) -> tuple[str | None, bool]:
-        """(path, found under another extension), or (None, False)."""
+        """(path, found under another extension), or (None, False). A Windows path ('img\\x.jpg', as Windows tools
+        write them) is read with its backslashes as folder separators where no file has the name as it is."""
+        if "\\" in name and os.sep == "/" and not (self.folder / name).is_file():
+            name = name.replace("\\", "/")
         path = Path(name) if os.path.isabs(name) else self.folder / name
         if path.is_file():
             return str(path), False
@@ -235,7 +303,7 @@ def read_label_file(csv_path: str | Path, images: str | Path | None = None, path
         seen[path] = len(result.paths)
         result.paths.append(path)
         result.labels.append(labels)
-        result.splits.append(SPLIT_VALUES[record[layout.split_column].lower()] if layout.split_column else None)
+        result.splits.append(SPLIT_VALUES[record[layout.split_column].strip().lower()] if layout.split_column else None)
     kept = [i for i, labels in enumerate(result.labels) if labels]
     result.paths, result.labels, result.splits = ([getattr(result, a)[i] for i in kept]
                                                   for a in ("paths", "labels", "splits"))

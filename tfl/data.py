@@ -75,12 +75,28 @@ def list_class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
-def list_files(folder: Path) -> list[str]:
+def list_files(folder: Path, skipped: list | None = None) -> list[str]:
+    """The files under `folder`, hidden ones left out; folder links are not followed (they can loop or lead out of
+    the data) and, with `skipped`, each is listed there with the reason."""
     files = []
     for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames:
+            if skipped is not None and not is_hidden(name) and os.path.islink(os.path.join(dirpath, name)):
+                skipped.append({"path": os.path.join(dirpath, name), "reason": "a link to a folder, which tfl does "
+                                "not follow (it can loop or lead out of the data): move or copy its photos in"})
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
         files += [os.path.join(dirpath, f) for f in sorted(filenames) if not is_hidden(f)]
     return files
+
+
+def utf8_name(path: str) -> bool:
+    """Whether a path is valid UTF-8 (one that is not reaches Python with surrogates, which TensorFlow, JSON files
+    and terminals refuse)."""
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 @dataclass
@@ -97,7 +113,8 @@ class Reader:
     def class_folders(self, folder: Path, class_names: list[str]) -> Split:
         """`folder/<class>/**`, scanned."""
         return self.candidates([(path, label) for label, name in enumerate(class_names)
-                                if (folder / name).is_dir() for path in list_files(folder / name)])
+                                if (folder / name).is_dir()
+                                for path in list_files(folder / name, self.report["skipped"])])
 
     def candidates(self, candidates: list[tuple[str, object]]) -> Split:
         """(path, label) pairs scanned in parallel: usable files become the split, the rest go to the report."""
@@ -108,6 +125,11 @@ class Reader:
             report.setdefault("excluded_paths", []).extend(
                 os.path.abspath(c[0]) for c in candidates if os.path.abspath(c[0]) in self.excluded)
             candidates = kept
+        for path, _ in candidates:
+            if not utf8_name(path):
+                report["skipped"].append({"path": path, "reason": "its name is not valid UTF-8 (an old archive's "
+                                                                  "encoding, say): rename it"})
+        candidates = [(path, label) for path, label in candidates if utf8_name(path)]
         paths = [path for path, _ in candidates]
         scanned = self.scan_cache.scan(paths) if self.scan_cache else scan_files(paths)
         split = Split()
@@ -145,7 +167,12 @@ def read_exclusions(path: str | Path | None) -> frozenset:
     if not path.is_file():
         raise TflError(f"--exclude '{path}' is not a file. Pass a text file with one photo path per line ('tfl check "
                        "--exclusions FILE' writes one to edit).")
-    lines = [EXCLUSION_NOTE.sub("", line).strip() for line in path.read_text().splitlines()
+    from tfl.csv_labels import decoded
+
+    data = path.read_bytes()
+    if b"\x00" in data and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise TflError(f"--exclude '{path}' is not a text file. Pass a text file with one photo path per line.")
+    lines = [EXCLUSION_NOTE.sub("", line).strip() for line in decoded(data).splitlines()
              if not line.lstrip().startswith("#")]
     return frozenset(os.path.abspath(path.parent / line) for line in lines if line)
 
@@ -335,6 +362,12 @@ def warn_about_missing_val_classes(val: Split, class_names: list[str]) -> None:
 
 
 def check_classes(class_names: list[str], folder: Path) -> None:
+    """Two classes at least, each a name labels.txt can hold on one line (a line break would make one class two)."""
+    odd = next((name for name in class_names if any(ord(c) < 32 or ord(c) == 127 for c in name)), None)
+    if odd is not None:
+        raise TflError(f"Class {odd!r} of '{folder}' has a line break, a tab or another control character in its "
+                       "name; labels.txt and every artifact keep one class name per line. Rename "
+                       "it (the folder, or the label in the label file).")
     if len(class_names) < 2:
         found = f"only '{class_names[0]}'" if class_names else "none"
         raise TflError(f"'{folder}' needs at least two class subfolders (one folder of images per class); found {found}.")
@@ -344,6 +377,10 @@ def check_usable(split: Split, class_names: list[str], root: Path, report: dict)
     empty = [name for name, n in class_counts(split, class_names).items() if n == 0]
     if empty:
         problems = f" ({len(report['skipped'])} file(s) were skipped as unreadable: see the list above)" if report["skipped"] else ""
+        if root.is_file():  # a label file: the label is on no training row (only on validation ones, say)
+            raise TflError(f"Label(s) {', '.join(empty)} of '{root}' have no usable training photo{problems}: they "
+                           "are only on validation or test rows, or their photos could not be read. Give them "
+                           "training rows, or remove their rows.")
         raise TflError(f"Class folder(s) {', '.join(empty)} in '{root}' have no usable training image{problems}. "
                        "Add images to them or remove the folders.")
 
@@ -457,7 +494,8 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
 
     sources = split_label_files(path) if path.is_dir() else {"all": path}
     images = options.images or (str(path) if path.is_dir() else None)
-    read = {split: read_label_file(file, images, options.path_column, options.label_column, options.label_separator)
+    separator = options.label_separator or ("none" if options.task == "single" else None)  # single: values whole
+    read = {split: read_label_file(file, images, options.path_column, options.label_column, separator)
             for split, file in sources.items()}
     several = [str(sources[s]) for s, files in read.items() if files.multilabel]
     if several and options.task == "single":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tfl.analysis import Scored, write_analysis
 from tfl.split import Split
-from tfl.data import list_class_folders, scan_class_folders
+from tfl.data import LABEL_FILE_SUFFIXES, Reader, list_class_folders, scan_class_folders
 from tfl.pipeline import make_pipeline
 from tfl.errors import TflError, warn
 from tfl.fileio import atomic_path, atomic_write_text
@@ -18,6 +18,32 @@ from tfl.metrics import classification_metrics, predict_dataset, write_metrics
 from tfl.multilabel import multilabel_metrics
 from tfl.predict import load_predictor
 from tfl.runs import RunFolder, check_reachable, labels_text
+
+
+def load_labelled_file(path: Path, class_names: list[str], converted_dir: Path | None,
+                       multilabel: bool) -> tuple[Split, dict]:
+    """The photos a label file names (as `tfl finetune --data FILE` reads it, every row, its split column aside),
+    labelled by the run's class list; labels the run does not know, or several on a photo for a single-label run,
+    are an error."""
+    from tfl.csv_labels import read_label_file
+
+    files = read_label_file(path)
+    unknown = sorted({label for labels in files.labels for label in labels} - set(class_names))
+    if unknown:
+        raise TflError(f"'{path}' has label(s) {', '.join(unknown[:5])} that the model does not know. Its classes "
+                       f"are: {', '.join(class_names)}.")
+    if not multilabel and any(len(labels) > 1 for labels in files.labels):
+        raise TflError(f"'{path}' gives several labels to some photos, and this run has one label per photo. Give "
+                       "each photo one label, or evaluate a run trained with several (--task multilabel).")
+    index = {name: i for i, name in enumerate(class_names)}
+    report = {"source": str(path), "skipped": [], "converted": [], "label_file": files.report}
+    split = Reader(report, converted_dir).candidates(
+        [(file, [index[label] for label in labels] if multilabel else index[labels[0]])
+         for file, labels in zip(files.paths, files.labels)])
+    report.pop("short_sides", None)
+    if len(split) == 0:
+        raise TflError(f"'{path}' names no usable image. Check its file column and where the images are.")
+    return split, report
 
 
 EVALUATIONS_FOLDER = "evaluations"  # in the run: one folder per evaluated set, named after it
@@ -40,7 +66,7 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
                 raise TflError(f"Run '{run}' has no saved validation file list (trained from tfds?). Pass --data DIR.")
             check_reachable(split.paths, run)
         else:
-            split, report = load_labelled_folder(data, class_names, Path(converted))
+            split, report = load_labelled_folder(data, class_names, Path(converted), thresholds is not None)
         predictor = load_predictor(found.model_file)
         dataset = make_pipeline(split, len(class_names), predictor.image_size, batch_size, training=False)
         originals = {row["to"]: row["path"] for row in report.get("converted", [])}  # not the temporary PNGs
@@ -69,6 +95,8 @@ def evaluation_name(data: str | Path | None) -> str:
     if data is None:
         return "val"
     folder = Path(data).expanduser().resolve()
+    if folder.is_file():  # a label file: its name without the suffix
+        return folder.stem
     return f"{folder.parent.name}-val" if folder.name == "val" else folder.name
 
 
@@ -84,12 +112,17 @@ def write_evaluation(folder: Path, scored: Scored, predictor, metrics: dict, rep
         build_report(tmp, title)
 
 
-def load_labelled_folder(data: str | Path, class_names: list[str], converted_dir: Path | None) -> tuple[Split, dict]:
-    """Every usable image of `data/<class>/`, labelled by the run's class list, and the report of what was skipped
-    or converted (TIFFs and other formats TensorFlow cannot decode become PNGs in `converted_dir`)."""
+def load_labelled_folder(data: str | Path, class_names: list[str], converted_dir: Path | None,
+                         multilabel: bool = False) -> tuple[Split, dict]:
+    """Every usable image of `data/<class>/` (or named by the label file `data`), labelled by the run's class list,
+    and the report of what was skipped or converted (TIFFs and other formats TensorFlow cannot decode become PNGs in
+    `converted_dir`)."""
     root = Path(data).expanduser()
+    if root.is_file() and root.suffix.lower() in LABEL_FILE_SUFFIXES:
+        return load_labelled_file(root, class_names, converted_dir, multilabel)
     if not root.is_dir():
-        raise TflError(f"Data folder '{root}' does not exist. Pass a folder with one subfolder of images per class.")
+        raise TflError(f"Data folder '{root}' does not exist. Pass a folder with one subfolder of images per class, "
+                       f"or a label file ({', '.join(LABEL_FILE_SUFFIXES)}).")
     folders = [p.name for p in list_class_folders(root)]
     unknown = sorted(set(folders) - set(class_names))
     if unknown:

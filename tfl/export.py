@@ -25,7 +25,7 @@ from tfl.predict import load_predictor
 from tfl.quantize import Calibration, Goal, quantized_file
 from tfl.report import format_export_report
 from tfl.tflite_metadata import ModelInfo, with_metadata
-from tfl.fileio import atomic_path, atomic_write_text
+from tfl.fileio import interrupts_deferred, atomic_path, atomic_write_text
 from tfl.multilabel import average_precision
 from tfl.formats import ArtifactFormat, formats_for
 from tfl.runs import (DEFAULT_ROOT, LABELS_FILE, THRESHOLDS_FILE, RunFolder, export_lock, labels_text,
@@ -83,7 +83,8 @@ def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> Non
                          input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")])
     archive.add_endpoint("classify_images", classify_images,
                          input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-    archive.write_out(str(target), verbose=False)
+    with interrupts_deferred():  # TensorFlow's saver swallowed or mangled a Ctrl-C (SystemError) about 1 time in 6
+        archive.write_out(str(target), verbose=False)
     (target / "assets").mkdir(exist_ok=True)
     (target / "assets" / LABELS_FILE).write_text(labels_text(job.class_names))
     if job.thresholds is not None:
@@ -293,7 +294,8 @@ class Export:
                   f"{check.source}")
         reference = predict_all(keras_predictor, check.images, 32)
         self.job.goal = Goal(check.images, reference, None if check.labels is None or check.labels.ndim > 1
-                             else check.labels)  # several labels per photo: agreement only
+                             else check.labels,  # several labels per photo: every label's decision agrees
+                             None if self.job.thresholds is None else np.asarray(self.job.thresholds))
         rows = [verify(keras_predictor, self.run.model_file, check, None) | self.calibration()]
         self.record(rows[0])
         for row_format, quantize, path in targets:

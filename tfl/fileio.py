@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 from tfl.errors import TflError
@@ -24,6 +26,46 @@ def current_umask() -> int:
 
 def new_file_mode() -> int:
     return 0o666 & ~current_umask()  # what open() gives a new file: 0644 under the usual umask 022
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C during the block is held until the block ends, then raised: native code that writes a file (TensorFlow's
+    SavedModel saver) is not cut in the middle, where it turns the interrupt into a SystemError or loses it. Only the
+    main thread can take signals; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def file_to_write(path: str | Path, flag: str) -> Path:
+    """`path`, checked before any work: a file can be written there (it is no folder, and no file stands where one
+    of its folders must be); else an error naming `flag`."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise TflError(f"{flag} '{path}' is a folder; pass the path of a file to write, like '{path / 'out.txt'}'.")
+    blocked = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocked is not None:
+        raise TflError(f"{flag} '{path}' cannot be written: '{blocked}' is a file, not a folder. Pass a path in a "
+                       "folder.")
+    return path
+
+
+def folder_to_write(path: str | Path, flag: str) -> Path:
+    """`path`, checked before any work: a folder is there or can be made there; else an error naming `flag`."""
+    path = Path(path).expanduser()
+    blocked = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise TflError(f"{flag} '{path}' must be a folder, and '{blocked}' is a file. Pass a folder's path.")
+    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

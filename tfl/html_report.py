@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from tfl.fileio import atomic_write_text
-from tfl.runs import RunFolder
+from tfl.errors import TflError
+from tfl.runs import UNWRITABLE_RUN, RunFolder, read_run_file
 
 
 STYLE = """
@@ -52,7 +53,7 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_run_file(path, json.loads) if path.is_file() else {}
 
 
 def data_section(report: dict) -> str:
@@ -152,5 +153,8 @@ def build_report(run_dir: str | Path, name: str | None = None) -> Path:
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>tfl {html.escape(heading)}</title>"
             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(heading)}</h1>"
             f"<p>{summary}</p>{body}<pre id=errors></pre></body></html>")
-    atomic_write_text(run.report_file, page)
+    try:
+        atomic_write_text(run.report_file, page)
+    except PermissionError as exc:
+        raise TflError(f"Cannot write '{run.report_file}': {exc.strerror}. {UNWRITABLE_RUN}") from None
     return run.report_file

@@ -139,12 +139,17 @@ def average_precision(scores: np.ndarray, truth: np.ndarray) -> float | None:
 
 
 def best_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
-    """The score threshold that maximises the label's F1 on validation (0.5 when the label has no positive)."""
+    """The score threshold that maximises the label's F1 on validation (0.5 when the label has no positive): half way
+    between the lowest score it takes and the highest it leaves out, so that neither rounding nor an artifact's
+    float error moves a validation photo across it (rounded to 4 places, a label on every photo got 0.3619 against a
+    lowest score of 0.361894, and recall 0.857 instead of 1)."""
     if truth.sum() == 0:
         return 0.5
-    candidates = np.unique(scores)
+    candidates = np.unique(scores.astype(np.float64))
     f1 = [f1_score(scores >= t, truth) for t in candidates]
-    return round(float(candidates[int(np.argmax(f1))]), 4)
+    chosen = int(np.argmax(f1))
+    below = candidates[chosen - 1] if chosen > 0 else 0.0
+    return float((candidates[chosen] + below) / 2)
 
 
 def f1_score(predicted: np.ndarray, truth: np.ndarray) -> float:

@@ -34,7 +34,12 @@ class Predictor:
             raise TflError(f"predict_pixels takes a batch of RGB pixels 0..255 of shape [batch, {self.image_size}, "
                            f"{self.image_size}, 3] for this model; got {pixels.dtype} of shape {list(pixels.shape)}. "
                            "Resize the images first, or pass them to predict(), which resizes.")
-        return self._probabilities(pixels)
+        probabilities = self._probabilities(pixels)
+        if probabilities.shape[-1] != len(self.class_names):  # a labels.txt of another model, or edited by hand
+            raise TflError(f"This {self.kind} model gives {probabilities.shape[-1]} scores per image, but its class "
+                           f"names ({LABELS_FILE}) are {len(self.class_names)}: they belong to another model or were "
+                           f"edited. Put back the {LABELS_FILE} of the run that trained it.")
+        return probabilities
 
     def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
         raise NotImplementedError

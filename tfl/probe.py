@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from tfl.data import ImageData
+from tfl.errors import TflError
 
 from tfl.pipeline import make_pipeline
 from tfl.split import Split
@@ -131,8 +132,12 @@ def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
         spec = get_arch(config.arch)
         size = config.image_size or auto_image_size(spec, report.get("median_short_side"))
         echo(f"Label probe: {config.arch} features at {size} px, a logistic regression in {FOLDS} folds, cleanlab")
-        model = build_model(spec, len(image_data.class_names), size, config.weights, config.alpha,
-                            low_pass=config.low_pass)
+        try:
+            model = build_model(spec, len(image_data.class_names), size, config.weights, config.alpha,
+                                low_pass=config.low_pass)
+        except TflError as exc:  # weights it cannot load (offline): the checks above stand without them
+            report["checks"]["label_probe_error"] = str(exc)
+            return report
         report["checks"]["label_issues"], report["checks"]["label_issues_found"] = label_issues(image_data, model, size)
         report["checks"]["seconds"]["label_probe"] = round(time.time() - start, 1)
     return report

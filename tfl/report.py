@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 
 def format_duration(seconds: float) -> str:
@@ -241,6 +242,15 @@ def fastest_line(rows: list[dict]) -> str:
             "on another device, export there or measure there.")
 
 
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")  # and a non-UTF-8 name's bytes
+
+
+def terminal_text(text: str) -> str:
+    """Text as tfl prints it: control characters but line breaks and tabs escaped (\\x1b), so that a file or class
+    name cannot move the cursor, retitle the terminal or worse (names are the user's data, or anyone's)."""
+    return CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()) & 0xff:02x}", text)
+
+
 def format_predictions(rows: list[dict], output_format: str) -> str:
     """`tfl predict`'s output: a line per image (table), a row per image and rank (csv), or JSON. With several
     labels per photo, the labels whose score reaches their threshold come first ("labels")."""
@@ -258,8 +268,9 @@ def format_predictions(rows: list[dict], output_format: str) -> str:
         for row in rows:
             if "error" in row:
                 writer.writerow([row["path"], "", "", "", row["error"]] + ([""] if multilabel else []))
-            chosen = {label for label, _ in row.get("labels", [])}
-            for rank, (label, score) in enumerate(row.get("top", []), start=1):
+            chosen = dict(row.get("labels", []))  # several labels: every one above its threshold, top-k or not
+            listed = sorted({**dict(row.get("top", [])), **chosen}.items(), key=lambda pair: -pair[1])
+            for rank, (label, score) in enumerate(listed, start=1):
                 writer.writerow([row["path"], rank, label, f"{score:.5f}", ""] +
                                 (["yes" if label in chosen else "no"] if multilabel else []))
         return buffer.getvalue().rstrip("\n")

@@ -97,7 +97,7 @@ class RunFolder:
     @property
     def metrics(self) -> dict[str, Any]:
         """metrics.json: validation accuracy, loss, per-class figures of the model kept; `test` where there is one."""
-        return json.loads(self.metrics_file.read_text())
+        return read_run_file(self.metrics_file, json.loads)
 
     @property
     def history(self) -> list[dict[str, str]]:
@@ -135,14 +135,14 @@ class LockBusy(TflError):
     """Another tfl process holds the lock."""
 
 
-def _lock(lock_file: Path, busy: str, unwritable: str):
+def _lock(lock_file: Path, busy: str, unwritable: str, advice: str = "Pass --output with a folder you can write to."):
     lock = FileLock(lock_file, timeout=0)
     try:
         lock.acquire()
     except Timeout:
         raise LockBusy(busy) from None
     except OSError as exc:
-        raise TflError(f"{unwritable}: {exc.strerror or exc}. Pass --output with a folder you can write to.") from None
+        raise TflError(f"{unwritable}: {exc.strerror or exc}. {advice}") from None
     return lock
 
 
@@ -202,7 +202,7 @@ def export_lock(run: Path):
     """One export of a run at a time: a second one stops at once with a message (the lock dies with its process)."""
     lock = _lock(run / EXPORT_LOCK, f"Run '{run}' is being exported by another tfl process right now. Wait for it "
                  "to finish, then run this export again (what it finished will be kept).",
-                 f"Cannot write the exports of '{run}'")
+                 f"Cannot write the exports of '{run}'", UNWRITABLE_RUN)
     try:
         yield
     finally:
@@ -323,8 +323,26 @@ def read_labels(path: str | Path) -> list[str]:
     return parse_labels(path.read_text())
 
 
+UNWRITABLE_RUN = ("Exports and reports are written inside the run: copy the run folder somewhere you can write to "
+                  "(cp -r) and run the command on the copy.")
+
+
+def read_run_file(path: Path, parse):
+    """`parse(text)` of one of a run's files; a damaged one (cut short, edited) is a message, not a traceback."""
+    try:
+        return parse(path.read_text())
+    except (ValueError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TflError(f"'{path}' is damaged ({first}): it cannot be read. Restore it from a copy of the run, or "
+                       "train the run again.") from None
+
+
 def read_run_config(run_dir: Path) -> dict:
-    return yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    config = read_run_file(run_dir / CONFIG_FILE, yaml.safe_load)
+    if not isinstance(config, dict):
+        raise TflError(f"'{run_dir / CONFIG_FILE}' is damaged (it holds no settings). Restore it from a copy of the "
+                       "run, or train the run again.")
+    return config
 
 
 def portable_path(run_dir: Path, path: str) -> str:

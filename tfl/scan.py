@@ -58,6 +58,9 @@ def scan_file(path: str) -> ScannedFile:
         if os.path.getsize(path) == 0:
             return ScannedFile(path, "empty file")
         with open(path, "rb") as handle:
+            with Image.open(handle):  # Pillow knows an image by its first bytes: a video is not read whole
+                pass
+            handle.seek(0)
             content = handle.read()  # read once: hashed, then decoded
         digest = hashlib.md5(content).hexdigest()
         with Image.open(io.BytesIO(content)) as image:
