@@ -254,3 +254,10 @@ def test_names_with_terminal_escapes_are_printed_escaped(faulty):
     result = CliRunner().invoke(main, ["check", str(faulty), "--no-probe", "--output", str(faulty.parent / "runs")])
     assert result.exit_code == 0, result.output
     assert "\\x1b]0;PWNED\\x07.jpg" in result.output and "\x1b" not in result.output and "\x07" not in result.output
+
+
+def test_terminal_text_keeps_line_ends_and_escapes_the_rest():
+    from tfl.report import terminal_text
+
+    assert terminal_text("path,rank\r\na.jpg,1\r\n\ttab") == "path,rank\r\na.jpg,1\r\n\ttab"
+    assert terminal_text("over\rwritten \x1b[2J caf\udce9") == "over\\x0dwritten \\x1b[2J caf\\xe9"

@@ -310,3 +310,21 @@ def test_a_multilabel_file_is_judged_on_every_labels_decision(monkeypatch):
     measured = quantize.Goal(images, reference, thresholds=np.array([0.5, 0.5])).measure(b"", "int8")
     assert measured["agreement"] == pytest.approx(5 / 6) and not measured["met"]
     assert quantize.Goal(images, reference).measure(b"", "int8")["met"], "the top answer alone would keep it"
+
+
+def test_max_accuracy_drop_judges_a_multilabel_file_by_its_map():
+    """Issue 41.4: --max-accuracy-drop had no effect on multi-label runs (their rows had no accuracy change)."""
+    from types import SimpleNamespace
+
+    from tfl.errors import TflError
+    from tfl.export import check_drop, multilabel_checks
+
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    reference = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.9], [0.1, 0.2]])  # mAP 1.0
+    worse = np.array([[0.3, 0.1], [0.2, 0.8], [0.7, 0.9], [0.6, 0.2]])  # a negative above a positive: mAP 0.917
+    row = {"file": "model_int8.tflite"} | multilabel_checks(worse, [0.5, 0.5], SimpleNamespace(labels=labels),
+                                                            reference)
+    assert row["accuracy_change"] == pytest.approx(-1 / 12, abs=1e-4)
+    with pytest.raises(TflError, match="loses 8.3% mAP"):
+        check_drop(row, 0.01, print)
+    check_drop(row, 0.1, print)

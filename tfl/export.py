@@ -237,13 +237,19 @@ def multilabel_checks(probabilities: np.ndarray, thresholds: list[float], check:
     decided = probabilities >= np.asarray(thresholds)
     row = {"accuracy": None}
     if check.labels is not None:
-        precisions = [average_precision(probabilities[:, i], check.labels[:, i]) for i in range(len(thresholds))]
-        row["map"] = round(float(np.mean([p for p in precisions if p is not None])), 4)
+        row["map"] = mean_average_precision(probabilities, check.labels)
+        if reference is not None:  # what --max-accuracy-drop and the loud warning judge: the mAP lost
+            row["accuracy_change"] = round(row["map"] - mean_average_precision(reference, check.labels), 4)
     if reference is not None:
         row["label_agreement"] = round(float((decided == (reference >= np.asarray(thresholds))).mean()), 4)
         row["top1_agreement"] = round(float((probabilities.argmax(axis=1) == reference.argmax(axis=1)).mean()), 4)
         row["max_abs_diff"] = float(np.abs(probabilities - reference).max())
     return row
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    precisions = [average_precision(scores[:, i], labels[:, i]) for i in range(scores.shape[1])]
+    return round(float(np.mean([p for p in precisions if p is not None])), 4)
 
 
 # --- the export command ----------------------------------------------------------------------------
@@ -402,8 +408,9 @@ def check_drop(row: dict, max_accuracy_drop: float | None, echo: Callable[[str],
     if row.get("accuracy_change") is None:
         return
     drop = -row["accuracy_change"]
+    measure = "mAP" if "map" in row else "accuracy"
     if max_accuracy_drop is not None and drop > max_accuracy_drop:
-        raise TflError(f"{row['file']} loses {drop:.1%} accuracy against the Keras model (top-1 agreement "
+        raise TflError(f"{row['file']} loses {drop:.1%} {measure} against the Keras model (top-1 agreement "
                        f"{row['top1_agreement']:.1%}), more than --max-accuracy-drop {max_accuracy_drop:.1%}. "
                        "Nothing was written. Try --quantize float16 or dynamic, or more --calibration-samples.")
     if drop > LOUD_DROP:

@@ -242,7 +242,8 @@ def fastest_line(rows: list[dict]) -> str:
             "on another device, export there or measure there.")
 
 
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")  # and a non-UTF-8 name's bytes
+# and a non-UTF-8 name's bytes; a carriage return only where it ends no line (CSV lines end in \r\n)
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]|\r(?!\n)")
 
 
 def terminal_text(text: str) -> str:
