@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from tfl.errors import TflError, warn
+from tfl.errors import TflError, has_control_characters, warn
 from tfl.scan import ScanCache, scan_cache_file, scan_files
 from tfl.split import Split
 
@@ -120,16 +120,17 @@ class Reader:
         """(path, label) pairs scanned in parallel: usable files become the split, the rest go to the report."""
         report = self.report
         if self.excluded:
-            kept = [c for c in candidates if os.path.abspath(c[0]) not in self.excluded]
-            report["excluded"] = report.get("excluded", 0) + len(candidates) - len(kept)
-            report.setdefault("excluded_paths", []).extend(
-                os.path.abspath(c[0]) for c in candidates if os.path.abspath(c[0]) in self.excluded)
-            candidates = kept
-        for path, _ in candidates:
-            if not utf8_name(path):
+            left_out = [os.path.abspath(path) for path, _ in candidates if os.path.abspath(path) in self.excluded]
+            report["excluded"] = report.get("excluded", 0) + len(left_out)
+            report.setdefault("excluded_paths", []).extend(left_out)
+            candidates = [c for c in candidates if os.path.abspath(c[0]) not in self.excluded]
+        named, candidates = candidates, []
+        for path, label in named:
+            if utf8_name(path):
+                candidates.append((path, label))
+            else:
                 report["skipped"].append({"path": path, "reason": "its name is not valid UTF-8 (an old archive's "
                                                                   "encoding, say): rename it"})
-        candidates = [(path, label) for path, label in candidates if utf8_name(path)]
         paths = [path for path, _ in candidates]
         scanned = self.scan_cache.scan(paths) if self.scan_cache else scan_files(paths)
         split = Split()
@@ -363,7 +364,7 @@ def warn_about_missing_val_classes(val: Split, class_names: list[str]) -> None:
 
 def check_classes(class_names: list[str], folder: Path) -> None:
     """Two classes at least, each a name labels.txt can hold on one line (a line break would make one class two)."""
-    odd = next((name for name in class_names if any(ord(c) < 32 or ord(c) == 127 for c in name)), None)
+    odd = next((name for name in class_names if has_control_characters(name)), None)
     if odd is not None:
         raise TflError(f"Class {odd!r} of '{folder}' has a line break, a tab or another control character in its "
                        "name; labels.txt and every artifact keep one class name per line. Rename "
@@ -428,10 +429,12 @@ def load_data(data: str, val_split: float, seed: int, converted_dir: Path | None
         return load_tfds(data.removeprefix("tfds:"), val_split)
     path = Path(data).expanduser()
     if path.is_file() and path.suffix.lower() in LABEL_FILE_SUFFIXES or path.is_dir() and split_label_files(path):
+        listed = read_exclusions(exclude)
         return excluding(load_label_files(path, val_split, seed, converted_dir, scan_cache_dir, csv or CsvOptions(),
-                                          read_exclusions(exclude)), exclude)
-    folders = excluding(load_image_folder(data, val_split, seed, converted_dir, scan_cache_dir,
-                                          read_exclusions(exclude)), exclude)
+                                          listed), exclude, listed)
+    listed = read_exclusions(exclude)
+    folders = excluding(load_image_folder(data, val_split, seed, converted_dir, scan_cache_dir, listed), exclude,
+                        listed)
     if csv is not None and csv.task == "multilabel":  # asked for: independent scores, each photo with its one label
         for split in (folders.train, folders.val, folders.test):
             if split is not None:
@@ -440,13 +443,12 @@ def load_data(data: str, val_split: float, seed: int, converted_dir: Path | None
     return folders
 
 
-def excluding(data: ImageData, exclude: str | Path | None) -> ImageData:
+def excluding(data: ImageData, exclude: str | Path | None, listed: frozenset = frozenset()) -> ImageData:
     """The report names the user's exclusion list and how many photos it left out; lines that matched no photo are
     told (a list read against other data, or paths written for another folder, would leave out nothing)."""
     if exclude is not None:
         data.report["exclude_file"] = str(exclude)
         data.report.setdefault("excluded", 0)
-        listed = read_exclusions(exclude)
         unmatched = sorted(listed - set(data.report.get("excluded_paths", ())))
         if unmatched:
             warn(f"{len(unmatched)} line(s) of {exclude} match no photo of the data, so they leave nothing out "
@@ -490,11 +492,11 @@ def split_label_files(folder: Path) -> dict[str, Path]:
 def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Path | None,
                      scan_cache_dir: Path | None, options: CsvOptions, excluded: frozenset = frozenset()) -> ImageData:
     """Photos named by a label file (its split column honoured), or by train.csv/val.csv[/test.csv] in a folder."""
-    from tfl.csv_labels import read_label_file
+    from tfl.csv_labels import NO_SEPARATOR, read_label_file
 
     sources = split_label_files(path) if path.is_dir() else {"all": path}
     images = options.images or (str(path) if path.is_dir() else None)
-    separator = options.label_separator or ("none" if options.task == "single" else None)  # single: values whole
+    separator = options.label_separator or (NO_SEPARATOR if options.task == "single" else None)  # values whole
     read = {split: read_label_file(file, images, options.path_column, options.label_column, separator)
             for split, file in sources.items()}
     several = [str(sources[s]) for s, files in read.items() if files.multilabel]

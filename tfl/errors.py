@@ -19,6 +19,11 @@ def unknown(what: str, value, choices, where: str = "") -> TflError:
     return TflError(f"Unknown {what} '{value}'{where}. Choose one of: {', '.join(map(str, choices))}.")
 
 
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds a line break, a tab or another control character (no name tfl keeps may)."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
 def warn(message: str) -> None:
     warnings.warn(message, TflWarning, stacklevel=2)
 

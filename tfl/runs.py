@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from filelock import FileLock, Timeout
 
-from tfl.errors import TflError
+from tfl.errors import TflError, has_control_characters
 from tfl.fileio import atomic_write_text
 from tfl.formats import FORMATS
 from tfl.split import Split
@@ -168,7 +168,7 @@ def check_run_name(name: str) -> str:
     """A run's name is one plain folder name, so that the run stays inside --output (and --overwrite can only ever
     replace a run there)."""
     if (not name or name.startswith(".") or name.endswith(PARTIAL_SUFFIX) or any(c in name for c in "/\\")
-            or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+            or has_control_characters(name)):
         raise TflError(f"Run name {name!r} is not a plain folder name: a run's name may not be empty, start with '.', "
                        f"end in '{PARTIAL_SUFFIX}', or hold '/', '\\' or control characters, so that the run stays "
                        "inside --output. Pass another --name.")
