@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import REPO, write_class_folders
+from tests.conftest import REPO, cli, write_class_folders
 
 pytest.importorskip("jax", reason="JAX is not installed (pip install 'tfl[jax]')")
 pytestmark = pytest.mark.integration
@@ -60,10 +60,8 @@ def test_finetune_cli_end_to_end_on_jax(tmp_path):
     assert "on cached features" in result.stdout, "the feature cache works on JAX too"
     assert "backend: jax" in (run / "config.yaml").read_text()
     assert (run / "model.keras").is_file() and json.loads((run / "metrics.json").read_text())["num_images"] == 3
-    exported = subprocess.run(
-        [sys.executable, "-m", "tfl.cli", "export", str(run), "--format", "all", "--verify-images", "3"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert exported.returncode == 0, exported.stdout[-2000:] + exported.stderr[-3000:]
+    exported = cli("export", run, "--format", "all", "--verify-images", "3")  # in this (TensorFlow) process
+    assert exported.exit_code == 0, exported.output
     assert (run / "model_float32.tflite").is_file() and (run / "export" / "saved_model" / "1" / "saved_model.pb").is_file()
     report = json.loads((run / "export_report.json").read_text())
     assert report["model_float32.tflite"]["top1_agreement"] == 1.0, "a JAX-trained run exports under TF unchanged"

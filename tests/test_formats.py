@@ -4,6 +4,7 @@ import inspect
 
 import pytest
 
+from tfl.errors import TflError
 from tfl.formats import LOADABLE, QUANTIZATIONS, formats_for, resolve
 
 
@@ -22,3 +23,15 @@ def test_every_quantization_has_a_file_name_of_its_own():
     assert len({tflite.path(q) for q in QUANTIZATIONS}) == len(QUANTIZATIONS)
     assert [(row.name, q) for row, q in formats_for("all", "int8")] == [("saved_model", "none"), ("tflite", "int8"),
                                                                           ("onnx", "none")]
+
+
+def test_several_quantizations_are_one_export_and_a_wrong_one_is_refused_before_work():
+    pairs = [(row.name, q) for row, q in formats_for("all", "none,float16, int8,float16")]
+    assert pairs == [("saved_model", "none"), ("tflite", "none"), ("tflite", "float16"), ("tflite", "int8"),
+                     ("onnx", "none")]
+    assert [q for _, q in formats_for("tflite", ["dynamic", "int8"])] == ["dynamic", "int8"]
+    assert [(row.name, q) for row, q in formats_for("all", "int8,dynamic")][0] == ("saved_model", "none")
+    with pytest.raises(TflError, match="takes no --quantize int8"):
+        formats_for("onnx", "none,int8")
+    with pytest.raises(TflError, match="int4"):
+        formats_for("tflite", "float16,int4")

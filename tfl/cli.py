@@ -186,9 +186,10 @@ def evaluate(run, data, root):
 @click.argument("run", required=False)
 @click.option("--format", "export_format", type=click.Choice([*FORMATS, ALL]), default="tflite", show_default=True,
               help=export_help())
-@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default="none", show_default=True,
+@click.option("--quantize", default="none", show_default=True, metavar="|".join(QUANTIZATIONS),
               help="Weights: float32, float16, dynamic-range int8, or full int8 (" + ", ".join(
-                  row.name for row in FORMATS.values() if len(row.quantizations) > 1) + " only).")
+                  row.name for row in FORMATS.values() if len(row.quantizations) > 1) + " only); several "
+                  "comma-separated (float16,int8) are exported together.")
 @click.option("--calibration-samples", type=click.IntRange(1), default=300, show_default=True,
               help="Training images used to calibrate int8 (its activation ranges; 32 of them also correct "
                    "each layer's bias).")

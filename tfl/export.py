@@ -22,7 +22,7 @@ from tfl.errors import TflError, disk_full_explained
 from tfl.evaluate import load_labelled_folder
 from tfl.precision import float32_copy
 from tfl.predict import load_predictor
-from tfl.quantize import Calibration, Goal, quantized_file
+from tfl.quantize import Calibration, Goal, Traced, quantized_file
 from tfl.report import format_export_report
 from tfl.tflite_metadata import ModelInfo, with_metadata
 from tfl.fileio import interrupts_deferred, atomic_path, atomic_write_text
@@ -49,6 +49,7 @@ class ArtifactJob:
     goal: Goal | None = None  # what a quantized TFLite file must keep of the Keras model's answers
     fallback: bool = True  # a quantized file below its goal keeps its most damaging operations in float
     thresholds: list[float] | None = None  # several labels per photo: each label's decision threshold
+    traced: Traced | None = None  # the model as the TFLite converter reads it, shared by the export's .tflite files
 
 
 def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> None:
@@ -98,7 +99,8 @@ def write_tflite(model: keras.Model, target: Path, job: ArtifactJob) -> dict:
     most damaging layers in float (tfl/quantize.py), and says so in the returned report fields."""
     representative = (representative_images(job.calibration, int(model.input_shape[1]), job.calibration_samples)
                       if job.quantize == "int8" else None)
-    content, report = quantized_file(model, job.quantize, representative, job.goal, search=job.fallback)
+    source = job.traced if job.traced is not None and job.traced.model is model else model
+    content, report = quantized_file(source, job.quantize, representative, job.goal, search=job.fallback)
     target.write_bytes(with_metadata(content, job.class_names, job.info, job.thresholds))
     return report
 
@@ -254,12 +256,12 @@ def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 
 # --- the export command ----------------------------------------------------------------------------
 
-def export_run(run: str | Path | None = None, export_format: str = "tflite", quantize: str = "none",
+def export_run(run: str | Path | None = None, export_format: str = "tflite", quantize: str | list[str] = "none",
                calibration_samples: int = 300, verify_images: int = 500, top_k: int = 5, force: bool = False,
                max_accuracy_drop: float | None = None, root: str | Path = DEFAULT_ROOT,
                echo: Callable[[str], None] = print, data: str | Path | None = None,
                metadata: dict[str, str] | None = None, fallback: bool = True) -> list[dict]:
-    """Write the requested artifacts of RUN atomically, verify each, and record each in export_report.json as soon
+    """Write the requested artifacts of RUN (`quantize`: one quantization or several) atomically, verify each, and record each in export_report.json as soon
     as it is in place (an export killed midway keeps what it finished and records it). `data`: a folder of class
     subfolders to verify (and calibrate int8) on, instead of the run's own photos. `metadata`: fields of the TFLite
     metadata (name, description, version, author, license) over tfl's. One export of a run at a time. (Its
@@ -270,7 +272,7 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
                       "is left. Free some space and run the export again.")
     with export_lock(run.path), disk_full_explained(f"exporting '{run.path}'", advice), \
             tempfile.TemporaryDirectory(prefix="tfl_converted_") as converted:
-        job = ArtifactJob(run.class_names, quantize, top_k, None, calibration_samples, model_info(run, metadata),
+        job = ArtifactJob(run.class_names, "none", top_k, None, calibration_samples, model_info(run, metadata),
                           thresholds=run.thresholds, fallback=fallback)
         return Export(run, job, echo, Path(converted)).write(wanted, force, verify_images, max_accuracy_drop, data)
 
@@ -288,6 +290,7 @@ class Export:
         targets = self.still_to_write(wanted, force)
         keras_predictor = load_predictor(self.run.model_file)
         model, image_size = float32_copy(keras_predictor.model), keras_predictor.image_size
+        self.job.traced = Traced(model, str(self.converted_dir / ".tflite_source"))  # hidden: never a class folder
         labelled = None if data is None else self.labelled_folder(data)
         check = verification_set(self.run, labelled, image_size, verify_images)
         if check.labels is None and max_accuracy_drop is not None:

@@ -69,18 +69,31 @@ def export_help() -> str:
     return "; ".join(f"{row.name}: {row.help}" for row in FORMATS.values()) + f"; {ALL}: each one."
 
 
-def formats_for(name: str, quantize: str) -> list[tuple[ArtifactFormat, str]]:
-    """(format, quantization) pairs `tfl export --format name --quantize quantize` writes; an unknown name or a
-    quantization the named format does not take is an error (with 'all', formats without it are written plain)."""
-    if quantize not in QUANTIZATIONS:
-        raise unknown("quantization", quantize, QUANTIZATIONS)
+def quantizations_of(quantize: str | list[str] | tuple[str, ...]) -> list[str]:
+    """--quantize's value: one quantization, or several comma-separated ("float16,int8"), in order, once each."""
+    asked = quantize.split(",") if isinstance(quantize, str) else list(quantize)
+    asked = list(dict.fromkeys(q.strip() for q in asked))
+    for q in asked:
+        if q not in QUANTIZATIONS:
+            raise unknown("quantization", q, QUANTIZATIONS)
+    return asked
+
+
+def formats_for(name: str, quantize: str | list[str]) -> list[tuple[ArtifactFormat, str]]:
+    """(format, quantization) pairs `tfl export --format name --quantize quantize` writes, quantize being one or
+    several (comma-separated): one export loads the model, its verification photos and the converter's SavedModel
+    once for them all. An unknown name or a quantization the named format does not take is an error (with 'all',
+    formats without it are written plain)."""
+    asked = quantizations_of(quantize)
     if name == ALL:
-        return [(row, quantize if quantize in row.quantizations else "none") for row in FORMATS.values()]
+        return [(row, q) for row in FORMATS.values()
+                for q in ([q for q in asked if q in row.quantizations] or ["none"])]
     if name not in FORMATS:
         raise unknown("export format", name, [*FORMATS, ALL])
     row = FORMATS[name]
-    if quantize not in row.quantizations:
-        takers = [r.name for r in FORMATS.values() if quantize in r.quantizations]
-        raise TflError(f"--format {name} takes no --quantize {quantize} (it takes: {', '.join(row.quantizations)}); "
-                       f"{quantize} is for {', '.join(takers)}.")
-    return [(row, quantize)]
+    for q in asked:
+        if q not in row.quantizations:
+            takers = [r.name for r in FORMATS.values() if q in r.quantizations]
+            raise TflError(f"--format {name} takes no --quantize {q} (it takes: {', '.join(row.quantizations)}); "
+                           f"{q} is for {', '.join(takers)}.")
+    return [(row, q) for q in asked]

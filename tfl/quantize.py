@@ -84,9 +84,12 @@ class Calibration:
             yield [photo.astype(np.float32)[np.newaxis]]
 
 
-def converter(model: keras.Model, work: str) -> tf.lite.TFLiteConverter:
+def converter(model: keras.Model | Traced, work: str) -> tf.lite.TFLiteConverter:
     """TensorFlow Lite's converter for the model (as Keras' own litert export makes it), builtin ops only, so that
-    the file runs on any LiteRT without the Flex delegate."""
+    the file runs on any LiteRT without the Flex delegate. A Traced model's SavedModel is reused, not written to
+    `work`."""
+    if isinstance(model, Traced):
+        return model.converter()
     size = int(model.input_shape[1])
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -98,8 +101,27 @@ def converter(model: keras.Model, work: str) -> tf.lite.TFLiteConverter:
     return result
 
 
-def convert(model: keras.Model, quantize: str, calibration: Calibration | None) -> bytes:
+class Traced:
+    """A model as TensorFlow Lite's converter reads it, for one export: written out as a SavedModel once (tracing
+    it is most of a conversion's time: about 5 s of 9 for the tiny test model) and converted to float32 once,
+    however many quantizations, fallback files and the int8 bias correction need them."""
+
+    def __init__(self, model: keras.Model, folder: str):
+        self.model, self.folder, self.written, self.float_content = model, folder, False, None
+
+    def converter(self) -> tf.lite.TFLiteConverter:
+        if not self.written:
+            converter(self.model, self.folder)
+            self.written = True
+        result = tf.lite.TFLiteConverter.from_saved_model(self.folder)
+        result.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return result
+
+
+def convert(model: keras.Model | Traced, quantize: str, calibration: Calibration | None) -> bytes:
     """The plain .tflite of one quantization; int8 takes uint8 pixels (scale 1, see Calibration)."""
+    if isinstance(model, Traced) and quantize == "none" and model.float_content is not None:
+        return model.float_content
     with tempfile.TemporaryDirectory() as work, native_stderr_held():
         settings = converter(model, work)
         if quantize != "none":
@@ -110,7 +132,10 @@ def convert(model: keras.Model, quantize: str, calibration: Calibration | None) 
             settings.representative_dataset = calibration
             settings.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             settings.inference_input_type = tf.uint8
-        return settings.convert()
+        content = settings.convert()
+    if isinstance(model, Traced) and quantize == "none":
+        model.float_content = content
+    return content
 
 
 def probabilities(content: bytes, images: np.ndarray) -> np.ndarray:
@@ -395,7 +420,7 @@ def within_weight_share(order: list[str], fallback) -> list[str]:
     return kept
 
 
-def quantized_file(model: keras.Model, quantize: str, calibration: Calibration | None,
+def quantized_file(model: keras.Model | Traced, quantize: str, calibration: Calibration | None,
                    goal: Goal | None, search: bool = True) -> tuple[bytes, dict]:
     """The .tflite of `quantize`, and what its report says of the fallback (empty when none was needed, or
     `search` is False: the converter's file, bias-corrected for int8, is kept whatever it measures)."""
