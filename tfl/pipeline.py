@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
 
+from tfl.backend import native_stderr_held
 from tfl.data import png_bytes_of, rgb_image
 from tfl.errors import TflError
 from tfl.split import Split
@@ -139,15 +140,25 @@ def compiled_decoder(image_size: int) -> tf.types.experimental.PolymorphicFuncti
     """decode_image_bytes as one TensorFlow graph per image size, traced once per process: run eagerly, its
     conditions and EXIF reads cost about 12 ms a photo against 0.7 ms as a graph (predict, export checks and int8
     calibration decode photo by photo), and each tf.data pipeline calls it instead of tracing the decoder again."""
-    return tf.function(lambda data: decode_image_bytes(data, image_size),
-                       input_signature=[tf.TensorSpec([], tf.string)])
+    return warmed_up(tf.function(lambda data: decode_image_bytes(data, image_size),
+                                 input_signature=[tf.TensorSpec([], tf.string)]),
+                     tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8)))
 
 
 @functools.cache
 def compiled_resize(image_size: int) -> tf.types.experimental.PolymorphicFunction:
     """resize_pixels as one graph per image size (for arrays given to predict)."""
-    return tf.function(lambda pixels: resize_pixels(pixels, image_size),
-                       input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    return warmed_up(tf.function(lambda pixels: resize_pixels(pixels, image_size),
+                                 input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)]),
+                     tf.zeros([2, 2, 3], tf.uint8))
+
+
+def warmed_up(function, example):
+    """`function`, run once on `example` with native stderr held: TensorFlow's graph optimizer prints a oneDNN line
+    the first time a graph with uint8 operations runs, which a user of `tfl predict` should not see."""
+    with native_stderr_held():
+        function(example)
+    return function
 
 
 def decode_image_file(path: tf.Tensor, image_size: int) -> tf.Tensor:
