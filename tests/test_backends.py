@@ -50,13 +50,14 @@ def test_finetune_cli_end_to_end_on_jax(tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=6)
     result = subprocess.run(
         [sys.executable, "-m", "tfl.cli", "finetune", "--data", str(data), "--backend", "jax", "--weights", "none",
-         "--alpha", "0.35", "--image-size", "32", "--batch-size", "6", "--epochs", "2,1",
+         "--alpha", "0.35", "--image-size", "32", "--batch-size", "6", "--epochs", "2,0",
          "--output", str(tmp_path / "runs"), "--name", "jaxrun"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env={k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     run = tmp_path / "runs" / "jaxrun"
-    assert "backend jax" in result.stdout and "Stage 2/2" in result.stdout
+    # the head alone: JAX's fine-tuning stage runs in tests/test_distribute.py (two devices), which checks it
+    assert "backend jax" in result.stdout and "Stage 1/1" in result.stdout
     assert "on cached features" in result.stdout, "the feature cache works on JAX too"
     assert "backend: jax" in (run / "config.yaml").read_text()
     assert (run / "model.keras").is_file() and json.loads((run / "metrics.json").read_text())["num_images"] == 3

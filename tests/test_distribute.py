@@ -153,6 +153,8 @@ def test_mirrored_trains_on_two_logical_devices(colours, backend, tmp_path):
     assert any(f"{engine}" in line and "2 devices = 2 replicas" in line and "global batch 8 (4 per replica)" in line
                and "learning rates x 1.41" in line for line in report["lines"]), report["lines"]
     assert abs(report["accuracy"] - single_accuracy) <= 2 / 6 + 1e-6
+    fine_tuned = EPOCHS[backend, "mirrored"].endswith(",1")  # JAX's fine-tuning stage is tested here
+    assert any("── Stage 2/2" in line for line in report["lines"]) == fine_tuned, report["lines"]
     assert tfl.open_run(report["path"]).evaluate()["accuracy"] == pytest.approx(report["accuracy"], abs=1e-6)
 
 
