@@ -16,7 +16,7 @@ FLOWERS = REPO.parent / "shared" / "datasets" / "flowers"
 WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_0.35_no_top.weights.h5"
 RESULTS = REPO / "benchmarks" / "results"
 DATASETS = REPO.parent / "shared" / "datasets"
-SINGLE_LABEL_SETS = ("flowers", "weather4", "potato_leaf3", "cats5")
+SINGLE_LABEL_SETS = ("flowers", "weather4", "potato_leaf3", "cats5", "dogs10b")  # the development suite
 LABEL_FILES = {"cats5": DATASETS / "cats5" / "cat_labels.csv"}  # sets labelled by a file; the others are class folders
 
 

@@ -1,15 +1,16 @@
 """Benchmark: tfl's defaults against the Keras guide's two-stage recipe written by hand, on every shared dataset.
 
-For each single-label set in ../shared/datasets (flowers, weather4, potato_leaf3, and cats5 read through its
-label file) both train MobileNetV2-0.35 with the shared
+For each single-label set in ../shared/datasets (flowers, weather4, potato_leaf3, cats5 read through its label
+file, and dogs10b) both train MobileNetV2-0.35 with the shared
 ImageNet weights on the same training and validation files (tfl's split, read from its splits.json) at the same
 image size (tfl's auto size), in one script run. The hand recipe is plain Keras and tf.data, no tfl code:
 10 head epochs at 1e-3 (Adam) on flipped/rotated/zoomed pixels, then 10 epochs at 1e-4 with the backbone trainable
 from block 10 on (BatchNormalization in inference mode), as in the Keras transfer-learning guide. Prints one table
 and writes benchmarks/results/quality.json.
 
-    python benchmarks/quality.py [--plan auto|fixed] [--datasets flowers weather4 potato_leaf3 cats5] [--out ...]
-                                 [--tfl-only]   (a change to tfl judged against an earlier results file's tfl rows)
+    python benchmarks/quality.py [--plan auto|fixed] [--datasets flowers weather4 potato_leaf3 cats5 dogs10b]
+                                 [--out ...] [--tfl-only]   (a change judged against an earlier file's tfl rows)
+                                 [--variant NAME KEY=VALUE...]   (tfl again with these settings, side by side)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from common import RESULTS, SINGLE_LABEL_SETS, WEIGHTS, keras_guide_model, machi
 
 import keras
 import tensorflow as tf
+import yaml
 
 import tfl
 
@@ -66,15 +68,18 @@ def hand_recipe(splits: dict, classes: int, size: int, seed: int = 42) -> dict:
     return result
 
 
-def tfl_defaults(data: Path, runs: Path, plan: str | None) -> tuple[dict, dict, int]:
+def tfl_defaults(data: Path, runs: Path, plan: str | None, settings: dict | None = None,
+                 tag: str = "") -> tuple[dict, dict, int]:
     start = time.time()
-    name = data.parent.name if data.is_file() else data.name
-    run = tfl.finetune(data, alpha=0.35, weights=WEIGHTS, plan=plan, output=runs, name=name, verbose=2)
+    name = (data.parent.name if data.is_file() else data.name) + tag
+    run = tfl.finetune(data, alpha=0.35, weights=WEIGHTS, plan=plan, output=runs, name=name, verbose=2,
+                       **(settings or {}))
     wall = time.time() - start
     metrics = run.metrics
     rows = run.history
     result = {"val_best": metrics["accuracy"], "val_final": float(rows[-1]["val_accuracy"]),
-              "wall_seconds": round(wall, 1), "epochs": len(rows), "best_epoch": metrics["best_epoch"]}
+              "wall_seconds": round(wall, 1), "epochs": len(rows), "best_epoch": metrics["best_epoch"],
+              "low_pass": run.config.get("low_pass")}
     if "test" in metrics:
         result["test_best_model"] = metrics["test"]["accuracy"]
     return result, run.splits, int(run.config["image_size"])
@@ -85,6 +90,9 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(SINGLE_LABEL_SETS))
     parser.add_argument("--plan", choices=["auto", "fixed"], help="tfl's plan (default: the config's)")
     parser.add_argument("--out", default=str(RESULTS / "quality.json"))
+    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
+                        help="also run tfl with these settings (values read as YAML), e.g. --variant blurless "
+                             "low_pass=false")
     parser.add_argument("--tfl-only", action="store_true", help="skip the hand recipe (its accuracy on tfl's split "
                         "does not change with tfl's code; its time does with the machine)")
     args = parser.parse_args()
@@ -98,6 +106,10 @@ def main() -> None:
             classes = len(set(splits["train"].labels))
             rows.append({"dataset": name, "train_images": len(splits["train"]),
                          "val_images": len(splits["val"]), "classes": classes, "image_size": size, "tfl": ours})
+            for variant_name, *pairs in args.variant:
+                settings = {key: yaml.safe_load(value) for key, _, value in (p.partition("=") for p in pairs)}
+                rows[-1][variant_name] = tfl_defaults(data, Path(tmp), args.plan, settings, "-" + variant_name)[0]
+                rows[-1][variant_name]["settings"] = settings
             if not args.tfl_only:
                 theirs = rows[-1]["hand"] = hand_recipe(splits, classes, size)
                 rows[-1]["difference_best"] = round(ours["val_best"] - theirs["val_best"], 4)
@@ -113,6 +125,9 @@ def main() -> None:
               f"{ours['val_best']:>8.4f} {ours['val_final']:>6.3f} {ours['wall_seconds']:>5.0f}s | "
               f"{theirs['val_best']:>9.4f} {theirs['val_final']:>6.3f} {theirs['wall_seconds']:>5.0f}s | "
               f"{row.get('difference_best', float('nan')):>+6.3f} | {test:>15}")
+        for variant_name, *_ in args.variant:
+            print(f"{'  ' + variant_name:<13} {'':>6} {'':>4} {'':>4} | {row[variant_name]['val_best']:>8.4f} "
+                  f"{row[variant_name]['val_final']:>6.3f} {row[variant_name]['wall_seconds']:>5.0f}s |")
     write_results(args.out, {"machine": machine(), "plan": args.plan or "config default", "rows": rows})
 
 

@@ -147,7 +147,7 @@ def test_the_auto_plan_is_printed_saved_and_warms_up(tiny_folder, tmp_path):
                                        "--image-size", "32", "--batch-size", "8", "--plan", "auto",
                                        "--output", str(tmp_path), "--name", "auto"])
     assert result.exit_code == 0, result.output
-    assert "plan auto, chosen from the data:" in result.output
+    assert "chosen from the data:" in result.output
     assert "30 training images in 3 classes (10 per class): top 4 of 18 blocks" in result.output
     config = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
     assert config["plan"] == "fixed" and len(config["plan_reasons"]) == 2

@@ -91,8 +91,10 @@ class TrainConfig:
     mixup: float = setting(0.0, "MixUp alpha (0: off).", low=0)
     cutmix: float = setting(0.0, "CutMix alpha (0: off).", low=0)
     dropout: float = setting(0.2, "Dropout before the classifier layer.", low=0, high=0.999)
-    low_pass: bool = setting(True, "A fixed 3x3 blur of the pixels before the backbone: answers that a decoder's, "
-                             "a resize's or int8's pixel noise does not move (tfl/model.py).")
+    low_pass: bool | str = setting("auto", "A fixed 3x3 blur of the pixels before the backbone: answers that a "
+                                   "decoder's, a resize's or int8's pixel noise does not move (tfl/model.py); auto: "
+                                   "on unless the validation photos show it costs accuracy (tfl/low_pass.py).",
+                                   kind=bool)
     label_smoothing: float = setting(0.1, "Label smoothing of the cross-entropy loss.", low=0, high=0.999)
     val_split: float = setting(0.2, "Validation fraction when the data has no val/ folder.", low=0.001, high=0.999)
     class_weight: str = setting("auto", "auto: weight the loss to balance imbalanced classes; none: never.",
@@ -175,6 +177,8 @@ def _coerce_field(spec: dataclasses.Field, value: Any, source: str) -> Any:
         return None
     if spec.name == "unfreeze_blocks" and value == "all":
         return "all"
+    if spec.name == "low_pass" and value == "auto":
+        return "auto"
     if value is None and spec.default is None:
         return None
     if spec.name == "stages":

@@ -27,14 +27,15 @@ FEATURE_CACHE_FOLDER = ".feature_cache"  # under the runs root, shared by runs o
 
 
 
-def feature_extractor(model: keras.Model) -> keras.Model:
+def feature_extractor(model: keras.Model, skip: tuple[str, ...] = ()) -> keras.Model:
     """pixels -> everything before the head, in inference mode, sharing the model's layers (the classifier is a
-    chain of layers ending in its head)."""
+    chain of layers ending in its head); `skip`: names of layers left out (the low-pass, to measure it)."""
     head = get_head(model)
     pixels = keras.Input(model.input_shape[1:], name="pixels")
     x = pixels
     for layer in model.layers[1:model.layers.index(head)]:
-        x = layer(x, training=False)
+        if layer.name not in skip:
+            x = layer(x, training=False)
     return keras.Model(pixels, x, name="feature_extractor")
 
 

@@ -134,7 +134,7 @@ def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
         echo(f"Label probe: {config.arch} features at {size} px, a logistic regression in {FOLDS} folds, cleanlab")
         try:
             model = build_model(spec, len(image_data.class_names), size, config.weights, config.alpha,
-                                low_pass=config.low_pass)
+                                low_pass=config.low_pass is not False)  # auto: as most runs keep it
         except TflError as exc:  # weights it cannot load (offline): the checks above stand without them
             report["checks"]["label_probe_error"] = str(exc)
             return report

@@ -86,7 +86,7 @@ def format_plan(rows: list[dict], class_weight: dict | None, class_names: list[s
         lines.append(f"{row['stage']:<12} {row['trains']:<16} {row['trainable_params']:>17,} {row['epochs']:>7} "
                      f"{row['learning_rate']:>9.1e}{skipped}")
     if reasons:
-        lines += ["plan auto, chosen from the data:"] + [f"  {reason}" for reason in reasons]
+        lines += ["chosen from the data:"] + [f"  {reason}" for reason in reasons]
     if class_weight:
         weights = ", ".join(f"{class_names[i]} {w:.2f}" for i, w in class_weight.items())
         lines.append(f"class weights (auto, imbalanced classes): {weights}")

@@ -33,6 +33,7 @@ from tfl.metrics import classification_metrics, evaluate_model, predict_dataset,
 from tfl.multilabel import TASKS, Task, as_binary, choose_thresholds, multilabel_metrics, positive_weights
 from tfl.plots import plot_reliability, plot_training_curves
 from tfl.features import FEATURE_CACHE_FOLDER, feature_stage_data, uses_feature_cache
+from tfl.low_pass import decide as decide_low_pass
 from tfl.model import build_model, get_head, set_trainable_blocks, trainable_params
 from tfl.plan import DataStats, auto_plan
 from tfl.probe import probe_cached
@@ -434,6 +435,10 @@ class Training:
                 caller.echo(data_summary(image_data.class_names, image_data.report))
                 write_data_files(folder, image_data)
                 config, reasons = resolve_plan(config, image_data, cluster, caller.echo)
+                if config.low_pass == "auto":
+                    keep, why = decide_low_pass(config, image_data, output / FEATURE_CACHE_FOLDER,
+                                                cluster.distributed)
+                    config, reasons = dataclasses.replace(config, low_pass=keep), [*(reasons or []), why]
                 atomic_write_text(folder.config_file, run_record(
                     config, data, config.image_size, config.precision, keras.backend.backend(),
                     {"tfl": __version__, "keras": keras.__version__, "decoder": DECODER_VERSION}, reasons))
