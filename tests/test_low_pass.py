@@ -79,6 +79,25 @@ def test_a_loss_worse_beyond_noise_with_as_many_photos_right_keeps_the_blur():
     assert Verdict(0.714, 0.696, 0.010, 26, accuracy_with=0.35, accuracy_without=0.38).keep  # within 2 errors
 
 
+def test_the_blur_stays_when_the_answers_it_steadies_outnumber_the_photos_it_costs():
+    from tfl.low_pass import Verdict
+
+    costly = dict(loss_with=0.80, loss_without=0.70, standard_error=0.01, photos=300, accuracy_with=0.65,
+                  accuracy_without=0.68)
+    assert not Verdict(**costly, moved_with=0.01, moved_without=0.03).keep  # costs 3 points, steadies 2
+    assert Verdict(**costly, moved_with=0.01, moved_without=0.05).keep  # costs 3, steadies 4
+    assert "steadies" in Verdict(**costly, moved_with=0.01, moved_without=0.05).reason()
+
+    rng = np.random.default_rng(3)
+    train, val = rng.integers(0, 2, 200), rng.integers(0, 2, 100)
+    sharp = features(rng, train, 3), features(rng, val, 3)
+    blurred = features(rng, train, 1.5), features(rng, val, 1.5)
+    shaken = sharp[1] + rng.normal(0, 3, sharp[1].shape)  # noise moves many of the sharp features' answers
+    verdict = paired_verdict(blurred[0], sharp[0], train, blurred[1], sharp[1], val, blurred[1], shaken)
+    assert verdict.moved_with == 0.0 and verdict.moved_without > verdict.accuracy_without - verdict.accuracy_with > 0
+    assert verdict.keep
+
+
 @pytest.mark.integration
 def test_a_run_on_classes_that_differ_in_fine_detail_trains_without_the_blur(tmp_path):
     """Real ImageNet features: two classes alike but for a fine texture (PNG, so no JPEG smooths it)."""

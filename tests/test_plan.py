@@ -150,7 +150,8 @@ def test_the_auto_plan_is_printed_saved_and_warms_up(tiny_folder, tmp_path):
     assert "chosen from the data:" in result.output
     assert "30 training images in 3 classes (10 per class): top 4 of 18 blocks" in result.output
     config = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
-    assert config["plan"] == "fixed" and len(config["plan_reasons"]) == 2
+    assert config["plan"] == "fixed" and len(config["plan_reasons"]) == 3  # the head, the top blocks, the low-pass
+    assert config["low_pass"] is True and "low-pass: on (auto, not measured: random weights" in result.output
     assert config["stages"][1]["warmup_epochs"] >= 1
     rows = [r for r in csv.DictReader((tmp_path / "auto" / "history.csv").open()) if r["stage"] == "top_blocks"]
     rates = np.asarray([float(r["learning_rate"]) for r in rows])
