@@ -18,6 +18,7 @@ cannot show a cost.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,7 @@ def decide(config, data: ImageData, cache_dir: Path, distributed: bool) -> tuple
     from tfl.model import build_model
     from tfl.precision import dtype_policy
 
+    start = time.time()
     with dtype_policy(config.precision):
         model = build_model(get_arch(config.arch), len(data.class_names), config.image_size, config.weights,
                             config.alpha, config.dropout, low_pass=True)
@@ -142,7 +144,7 @@ def decide(config, data: ImageData, cache_dir: Path, distributed: bool) -> tuple
     verdict = paired_verdict(features[True, "train"], features[False, "train"], labels["train"],
                              features[True, "val"], features[False, "val"], labels["val"],
                              features[True, "noisy"], features[False, "noisy"])
-    return verdict.keep, verdict.reason()
+    return verdict.keep, f"{verdict.reason()} [{time.time() - start:.0f}s]"
 
 
 def noisy_features(extractor, data: ImageData, config) -> np.ndarray:
