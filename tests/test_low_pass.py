@@ -48,6 +48,10 @@ def test_low_pass_is_auto_unless_set_and_takes_on_off_from_yaml_and_flags(tmp_pa
     assert load_config(config_file=str(config_file)).low_pass == "auto"
     config_file.write_text("low_pass: on\n")  # YAML's on is true
     assert load_config(config_file=str(config_file)).low_pass is True
+    from tfl.errors import TflError
+
+    with pytest.raises(TflError, match="'low_pass' in the command line takes true, false or auto, got 'maybe'"):
+        load_config(overrides={"low_pass": "maybe"})
     from click.testing import CliRunner
 
     from tfl.cli import main

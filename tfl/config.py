@@ -177,8 +177,10 @@ def _coerce_field(spec: dataclasses.Field, value: Any, source: str) -> Any:
         return None
     if spec.name == "unfreeze_blocks" and value == "all":
         return "all"
-    if spec.name == "low_pass" and value == "auto":
-        return "auto"
+    if spec.name == "low_pass" and not isinstance(value, bool):
+        if value == "auto":
+            return "auto"
+        raise TflError(f"'low_pass' in {source} takes true, false or auto, got {value!r}.")
     if value is None and spec.default is None:
         return None
     if spec.name == "stages":
