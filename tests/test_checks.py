@@ -101,6 +101,34 @@ def test_near_pairs_by_hamming_distance():
     assert near_pairs(hashes, radius=8) == [(0, 1, 4), (0, 2, 8), (1, 2, 4)]
 
 
+def all_pairs(phashes, radius):
+    """Every pair compared: the answer the index must give."""
+    from tfl.checks import hash_bits
+
+    bits = hash_bits(phashes)
+    counts = np.bitwise_count(bits)
+    valid = np.array([bool(h) for h in phashes]) & (counts > 2) & (counts < 62)
+    distance = np.bitwise_count(bits[:, None] ^ bits[None, :])
+    return [(int(i), int(j), int(distance[i, j])) for i, j in zip(*np.nonzero(distance <= radius))
+            if i < j and valid[i] and valid[j]]
+
+
+@pytest.mark.parametrize("radius", [0, 1, 4, 7])
+def test_the_banded_index_finds_exactly_the_pairs_all_pairs_would(radius):
+    """Planted copies at every distance up to the radius and just past it, in random hashes and in clumps that share
+    most bits (as a photo's crops do), against comparing all pairs."""
+    rng = np.random.default_rng(radius)
+    base = rng.integers(0, 2**63, 300, dtype=np.uint64) | rng.integers(0, 2, 300, dtype=np.uint64) << np.uint64(63)
+    near = []
+    for value in base[:120]:
+        flipped = rng.choice(64, size=rng.integers(0, radius + 2), replace=False)
+        near.append(value ^ np.bitwise_or.reduce(np.uint64(1) << flipped.astype(np.uint64), initial=np.uint64(0)))
+    clump = base[0] ^ (rng.integers(0, 2**16, 80, dtype=np.uint64) << np.uint64(24))  # 16 bits apart at most
+    hashes = [f"{int(h):016x}" for h in (*base, *near, *clump)] + ["", "0" * 16]
+    assert near_pairs(hashes, radius) == all_pairs(hashes, radius)
+    assert len(near_pairs(hashes, radius)) >= 40  # the plants are found, not just nothing on both sides
+
+
 @pytest.mark.integration
 def test_finetune_summarises_the_checks(faulty, tmp_path):
     result = CliRunner().invoke(main, ["finetune", "--data", str(faulty), "--weights", "none", "--arch",

@@ -50,22 +50,43 @@ def hash_bits(phashes: list[str]) -> np.ndarray:
 
 
 def near_pairs(phashes: list[str], radius: int = NEAR_RADIUS) -> list[tuple[int, int, int]]:
-    """(i, j, distance) of every pair whose perceptual hashes differ in at most `radius` bits (all pairs, in
-    blocks: 4,317 photos are 9 million pairs, a fraction of a second)."""
+    """(i, j, distance), i < j in order, of every pair whose perceptual hashes differ in at most `radius` bits.
+
+    Not all pairs: an index. Cut the 64 bits into radius + 1 bands; two hashes that differ in at most `radius` bits
+    agree exactly on one band at least (there are more bands than differing bits), so only hashes that share a band
+    value are compared (banded locality-sensitive hashing, exact at this radius). The work grows with the photos
+    and the sizes of the buckets, not with their square: 50,000 random hashes with 1% planted copies took 0.74 s
+    against 8.7 s for all pairs, the same pairs (benchmarks/README.md)."""
     bits = hash_bits(phashes)
     # A hash with almost every bit alike comes from a featureless image (blank, a plain gradient): such images
     # would all match each other, so they are left to the exact (byte) comparison.
     set_bits = np.bitwise_count(bits)
-    valid = np.array([bool(h) for h in phashes]) & (set_bits > 2) & (set_bits < 62)
-    pairs = []
-    for start in range(0, len(bits), 512):
-        block = bits[start:start + 512]
-        distance = np.bitwise_count(block[:, None] ^ bits[None, :])
-        rows, cols = np.nonzero(distance <= radius)
-        for i, j in zip(rows + start, cols):
-            if i < j and valid[i] and valid[j]:
-                pairs.append((int(i), int(j), int(distance[i - start, j])))
-    return pairs
+    valid = np.array([bool(h) for h in phashes], dtype=bool) & (set_bits > 2) & (set_bits < 62)
+    candidates = np.flatnonzero(valid)
+    found = []
+    for low, width in bands(radius):
+        keys = (bits[candidates] >> np.uint64(low)) & np.uint64((1 << width) - 1)
+        order = np.argsort(keys, kind="stable")
+        ordered, starts = candidates[order], np.flatnonzero(np.diff(keys[order])) + 1
+        for members in np.split(ordered, starts):
+            if len(members) < 2:
+                continue
+            first, second = np.triu_indices(len(members), 1)
+            i, j = members[first], members[second]
+            distance = np.bitwise_count(bits[i] ^ bits[j])
+            close = distance <= radius
+            found.append(np.stack([np.minimum(i, j)[close], np.maximum(i, j)[close], distance[close]], axis=1))
+    if not found:
+        return []
+    pairs = np.unique(np.concatenate(found).astype(np.int64), axis=0)  # a pair shares several bands: once each
+    return [(int(i), int(j), int(d)) for i, j, d in pairs]
+
+
+def bands(radius: int, bits: int = 64) -> list[tuple[int, int]]:
+    """(lowest bit, width) of radius + 1 bands that cover the hash, as even as they can be."""
+    count = radius + 1
+    widths = [bits // count + (1 if k < bits % count else 0) for k in range(count)]
+    return [(sum(widths[:k]), widths[k]) for k in range(count)]
 
 
 @dataclass
