@@ -267,8 +267,9 @@ def export_run(run: str | Path | None = None, export_format: str = "tflite", qua
                max_accuracy_drop: float | None = None, root: str | Path = DEFAULT_ROOT,
                echo: Callable[[str], None] = print, data: str | Path | None = None,
                metadata: dict[str, str] | None = None, fallback: bool = True) -> list[dict]:
-    """Write the requested artifacts of RUN (`quantize`: one quantization or several) atomically, verify each, and record each in export_report.json as soon
-    as it is in place (an export killed midway keeps what it finished and records it). `data`: a folder of class
+    """Write the requested artifacts of RUN (`quantize`: one quantization or several) atomically, verify each, and
+    record each in export_report.json as soon as it is in place (an export killed midway keeps what it finished and
+    records it). `data`: a folder of class
     subfolders to verify (and calibrate int8) on, instead of the run's own photos. `metadata`: fields of the TFLite
     metadata (name, description, version, author, license) over tfl's. One export of a run at a time. (Its
     parameters are the options of `tfl export`, one each.)"""

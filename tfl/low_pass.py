@@ -18,6 +18,7 @@ cannot show a cost.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from pathlib import Path
 
@@ -127,6 +128,9 @@ def decide(config, data: ImageData, cache_dir: Path, distributed: bool) -> tuple
     from tfl.precision import dtype_policy
 
     start = time.time()
+    if not config.feature_cache:  # the user keeps no features: they go with the measurement
+        with tempfile.TemporaryDirectory(prefix="tfl_low_pass_") as scratch:
+            return decide(dataclasses.replace(config, feature_cache=True), data, Path(scratch), distributed)
     with dtype_policy(config.precision):
         model = build_model(get_arch(config.arch), len(data.class_names), config.image_size, config.weights,
                             config.alpha, config.dropout, low_pass=True)
