@@ -86,11 +86,13 @@ def paired_verdict(train_with: np.ndarray, train_without: np.ndarray, train_labe
 
 
 def probe(train: np.ndarray, labels: np.ndarray):
-    from sklearn.linear_model import LogisticRegression
+    """The label probe's classifier (tfl/probe.py), fitted on `train`."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer
 
-    return make_pipeline(Normalizer(), LogisticRegression(C=1.0, max_iter=500)).fit(train, labels)
+    from tfl.probe import linear_probe
+
+    return make_pipeline(Normalizer(), linear_probe()).fit(train, labels)
 
 
 def probabilities_of(classifier, val: np.ndarray, val_labels: np.ndarray) -> np.ndarray:

@@ -96,7 +96,11 @@ def converter(model: keras.Model | Traced, work: str) -> tf.lite.TFLiteConverter
     archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
                          input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     archive.write_out(work, verbose=False)
-    result = tf.lite.TFLiteConverter.from_saved_model(work)
+    return builtin_converter(work)
+
+
+def builtin_converter(saved_model: str) -> tf.lite.TFLiteConverter:
+    result = tf.lite.TFLiteConverter.from_saved_model(saved_model)
     result.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     return result
 
@@ -113,9 +117,7 @@ class Traced:
         if not self.written:
             converter(self.model, self.folder)
             self.written = True
-        result = tf.lite.TFLiteConverter.from_saved_model(self.folder)
-        result.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        return result
+        return builtin_converter(self.folder)
 
 
 def convert(model: keras.Model | Traced, quantize: str, calibration: Calibration | None) -> bytes:
