@@ -109,6 +109,14 @@ class TrainConfig:
                               choices=DISTRIBUTE_MODES)
     calibrate: bool = setting(True, "After training, fit one temperature on the validation set and fold it into the "
                               "model, so that every artifact's scores are calibrated probabilities.")
+    unknown: bool = setting(True, "After training, fit a score for photos of none of the classes and give every "
+                            "artifact one more category, 'unknown', that wins for them (tfl/unknown.py).")
+    unknown_keep: float = setting(0.95, "The share of validation photos the unknown category leaves to the classes "
+                                  "(the rest of them it calls unknown): higher flags fewer photos of anything.",
+                                  low=0.5, high=0.9999)
+    background: str | None = setting(None, "A folder of photos of none of the classes (from where the app will be "
+                                     "used): the unknown score is tuned to flag them, never trained as a class.",
+                                     kind=str)
     feature_cache: bool = setting(True, "Train head-only stages on backbone features computed once.")
     cache_views: int = setting(1, "Feature vectors per training image in the cache: 1 plain, plus augmented copies.",
                                low=1)

@@ -28,8 +28,9 @@ from tfl.tflite_metadata import ModelInfo, with_metadata
 from tfl.fileio import interrupts_deferred, atomic_path, atomic_write_text
 from tfl.multilabel import average_precision
 from tfl.formats import ArtifactFormat, formats_for
-from tfl.runs import (DEFAULT_ROOT, LABELS_FILE, THRESHOLDS_FILE, RunFolder, export_lock, labels_text,
-                      thresholds_text)
+from tfl.runs import (DEFAULT_ROOT, LABELS_FILE, THRESHOLDS_FILE, UNKNOWN_NAME_FILE, RunFolder, export_lock,
+                      labels_text, thresholds_text, unknown_text)
+from tfl.unknown import MAX_SCORE, class_probabilities, flagged, open_set_model
 
 LOUD_DROP = 0.01  # a quantized export losing more than 1 point of accuracy is reported loudly
 
@@ -50,6 +51,12 @@ class ArtifactJob:
     fallback: bool = True  # a quantized file below its goal keeps its most damaging operations in float
     thresholds: list[float] | None = None  # several labels per photo: each label's decision threshold
     traced: Traced | None = None  # the model as the TFLite converter reads it, shared by the export's .tflite files
+    unknown: str | None = None  # the unknown category's name: the model's last score is that category's
+
+    @property
+    def output_names(self) -> list[str]:
+        """The name of each of the model's scores: the classes, then the unknown category when there is one."""
+        return self.class_names + ([self.unknown] if self.unknown else [])
 
 
 def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> None:
@@ -58,14 +65,24 @@ def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> Non
     labels = tf.constant(job.class_names)
     k = min(job.top_k, len(job.class_names))
 
+    classes = len(job.class_names)
+
     # The model is traced once, here, and every signature calls this graph (the tiny test model's SavedModel took
     # 6.0-6.3 s to write when each signature traced the model, 5.0-5.2 s so).
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-    def probabilities_of(pixels):
+    def scores_of(pixels):
         return model(pixels, training=False)
 
+    def outputs_of(pixels):
+        """{"probabilities"} of the classes; with the unknown category also its decision and every score."""
+        scores = scores_of(pixels)
+        if not job.unknown:
+            return {"probabilities": scores}
+        return {"probabilities": scores[:, :classes] / tf.maximum(1.0 - scores[:, classes:], 1.0 - MAX_SCORE),
+                "unknown": tf.equal(tf.argmax(scores, axis=1), classes), "scores": scores}
+
     def classify_pixels(pixels):
-        return {"probabilities": probabilities_of(pixels)}
+        return outputs_of(pixels)
 
     def classify_uint8(pixels):
         return classify_pixels(tf.cast(pixels, tf.float32))
@@ -73,9 +90,11 @@ def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> Non
     def classify_images(images):
         decoded = tf.map_fn(lambda data: decode_image_bytes(data, size), images,
                             fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
-        probabilities = probabilities_of(tf.cast(decoded, tf.float32))
+        result = outputs_of(tf.cast(decoded, tf.float32))
+        probabilities = result["probabilities"]
         scores, indices = tf.math.top_k(probabilities, k=k)
-        result = {"probabilities": probabilities, "classes": tf.gather(labels, indices), "scores": scores}
+        result = {"probabilities": probabilities, "classes": tf.gather(labels, indices), "scores": scores} | (
+            {"unknown": result["unknown"], "unknown_score": result["scores"][:, classes]} if job.unknown else {})
         if job.thresholds is not None:  # several labels per photo: which labels reach their threshold
             above = probabilities >= tf.constant(job.thresholds, tf.float32)
             result["above_threshold"] = above
@@ -96,6 +115,8 @@ def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> Non
     (target / "assets" / LABELS_FILE).write_text(labels_text(job.class_names))
     if job.thresholds is not None:
         (target / "assets" / THRESHOLDS_FILE).write_text(thresholds_text(job.class_names, job.thresholds))
+    if job.unknown:
+        (target / "assets" / UNKNOWN_NAME_FILE).write_text(unknown_text(job.unknown))
 
 
 # --- TFLite ----------------------------------------------------------------------------------------
@@ -107,7 +128,7 @@ def write_tflite(model: keras.Model, target: Path, job: ArtifactJob) -> dict:
                       if job.quantize == "int8" else None)
     source = job.traced if job.traced is not None and job.traced.model is model else model
     content, report = quantized_file(source, job.quantize, representative, job.goal, search=job.fallback)
-    target.write_bytes(with_metadata(content, job.class_names, job.info, job.thresholds))
+    target.write_bytes(with_metadata(content, job.output_names, job.info, job.thresholds, job.unknown))
     return report
 
 
@@ -139,6 +160,7 @@ def calibration_photos(run: RunFolder, data: Split | None, echo: Callable[[str],
 
 ONNX_LABELS_KEY = "labels"  # metadata_props entry: the class names, one per line
 ONNX_THRESHOLDS_KEY = "thresholds"  # several labels per photo: {label: threshold} as JSON
+ONNX_UNKNOWN_KEY = "unknown"  # the unknown category's name: the last label, and the last score, are that category's
 
 
 def write_onnx(model: keras.Model, target: Path, job: ArtifactJob) -> None:
@@ -153,7 +175,10 @@ def write_onnx(model: keras.Model, target: Path, job: ArtifactJob) -> None:
         model.export(str(plain), format="onnx", verbose=False)
     proto = onnx.load(str(plain))
     entry = proto.metadata_props.add()
-    entry.key, entry.value = ONNX_LABELS_KEY, labels_text(job.class_names)
+    entry.key, entry.value = ONNX_LABELS_KEY, labels_text(job.output_names)
+    if job.unknown:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = ONNX_UNKNOWN_KEY, job.unknown
     if job.thresholds is not None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = ONNX_THRESHOLDS_KEY, thresholds_text(job.class_names, job.thresholds)
@@ -202,7 +227,8 @@ def verification_set(run: RunFolder, data: Split | None, image_size: int, limit:
 
 
 def predict_all(predictor, images: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate([predictor.predict_pixels(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    """Every score the artifact gives (the classes', and the unknown category's last when it has one)."""
+    return np.concatenate([predictor.scores(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def latency_ms(predictor, image: np.ndarray, repeats: int = 30) -> float:
@@ -220,14 +246,23 @@ def size_bytes(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def verify(predictor, path: Path, check: Verification, reference: np.ndarray | None) -> dict:
-    probabilities = predict_all(predictor, check.images, min(32, predictor.batch_limit))
+def verify(predictor, path: Path, check: Verification, reference_scores: np.ndarray | None) -> dict:
+    """The artifact's accuracy and latency, and (with the Keras model's scores) how far its answers agree: top-1 of
+    the classes, the unknown category's decisions, the largest difference of a class probability."""
+    scores = predict_all(predictor, check.images, min(32, predictor.batch_limit))
+    probabilities = class_probabilities(scores) if predictor.unknown else scores
+    reference = (None if reference_scores is None else
+                 class_probabilities(reference_scores) if predictor.unknown else reference_scores)
     predicted = probabilities.argmax(axis=1)
     row = {"format": predictor.kind, "file": path.name, "size_bytes": size_bytes(path), "accuracy": None,
            "latency_ms_batch1": latency_ms(predictor, check.images[:1]), "images": int(len(check.images)),
            "verified_on": check.source}
     if getattr(predictor, "thresholds", None) is not None:
         return row | multilabel_checks(probabilities, predictor.thresholds, check, reference)
+    if predictor.unknown:
+        row["unknown_flagged"] = round(float(flagged(scores).mean()), 4)
+        if reference_scores is not None:
+            row["unknown_agreement"] = round(float((flagged(scores) == flagged(reference_scores)).mean()), 4)
     if check.labels is not None:
         row["accuracy"] = round(float((predicted == check.labels).mean()), 4)
     if reference is not None:
@@ -297,6 +332,9 @@ class Export:
         targets = self.still_to_write(wanted, force)
         keras_predictor = load_predictor(self.run.model_file)
         model, image_size = float32_copy(keras_predictor.model), keras_predictor.image_size
+        self.job.unknown = keras_predictor.unknown
+        if keras_predictor.detector is not None:  # every artifact carries the unknown category
+            model = open_set_model(model, keras_predictor.detector)
         self.job.traced = Traced(model, str(self.converted_dir / ".tflite_source"))  # hidden: never a class folder
         labelled = None if data is None else self.labelled_folder(data)
         check = verification_set(self.run, labelled, image_size, verify_images)
@@ -349,7 +387,7 @@ class Export:
             with atomic_path(path, force=force) as tmp:
                 written = row_format.write(model, tmp, dataclasses.replace(self.job, quantize=quantize))
                 row = verify(row_format.open(tmp), tmp, check, reference) | (written or {})
-                row |= row_format.check_in_apps(tmp, check, reference, self.job.class_names)
+                row |= row_format.check_in_apps(tmp, check, reference, self.job.output_names)
                 row["file"] = self.relative(path)
                 check_drop(row, max_accuracy_drop, self.echo)
         return row | {"file": self.relative(path), "quantize": quantize}

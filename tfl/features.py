@@ -17,7 +17,7 @@ from tfl.augment import PRESETS_VERSION
 from tfl.data import ImageData, Split
 from tfl.pipeline import DECODER_VERSION, make_pipeline
 from tfl.distribute import Cluster
-from tfl.model import get_head
+from tfl.model import feature_extractor, get_head  # noqa: F401 (feature_extractor: where it was)
 from tfl.fileio import atomic_path
 
 if TYPE_CHECKING:
@@ -25,18 +25,6 @@ if TYPE_CHECKING:
 
 FEATURE_CACHE_FOLDER = ".feature_cache"  # under the runs root, shared by runs on the same data and backbone
 
-
-
-def feature_extractor(model: keras.Model, skip: tuple[str, ...] = ()) -> keras.Model:
-    """pixels -> everything before the head, in inference mode, sharing the model's layers (the classifier is a
-    chain of layers ending in its head); `skip`: names of layers left out (the low-pass, to measure it)."""
-    head = get_head(model)
-    pixels = keras.Input(model.input_shape[1:], name="pixels")
-    x = pixels
-    for layer in model.layers[1:model.layers.index(head)]:
-        if layer.name not in skip:
-            x = layer(x, training=False)
-    return keras.Model(pixels, x, name="feature_extractor")
 
 
 def file_fingerprint(path: str) -> list:

@@ -131,6 +131,18 @@ def get_head(model: keras.Model) -> keras.Model:
     return model.get_layer(HEAD_NAME)
 
 
+def feature_extractor(model: keras.Model, skip: tuple[str, ...] = ()) -> keras.Model:
+    """pixels -> everything before the head, in inference mode, sharing the model's layers (the classifier is a
+    chain of layers ending in its head); `skip`: names of layers left out (the low-pass, to measure it)."""
+    head = get_head(model)
+    pixels = keras.Input(model.input_shape[1:], name="pixels")
+    x = pixels
+    for layer in model.layers[1:model.layers.index(head)]:
+        if layer.name not in skip:
+            x = layer(x, training=False)
+    return keras.Model(pixels, x, name="feature_extractor")
+
+
 def get_backbone(model: keras.Model) -> keras.Model:
     return model.get_layer(BACKBONE_NAME)
 
@@ -168,3 +180,4 @@ def count_params(weights) -> int:
 
 def trainable_params(model: keras.Model) -> int:
     return count_params(model.trainable_weights)
+

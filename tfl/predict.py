@@ -12,8 +12,9 @@ from tfl.data import is_hidden
 from tfl.pipeline import load_image_for_predict, pixels_of_image
 from tfl.errors import TflError
 from tfl.formats import LOADABLE, ArtifactFormat
-from tfl.runs import (LABELS_FILE, MODEL_FILE, THRESHOLDS_FILE, parse_labels, parse_thresholds, read_labels,
-                      read_thresholds)
+from tfl.runs import (LABELS_FILE, MODEL_FILE, THRESHOLDS_FILE, UNKNOWN_NAME_FILE, parse_labels,
+                      parse_thresholds, read_labels, read_thresholds, read_unknown_name, read_unknown_text)
+from tfl.unknown import UNKNOWN_FILE, Detector, class_probabilities, open_set_model
 
 
 class Predictor:
@@ -24,10 +25,17 @@ class Predictor:
     image_size: int
     class_names: list[str]
     thresholds: list[float] | None = None  # several labels per photo: each label's decision threshold
+    unknown: str | None = None  # the extra category's name, when the artifact has one (tfl/unknown.py)
     batch_limit = 16  # images per call of predict_pixels
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """[batch, size, size, 3] RGB pixels 0..255 -> [batch, classes] probabilities."""
+        scores = self.scores(pixels)
+        return class_probabilities(scores) if self.unknown else scores
+
+    def scores(self, pixels: np.ndarray) -> np.ndarray:
+        """What the artifact outputs for a batch of pixels: the class probabilities, and, when it has the unknown
+        category, that category's score last (then the classes' are p (1 - u): tfl/unknown.py)."""
         pixels = np.asarray(pixels)
         expected = (self.image_size, self.image_size, 3)
         if pixels.ndim != 4 or pixels.shape[1:] != expected or not np.issubdtype(pixels.dtype, np.number):
@@ -35,9 +43,10 @@ class Predictor:
                            f"{self.image_size}, 3] for this model; got {pixels.dtype} of shape {list(pixels.shape)}. "
                            "Resize the images first, or pass them to predict(), which resizes.")
         probabilities = self._probabilities(pixels)
-        if probabilities.shape[-1] != len(self.class_names):  # a labels.txt of another model, or edited by hand
+        names = len(self.class_names) + (1 if self.unknown else 0)
+        if probabilities.shape[-1] != names:  # a labels.txt of another model, or edited by hand
             raise TflError(f"This {self.kind} model gives {probabilities.shape[-1]} scores per image, but its class "
-                           f"names ({LABELS_FILE}) are {len(self.class_names)}: they belong to another model or were "
+                           f"names ({LABELS_FILE}) are {names}: they belong to another model or were "
                            f"edited. Put back the {LABELS_FILE} of the run that trained it.")
         return probabilities
 
@@ -64,9 +73,12 @@ class KerasPredictor(Predictor):
         self.image_size = int(self.model.input_shape[1])
         self.class_names = read_labels(model_path.parent / LABELS_FILE)
         self.thresholds = read_thresholds(model_path.parent / THRESHOLDS_FILE, self.class_names)
+        self.detector = Detector.load(model_path.parent / UNKNOWN_FILE)  # the run's, beside its model
+        self.scoring = self.model if self.detector is None else open_set_model(self.model, self.detector)
+        self.unknown = None if self.detector is None else self.detector.name
 
     def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict_on_batch(pixels.astype("float32")))
+        return np.asarray(self.scoring.predict_on_batch(pixels.astype("float32")))
 
 
 class SavedModelPredictor(Predictor):
@@ -80,11 +92,13 @@ class SavedModelPredictor(Predictor):
         self.image_size = int(self.serve.structured_input_signature[1]["pixels"].shape[1])
         self.class_names = read_labels(path / "assets" / LABELS_FILE)
         self.thresholds = read_thresholds(path / "assets" / THRESHOLDS_FILE, self.class_names)
+        self.unknown = read_unknown_name(path / "assets" / UNKNOWN_NAME_FILE)
 
     def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
-        return self.serve(pixels=tf.constant(pixels, tf.float32))["probabilities"].numpy()
+        outputs = self.serve(pixels=tf.constant(pixels, tf.float32))
+        return outputs["scores" if self.unknown else "probabilities"].numpy()
 
 
 class TFLitePredictor(Predictor):
@@ -100,6 +114,9 @@ class TFLitePredictor(Predictor):
         self.image_size = int(self.input["shape"][1])
         self.batch = 0
         self.class_names = tflite_labels(path)
+        self.unknown = tflite_unknown(path)
+        if self.unknown:  # the last label names the extra category
+            self.class_names = self.class_names[:-1]
         self.thresholds = tflite_thresholds(path, self.class_names)
 
     def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
@@ -131,6 +148,9 @@ class OnnxPredictor(Predictor):
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.class_names = (parse_labels(metadata["labels"]) if metadata.get("labels")
                             else read_labels(path.parent / LABELS_FILE))
+        self.unknown = metadata.get("unknown") or None
+        if self.unknown:  # the last label names the extra category
+            self.class_names = self.class_names[:-1]
         thresholds = metadata.get("thresholds")
         self.thresholds = parse_thresholds(thresholds, self.class_names) if thresholds else None
 
@@ -143,6 +163,15 @@ def tflite_thresholds(path: Path, class_names: list[str]) -> list[float] | None:
     try:
         with zipfile.ZipFile(path) as archive:
             return parse_thresholds(archive.read(THRESHOLDS_FILE).decode(), class_names)
+    except (zipfile.BadZipFile, KeyError):
+        return None
+
+
+def tflite_unknown(path: Path) -> str | None:
+    """The unknown category's name, packed inside the .tflite when its last label is that category."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return read_unknown_text(archive.read(UNKNOWN_NAME_FILE).decode())
     except (zipfile.BadZipFile, KeyError):
         return None
 
@@ -256,10 +285,14 @@ def predict_items(predictor: Predictor, items: list[tuple[str, object]], top_k: 
     def flush():
         if not batch:
             return
-        probabilities = predictor.predict_pixels(np.stack([pixels for _, pixels in batch]))
-        for (name, _), probs in zip(batch, probabilities):
+        scores = predictor.scores(np.stack([pixels for _, pixels in batch]))
+        probabilities = class_probabilities(scores) if predictor.unknown else scores
+        for (name, _), probs, row_scores in zip(batch, probabilities, scores):
             best = np.argsort(-probs)[:top_k]
             rows.append({"path": name, "top": [(predictor.class_names[i], float(probs[i])) for i in best]})
+            if predictor.unknown:  # the extra category won: the photo is of none of the classes
+                rows[-1]["unknown"] = bool(row_scores.argmax() == len(row_scores) - 1)
+                rows[-1]["unknown_score"] = float(row_scores[-1])
             if predictor.thresholds is not None:
                 rows[-1]["labels"] = [(predictor.class_names[i], float(probs[i])) for i in np.argsort(-probs)
                                       if probs[i] >= predictor.thresholds[i]]

@@ -406,9 +406,15 @@ def divergence(reference: np.ndarray, probabilities_: np.ndarray) -> float:
 def ranked(fallback, float_content: bytes, images: np.ndarray) -> list[str]:
     """The layers, most damaging first: each quantized alone, the rest kept in float."""
     reference = probabilities(float_content, images)
-    damage = {name: divergence(reference, probabilities(fallback.build([n for n in fallback.all if n != name]), images))
-              for name in fallback.all}
-    return sorted(fallback.all, key=damage.get, reverse=True)
+
+    def damage(name: str) -> float:
+        try:
+            return divergence(reference, probabilities(fallback.build([n for n in fallback.all if n != name]), images))
+        except ValueError:  # TensorFlow's debugger cannot quantize this operation alone (the unknown category's
+            return 0.0  # sums and minimum, say): it is ranked last, and quantized with the others
+
+    measured = {name: damage(name) for name in fallback.all}
+    return sorted(fallback.all, key=measured.get, reverse=True)
 
 
 def within_weight_share(order: list[str], fallback) -> list[str]:

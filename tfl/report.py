@@ -76,6 +76,16 @@ def probe_line(found: dict) -> str:
             "lists them to leave out")
 
 
+def unknown_line(report: dict) -> str:
+    """What the unknown category does, at the end of training."""
+    background = report.get("background")
+    tuned = (f"; tuned on {background['photos']:,} background photos, of which it flags {background['flagged']:.0%}"
+             if background else "")
+    return (f"Unknown ({report['seconds']:.1f}s): every artifact gets one more category, '{report['name']}', for "
+            f"photos of none of the classes; it takes {report['val_flagged']:.1%} of the validation photos "
+            f"(--unknown-keep {report['keep']}){tuned}; --no-unknown leaves it out")
+
+
 def format_plan(rows: list[dict], class_weight: dict | None, class_names: list[str],
                 reasons: list[str] | None = None) -> str:
     """The plan table (a row per stage: what trains, trainable parameters, epochs, rate), the auto plan's reasons

@@ -26,6 +26,8 @@ PARTIAL_SUFFIX = ".partial"
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"  # also the name of the labels inside a SavedModel's assets and a .tflite
 THRESHOLDS_FILE = "thresholds.json"  # several labels per photo: {label: threshold}, beside labels.txt everywhere
+# the unknown category's name, in a SavedModel's assets and a .tflite, where its last label is that category
+UNKNOWN_NAME_FILE = "unknown.txt"
 CONFIG_FILE = "config.yaml"
 SPLITS_FILE = "splits.json"
 CHECKPOINT_DIR = "checkpoint"  # in <name>.partial/ while training: what --resume continues from
@@ -125,6 +127,18 @@ def parse_thresholds(text: str, class_names: list[str]) -> list[float]:
 
 def read_thresholds(path: Path, class_names: list[str]) -> list[float] | None:
     return parse_thresholds(path.read_text(), class_names) if path.is_file() else None
+
+
+def unknown_text(name: str) -> str:
+    return f"{name}\n"
+
+
+def read_unknown_text(text: str) -> str | None:
+    return text.strip() or None
+
+
+def read_unknown_name(path: Path) -> str | None:
+    return read_unknown_text(path.read_text()) if path.is_file() else None
 
 
 def default_run_name(arch: str) -> str:

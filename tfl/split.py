@@ -29,3 +29,9 @@ class Split:
         """The files that are still where they were, with their labels."""
         kept = [i for i, path in enumerate(self.paths) if os.path.isfile(path)]
         return Split([self.paths[i] for i in kept], [self.labels[i] for i in kept])
+
+    def subset(self, indices) -> Split:
+        """These rows (a tfds source: all of it, since it has no rows to pick)."""
+        if self.source is not None:
+            return self
+        return Split([self.paths[i] for i in indices], [self.labels[i] for i in indices])

@@ -23,7 +23,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as model_schema
 
 from tfl.errors import TflError
-from tfl.runs import LABELS_FILE, THRESHOLDS_FILE, labels_text, thresholds_text
+from tfl.runs import LABELS_FILE, THRESHOLDS_FILE, UNKNOWN_NAME_FILE, labels_text, thresholds_text, unknown_text
 from tfl.vendor import metadata_schema_py_generated as meta
 
 METADATA_NAME = "TFLITE_METADATA"
@@ -66,7 +66,8 @@ def input_metadata() -> meta.TensorMetadataT:
 def output_metadata(uint8: bool) -> meta.TensorMetadataT:
     tensor = meta.TensorMetadataT()
     tensor.name = "probability"  # MediaPipe names the classification head after it; unnamed, it crashes
-    tensor.description = "Probability of each class, in the order of labels.txt"
+    tensor.description = ("Probability of each class, in the order of labels.txt; when its last label is the one "
+                          "unknown.txt names, that category wins for photos of none of the classes")
     tensor.content = meta.ContentT()
     tensor.content.contentPropertiesType = meta.ContentProperties.FeatureProperties
     tensor.content.contentProperties = meta.FeaturePropertiesT()
@@ -108,9 +109,10 @@ def packed(model, size_hint: int) -> bytes:
 
 
 def with_metadata(tflite: bytes, class_names: list[str], info: ModelInfo,
-                  thresholds: list[float] | None = None) -> bytes:
+                  thresholds: list[float] | None = None, unknown: str | None = None) -> bytes:
     """The model with its metadata (replacing any) and labels.txt appended (and, with several labels per photo,
-    thresholds.json: the metadata has no place for a threshold per label); its tensors and weights unchanged."""
+    thresholds.json: the metadata has no place for a threshold per label; with the unknown category, whose name is
+    the last of `class_names`, unknown.txt naming it); its tensors and weights unchanged."""
     model = model_schema.ModelT.InitFromObj(model_schema.Model.GetRootAs(tflite, 0))
     if tflite[4:8] != MODEL_IDENTIFIER or len(model.subgraphs) != 1:
         raise TflError("The converter wrote a TFLite file tfl cannot add metadata to (not one subgraph).")
@@ -137,6 +139,8 @@ def with_metadata(tflite: bytes, class_names: list[str], info: ModelInfo,
         archive.writestr(LABELS_FILE, labels_text(class_names))
         if thresholds is not None:
             archive.writestr(THRESHOLDS_FILE, thresholds_text(class_names, thresholds))
+        if unknown:
+            archive.writestr(UNKNOWN_NAME_FILE, unknown_text(unknown))
     return out.getvalue()
 
 

@@ -39,11 +39,13 @@ from tfl.plan import DataStats, auto_plan
 from tfl.probe import probe_cached
 from tfl.precision import dtype_policy, resolve_precision
 from tfl.fileio import atomic_path, atomic_write_text
-from tfl.report import closing_line, early_stop_line, probe_line, data_summary, describe_unfreeze, format_plan, stage_header
+from tfl.report import (closing_line, early_stop_line, probe_line, data_summary, describe_unfreeze, format_plan,
+                        stage_header, unknown_line)
 from tfl.runs import (DEFAULT_ROOT, THRESHOLDS_FILE, RunFolder, claimed_run_name, finish_run_dir, has_checkpoint,
                       labels_text, portable_path, prepare_run_dir, read_run_config, resumable_run, run_lock,
                       thresholds_text, write_splits)
 from tfl.scan import SCAN_CACHE_FOLDER
+from tfl.unknown import UNKNOWN_FILE, fit_for_run, unknown_background
 from tfl.version import __version__
 
 IMBALANCE_RATIO = 1.5  # class_weight auto: balance when the largest class is this much bigger than the smallest
@@ -363,6 +365,7 @@ class Training:
         metrics = self.calibrate(model)
         with atomic_path(run.model_file, force=True) as tmp:
             model.save(tmp)
+        metrics["unknown"] = self.fit_unknown(model)
         if self.task.multilabel:
             atomic_write_text(run.path / THRESHOLDS_FILE, thresholds_text(data.class_names, metrics["thresholds"]))
         if data.test is not None and len(data.test):
@@ -406,6 +409,23 @@ class Training:
         thresholds = choose_thresholds(calibrated, labels)  # the F1-best per label, on the calibrated scores
         return multilabel_metrics(calibrated, labels, data.class_names, thresholds) | calibration
 
+    def fit_unknown(self, model: keras.Model) -> dict:
+        """The 'unknown' category (tfl/unknown.py): fitted on the finished model's features, saved beside it, and
+        what it measured; or why there is none."""
+        config, data = self.config, self.data
+        if self.task.multilabel:
+            return {"method": "none needed: a photo with no label over its threshold is of none of the labels"}
+        if not config.unknown:
+            return {"method": "off (--no-unknown)"}
+        if not len(data.val):
+            return {"method": "off: no validation photos to choose its threshold on"}
+        background = unknown_background(config.background)
+        detector, report = fit_for_run(model, data.train, data.val, config.unknown_keep, data.class_names,
+                                       config.image_size, config.batch_size, config.seed, background)
+        detector.save(self.folder.path / UNKNOWN_FILE)
+        self.caller.echo(unknown_line(report))
+        return report
+
     # --- the two ways in ------------------------------------------------------------------------------------------
 
     @classmethod
@@ -420,9 +440,10 @@ class Training:
         data = absolute_data(data or config.data)
         if config.weights not in ("imagenet", "none"):  # a weights file: saved so that it is found from anywhere
             config = dataclasses.replace(config, weights=str(Path(config.weights).expanduser().resolve()))
-        for key in ("images", "exclude"):  # like the data, found from anywhere
+        for key in ("images", "exclude", "background"):  # like the data, found from anywhere
             if getattr(config, key):
                 config = dataclasses.replace(config, **{key: str(Path(getattr(config, key)).expanduser().resolve())})
+        unknown_background(config.background, check_only=True)  # a wrong folder is said before training, not after
         output = Path(output).expanduser()
         with claimed_run_name(output, name, config.arch) as name:
             final_dir, work_dir = prepare_run_dir(output, name, overwrite)

@@ -1,0 +1,287 @@
+"""'None of these': a score for photos of none of the classes, fitted on a run's own features, and the layer that
+carries the decision into every artifact as one more category, `unknown`.
+
+The score is the Mahalanobis distance (Lee et al. 2018) of a photo's pooled backbone features, L2-normalised, to the
+nearest class centre, under the classes' shared spread modelled as probabilistic PCA (the top COMPONENTS directions
+of the within-class covariance, the rest one isotropic variance): the full covariance of 1,280 features would be a
+matrix larger than the model, and keeping only its top directions loses what tells far photos apart (they differ
+where training photos vary least). Measured against the softmax's own confidence, deep nearest neighbours and the
+full covariance on the shared sets: benchmarks/README.md, "None of these".
+
+The decision is one more category: the model's scores become [p_1 (1 - u), ..., p_N (1 - u), u], a distribution
+over N + 1 outcomes with u = sigmoid(d / tau - theta), d the distance, tau the spread of the validation photos'
+distances. `unknown` wins exactly when d / tau - log(max p) > theta, so a photo far from every class, or between
+classes with no confident answer, is unknown; theta is the quantile of that statistic on the validation photos
+that keeps `keep` of them (0.95 by default). MediaPipe Tasks, ONNX Runtime and TF Serving apps see `unknown` win
+as they see any class win."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tfl.model import feature_extractor, get_head
+
+UNKNOWN_FILE = "unknown.npz"  # the detector of a run, beside its model.keras
+UNKNOWN_NAME = "unknown"  # the extra category's name (another, when a class has it)
+COMPONENTS = 64  # directions of the within-class spread modelled one by one; 16-256 measured alike on flowers
+TRAIN_SAMPLE = 1000  # at most about this many training photos' features fit the class centres and the spread
+VAL_SAMPLE = 5000  # at most this many validation photos choose the threshold
+MAX_SCORE = 0.999  # u is clipped here so that the class probabilities can be read back from p (1 - u)
+
+
+def unknown_name(class_names: list[str]) -> str:
+    """The extra category's name: `unknown`, unless a class is called so."""
+    name = UNKNOWN_NAME
+    while name in class_names:
+        name = f"{name}_"
+    return name
+
+
+@dataclass
+class Detector:
+    """A fitted unknown score: the class centres, the spread's top directions and weights, and the threshold, all
+    scaled so that the in-model arithmetic stays near 1 (float16 and int8 files compute it too)."""
+
+    centres: np.ndarray  # [classes, features]: class means of the normalised features, divided by sqrt(sigma2 tau)
+    basis: np.ndarray  # [features, components]: the top directions of the within-class spread
+    weights: np.ndarray  # [components]: sigma2 / lambda - 1 (negative: those directions count less)
+    threshold: float  # theta, on d / tau - log(max p)
+    scale: float  # 1 / sqrt(sigma2 tau): multiplies the normalised features
+    keep: float  # the share of validation photos kept as known when theta was chosen
+    name: str = UNKNOWN_NAME
+    tau: float = 1.0  # in units of the validation distances' spread (a record: `scale` holds it)
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """d / tau of each row of pooled features (numpy, float64: the reference the layer is tested against)."""
+        z = normalised(features.astype(np.float64)) * self.scale
+        diff = z[:, None, :] - self.centres[None].astype(np.float64)
+        along = diff @ self.basis.astype(np.float64)
+        return ((diff ** 2).sum(-1) + (along ** 2 * self.weights).sum(-1)).min(axis=1)
+
+    def scores(self, features: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """The N + 1 scores the artifacts give, in numpy."""
+        u = np.minimum(1 / (1 + np.exp(-(self.distances(features) - self.threshold))), MAX_SCORE)
+        return np.concatenate([probabilities * (1 - u)[:, None], u[:, None]], axis=1)
+
+    def save(self, path: Path) -> None:
+        from tfl.fileio import atomic_path
+
+        with atomic_path(path, force=True) as tmp:
+            with open(tmp, "wb") as out:
+                np.savez(out, centres=self.centres, basis=self.basis, weights=self.weights,
+                         numbers=np.array([self.threshold, self.scale, self.keep, self.tau]), name=np.array(self.name))
+
+    @classmethod
+    def load(cls, path: Path) -> Detector | None:
+        if not path.is_file():
+            return None
+        with np.load(path) as saved:
+            threshold, scale, keep, tau = (float(x) for x in saved["numbers"])
+            return cls(saved["centres"], saved["basis"], saved["weights"], threshold, scale, keep, str(saved["name"]),
+                       tau)
+
+
+def normalised(features: np.ndarray) -> np.ndarray:
+    return features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+
+
+# tau, in units of the validation photos' spread of distances, tried against background photos when there are
+# some; without them 1 (a photo one spread further from every class weighs as much as softmax odds e times lower).
+TAU_CHOICES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def fit_detector(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
+                 val_probabilities: np.ndarray, keep: float, class_names: list[str],
+                 background: tuple[np.ndarray, np.ndarray] | None = None) -> Detector:
+    """Centres and spread from the training features, tau and theta from the validation ones (whose calibrated
+    probabilities the model gives); with `background` (features and probabilities of photos of none of the
+    classes), the tau of TAU_CHOICES that flags most of them at the same share of validation photos kept."""
+    z = normalised(train_features.astype(np.float64))
+    classes = len(class_names)
+    centres = np.stack([z[train_labels == c].mean(axis=0) if (train_labels == c).any() else z.mean(axis=0)
+                        for c in range(classes)])
+    residuals = z - centres[train_labels]
+    values, vectors = np.linalg.eigh(residuals.T @ residuals / max(1, len(z)))
+    components = max(1, min(COMPONENTS, len(values) - 1))
+    rest = values[:-components]
+    sigma2 = max(float(rest.mean()), 1e-6 * float(values.mean()), 1e-12)
+    top = np.maximum(values[-components:], sigma2)
+    basis, weights = vectors[:, -components:], sigma2 / top - 1.0
+    detector = Detector(centres / math.sqrt(sigma2), basis, weights, 0.0, 1 / math.sqrt(sigma2), keep,
+                        unknown_name(class_names))
+    spread = float(detector.distances(val_features).std()) or 1.0
+    unit = (detector.centres, detector.scale)
+
+    def with_tau(tau: float) -> Detector:
+        detector.centres, detector.scale = unit[0] / math.sqrt(spread * tau), unit[1] / math.sqrt(spread * tau)
+        statistic = detector.distances(val_features) - log_confidence(val_probabilities)
+        detector.threshold = float(np.quantile(statistic, keep)) if len(statistic) else 0.0
+        return detector
+
+    if background is not None and len(background[0]):
+        flagged_share = {tau: float(flagged(with_tau(tau).scores(*background)).mean()) for tau in TAU_CHOICES}
+        detector.tau = max(TAU_CHOICES, key=lambda tau: (flagged_share[tau], -abs(math.log(tau))))
+    with_tau(detector.tau)
+    detector.centres, detector.basis, detector.weights = (a.astype(np.float32) for a in
+                                                          (detector.centres, detector.basis, detector.weights))
+    return detector
+
+
+def log_confidence(probabilities: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(probabilities.max(axis=1), 1e-12))
+
+
+def flagged(scores: np.ndarray) -> np.ndarray:
+    """Which rows of N + 1 scores the unknown category wins."""
+    return scores.argmax(axis=1) == scores.shape[1] - 1
+
+
+def class_probabilities(scores: np.ndarray) -> np.ndarray:
+    """The classes' own probabilities back from N + 1 scores: p = score / (1 - u)."""
+    return scores[:, :-1] / np.maximum(1.0 - scores[:, -1:], 1.0 - MAX_SCORE)
+
+
+class UnknownScores(keras.layers.Layer):
+    """[pooled features, class probabilities] -> the N + 1 scores (the Detector's arithmetic as layers: a
+    normalisation, two small matrix products, a minimum over the classes)."""
+
+    def __init__(self, detector: Detector, **kwargs):
+        super().__init__(**kwargs)
+        self.detector = detector
+
+    def build(self, input_shape):
+        d = self.detector
+        self.centres = self.add_weight(shape=d.centres.shape, initializer="zeros", trainable=False, name="centres")
+        self.basis = self.add_weight(shape=d.basis.shape, initializer="zeros", trainable=False, name="basis")
+        self.weights_ = self.add_weight(shape=d.weights.shape, initializer="zeros", trainable=False, name="weights")
+        self.centres.assign(d.centres)
+        self.basis.assign(d.basis)
+        self.weights_.assign(d.weights)
+
+    def call(self, inputs):
+        ops = keras.ops
+        features, probabilities = inputs
+        features = ops.cast(features, "float32")
+        # a product with rsqrt, not a division: int8 TFLite has no division that takes a quantized zero
+        z = features * (ops.rsqrt(ops.maximum(ops.sum(ops.square(features), axis=-1, keepdims=True), 1e-24))
+                        * self.detector.scale)
+        diff = ops.expand_dims(z, 1) - ops.expand_dims(self.centres, 0)  # [batch, classes, features]
+        along = ops.expand_dims(ops.matmul(z, self.basis), 1) - ops.expand_dims(ops.matmul(self.centres, self.basis), 0)
+        distance = ops.min(ops.sum(ops.square(diff), axis=-1) + ops.sum(ops.square(along) * self.weights_, axis=-1),
+                           axis=1, keepdims=True)
+        u = ops.minimum(ops.sigmoid(distance - self.detector.threshold), MAX_SCORE)
+        return ops.concatenate([probabilities * (1.0 - u), u], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[1][0], input_shape[1][1] + 1)
+
+
+def open_set_model(model: keras.Model, detector: Detector) -> keras.Model:
+    """The classifier with the unknown category: pixels in, N + 1 scores out (the model's own layers, shared)."""
+    pixels = keras.Input(model.input_shape[1:], name="pixels")
+    features = feature_extractor(model)(pixels)
+    probabilities = get_head(model)(features)
+    scores = UnknownScores(detector, name="unknown")([features, probabilities])
+    return keras.Model(pixels, scores, name=f"{model.name}_open_set")
+
+
+def fit_for_run(model: keras.Model, train, val, keep: float, class_names: list[str], image_size: int,
+                batch_size: int, seed: int, background: list[str] | None = None) -> tuple[Detector, dict]:
+    """The detector of a finished model: features of a sample of its training photos and of its validation photos
+    (one pass each; and of the background photos, when given), and what it measured for metrics.json."""
+
+    start = time.time()
+    extractor, head = feature_extractor(model), get_head(model)
+    chosen_train = balanced_sample(np.asarray(train.labels), TRAIN_SAMPLE, len(class_names), seed)
+    chosen_val = np.sort(np.random.default_rng(seed).permutation(len(val))[:VAL_SAMPLE])
+    train_x, train_y = features_of(extractor, train.subset(chosen_train), class_names, image_size, batch_size)
+    val_x, val_y = features_of(extractor, val.subset(chosen_val), class_names, image_size, batch_size)
+    val_p = np.asarray(head.predict_on_batch(val_x)) if len(val_x) else np.zeros((0, len(class_names)))
+    outliers = None
+    if background:
+        chosen = np.random.default_rng(seed).permutation(len(background))[:VAL_SAMPLE]
+        outliers_x = pixel_features(extractor, [background[i] for i in chosen], image_size, batch_size)
+        outliers = (outliers_x, np.asarray(head.predict_on_batch(outliers_x)) if len(outliers_x) else
+                    np.zeros((0, len(class_names))))
+    detector = fit_detector(train_x, train_y, val_x, val_p, keep, class_names, outliers)
+    val_flagged = flagged(detector.scores(val_x, val_p))
+    report = {"method": f"Mahalanobis distance to the nearest class ({COMPONENTS} components) and the softmax, "
+                        "as one more category",
+              "name": detector.name, "keep": keep, "threshold": round(detector.threshold, 4),
+              "fitted_on": {"train_photos": int(len(train_x)), "val_photos": int(len(val_x))},
+              "val_flagged": round(float(val_flagged.mean()), 4) if len(val_x) else None,
+              "val_accuracy_of_kept": (round(float((val_p.argmax(1) == val_y)[~val_flagged].mean()), 4)
+                                       if (~val_flagged).any() else None),
+              "tau": detector.tau, "seconds": round(time.time() - start, 1)}
+    if outliers is not None:
+        report["background"] = {"photos": int(len(outliers[0])),
+                                "flagged": round(float(flagged(detector.scores(*outliers)).mean()), 4)}
+    return detector, report
+
+
+def balanced_sample(labels: np.ndarray, total: int, classes: int, seed: int) -> np.ndarray:
+    """Indices of up to max(5, total / classes) photos of each class, at random, in order."""
+    per_class = max(5, math.ceil(total / max(1, classes)))
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(classes)]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, int)
+
+
+def features_of(extractor: keras.Model, split, class_names: list[str], image_size: int,
+                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    from tfl.pipeline import make_pipeline
+
+    features, labels = [], []
+    for images, one_hot in make_pipeline(split, len(class_names), image_size, batch_size, training=False):
+        features.append(np.asarray(extractor.predict_on_batch(np.asarray(images))))
+        labels.append(np.argmax(np.asarray(one_hot), axis=-1))
+    if not features:
+        return np.zeros((0, extractor.output_shape[-1]), np.float32), np.zeros(0, int)
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def pixel_features(extractor: keras.Model, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
+    """Features of image files decoded as predict decodes them; files that cannot be read are left out."""
+    from tfl.pipeline import load_image_for_predict
+
+    features, batch = [], []
+
+    def flush():
+        if batch:
+            features.append(np.asarray(extractor.predict_on_batch(np.stack(batch).astype("float32"))))
+            batch.clear()
+
+    for path in paths:
+        try:
+            batch.append(load_image_for_predict(path, image_size))
+        except Exception:  # not an image, or damaged: a background folder is whatever the user had
+            continue
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return np.concatenate(features) if features else np.zeros((0, extractor.output_shape[-1]), np.float32)
+
+
+def unknown_background(folder: str | None, check_only: bool = False) -> list[str] | None:
+    """The files of --background (every file below it but hidden ones), or an error saying what is wrong."""
+    from tfl.data import is_hidden
+    from tfl.errors import TflError
+
+    if folder is None:
+        return None
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise TflError(f"--background '{folder}' is not a folder. Pass a folder of photos of none of the classes "
+                       "(they tune the unknown category; they are never a class), or leave the option out.")
+    files = sorted(str(p) for p in path.rglob("*")
+                   if p.is_file() and not any(is_hidden(part) for part in p.relative_to(path).parts))
+    if not files:
+        raise TflError(f"--background '{folder}' holds no files. Put photos of none of the classes in it, or leave "
+                       "the option out.")
+    return None if check_only else files
