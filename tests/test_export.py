@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import REPO, cli, make_image
+import tfl
 from tfl.cli import main
 from tfl.pipeline import load_image_for_predict
 
@@ -29,6 +30,11 @@ def keras_probabilities(run, images):
 
     model = keras.models.load_model(run / "model.keras", compile=False)
     return np.asarray(model.predict_on_batch(images.astype("float32")))
+
+
+def keras_scores(run, images):
+    """The classes' probabilities and the unknown category's score, as the artifacts give them (tfl/unknown.py)."""
+    return tfl.load(run).scores(images.astype("float32"))
 
 
 def val_images(run, n=6):
@@ -55,8 +61,9 @@ def test_every_artifact_is_written_and_reported(exported_run):
 
 def test_labels_travel_inside_the_tflite(exported_run):
     for name in ("model_float32.tflite", "model_int8.tflite"):
-        with zipfile.ZipFile(exported_run / name) as archive:
-            assert archive.read("labels.txt").decode().split() == ["blue", "green", "red"]
+        with zipfile.ZipFile(exported_run / name) as archive:  # the last label is the unknown category's
+            assert archive.read("labels.txt").decode().split() == ["blue", "green", "red", "unknown"]
+            assert archive.read("unknown.txt").decode().strip() == "unknown"
 
 
 TFLITE_FILES = ("model_float32.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite")
@@ -104,14 +111,14 @@ def test_every_tflite_loads_in_mediapipe_tasks_with_its_class_names(exported_run
 
     report = json.loads((exported_run / "export_report.json").read_text())
     photo = json.loads((exported_run / "splits.json").read_text())["val"]["paths"][0]
-    keras_top = keras_probabilities(exported_run, val_images(exported_run, 1)).argmax()
+    keras_top = keras_scores(exported_run, val_images(exported_run, 1)).argmax()
     for name in TFLITE_FILES:
         assert "mediapipe_top1_agreement" in report[name], "the export ran it through MediaPipe"
         options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(exported_run / name)),
-                                                max_results=3)
+                                                max_results=4)
         with vision.ImageClassifier.create_from_options(options) as classifier:
             categories = classifier.classify(mp.Image.create_from_file(photo)).classifications[0].categories
-        assert sorted(c.category_name for c in categories) == ["blue", "green", "red"], name
+        assert sorted(c.category_name for c in categories) == ["blue", "green", "red", "unknown"], name
         if name != "model_int8.tflite":  # the tiny model's int8 may differ; the report measures agreement
             assert max(categories, key=lambda c: c.score).index == keras_top, name
     assert report["model_float32.tflite"]["mediapipe_top1_agreement"] == 1.0
@@ -121,7 +128,7 @@ def test_tflite_runs_with_ai_edge_litert_and_matches_keras(exported_run):
     from ai_edge_litert.interpreter import Interpreter
 
     images = val_images(exported_run)
-    reference = keras_probabilities(exported_run, images)
+    reference = keras_scores(exported_run, images)  # the classes' and the unknown category's
     tolerances = {"model_float32.tflite": 1e-4, "model_float16.tflite": 2e-2}
     for name, tolerance in tolerances.items():
         interpreter = Interpreter(model_path=str(exported_run / name))
@@ -182,7 +189,7 @@ def test_onnx_runs_with_onnxruntime_alone(exported_run, tmp_path):
     """As a C#, Java or browser app would run it: no TensorFlow, no Keras, no tfl; labels from the file itself."""
     images = val_images(exported_run, 6)
     np.save(tmp_path / "images.npy", images)
-    np.save(tmp_path / "reference.npy", keras_probabilities(exported_run, images))
+    np.save(tmp_path / "reference.npy", keras_scores(exported_run, images))
     script = textwrap.dedent(f"""
         import json, sys
         for blocked in ("tensorflow", "keras", "tfl"):
@@ -196,6 +203,7 @@ def test_onnx_runs_with_onnxruntime_alone(exported_run, tmp_path):
             "diff": float(np.abs(out - reference).max()),
             "agreement": float((out.argmax(1) == reference.argmax(1)).mean()),
             "labels": session.get_modelmeta().custom_metadata_map["labels"].split(),
+            "unknown": session.get_modelmeta().custom_metadata_map["unknown"],
             "imported": sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tfl")
                                and sys.modules[m]),
         }}))
@@ -203,7 +211,8 @@ def test_onnx_runs_with_onnxruntime_alone(exported_run, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.split("RESULT")[-1])
-    assert result["imported"] == [] and result["labels"] == ["blue", "green", "red"]
+    assert result["imported"] == [] and result["labels"] == ["blue", "green", "red", "unknown"]
+    assert result["unknown"] == "unknown"  # the last label and score are the unknown category's
     assert result["diff"] < 1e-4 and result["agreement"] == 1.0
 
 
@@ -215,6 +224,8 @@ def test_int8_export_agrees_with_keras_on_real_photos(real_copy):
     print("int8 on real photos:", row)
     # a briefly trained model has low-margin predictions, so int8 flips some; chance agreement is about 0.2
     assert row["top1_agreement"] >= 0.75 and row["accuracy_change"] >= -0.1
+    # the unknown category's decisions (about 5% of these photos) as the Keras model's, but a few near its threshold
+    assert row["unknown_agreement"] >= 0.9 and 0 < row["unknown_flagged"] < 0.2
     keras_row = json.loads((real_copy / "export_report.json").read_text())["model.keras"]
     assert row["size_bytes"] < 0.6 * (real_copy / "model.keras").stat().st_size
     assert keras_row["accuracy"] > 0.4
@@ -304,7 +315,7 @@ def test_predict_table_and_csv(exported_run, tmp_path):
     table = cli("predict", exported_run / "model.keras", tmp_path / "a.jpg")
     assert table.exit_code == 0 and "a.jpg:" in table.output and table.output.count(",") == 2
     lines = cli("predict", exported_run, tmp_path / "a.jpg", "--format", "csv", "--top-k", "3").output.splitlines()
-    assert lines[0] == "path,rank,label,score,error" and len(lines) == 4
+    assert lines[0] == "path,rank,label,score,error,unknown" and len(lines) == 4
 
 
 def test_predict_missing_artifact_is_a_clear_error(tmp_path):
@@ -384,7 +395,7 @@ def test_web_page_classifies_a_photo_like_tfl_predict(real_copy, tmp_path):
     status = re.search(r'<p id="status"([^>]*)>([^<]*)</p>', page.stdout)
     assert status and status.group(2) == "done", f"the page did not classify the photo: {status and status.group(2)}"
     top1 = re.search(r'data-top1="([^"]+)"', status.group(1)).group(1)
-    assert top1 == confident["top"][0]["label"]
+    assert top1 == ("unknown" if confident["unknown"] else confident["top"][0]["label"])
     assert len(re.findall(r"<li data-label=", page.stdout)) == 3
 
 

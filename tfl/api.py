@@ -48,11 +48,13 @@ class Run(RunFolder):
     """A finished run folder, and what can be done with it: evaluate, export, predict. (Its files and their readers
     are RunFolder's, tfl/runs.py.)"""
 
-    def evaluate(self, data: str | Path | None = None) -> dict[str, Any]:
-        """Metrics on `data` (a folder of class subfolders), or on the run's validation files."""
+    def evaluate(self, data: str | Path | None = None, unknown_data: str | Path | None = None) -> dict[str, Any]:
+        """Metrics on `data` (a folder of class subfolders), or on the run's validation files; `unknown_data`, a
+        folder of photos of none of the classes, measures the unknown category on them too."""
         from tfl.evaluate import evaluate_run
 
-        return evaluate_run(self.path, None if data is None else str(data))[0]
+        return evaluate_run(self.path, None if data is None else str(data),
+                            unknown_data=None if unknown_data is None else str(unknown_data))[0]
 
     def export(self, format: str = "tflite", quantize: str = "none", **options) -> Path:
         """Write and verify an artifact (options: those of tfl.export.export_run, e.g. data=, force=,

@@ -172,13 +172,15 @@ def check(data, probe, arch, alpha, weights, image_size, images, listed, json_fi
 @main.command()
 @click.argument("run", required=False)
 @click.option("--data", help="Folder of class subfolders to evaluate on (default: the run's validation split).")
+@click.option("--unknown-data", help="Folder of photos of none of the classes: how many the unknown category takes, "
+              "and how well it tells them from the evaluated photos (AUROC).")
 @click.option("--output", "root", default=DEFAULT_ROOT, show_default=True, help="Runs folder, for the latest run.")
 @friendly_errors
-def evaluate(run, data, root):
+def evaluate(run, data, unknown_data, root):
     """Recompute accuracy, loss, per-class metrics and the confusion matrix of RUN (default: the latest)."""
     use_backend("tensorflow")
     found = tfl.open_run(run, root)
-    metrics = found.evaluate(data)
+    metrics = found.evaluate(data, unknown_data=unknown_data)
     echo(format_metrics(metrics, found.path))
 
 

@@ -7,6 +7,8 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from tfl.analysis import Scored, write_analysis
 from tfl.split import Split
 from tfl.data import LABEL_FILE_SUFFIXES, Reader, list_class_folders, scan_class_folders
@@ -18,6 +20,7 @@ from tfl.metrics import classification_metrics, predict_dataset, write_metrics
 from tfl.multilabel import multilabel_metrics
 from tfl.predict import load_predictor
 from tfl.runs import RunFolder, check_reachable, labels_text
+from tfl.unknown import auroc, class_probabilities, flagged, unknown_statistic
 
 
 def load_labelled_file(path: Path, class_names: list[str], converted_dir: Path | None,
@@ -50,11 +53,13 @@ EVALUATIONS_FOLDER = "evaluations"  # in the run: one folder per evaluated set, 
 
 
 def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str | Path = "saved_models",
-                 batch_size: int = 32) -> tuple[dict, Path]:
+                 batch_size: int = 32, unknown_data: str | None = None) -> tuple[dict, Path]:
     """Recompute a run's metrics on `data` (a class folder), or on its own validation split, and write the error
     analysis of that set (predictions.csv, the mistakes with heatmaps, curves, report.html) into
     RUN/evaluations/<set>/, whose path is the metrics' "analysis". On a folder, the files it skipped are listed
-    under "skipped" (as in a training run's data_report.json)."""
+    under "skipped" (as in a training run's data_report.json). With the unknown category, the share of the set's
+    photos it takes; and with `unknown_data` (a folder of photos of none of the classes) the share of those it
+    takes, and how well its score tells the two apart (AUROC)."""
     found = RunFolder.open(run_dir, root)
     run, class_names = found.path, found.class_names
     thresholds = found.metrics.get("thresholds")
@@ -68,12 +73,18 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
         else:
             split, report = load_labelled_folder(data, class_names, Path(converted), thresholds is not None)
         predictor = load_predictor(found.model_file)
+        if unknown_data is not None and not predictor.unknown:
+            raise TflError(f"--unknown-data measures the unknown category, and run '{run}' has none (trained with "
+                           "--no-unknown, with several labels per photo, or before tfl had it). Leave the option out.")
         dataset = make_pipeline(split, len(class_names), predictor.image_size, batch_size, training=False)
         originals = {row["to"]: row["path"] for row in report.get("converted", [])}  # not the temporary PNGs
-        scored = Scored([originals.get(path, path) for path in split.paths],
-                        *predict_dataset(predictor.model, dataset, thresholds is not None), class_names)
+        scores, labels = predict_dataset(predictor.scoring, dataset, thresholds is not None)
+        probabilities = class_probabilities(scores) if predictor.unknown else scores
+        scored = Scored([originals.get(path, path) for path in split.paths], probabilities, labels, class_names)
         metrics = (classification_metrics(scored.scores, scored.labels, class_names) if thresholds is None else
                    multilabel_metrics(scored.scores, scored.labels, class_names, thresholds))
+        if predictor.unknown:
+            metrics["unknown"] = unknown_metrics(scores, predictor, unknown_data, batch_size)
         if report:
             metrics |= {"skipped": report["skipped"], "converted": len(report["converted"])}
         folder = run / EVALUATIONS_FOLDER / evaluation_name(data)
@@ -87,6 +98,49 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
             warn(f"The error analysis could not be written into '{folder}' ({error.strerror or error}); the "
                  "metrics above are complete.")
     return metrics, run
+
+
+def unknown_metrics(scores: np.ndarray, predictor, unknown_data: str | None, batch_size: int) -> dict:
+    """The share of the evaluated photos the unknown category takes; with photos of none of the classes, the share
+    of those it takes and the AUROC of its statistic (the unknown score over the best class's) between the two."""
+    result = {"flagged": round(float(flagged(scores).mean()), 4) if len(scores) else None}
+    if unknown_data is None:
+        return result
+    paths = unknown_photos(unknown_data)
+    outside = predictor_scores(predictor, paths, batch_size)
+    if not len(outside):
+        raise TflError(f"--unknown-data '{unknown_data}' holds no image tfl can read. Pass a folder of photos of "
+                       "none of the classes.")
+    result["unknown_data"] = {"source": str(unknown_data), "photos": int(len(outside)),
+                              "flagged": round(float(flagged(outside).mean()), 4),
+                              "auroc": round(float(auroc(unknown_statistic(scores), unknown_statistic(outside))), 4),
+                              "examples": [path for path, hit in zip(paths, flagged(outside)) if hit][:8]}
+    return result
+
+
+def unknown_photos(folder: str | Path) -> list[str]:
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise TflError(f"--unknown-data '{folder}' is not a folder. Pass a folder of photos of none of the classes.")
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def predictor_scores(predictor, paths: list[str], batch_size: int) -> np.ndarray:
+    """Every score of the photos that can be read (the others are left out; a folder of others is what it is)."""
+    from tfl.pipeline import load_image_for_predict
+
+    rows, batch = [], []
+    for path in paths:
+        try:
+            batch.append(load_image_for_predict(path, predictor.image_size))
+        except Exception:  # not an image
+            continue
+        if len(batch) >= batch_size:
+            rows.append(predictor.scores(np.stack(batch)))
+            batch = []
+    if batch:
+        rows.append(predictor.scores(np.stack(batch)))
+    return np.concatenate(rows) if rows else np.zeros((0, len(predictor.class_names) + 1))
 
 
 def evaluation_name(data: str | Path | None) -> str:

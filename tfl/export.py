@@ -268,7 +268,8 @@ def verify(predictor, path: Path, check: Verification, reference_scores: np.ndar
     if reference is not None:
         if check.labels is not None:
             row["accuracy_change"] = round(row["accuracy"] - float((reference.argmax(axis=1) == check.labels).mean()), 4)
-        row["top1_agreement"] = round(float((predicted == reference.argmax(axis=1)).mean()), 4)
+        # the answer apps see: a class, or the unknown category when the artifact has one (as MediaPipe names it)
+        row["top1_agreement"] = round(float((scores.argmax(axis=1) == reference_scores.argmax(axis=1)).mean()), 4)
         row["max_abs_diff"] = float(np.abs(probabilities - reference).max())
     return row
 

@@ -106,13 +106,52 @@ def mistakes_section(run: RunFolder, analysis: dict) -> str:
             f"{heat}</p><div class=gallery>{''.join(figures)}</div><h3>Most confused pairs</h3>{pairs}")
 
 
+def thumbnail(path: str, caption: str) -> str:
+    """A photo from outside the run, shrunk and embedded (nothing when it is gone or unreadable)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((180, 180))
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=85)
+    except (OSError, ValueError):
+        return ""
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return (f'<figure><img class=thumb alt="{html.escape(Path(path).name)}" src="data:image/jpeg;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}<br><small>{html.escape(Path(path).name)}</small></figcaption></figure>")
+
+
+def unknown_section(unknown: dict | None) -> str:
+    """What the unknown category does: the share of the validation photos it takes, and with --unknown-data (an
+    evaluation) the share of those photos and the AUROC; a few of the photos it took."""
+    if not unknown:
+        return "<p>No unknown category in this run (trained before tfl had it).</p>"
+    if "flagged" not in unknown and "val_flagged" not in unknown:
+        return f"<p>{html.escape(unknown.get('method', ''))}</p>"
+    share = unknown.get("val_flagged", unknown.get("flagged"))
+    text = (f"<p>Every artifact has one more category, <code>{html.escape(unknown.get('name', 'unknown'))}</code>, "
+            f"that wins for photos of none of the classes. It takes {share:.1%} of these validation photos"
+            + (f" (<code>--unknown-keep {unknown['keep']}</code>)" if "keep" in unknown else "") + ".</p>")
+    outside = unknown.get("unknown_data")
+    if outside:
+        text += (f"<p>Of the {outside['photos']:,} photos of <code>{html.escape(outside['source'])}</code> (of none "
+                 f"of the classes) it takes {outside['flagged']:.1%}; AUROC {outside['auroc']:.3f}.</p>")
+    examples = (outside or {}).get("examples") or unknown.get("val_flagged_examples") or []
+    figures = "".join(thumbnail(path, "taken as unknown") for path in examples)
+    return text + (f"<div class=gallery>{figures}</div>" if figures else "")
+
+
 def export_section(run: RunFolder) -> str:
     rows = read_json(run.export_report_file)
     if not rows:
         return "<p>Not exported yet (<code>tfl export</code>).</p>"
-    return table(["file", "size MB", "accuracy", "top-1 agreement", "ms per image"],
+    return table(["file", "size MB", "accuracy", "top-1 agreement", "unknown agreement", "ms per image"],
                  [[r["file"], round(r["size_bytes"] / 1e6, 2), r.get("map", r.get("accuracy")),
-                   r.get("top1_agreement"), r["latency_ms_batch1"]] for r in rows.values()])
+                   r.get("top1_agreement"), r.get("unknown_agreement"), r["latency_ms_batch1"]] for r in rows.values()])
 
 
 def build_report(run_dir: str | Path, name: str | None = None) -> Path:
@@ -139,11 +178,13 @@ def build_report(run_dir: str | Path, name: str | None = None) -> Path:
         ("Per class", class_section(metrics, analysis) + figures),
         ("Mistakes", mistakes_section(run, analysis) if not multilabel else "<p>See the per-label table.</p>"),
         ("Calibration", embedded(run.reliability_file, "reliability diagram")),
+        ("None of these", unknown_section(metrics.get("unknown"))),
         ("Exports", export_section(run)),
     ] if is_run else [
         ("Data", data_section(report)),
         ("Per class", class_section(metrics, analysis) + figures),
         ("Mistakes", mistakes_section(run, analysis) if not multilabel else "<p>See the per-label table.</p>"),
+        ("None of these", unknown_section(metrics.get("unknown"))),
     ]
     body = "".join(f"<h2>{title}</h2>{content}" for title, content in sections)
     summary = (f"{html.escape(str(config.get('arch')))} at {config.get('image_size')} px, validation {headline}, "

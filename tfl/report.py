@@ -172,7 +172,19 @@ def format_metrics(metrics: dict, run_dir) -> str:
         lines += [f"  ... and {len(skipped) - 5} more"] if len(skipped) > 5 else []
     if metrics.get("converted"):
         lines.append(f"Converted {metrics['converted']} file(s) TensorFlow cannot decode (TIFF...) to read them.")
-    return "\n".join(lines + analysis_line(metrics))
+    return "\n".join(lines + unknown_lines(metrics.get("unknown")) + analysis_line(metrics))
+
+
+def unknown_lines(unknown: dict | None) -> list[str]:
+    """What the unknown category took, on the evaluated photos and on --unknown-data."""
+    if not unknown or unknown.get("flagged") is None:
+        return []
+    lines = [f"Unknown: the category takes {unknown['flagged']:.1%} of these photos (of the classes)"]
+    outside = unknown.get("unknown_data")
+    if outside:
+        lines.append(f"Unknown: it takes {outside['flagged']:.1%} of the {outside['photos']:,} photos of "
+                     f"{outside['source']} (of none of the classes); AUROC {outside['auroc']:.3f}")
+    return lines
 
 
 def analysis_line(metrics: dict) -> list[str]:
@@ -266,24 +278,30 @@ def format_predictions(rows: list[dict], output_format: str) -> str:
     """`tfl predict`'s output: a line per image (table), a row per image and rank (csv), or JSON. With several
     labels per photo, the labels whose score reaches their threshold come first ("labels")."""
     multilabel = any("labels" in row for row in rows)
+    unknown = any("unknown" in row for row in rows)  # the model has the unknown category (tfl/unknown.py)
     scored = lambda pairs: [{"label": l, "score": round(s, 5)} for l, s in pairs]  # noqa: E731
     if output_format == "json":
         return json.dumps([{"path": r["path"], **({"error": r["error"]} if "error" in r else
                                                   {"top": scored(r["top"])} | (
-                                                      {"labels": scored(r["labels"])} if "labels" in r else {}))}
+                                                      {"labels": scored(r["labels"])} if "labels" in r else {}) | (
+                                                      {"unknown": r["unknown"],
+                                                       "unknown_score": round(r["unknown_score"], 5)}
+                                                      if "unknown" in r else {}))}
                            for r in rows], indent=2)
     if output_format == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["path", "rank", "label", "score", "error"] + (["above_threshold"] if multilabel else []))
+        writer.writerow(["path", "rank", "label", "score", "error"] + (["above_threshold"] if multilabel else [])
+                        + (["unknown"] if unknown else []))
         for row in rows:
+            flag = (["yes" if row.get("unknown") else "no"] if "unknown" in row else [""]) if unknown else []
             if "error" in row:
-                writer.writerow([row["path"], "", "", "", row["error"]] + ([""] if multilabel else []))
+                writer.writerow([row["path"], "", "", "", row["error"]] + ([""] if multilabel else []) + flag)
             chosen = dict(row.get("labels", []))  # several labels: every one above its threshold, top-k or not
             listed = sorted({**dict(row.get("top", [])), **chosen}.items(), key=lambda pair: -pair[1])
             for rank, (label, score) in enumerate(listed, start=1):
                 writer.writerow([row["path"], rank, label, f"{score:.5f}", ""] +
-                                (["yes" if label in chosen else "no"] if multilabel else []))
+                                (["yes" if label in chosen else "no"] if multilabel else []) + flag)
         return buffer.getvalue().rstrip("\n")
     lines = []
     for row in rows:
@@ -293,7 +311,10 @@ def format_predictions(rows: list[dict], output_format: str) -> str:
             chosen = ", ".join(f"{label} {score:.3f}" for label, score in row["labels"]) or "no label above its threshold"
             lines.append(f"{row['path']}: {chosen}")
         else:
-            lines.append(f"{row['path']}: " + ", ".join(f"{label} {score:.3f}" for label, score in row["top"]))
+            none_of_them = (f"UNKNOWN (none of the classes, score {row['unknown_score']:.3f}); closest: "
+                            if row.get("unknown") else "")
+            lines.append(f"{row['path']}: {none_of_them}" + ", ".join(f"{label} {score:.3f}" for label, score
+                                                                        in row["top"]))
     return "\n".join(lines)
 
 

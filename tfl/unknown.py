@@ -142,6 +142,18 @@ def flagged(scores: np.ndarray) -> np.ndarray:
     return scores.argmax(axis=1) == scores.shape[1] - 1
 
 
+def unknown_statistic(scores: np.ndarray) -> np.ndarray:
+    """log(u / best class score): above 0 exactly where the unknown category wins; what ranks photos by it."""
+    return np.log(np.maximum(scores[:, -1], 1e-30)) - np.log(np.maximum(scores[:, :-1].max(axis=1), 1e-30))
+
+
+def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
+    """The chance that a photo of none of the classes ranks above one of them (scikit-learn's ROC AUC)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.zeros(len(inside)), np.ones(len(outside))], np.r_[inside, outside]))
+
+
 def class_probabilities(scores: np.ndarray) -> np.ndarray:
     """The classes' own probabilities back from N + 1 scores: p = score / (1 - u)."""
     return scores[:, :-1] / np.maximum(1.0 - scores[:, -1:], 1.0 - MAX_SCORE)
@@ -210,7 +222,10 @@ def fit_for_run(model: keras.Model, train, val, keep: float, class_names: list[s
         outliers = (outliers_x, np.asarray(head.predict_on_batch(outliers_x)) if len(outliers_x) else
                     np.zeros((0, len(class_names))))
     detector = fit_detector(train_x, train_y, val_x, val_p, keep, class_names, outliers)
-    val_flagged = flagged(detector.scores(val_x, val_p))
+    val_scores = detector.scores(val_x, val_p)
+    val_flagged = flagged(val_scores)
+    val_paths = val.subset(chosen_val).paths
+    likeliest = [i for i in np.argsort(-unknown_statistic(val_scores)) if val_flagged[i]][:8]
     report = {"method": f"Mahalanobis distance to the nearest class ({COMPONENTS} components) and the softmax, "
                         "as one more category",
               "name": detector.name, "keep": keep, "threshold": round(detector.threshold, 4),
@@ -218,6 +233,7 @@ def fit_for_run(model: keras.Model, train, val, keep: float, class_names: list[s
               "val_flagged": round(float(val_flagged.mean()), 4) if len(val_x) else None,
               "val_accuracy_of_kept": (round(float((val_p.argmax(1) == val_y)[~val_flagged].mean()), 4)
                                        if (~val_flagged).any() else None),
+              "val_flagged_examples": [val_paths[i] for i in likeliest] if val_paths else [],
               "tau": detector.tau, "seconds": round(time.time() - start, 1)}
     if outliers is not None:
         report["background"] = {"photos": int(len(outliers[0])),

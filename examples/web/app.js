@@ -1,6 +1,7 @@
 // Classifies a photo with a tfl model.onnx: RGB pixels 0..255 in [1, size, size, 3], probabilities out, class names
-// in the model's metadata ("labels", one per line). ?model=URL picks the model (default model.onnx beside this
-// page); ?image=URL classifies that photo at once (how tests drive the page).
+// in the model's metadata ("labels", one per line; when "unknown" names a category, it is the last label, and wins
+// for photos of none of the classes). ?model=URL picks the model (default model.onnx beside this page); ?image=URL
+// classifies that photo at once (how tests drive the page).
 const params = new URLSearchParams(location.search);
 const status = document.getElementById("status");
 ort.env.wasm.wasmPaths = new URL("node_modules/onnxruntime-web/dist/", location.href).href;
@@ -8,17 +9,18 @@ ort.env.wasm.numThreads = 1;  // threads need a cross-origin isolated page; one 
 
 async function loadModel(url) {
   const session = await ort.InferenceSession.create(url, { executionProviders: ["wasm"] });
-  const labels = await classNames(url);
+  const { labels, unknown } = await classNames(url);
   const size = session.inputMetadata?.[0]?.shape?.[1] ?? Number(params.get("size"));
-  return { session, labels, size };
+  return { session, labels, unknown, size };
 }
 
 async function classNames(modelUrl) {
   // ONNX Runtime Web does not expose custom metadata: read it from the file's protobuf, or from labels.txt.
   const bytes = new Uint8Array(await (await fetch(modelUrl)).arrayBuffer());
   const text = metadataValue(bytes, "labels");
-  if (text !== null) return text.split("\n").filter(Boolean);
-  return (await (await fetch("labels.txt")).text()).split("\n").filter(Boolean);
+  const unknown = metadataValue(bytes, "unknown");
+  if (text !== null) return { labels: text.split("\n").filter(Boolean), unknown };
+  return { labels: (await (await fetch("labels.txt")).text()).split("\n").filter(Boolean), unknown };
 }
 
 function metadataValue(bytes, key) {
@@ -62,8 +64,14 @@ async function classify(model, image) {
   const feeds = { [model.session.inputNames[0]]: pixels(image, model.size) };
   const output = (await model.session.run(feeds))[model.session.outputNames[0]].data;
   const ranked = Array.from(output, (p, i) => [model.labels[i], p]).sort((a, b) => b[1] - a[1]).slice(0, 3);
-  document.getElementById("top").innerHTML = ranked
-    .map(([label, p]) => `<li data-label="${label}">${label} ${(100 * p).toFixed(1)}%</li>`).join("");
+  const list = document.getElementById("top");
+  list.replaceChildren(...ranked.map(([label, p]) => {  // class names are the user's: text, never markup
+    const item = document.createElement("li");
+    item.dataset.label = label;
+    item.textContent = label === model.unknown ? `none of the classes (${label}) ${(100 * p).toFixed(1)}%`
+      : `${label} ${(100 * p).toFixed(1)}%`;
+    return item;
+  }));
   status.textContent = "done";
   status.dataset.top1 = ranked[0][0];
 }
@@ -80,7 +88,9 @@ function imageFrom(url) {
 (async () => {
   try {
     const model = await loadModel(params.get("model") ?? "model.onnx");
-    status.textContent = `Model ready: ${model.labels.length} classes, ${model.size} px. Pick a photo.`;
+    const classes = model.labels.length - (model.unknown ? 1 : 0);
+    const unknown = model.unknown ? ` (and "${model.unknown}" for photos of none of them)` : "";
+    status.textContent = `Model ready: ${classes} classes${unknown}, ${model.size} px. Pick a photo.`;
     document.getElementById("file").addEventListener("change", async (event) => {
       const file = event.target.files[0];
       if (file) await classify(model, await imageFrom(URL.createObjectURL(file)));

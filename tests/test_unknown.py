@@ -1,0 +1,203 @@
+"""The unknown category (tfl/unknown.py): its score, threshold and layer on features whose answer is known, then in
+a trained run, its predictions and every artifact."""
+
+import json
+
+import numpy as np
+import pytest
+
+import tfl
+from tfl.errors import TflError
+from tfl.report import format_predictions
+from tfl.unknown import (MAX_SCORE, TAU_CHOICES, Detector, UnknownScores, auroc, class_probabilities, fit_detector,
+                         flagged, unknown_name, unknown_statistic)
+
+from .conftest import cli, tiny_flags, write_class_folders
+
+FEATURES, CLASSES = 48, 3
+
+
+def clusters(rng, per_class: int, spread: float = 1.0):
+    """Three classes of positive 'pooled features' (ReLU6 outputs are >= 0), each around its own centre."""
+    centres = rng.uniform(0, 6, (CLASSES, FEATURES))
+    labels = np.repeat(np.arange(CLASSES), per_class)
+    features = np.abs(centres[labels] + rng.normal(0, spread, (len(labels), FEATURES)))
+    return features.astype(np.float32), labels, centres
+
+
+def softmax_of(features, centres):
+    """Class probabilities from the distance to each centre: confident inside a class."""
+    logits = -((features[:, None] - centres[None]) ** 2).sum(-1) / FEATURES
+    exp = np.exp(logits - logits.max(1, keepdims=True))
+    return (exp / exp.sum(1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def fitted():
+    rng = np.random.default_rng(0)
+    train_x, train_y, centres = clusters(rng, 200)
+    val_x = np.abs(centres[np.repeat(np.arange(CLASSES), 100)] + rng.normal(0, 1, (300, FEATURES))).astype(np.float32)
+    far = rng.uniform(0, 6, (300, FEATURES)).astype(np.float32)  # none of the classes: elsewhere in the space
+    detector = fit_detector(train_x, train_y, val_x, softmax_of(val_x, centres), 0.95, ["a", "b", "c"])
+    return detector, centres, val_x, far
+
+
+def test_the_threshold_keeps_the_asked_share_of_validation_photos_and_flags_photos_of_none_of_the_classes(fitted):
+    detector, centres, val_x, far = fitted
+    val_scores = detector.scores(val_x, softmax_of(val_x, centres))
+    far_scores = detector.scores(far, softmax_of(far, centres))
+    assert abs(flagged(val_scores).mean() - 0.05) <= 0.01
+    assert flagged(far_scores).mean() >= 0.95
+    assert auroc(unknown_statistic(val_scores), unknown_statistic(far_scores)) > 0.99
+    # a distribution over N + 1 outcomes whose classes' part gives back the probabilities
+    assert np.allclose(val_scores.sum(1), 1, atol=1e-5)
+    assert np.allclose(class_probabilities(val_scores), softmax_of(val_x, centres), atol=1e-5)
+    # the decision is the unknown category winning, exactly where its statistic is above 0
+    assert np.array_equal(flagged(far_scores), unknown_statistic(far_scores) > 0)
+
+
+def test_the_keras_layer_computes_what_the_detector_does(fitted):
+    detector, centres, val_x, far = fitted
+    features = np.concatenate([val_x[:40], far[:40]])
+    probabilities = softmax_of(features, centres)
+    layer = UnknownScores(detector)
+    computed = np.asarray(layer([features, probabilities]))
+    expected = detector.scores(features, probabilities)
+    assert computed.shape == (80, CLASSES + 1)
+    assert np.allclose(computed, expected, atol=2e-4)
+    assert np.array_equal(flagged(computed), flagged(expected))
+    assert computed[:, -1].max() <= MAX_SCORE + 1e-7
+
+
+def test_a_saved_detector_loads_the_same(fitted, tmp_path):
+    detector = fitted[0]
+    detector.save(tmp_path / "unknown.npz")
+    loaded = Detector.load(tmp_path / "unknown.npz")
+    assert Detector.load(tmp_path / "missing.npz") is None
+    features = fitted[2][:10]
+    assert np.allclose(loaded.distances(features), detector.distances(features))
+    assert (loaded.threshold, loaded.keep, loaded.name, loaded.tau) == (detector.threshold, 0.95, "unknown", 1.0)
+
+
+def test_a_higher_keep_flags_fewer_validation_photos(fitted):
+    _, centres, val_x, _ = fitted
+    rng = np.random.default_rng(0)
+    train_x, train_y, _ = clusters(rng, 200)
+    shares = []
+    for keep in (0.8, 0.95, 0.99):
+        detector = fit_detector(train_x, train_y, val_x, softmax_of(val_x, centres), keep, ["a", "b", "c"])
+        shares.append(flagged(detector.scores(val_x, softmax_of(val_x, centres))).mean())
+    assert shares[0] > shares[1] > shares[2] and abs(shares[0] - 0.2) < 0.02
+
+
+def test_background_photos_choose_the_tau_that_flags_most_of_them():
+    rng = np.random.default_rng(0)
+    train_x, train_y, centres = clusters(rng, 200)
+    val_x = np.abs(centres[np.repeat(np.arange(CLASSES), 100)] + rng.normal(0, 1, (300, FEATURES))).astype(np.float32)
+    # background between the classes: near every centre in distance, so the softmax is what gives them away
+    mixed = (centres[0] + centres[1]) / 2
+    background = np.abs(mixed + rng.normal(0, 1, (200, FEATURES))).astype(np.float32)
+    outliers = (background, softmax_of(background, centres))
+    tuned = fit_detector(train_x, train_y, val_x, softmax_of(val_x, centres), 0.95, list("abc"), outliers)
+    plain = fit_detector(train_x, train_y, val_x, softmax_of(val_x, centres), 0.95, list("abc"))
+    assert tuned.tau in TAU_CHOICES
+    assert flagged(tuned.scores(*outliers)).mean() >= flagged(plain.scores(*outliers)).mean()
+    assert abs(flagged(tuned.scores(val_x, softmax_of(val_x, centres))).mean() - 0.05) <= 0.01
+
+
+def test_the_extra_category_never_takes_a_class_name():
+    assert unknown_name(["cat", "dog"]) == "unknown"
+    assert unknown_name(["unknown", "dog"]) == "unknown_"
+    assert unknown_name(["unknown", "unknown_"]) == "unknown__"
+
+
+def test_predictions_say_unknown_in_every_output_format():
+    rows = [{"path": "a.jpg", "top": [("cat", 0.9), ("dog", 0.1)], "unknown": False, "unknown_score": 0.01},
+            {"path": "b.jpg", "top": [("dog", 0.6), ("cat", 0.4)], "unknown": True, "unknown_score": 0.93}]
+    table = format_predictions(rows, "table").splitlines()
+    assert table[0] == "a.jpg: cat 0.900, dog 0.100"
+    assert table[1].startswith("b.jpg: UNKNOWN (none of the classes, score 0.930); closest: dog 0.600")
+    parsed = json.loads(format_predictions(rows, "json"))
+    assert [r["unknown"] for r in parsed] == [False, True] and parsed[1]["unknown_score"] == 0.93
+    csv_lines = format_predictions(rows, "csv").splitlines()
+    assert csv_lines[0].endswith(",unknown") and csv_lines[1].endswith(",no") and csv_lines[3].endswith(",yes")
+
+
+def test_a_background_option_that_is_no_folder_is_said_before_training(tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=4)
+    with pytest.raises(TflError, match="--background .* is not a folder"):
+        tfl.finetune(data, weights="none", background=str(tmp_path / "nowhere"), output=tmp_path / "runs",
+                     echo=lambda s: None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TflError, match="holds no files"):
+        tfl.finetune(data, weights="none", background=str(tmp_path / "empty"), output=tmp_path / "runs",
+                     echo=lambda s: None)
+    assert not any((tmp_path / "runs").glob("*/model.keras"))
+
+
+# --- in a trained run, and its artifacts ------------------------------------------------------------------------
+
+def test_a_run_has_the_unknown_category_in_its_predictions_and_metrics(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["unknown"]["name"] == "unknown" and metrics["unknown"]["keep"] == 0.95
+    assert (tiny_run / "unknown.npz").is_file()
+    model = tfl.load(tiny_run)
+    rows = model.predict(tiny_run.parent.parent / "data" / "red")
+    assert rows and all(isinstance(row["unknown"], bool) and 0 <= row["unknown_score"] <= 1 for row in rows)
+    noise = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3))
+    assert model.predict_pixels(noise).shape == (4, 3)  # the classes' probabilities, as before
+    assert model.scores(noise).shape == (4, 4)
+
+
+@pytest.mark.parametrize("artifact", ["export/saved_model/1", "model_float32.tflite", "model_int8.tflite",
+                                      "model.onnx"])
+def test_every_artifact_carries_the_unknown_category_and_agrees_with_the_keras_model(exported_run, artifact):
+    report = json.loads((exported_run / "export_report.json").read_text())
+    if artifact != "model_int8.tflite":  # the tiny model's int8 file, unsearched, may differ (on real photos:
+        assert report[artifact]["unknown_agreement"] == 1.0  # test_export.py's int8 test)
+    assert 0 <= report[artifact]["unknown_agreement"] <= 1
+    loaded = tfl.load(exported_run / artifact)
+    assert loaded.unknown == "unknown" and loaded.class_names == ["blue", "green", "red"]
+    keras_model = tfl.load(exported_run)
+    pixels = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    if artifact != "model_int8.tflite":
+        assert np.allclose(loaded.scores(pixels), keras_model.scores(pixels), atol=1e-4)
+
+
+def test_the_saved_model_says_unknown_from_encoded_images(exported_run):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(exported_run / "export" / "saved_model" / "1"))
+    data = tf.io.encode_jpeg(tf.cast(tf.fill([32, 32, 3], 128), tf.uint8))
+    outputs = loaded.signatures["classify_images"](images=tf.stack([data]))
+    assert outputs["unknown"].dtype == tf.bool and outputs["unknown"].shape == (1,)
+    assert 0 <= float(outputs["unknown_score"][0]) <= 1
+
+
+def test_mediapipe_reads_the_unknown_category_as_the_last_label(exported_run):
+    pytest.importorskip("mediapipe")
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    options = vision.ImageClassifierOptions(
+        base_options=BaseOptions(model_asset_path=str(exported_run / "model_float32.tflite")), max_results=4)
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        pixels = np.full((32, 32, 3), 128, np.uint8)
+        categories = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=pixels)) \
+            .classifications[0].categories
+    assert sorted(c.category_name for c in categories) == ["blue", "green", "red", "unknown"]
+
+
+@pytest.mark.integration
+def test_no_unknown_leaves_the_artifacts_as_they_were(tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=6)
+    result = cli("finetune", "--data", data, *tiny_flags(), "--epochs", "1,0", "--no-unknown", "--output",
+                 tmp_path / "runs", "--name", "plain")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "plain"
+    assert not (run / "unknown.npz").exists()
+    assert json.loads((run / "metrics.json").read_text())["unknown"]["method"] == "off (--no-unknown)"
+    rows = tfl.load(run).predict(data / "red")
+    assert all("unknown" not in row for row in rows)
+    result = cli("evaluate", run, "--unknown-data", data / "red")
+    assert result.exit_code == 1 and "has none" in result.output
