@@ -12,7 +12,7 @@ from tfl.report import format_predictions
 from tfl.unknown import (MAX_SCORE, TAU_CHOICES, Detector, UnknownScores, auroc, class_probabilities, fit_detector,
                          flagged, unknown_name, unknown_statistic)
 
-from .conftest import cli, tiny_flags, write_class_folders
+from .conftest import FLOWERS, cli, tiny_flags, write_class_folders
 
 FEATURES, CLASSES = 48, 3
 
@@ -201,3 +201,20 @@ def test_no_unknown_leaves_the_artifacts_as_they_were(tmp_path):
     assert all("unknown" not in row for row in rows)
     result = cli("evaluate", run, "--unknown-data", data / "red")
     assert result.exit_code == 1 and "has none" in result.output
+
+
+def test_evaluate_measures_the_unknown_category_on_photos_of_none_of_the_classes(real_copy):
+    """A flower model shown sunny skies: most of them are unknown, and the report shows some."""
+    sunny = FLOWERS.parent / "weather4" / "shine"
+    if not sunny.is_dir():
+        pytest.skip(f"real photos not found at {sunny} (the shared datasets folder is absent)")
+    result = cli("evaluate", real_copy, "--unknown-data", sunny)
+    assert result.exit_code == 0, result.output
+    assert "Unknown: it takes" in result.output
+    metrics = json.loads((real_copy / "evaluations" / "val" / "metrics.json").read_text())["unknown"]
+    print(metrics)
+    assert metrics["flagged"] < 0.15  # of the flowers: about the 5% its threshold leaves
+    outside = metrics["unknown_data"]
+    assert outside["photos"] == 250 and outside["flagged"] > 0.5 and outside["auroc"] > 0.85
+    page = (real_copy / "evaluations" / "val" / "report.html").read_text()
+    assert "None of these" in page and page.count("taken as unknown") == min(8, round(outside["flagged"] * 250))

@@ -12,7 +12,7 @@ import numpy as np
 from tfl.analysis import Scored, write_analysis
 from tfl.split import Split
 from tfl.data import LABEL_FILE_SUFFIXES, Reader, list_class_folders, scan_class_folders
-from tfl.pipeline import make_pipeline
+from tfl.pipeline import make_pipeline, readable_batches
 from tfl.errors import TflError, warn
 from tfl.fileio import atomic_path, atomic_write_text
 from tfl.html_report import build_report
@@ -20,7 +20,7 @@ from tfl.metrics import classification_metrics, predict_dataset, write_metrics
 from tfl.multilabel import multilabel_metrics
 from tfl.predict import load_predictor
 from tfl.runs import RunFolder, check_reachable, labels_text
-from tfl.unknown import auroc, class_probabilities, flagged, unknown_statistic
+from tfl.unknown import auroc, class_probabilities, flagged, photos_below, unknown_statistic
 
 
 def load_labelled_file(path: Path, class_names: list[str], converted_dir: Path | None,
@@ -106,41 +106,20 @@ def unknown_metrics(scores: np.ndarray, predictor, unknown_data: str | None, bat
     result = {"flagged": round(float(flagged(scores).mean()), 4) if len(scores) else None}
     if unknown_data is None:
         return result
-    paths = unknown_photos(unknown_data)
-    outside = predictor_scores(predictor, paths, batch_size)
-    if not len(outside):
+    paths, rows = [], []
+    for names, pixels in readable_batches(photos_below(unknown_data, "--unknown-data"), predictor.image_size,
+                                          batch_size):
+        paths += names
+        rows.append(predictor.scores(pixels))
+    if not rows:
         raise TflError(f"--unknown-data '{unknown_data}' holds no image tfl can read. Pass a folder of photos of "
                        "none of the classes.")
+    outside = np.concatenate(rows)
     result["unknown_data"] = {"source": str(unknown_data), "photos": int(len(outside)),
                               "flagged": round(float(flagged(outside).mean()), 4),
                               "auroc": round(float(auroc(unknown_statistic(scores), unknown_statistic(outside))), 4),
                               "examples": [path for path, hit in zip(paths, flagged(outside)) if hit][:8]}
     return result
-
-
-def unknown_photos(folder: str | Path) -> list[str]:
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise TflError(f"--unknown-data '{folder}' is not a folder. Pass a folder of photos of none of the classes.")
-    return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
-def predictor_scores(predictor, paths: list[str], batch_size: int) -> np.ndarray:
-    """Every score of the photos that can be read (the others are left out; a folder of others is what it is)."""
-    from tfl.pipeline import load_image_for_predict
-
-    rows, batch = [], []
-    for path in paths:
-        try:
-            batch.append(load_image_for_predict(path, predictor.image_size))
-        except Exception:  # not an image
-            continue
-        if len(batch) >= batch_size:
-            rows.append(predictor.scores(np.stack(batch)))
-            batch = []
-    if batch:
-        rows.append(predictor.scores(np.stack(batch)))
-    return np.concatenate(rows) if rows else np.zeros((0, len(predictor.class_names) + 1))
 
 
 def evaluation_name(data: str | Path | None) -> str:

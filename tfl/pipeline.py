@@ -246,3 +246,20 @@ def load_image_for_predict(path: str, image_size: int) -> np.ndarray:
     except tf.errors.InvalidArgumentError:
         pixels = compiled_decoder(image_size)(tf.constant(png_bytes_of(path)))
     return pixels.numpy()
+
+
+def readable_batches(paths: list[str], image_size: int, batch_size: int):
+    """Batches of (paths, uint8 pixels) of the files that decode, as predict decodes them; the others are left out
+    (a folder of photos of anything may hold other files)."""
+    names, pixels = [], []
+    for path in paths:
+        try:
+            pixels.append(load_image_for_predict(path, image_size))
+        except Exception:  # Pillow and TensorFlow raise several kinds for files that are not images
+            continue
+        names.append(path)
+        if len(pixels) >= batch_size:
+            yield names, np.stack(pixels)
+            names, pixels = [], []
+    if pixels:
+        yield names, np.stack(pixels)

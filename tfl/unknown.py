@@ -263,41 +263,36 @@ def features_of(extractor: keras.Model, split, class_names: list[str], image_siz
 
 
 def pixel_features(extractor: keras.Model, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
-    """Features of image files decoded as predict decodes them; files that cannot be read are left out."""
-    from tfl.pipeline import load_image_for_predict
+    """Features of the image files that decode (as predict decodes them); the others are left out."""
+    from tfl.pipeline import readable_batches
 
-    features, batch = [], []
-
-    def flush():
-        if batch:
-            features.append(np.asarray(extractor.predict_on_batch(np.stack(batch).astype("float32"))))
-            batch.clear()
-
-    for path in paths:
-        try:
-            batch.append(load_image_for_predict(path, image_size))
-        except Exception:  # not an image, or damaged: a background folder is whatever the user had
-            continue
-        if len(batch) >= batch_size:
-            flush()
-    flush()
+    features = [np.asarray(extractor.predict_on_batch(pixels.astype("float32")))
+                for _, pixels in readable_batches(paths, image_size, batch_size)]
     return np.concatenate(features) if features else np.zeros((0, extractor.output_shape[-1]), np.float32)
 
 
 def unknown_background(folder: str | None, check_only: bool = False) -> list[str] | None:
-    """The files of --background (every file below it but hidden ones), or an error saying what is wrong."""
+    """The files of --background, or an error saying what is wrong with it (`check_only`: before training)."""
+    if folder is None:
+        return None
+    files = photos_below(folder, "--background", "(they tune the unknown category; they are never a class), or "
+                         "leave the option out")
+    return None if check_only else files
+
+
+def photos_below(folder: str | Path, option: str, advice: str = "") -> list[str]:
+    """Every file below `folder` but hidden ones (photos of none of the classes: whatever the user has), or an
+    error naming `option`."""
     from tfl.data import is_hidden
     from tfl.errors import TflError
 
-    if folder is None:
-        return None
     path = Path(folder).expanduser()
     if not path.is_dir():
-        raise TflError(f"--background '{folder}' is not a folder. Pass a folder of photos of none of the classes "
-                       "(they tune the unknown category; they are never a class), or leave the option out.")
+        raise TflError(f"{option} '{folder}' is not a folder. Pass a folder of photos of none of the classes"
+                       f"{' ' + advice if advice else ''}.")
     files = sorted(str(p) for p in path.rglob("*")
                    if p.is_file() and not any(is_hidden(part) for part in p.relative_to(path).parts))
     if not files:
-        raise TflError(f"--background '{folder}' holds no files. Put photos of none of the classes in it, or leave "
-                       "the option out.")
-    return None if check_only else files
+        raise TflError(f"{option} '{folder}' holds no files. Put photos of none of the classes in it"
+                       f"{', or leave the option out' if advice else ''}.")
+    return files
