@@ -43,10 +43,10 @@ class Predictor:
                            f"{self.image_size}, 3] for this model; got {pixels.dtype} of shape {list(pixels.shape)}. "
                            "Resize the images first, or pass them to predict(), which resizes.")
         probabilities = self._probabilities(pixels)
-        names = len(self.class_names) + (1 if self.unknown else 0)
-        if probabilities.shape[-1] != names:  # a labels.txt of another model, or edited by hand
-            raise TflError(f"This {self.kind} model gives {probabilities.shape[-1]} scores per image, but its class "
-                           f"names ({LABELS_FILE}) are {names}: they belong to another model or were "
+        given = probabilities.shape[-1] - (1 if self.unknown else 0)  # the unknown category's score aside
+        if given != len(self.class_names):  # a labels.txt of another model, or edited by hand
+            raise TflError(f"This {self.kind} model gives {given} scores per image, but its class "
+                           f"names ({LABELS_FILE}) are {len(self.class_names)}: they belong to another model or were "
                            f"edited. Put back the {LABELS_FILE} of the run that trained it.")
         return probabilities
 

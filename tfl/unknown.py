@@ -33,6 +33,14 @@ COMPONENTS = 64  # directions of the within-class spread modelled one by one; 16
 TRAIN_SAMPLE = 1000  # at most about this many training photos' features fit the class centres and the spread
 VAL_SAMPLE = 5000  # at most this many validation photos choose the threshold
 MAX_SCORE = 0.999  # u is clipped here so that the class probabilities can be read back from p (1 - u)
+# Floors for features that hardly vary (an untrained backbone's, a class of one photo): a variance per direction
+# of the unit-length features (trained ones measure about 1e-4), and one unit of the distances' spread (trained
+# ones measure hundreds), so that float16's or another runtime's rounding cannot move a distance by many spreads.
+MIN_VARIANCE = 1e-6
+# A photo exactly at the threshold stays with its class, by a margin that float rounding cannot cross (validation
+# statistics spread over several units).
+TIE_MARGIN = 1e-3
+NORM_EPSILON = 1e-6  # added to the squared length before normalising (trained pooled features measure 10-1,000)
 
 
 def unknown_name(class_names: list[str]) -> str:
@@ -88,7 +96,8 @@ class Detector:
 
 
 def normalised(features: np.ndarray) -> np.ndarray:
-    return features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+    """Unit length; features near zero (float16 rounds an untrained backbone's to 0) stay near zero."""
+    return features / np.sqrt((features ** 2).sum(axis=-1, keepdims=True) + NORM_EPSILON)
 
 
 # tau, in units of the validation photos' spread of distances, tried against background photos when there are
@@ -110,18 +119,18 @@ def fit_detector(train_features: np.ndarray, train_labels: np.ndarray, val_featu
     values, vectors = np.linalg.eigh(residuals.T @ residuals / max(1, len(z)))
     components = max(1, min(COMPONENTS, len(values) - 1))
     rest = values[:-components]
-    sigma2 = max(float(rest.mean()), 1e-6 * float(values.mean()), 1e-12)
+    sigma2 = max(float(rest.mean()), MIN_VARIANCE)
     top = np.maximum(values[-components:], sigma2)
     basis, weights = vectors[:, -components:], sigma2 / top - 1.0
     detector = Detector(centres / math.sqrt(sigma2), basis, weights, 0.0, 1 / math.sqrt(sigma2), keep,
                         unknown_name(class_names))
-    spread = float(detector.distances(val_features).std()) or 1.0
+    spread = max(float(detector.distances(val_features).std()), 1.0) if len(val_features) else 1.0
     unit = (detector.centres, detector.scale)
 
     def with_tau(tau: float) -> Detector:
         detector.centres, detector.scale = unit[0] / math.sqrt(spread * tau), unit[1] / math.sqrt(spread * tau)
         statistic = detector.distances(val_features) - log_confidence(val_probabilities)
-        detector.threshold = float(np.quantile(statistic, keep)) if len(statistic) else 0.0
+        detector.threshold = (float(np.quantile(statistic, keep)) if len(statistic) else 0.0) + TIE_MARGIN
         return detector
 
     if background is not None and len(background[0]):
@@ -181,7 +190,7 @@ class UnknownScores(keras.layers.Layer):
         features, probabilities = inputs
         features = ops.cast(features, "float32")
         # a product with rsqrt, not a division: int8 TFLite has no division that takes a quantized zero
-        z = features * (ops.rsqrt(ops.maximum(ops.sum(ops.square(features), axis=-1, keepdims=True), 1e-24))
+        z = features * (ops.rsqrt(ops.sum(ops.square(features), axis=-1, keepdims=True) + NORM_EPSILON)
                         * self.detector.scale)
         diff = ops.expand_dims(z, 1) - ops.expand_dims(self.centres, 0)  # [batch, classes, features]
         along = ops.expand_dims(ops.matmul(z, self.basis), 1) - ops.expand_dims(ops.matmul(self.centres, self.basis), 0)
