@@ -25,7 +25,7 @@ from tfl.archs import auto_image_size, get_arch
 from tfl.augment import build_augmenter
 from tfl.data import load_data
 from tfl.pipeline import make_pipeline
-from tfl.features import feature_extractor
+from tfl.model import feature_extractor
 from tfl.model import build_head, build_model
 
 VIEWS = 4

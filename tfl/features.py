@@ -17,7 +17,7 @@ from tfl.augment import PRESETS_VERSION
 from tfl.data import ImageData, Split
 from tfl.pipeline import DECODER_VERSION, make_pipeline
 from tfl.distribute import Cluster
-from tfl.model import feature_extractor, get_head  # noqa: F401 (feature_extractor: where it was)
+from tfl.model import feature_extractor, get_head
 from tfl.fileio import atomic_path
 
 if TYPE_CHECKING:

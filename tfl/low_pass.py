@@ -125,8 +125,8 @@ def decide(config, data: ImageData, cache_dir: Path, distributed: bool) -> tuple
     if reason is not None:
         return True, f"low-pass: on (auto, not measured: {reason})"
     from tfl.archs import get_arch
-    from tfl.features import cache_key, cached_features, compute_features, feature_extractor
-    from tfl.model import build_model
+    from tfl.features import cache_key, cached_features, compute_features
+    from tfl.model import build_model, feature_extractor
     from tfl.precision import dtype_policy
 
     start = time.time()

@@ -19,7 +19,7 @@ PROBE_LIMIT = 20_000  # photos: above, tfl finetune leaves the probe (seconds pe
 
 def features_of(model, split: Split, num_classes: int, image_size: int, batch_size: int = 64) -> np.ndarray:
     """Pooled backbone features of every photo of `split`, through the classifier's own feature extractor."""
-    from tfl.features import feature_extractor
+    from tfl.model import feature_extractor
 
     extractor = feature_extractor(model)
     pipeline = make_pipeline(split, num_classes, image_size, batch_size, training=False)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
+import numpy as np
 
 from tfl.archs import auto_image_size, get_arch
 from tfl.augment import build_augmenter, build_mixer
@@ -29,12 +30,12 @@ from tfl.errors import TflError, disk_full_explained
 from tfl.calibration import calibrating_temperature, calibration_report, fold_temperature, rescaled
 from tfl.analysis import Scored, write_analysis
 from tfl.html_report import build_report
-from tfl.metrics import classification_metrics, evaluate_model, predict_dataset, write_metrics
+from tfl.metrics import classification_metrics, evaluate_model, write_metrics
 from tfl.multilabel import TASKS, Task, as_binary, choose_thresholds, multilabel_metrics, positive_weights
 from tfl.plots import plot_reliability, plot_training_curves
 from tfl.features import FEATURE_CACHE_FOLDER, feature_stage_data, uses_feature_cache
 from tfl.low_pass import decide as decide_low_pass
-from tfl.model import build_model, get_head, set_trainable_blocks, trainable_params
+from tfl.model import build_model, feature_extractor, get_head, set_trainable_blocks, trainable_params
 from tfl.plan import DataStats, auto_plan
 from tfl.probe import probe_cached
 from tfl.precision import dtype_policy, resolve_precision
@@ -45,7 +46,7 @@ from tfl.runs import (DEFAULT_ROOT, THRESHOLDS_FILE, RunFolder, claimed_run_name
                       labels_text, portable_path, prepare_run_dir, read_run_config, resumable_run, run_lock,
                       thresholds_text, write_splits)
 from tfl.scan import SCAN_CACHE_FOLDER
-from tfl.unknown import UNKNOWN_FILE, fit_for_run, unknown_background
+from tfl.unknown import UNKNOWN_FILE, Validation, features_of, fit_for_run, unknown_background
 from tfl.version import __version__
 
 IMBALANCE_RATIO = 1.5  # class_weight auto: balance when the largest class is this much bigger than the smallest
@@ -362,10 +363,13 @@ class Training:
         """The finished run's files: model (its scores calibrated), metrics (validation and test), history, plots;
         then it takes its name."""
         config, data, run = self.config, self.data, self.folder
-        metrics = self.calibrate(model)
+        extractor = feature_extractor(model)
+        val_features, val_labels = features_of(extractor, data.val, len(data.class_names), config.image_size,
+                                               config.batch_size)  # once, for the calibration and the unknown
+        metrics = self.calibrate(model, val_features, val_labels)
         with atomic_path(run.model_file, force=True) as tmp:
             model.save(tmp)
-        metrics["unknown"] = self.fit_unknown(model)
+        metrics["unknown"] = self.fit_unknown(extractor, get_head(model), val_features)
         if self.task.multilabel:
             atomic_write_text(run.path / THRESHOLDS_FILE, thresholds_text(data.class_names, metrics["thresholds"]))
         if data.test is not None and len(data.test):
@@ -389,13 +393,14 @@ class Training:
         self.caller.echo(closing_line(metrics, time.time() - self.start, run_dir))
         return RunFolder(run_dir)
 
-    def calibrate(self, model: keras.Model) -> dict:
-        """Validation metrics of the model with one temperature, fitted on the validation set, folded into its
-        softmax layer (unless the config turns calibration off), and the calibration error before and after."""
+    def calibrate(self, model: keras.Model, val_features, val_labels) -> dict:
+        """Validation metrics of the model with one temperature, fitted on the validation set (its photos' pooled
+        features and label rows), folded into its softmax layer (unless the config turns calibration off), and the
+        calibration error before and after."""
         data = self.data
-        pipeline = make_pipeline(data.val, len(data.class_names), self.config.image_size, self.config.batch_size,
-                                 training=False)
-        probabilities, labels = predict_dataset(model, pipeline, self.task.multilabel)
+        probabilities = (np.asarray(get_head(model).predict_on_batch(val_features)) if len(val_features) else
+                         np.zeros((0, len(data.class_names)), np.float32))
+        labels = val_labels if self.task.multilabel else val_labels.argmax(axis=1)
         # several labels: each (photo, label) pair is a two-class problem, calibrated as such
         pairs = as_binary(probabilities, labels) if self.task.multilabel else (probabilities, labels)
         temperature, *tested = calibrating_temperature(*pairs) if self.config.calibrate else (1.0, None, None)
@@ -409,7 +414,7 @@ class Training:
         thresholds = choose_thresholds(calibrated, labels)  # the F1-best per label, on the calibrated scores
         return multilabel_metrics(calibrated, labels, data.class_names, thresholds) | calibration
 
-    def fit_unknown(self, model: keras.Model) -> dict:
+    def fit_unknown(self, extractor: keras.Model, head: keras.Model, val_features) -> dict:
         """The 'unknown' category (tfl/unknown.py): fitted on the finished model's features, saved beside it, and
         what it measured; or why there is none."""
         config, data = self.config, self.data
@@ -420,8 +425,9 @@ class Training:
         if not len(data.val):
             return {"method": "off: no validation photos to choose its threshold on"}
         background = unknown_background(config.background)
-        detector, report = fit_for_run(model, data.train, data.val, config.unknown_keep, data.class_names,
-                                       config.image_size, config.batch_size, config.seed, background)
+        validation = Validation(val_features, *self.validation_scores[::-1], data.val.paths)
+        detector, report = fit_for_run(extractor, head, data.train, validation, config.unknown_keep,
+                                       data.class_names, config.image_size, config.batch_size, config.seed, background)
         detector.save(self.folder.path / UNKNOWN_FILE)
         self.caller.echo(unknown_line(report))
         return report

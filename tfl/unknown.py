@@ -212,18 +212,30 @@ def open_set_model(model: keras.Model, detector: Detector) -> keras.Model:
     return keras.Model(pixels, scores, name=f"{model.name}_open_set")
 
 
-def fit_for_run(model: keras.Model, train, val, keep: float, class_names: list[str], image_size: int,
-                batch_size: int, seed: int, background: list[str] | None = None) -> tuple[Detector, dict]:
-    """The detector of a finished model: features of a sample of its training photos and of its validation photos
-    (one pass each; and of the background photos, when given), and what it measured for metrics.json."""
+@dataclass
+class Validation:
+    """The finished model's pooled features of the validation photos (in order), their labels, the calibrated
+    probabilities it gives them, and their paths: computed once, for the calibration and for the unknown category."""
 
+    features: np.ndarray
+    labels: np.ndarray  # class indices
+    probabilities: np.ndarray
+    paths: list[str]
+
+
+def fit_for_run(extractor: keras.Model, head: keras.Model, train, val: Validation, keep: float,
+                class_names: list[str], image_size: int, batch_size: int, seed: int,
+                background: list[str] | None = None) -> tuple[Detector, dict]:
+    """The detector of a finished model (`extractor`: its pixels to pooled features, traced by the validation
+    pass; `head`: features to calibrated probabilities): features of a sample of its training photos (one pass; and
+    of the background photos, when given), its validation photos' (`val`), and what it measured for metrics.json.
+    (Nine parameters: the run's settings it needs, passed as values so that this module does not import training.)"""
     start = time.time()
-    extractor, head = feature_extractor(model), get_head(model)
     chosen_train = balanced_sample(np.asarray(train.labels), TRAIN_SAMPLE, len(class_names), seed)
-    chosen_val = np.sort(np.random.default_rng(seed).permutation(len(val))[:VAL_SAMPLE])
-    train_x, train_y = features_of(extractor, train.subset(chosen_train), class_names, image_size, batch_size)
-    val_x, val_y = features_of(extractor, val.subset(chosen_val), class_names, image_size, batch_size)
-    val_p = np.asarray(head.predict_on_batch(val_x)) if len(val_x) else np.zeros((0, len(class_names)))
+    chosen_val = np.sort(np.random.default_rng(seed).permutation(len(val.features))[:VAL_SAMPLE])
+    train_x, train_hot = features_of(extractor, train.subset(chosen_train), len(class_names), image_size, batch_size)
+    train_y = train_hot.argmax(axis=1)
+    val_x, val_y, val_p = val.features[chosen_val], val.labels[chosen_val], val.probabilities[chosen_val]
     outliers = None
     if background:
         chosen = np.random.default_rng(seed).permutation(len(background))[:VAL_SAMPLE]
@@ -233,7 +245,7 @@ def fit_for_run(model: keras.Model, train, val, keep: float, class_names: list[s
     detector = fit_detector(train_x, train_y, val_x, val_p, keep, class_names, outliers)
     val_scores = detector.scores(val_x, val_p)
     val_flagged = flagged(val_scores)
-    val_paths = val.subset(chosen_val).paths
+    val_paths = [val.paths[i] for i in chosen_val] if val.paths else []
     likeliest = [i for i in np.argsort(-unknown_statistic(val_scores)) if val_flagged[i]][:8]
     report = {"method": f"Mahalanobis distance to the nearest class ({COMPONENTS} components) and the softmax, "
                         "as one more category",
@@ -258,16 +270,20 @@ def balanced_sample(labels: np.ndarray, total: int, classes: int, seed: int) -> 
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, int)
 
 
-def features_of(extractor: keras.Model, split, class_names: list[str], image_size: int,
+def features_of(extractor: keras.Model, split, num_classes: int, image_size: int,
                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled features, one-hot or multi-hot label rows) of a split, in its order. Every batch is padded to
+    `batch_size`, so that the extractor is traced once (a last, smaller batch traced it again: a second or two)."""
     from tfl.pipeline import make_pipeline
 
     features, labels = [], []
-    for images, one_hot in make_pipeline(split, len(class_names), image_size, batch_size, training=False):
-        features.append(np.asarray(extractor.predict_on_batch(np.asarray(images))))
-        labels.append(np.argmax(np.asarray(one_hot), axis=-1))
+    for images, one_hot in make_pipeline(split, num_classes, image_size, batch_size, training=False):
+        images = np.asarray(images)
+        padded = np.concatenate([images, np.zeros((batch_size - len(images), *images.shape[1:]), images.dtype)])
+        features.append(np.asarray(extractor.predict_on_batch(padded))[:len(images)])
+        labels.append(np.asarray(one_hot))
     if not features:
-        return np.zeros((0, extractor.output_shape[-1]), np.float32), np.zeros(0, int)
+        return np.zeros((0, extractor.output_shape[-1]), np.float32), np.zeros((0, num_classes), np.float32)
     return np.concatenate(features), np.concatenate(labels)
 
 
