@@ -139,7 +139,8 @@ def held_out(name: str, held: str, work: Path, compare: bool = False) -> dict:
         agreement = {group: round(float((flagged(scores_of(lite, paths)) == flagged(scores[group])).mean()), 4)
                      for group, paths in groups.items()}
         artifacts[file] = {"unknown_agreement": agreement,
-                           "mediapipe_top1_agreement": report[file].get("mediapipe_top1_agreement")}
+                           "mediapipe_top1_agreement": report[file].get("mediapipe_top1_agreement"),
+                           "mediapipe_unknown_agreement": report[file].get("mediapipe_unknown_agreement")}
     return {"set": name, "held_out": held, "classes": len(classes) - 1, "train": len(run.splits["train"]),
             "val_accuracy": round(float(correct.mean()), 4), "val_accuracy_of_kept": round(float(correct[kept].mean()), 4),
             "wall_seconds": round(wall, 1), "unknown_seconds": run.metrics["unknown"]["seconds"],
@@ -173,7 +174,8 @@ def main() -> None:
             for file, measured in row["artifacts"].items():
                 print(f"  {file}: unknown decisions as Keras's on "
                       + ", ".join(f"{share:.1%}" for share in measured["unknown_agreement"].values())
-                      + f"; MediaPipe top-1 (of N + 1) on the verification photos {measured['mediapipe_top1_agreement']}")
+                      + f"; MediaPipe on the verification photos: top-1 (of N + 1) {measured['mediapipe_top1_agreement']}, "
+                      f"unknown decisions {measured['mediapipe_unknown_agreement']}")
     write_results(args.out, {"machine": machine(), "rows": results})
 
 

@@ -122,6 +122,7 @@ def test_every_tflite_loads_in_mediapipe_tasks_with_its_class_names(exported_run
         if name != "model_int8.tflite":  # the tiny model's int8 may differ; the report measures agreement
             assert max(categories, key=lambda c: c.score).index == keras_top, name
     assert report["model_float32.tflite"]["mediapipe_top1_agreement"] == 1.0
+    assert report["model_float32.tflite"]["mediapipe_unknown_agreement"] == 1.0  # the unknown category's decisions
 
 
 def test_tflite_runs_with_ai_edge_litert_and_matches_keras(exported_run):

@@ -388,7 +388,7 @@ class Export:
             with atomic_path(path, force=force) as tmp:
                 written = row_format.write(model, tmp, dataclasses.replace(self.job, quantize=quantize))
                 row = verify(row_format.open(tmp), tmp, check, reference) | (written or {})
-                row |= row_format.check_in_apps(tmp, check, reference, self.job.output_names)
+                row |= row_format.check_in_apps(tmp, check, reference, self.job.output_names, self.job.unknown)
                 row["file"] = self.relative(path)
                 check_drop(row, max_accuracy_drop, self.echo)
         return row | {"file": self.relative(path), "quantize": quantize}
@@ -410,10 +410,12 @@ class Export:
         atomic_write_text(self.report_path, json.dumps(self.report, indent=2) + "\n")
 
 
-def mediapipe_check(path: Path, check: Verification, reference: np.ndarray, class_names: list[str]) -> dict:
+def mediapipe_check(path: Path, check: Verification, reference: np.ndarray, class_names: list[str],
+                    unknown: str | None = None) -> dict:
     """The .tflite run as apps load it, through MediaPipe Tasks' ImageClassifier (Android, iOS, web and Python): it
-    must load, name the classes as labels.txt does, and agree with the Keras model. It is given the verification
-    pixels at the model's size, so that it resizes nothing and the comparison is of the model alone."""
+    must load, name the classes as labels.txt does, and agree with the Keras model (the category that wins, and,
+    with the unknown category, whether it wins). It is given the verification pixels at the model's size, so that
+    it resizes nothing and the comparison is of the model alone."""
     try:
         import mediapipe as mp
         from mediapipe.tasks.python import BaseOptions, vision
@@ -435,7 +437,12 @@ def mediapipe_check(path: Path, check: Verification, reference: np.ndarray, clas
     if not named:
         raise TflError(f"MediaPipe Tasks reads other class names from {path.name} than labels.txt holds. Nothing was "
                        "written; please report this as a tfl bug.")
-    return {"mediapipe_top1_agreement": round(float(np.mean(np.asarray(tops) == reference.argmax(axis=1))), 4)}
+    tops = np.asarray(tops)
+    row = {"mediapipe_top1_agreement": round(float(np.mean(tops == reference.argmax(axis=1))), 4)}
+    if unknown:  # its category is the last: MediaPipe names it as any other
+        row["mediapipe_unknown_agreement"] = round(float(np.mean((tops == len(class_names) - 1) == flagged(reference))),
+                                                   4)
+    return row
 
 
 def model_info(run: RunFolder, metadata: dict[str, str] | None) -> ModelInfo:

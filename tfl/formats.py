@@ -28,8 +28,8 @@ class ArtifactFormat:
     quantizations: tuple[str, ...] = ("none",)
     suffix: str | None = None  # tfl.load: a file with this suffix is of this format
     marker: str | None = None  # tfl.load: a folder holding this file is of this format
-    app_check: str | None = None  # "module:function(path, verification, reference, class_names) -> report fields":
-    #                               the artifact run as the apps that use it run it
+    app_check: str | None = None  # "module:function(path, verification, reference, names, unknown) -> report
+    #                               fields": the artifact run as the apps that use it run it
 
     def check_in_apps(self, *args) -> dict:
         return resolve(self.app_check)(*args) if self.app_check else {}
