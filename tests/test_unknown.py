@@ -218,3 +218,21 @@ def test_evaluate_measures_the_unknown_category_on_photos_of_none_of_the_classes
     assert outside["photos"] == 250 and outside["flagged"] > 0.5 and outside["auroc"] > 0.85
     page = (real_copy / "evaluations" / "val" / "report.html").read_text()
     assert "None of these" in page and page.count("taken as unknown") == min(8, round(outside["flagged"] * 250))
+
+
+def test_a_quantized_file_must_keep_the_unknown_decisions_too(monkeypatch):
+    """int8's target is 97% top-1 agreement; the unknown category's decisions must agree on 99% besides."""
+    from tfl import quantize
+
+    rng = np.random.default_rng(0)
+    reference = rng.dirichlet(np.ones(4), 100).astype(np.float32)  # three classes and the unknown category
+    reference[:10, 3] = 0.99  # ten photos of none of the classes
+    moved = reference.copy()
+    moved[:2, 3] = 0.0  # int8 rounding took two of them back to a class: 98% of the decisions kept
+    monkeypatch.setattr(quantize, "probabilities", lambda content, images: moved)
+    images = np.zeros((100, 8, 8, 3), np.uint8)
+    with_unknown = quantize.Goal(images, reference, unknown=True).measure(b"", "int8")
+    assert with_unknown["unknown_agreement"] == 0.98 and with_unknown["agreement"] == 0.98
+    assert not with_unknown["met"]
+    assert quantize.Goal(images, reference).measure(b"", "int8")["met"]  # top-1 alone would have kept it
+    assert "unknown decisions >= 99%" in quantize.target("int8", quantize.Goal(images, reference, unknown=True))

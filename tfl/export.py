@@ -350,7 +350,8 @@ class Export:
         reference = predict_all(keras_predictor, check.images, 32)
         self.job.goal = Goal(check.images, reference, None if check.labels is None or check.labels.ndim > 1
                              else check.labels,  # several labels per photo: every label's decision agrees
-                             None if self.job.thresholds is None else np.asarray(self.job.thresholds))
+                             None if self.job.thresholds is None else np.asarray(self.job.thresholds),
+                             unknown=self.job.unknown is not None)
         rows = [verify(keras_predictor, self.run.model_file, check, None) | self.calibration()]
         self.record(rows[0])
         for row_format, quantize, path in targets:
