@@ -236,3 +236,50 @@ def test_a_quantized_file_must_keep_the_unknown_decisions_too(monkeypatch):
     assert not with_unknown["met"]
     assert quantize.Goal(images, reference).measure(b"", "int8")["met"]  # top-1 alone would have kept it
     assert "unknown decisions >= 99%" in quantize.target("int8", quantize.Goal(images, reference, unknown=True))
+
+
+def test_a_class_without_training_photos_gets_no_centre_and_the_rest_still_works():
+    rng = np.random.default_rng(3)
+    train_x, train_y, centres = clusters(rng, 100)
+    kept = train_y != 2  # the third class has no training photo (a split column, an exclusion list)
+    val_x = np.abs(centres[np.repeat([0, 1], 100)] + rng.normal(0, 1, (200, FEATURES))).astype(np.float32)
+    far = rng.uniform(0, 6, (300, FEATURES)).astype(np.float32)
+    detector = fit_detector(train_x[kept], train_y[kept], val_x, softmax_of(val_x, centres), 0.95, list("abc"))
+    assert detector.centres.shape[0] == 2
+    assert flagged(detector.scores(far, softmax_of(far, centres))).mean() > 0.9
+
+
+def test_a_detector_of_another_model_is_a_clear_error(fitted):
+    import keras
+
+    from tfl.unknown import open_set_model
+
+    pixels = keras.Input((8, 8, 3))
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(pixels)  # 3 features, not the detector's 48
+    head = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, activation="softmax")], name="head")
+    model = keras.Model(pixels, head(pooled))
+    with pytest.raises(TflError, match="fitted on 48 features, and its model gives 3"):
+        open_set_model(model, fitted[0])
+
+
+def test_a_background_folder_without_images_is_said_before_training(tmp_path):
+    from tfl.unknown import unknown_background
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("not a photo")
+    with pytest.raises(TflError, match="none of its first 1 files is an image"):
+        unknown_background(str(tmp_path / "notes"), check_only=True)
+    write_class_folders(tmp_path / "photos", per_class=1)
+    assert unknown_background(str(tmp_path / "photos"), check_only=True) is None
+    assert len(unknown_background(str(tmp_path / "photos"))) == 3
+
+
+def test_a_subset_of_a_tfds_split_takes_those_elements():
+    import tensorflow as tf
+
+    from tfl.split import Split
+
+    source = tf.data.Dataset.from_tensor_slices((tf.range(10), tf.range(10) % 3))
+    split = Split([], [int(v) for v in np.arange(10) % 3], source)
+    picked = split.subset([7, 2, 5])
+    assert picked.labels == [2, 2, 1] and [int(x) for x, _ in picked.source] == [2, 5, 7]

@@ -103,7 +103,7 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
 def unknown_metrics(scores: np.ndarray, predictor, unknown_data: str | None, batch_size: int) -> dict:
     """The share of the evaluated photos the unknown category takes; with photos of none of the classes, the share
     of those it takes and the AUROC of its statistic (the unknown score over the best class's) between the two."""
-    result = {"flagged": round(float(flagged(scores).mean()), 4) if len(scores) else None}
+    result = {"name": predictor.unknown, "flagged": round(float(flagged(scores).mean()), 4) if len(scores) else None}
     if unknown_data is None:
         return result
     paths, rows = [], []

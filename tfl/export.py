@@ -30,7 +30,7 @@ from tfl.multilabel import average_precision
 from tfl.formats import ArtifactFormat, formats_for
 from tfl.runs import (DEFAULT_ROOT, LABELS_FILE, THRESHOLDS_FILE, UNKNOWN_NAME_FILE, RunFolder, export_lock,
                       labels_text, thresholds_text, unknown_text)
-from tfl.unknown import MAX_SCORE, class_probabilities, flagged, open_set_model
+from tfl.unknown import class_probabilities, flagged, open_set_model
 
 LOUD_DROP = 0.01  # a quantized export losing more than 1 point of accuracy is reported loudly
 
@@ -78,8 +78,9 @@ def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> Non
         scores = scores_of(pixels)
         if not job.unknown:
             return {"probabilities": scores}
-        return {"probabilities": scores[:, :classes] / tf.maximum(1.0 - scores[:, classes:], 1.0 - MAX_SCORE),
-                "unknown": tf.equal(tf.argmax(scores, axis=1), classes), "scores": scores}
+        known = scores[:, :classes]
+        return {"probabilities": known / tf.maximum(tf.reduce_sum(known, axis=1, keepdims=True), 1e-12),
+                "unknown": tf.equal(tf.argmax(scores, axis=1), classes), "all_scores": scores}
 
     def classify_pixels(pixels):
         return outputs_of(pixels)
@@ -94,7 +95,7 @@ def write_saved_model(model: keras.Model, target: Path, job: ArtifactJob) -> Non
         probabilities = result["probabilities"]
         scores, indices = tf.math.top_k(probabilities, k=k)
         result = {"probabilities": probabilities, "classes": tf.gather(labels, indices), "scores": scores} | (
-            {"unknown": result["unknown"], "unknown_score": result["scores"][:, classes]} if job.unknown else {})
+            {"unknown": result["unknown"], "unknown_score": result["all_scores"][:, classes]} if job.unknown else {})
         if job.thresholds is not None:  # several labels per photo: which labels reach their threshold
             above = probabilities >= tf.constant(job.thresholds, tf.float32)
             result["above_threshold"] = above

@@ -129,12 +129,12 @@ def unknown_section(unknown: dict | None) -> str:
     """What the unknown category does: the share of the validation photos it takes, and with --unknown-data (an
     evaluation) the share of those photos and the AUROC; a few of the photos it took."""
     if not unknown:
-        return "<p>No unknown category in this run (trained before tfl had it).</p>"
+        return "<p>No unknown category in this run.</p>"
     if "flagged" not in unknown and "val_flagged" not in unknown:
         return f"<p>{html.escape(unknown.get('method', ''))}</p>"
     share = unknown.get("val_flagged", unknown.get("flagged"))
     text = (f"<p>Every artifact has one more category, <code>{html.escape(unknown.get('name', 'unknown'))}</code>, "
-            f"that wins for photos of none of the classes. It takes {share:.1%} of these validation photos"
+            f"that wins for photos of none of the classes. It takes {share:.1%} of the photos evaluated"
             + (f" (<code>--unknown-keep {unknown['keep']}</code>)" if "keep" in unknown else "") + ".</p>")
     outside = unknown.get("unknown_data")
     if outside:

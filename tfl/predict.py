@@ -39,7 +39,7 @@ class Predictor:
         pixels = np.asarray(pixels)
         expected = (self.image_size, self.image_size, 3)
         if pixels.ndim != 4 or pixels.shape[1:] != expected or not np.issubdtype(pixels.dtype, np.number):
-            raise TflError(f"predict_pixels takes a batch of RGB pixels 0..255 of shape [batch, {self.image_size}, "
+            raise TflError(f"predict_pixels and scores take a batch of RGB pixels 0..255 of shape [batch, {self.image_size}, "
                            f"{self.image_size}, 3] for this model; got {pixels.dtype} of shape {list(pixels.shape)}. "
                            "Resize the images first, or pass them to predict(), which resizes.")
         probabilities = self._probabilities(pixels)
@@ -98,7 +98,7 @@ class SavedModelPredictor(Predictor):
         import tensorflow as tf
 
         outputs = self.serve(pixels=tf.constant(pixels, tf.float32))
-        return outputs["scores" if self.unknown else "probabilities"].numpy()
+        return outputs["all_scores" if self.unknown else "probabilities"].numpy()
 
 
 class TFLitePredictor(Predictor):

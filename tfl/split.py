@@ -31,7 +31,12 @@ class Split:
         return Split([self.paths[i] for i in kept], [self.labels[i] for i in kept])
 
     def subset(self, indices) -> Split:
-        """These rows (a tfds source: all of it, since it has no rows to pick)."""
-        if self.source is not None:
-            return self
-        return Split([self.paths[i] for i in indices], [self.labels[i] for i in indices])
+        """These rows (of a tfds source too: its elements at these positions)."""
+        labels = [self.labels[i] for i in indices]
+        if self.source is None:
+            return Split([self.paths[i] for i in indices], labels)
+        import tensorflow as tf  # only here: this module is read without TensorFlow
+
+        wanted = tf.constant(sorted(int(i) for i in indices), tf.int64)
+        picked = self.source.enumerate().filter(lambda i, _: tf.reduce_any(tf.equal(i, wanted))).map(lambda _, x: x)
+        return Split([], [self.labels[i] for i in sorted(indices)], picked)

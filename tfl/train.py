@@ -26,7 +26,7 @@ from tfl.config import Stage, TrainConfig, from_run_record, run_record
 from tfl.data import CsvOptions, ImageData, load_data
 from tfl.pipeline import DECODER_VERSION, make_pipeline
 from tfl.distribute import Cluster, connect, disconnect
-from tfl.errors import TflError, disk_full_explained
+from tfl.errors import TflError, disk_full_explained, warn
 from tfl.calibration import calibrating_temperature, calibration_report, fold_temperature, rescaled
 from tfl.analysis import Scored, write_analysis
 from tfl.html_report import build_report
@@ -419,12 +419,19 @@ class Training:
         what it measured; or why there is none."""
         config, data = self.config, self.data
         if self.task.multilabel:
+            if config.background:
+                warn("--background is not used with several labels per photo: a photo with no label over its "
+                     "threshold is already of none of them.")
             return {"method": "none needed: a photo with no label over its threshold is of none of the labels"}
         if not config.unknown:
             return {"method": "off (--no-unknown)"}
         if not len(data.val):
             return {"method": "off: no validation photos to choose its threshold on"}
-        background = unknown_background(config.background)
+        try:
+            background = unknown_background(config.background)
+        except TflError as error:  # a resumed run whose background folder has gone: fit without it, and say so
+            warn(f"{error} The unknown category is fitted without background photos.")
+            background = None
         validation = Validation(val_features, *self.validation_scores[::-1], data.val.paths)
         detector, report = fit_for_run(extractor, head, data.train, validation, config.unknown_keep,
                                        data.class_names, config.image_size, config.batch_size, config.seed, background)
@@ -450,6 +457,8 @@ class Training:
             if getattr(config, key):
                 config = dataclasses.replace(config, **{key: str(Path(getattr(config, key)).expanduser().resolve())})
         unknown_background(config.background, check_only=True)  # a wrong folder is said before training, not after
+        if config.background and not config.unknown:
+            warn("--background tunes the unknown category, which --no-unknown leaves out: it is not used.")
         output = Path(output).expanduser()
         with claimed_run_name(output, name, config.arch) as name:
             final_dir, work_dir = prepare_run_dir(output, name, overwrite)

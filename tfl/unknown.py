@@ -66,11 +66,18 @@ class Detector:
     tau: float = 1.0  # in units of the validation distances' spread (a record: `scale` holds it)
 
     def distances(self, features: np.ndarray) -> np.ndarray:
-        """d / tau of each row of pooled features (numpy, float64: the reference the layer is tested against)."""
-        z = normalised(features.astype(np.float64)) * self.scale
-        diff = z[:, None, :] - self.centres[None].astype(np.float64)
-        along = diff @ self.basis.astype(np.float64)
-        return ((diff ** 2).sum(-1) + (along ** 2 * self.weights).sum(-1)).min(axis=1)
+        """d / tau of each row of pooled features (numpy, float64: the reference the layer is tested against), as
+        the layer computes it: squared lengths and products, never a [rows, classes, features] array (5 GB at 5,000
+        photos and 100 classes), in chunks of rows."""
+        centres, basis = self.centres.astype(np.float64), self.basis.astype(np.float64)
+        along_centres = centres @ basis
+        rows = []
+        for start in range(0, len(features), 1024):
+            z = normalised(features[start:start + 1024].astype(np.float64)) * self.scale
+            iso = (z ** 2).sum(1)[:, None] - 2 * z @ centres.T + (centres ** 2).sum(1)[None]
+            along = (z @ basis)[:, None, :] - along_centres[None]  # [rows, classes, components]
+            rows.append((iso + (along ** 2 * self.weights).sum(-1)).min(axis=1))
+        return np.concatenate(rows) if rows else np.zeros(0)
 
     def scores(self, features: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
         """The N + 1 scores the artifacts give, in numpy."""
@@ -112,10 +119,9 @@ def fit_detector(train_features: np.ndarray, train_labels: np.ndarray, val_featu
     probabilities the model gives); with `background` (features and probabilities of photos of none of the
     classes), the tau of TAU_CHOICES that flags most of them at the same share of validation photos kept."""
     z = normalised(train_features.astype(np.float64))
-    classes = len(class_names)
-    centres = np.stack([z[train_labels == c].mean(axis=0) if (train_labels == c).any() else z.mean(axis=0)
-                        for c in range(classes)])
-    residuals = z - centres[train_labels]
+    present = np.unique(train_labels)  # a class without training photos has no centre (the minimum needs none)
+    centres = np.stack([z[train_labels == c].mean(axis=0) for c in present])
+    residuals = z - centres[np.searchsorted(present, train_labels)]
     values, vectors = np.linalg.eigh(residuals.T @ residuals / max(1, len(z)))
     components = max(1, min(COMPONENTS, len(values) - 1))
     rest = values[:-components]
@@ -164,8 +170,10 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
 
 
 def class_probabilities(scores: np.ndarray) -> np.ndarray:
-    """The classes' own probabilities back from N + 1 scores: p = score / (1 - u)."""
-    return scores[:, :-1] / np.maximum(1.0 - scores[:, -1:], 1.0 - MAX_SCORE)
+    """The classes' own probabilities back from N + 1 scores: each over their sum, which is 1 - u (a quantized file
+    rounds each score apart: dividing by its own 1 - u could give more than 1)."""
+    known = scores[:, :-1]
+    return known / np.maximum(known.sum(axis=1, keepdims=True), 1e-12)
 
 
 class UnknownScores(keras.layers.Layer):
@@ -192,10 +200,12 @@ class UnknownScores(keras.layers.Layer):
         # a product with rsqrt, not a division: int8 TFLite has no division that takes a quantized zero
         z = features * (ops.rsqrt(ops.sum(ops.square(features), axis=-1, keepdims=True) + NORM_EPSILON)
                         * self.detector.scale)
-        diff = ops.expand_dims(z, 1) - ops.expand_dims(self.centres, 0)  # [batch, classes, features]
+        # |z - c|^2 as |z|^2 - 2 z.c + |c|^2: [batch, classes], where the differences would be [batch, classes,
+        # features] (164 MB for a batch of 32 with 1,000 classes)
+        iso = (ops.sum(ops.square(z), axis=-1, keepdims=True) - 2.0 * ops.matmul(z, ops.transpose(self.centres))
+               + ops.expand_dims(ops.sum(ops.square(self.centres), axis=-1), 0))
         along = ops.expand_dims(ops.matmul(z, self.basis), 1) - ops.expand_dims(ops.matmul(self.centres, self.basis), 0)
-        distance = ops.min(ops.sum(ops.square(diff), axis=-1) + ops.sum(ops.square(along) * self.weights_, axis=-1),
-                           axis=1, keepdims=True)
+        distance = ops.min(iso + ops.sum(ops.square(along) * self.weights_, axis=-1), axis=1, keepdims=True)
         u = ops.minimum(ops.sigmoid(distance - self.detector.threshold), MAX_SCORE)
         return ops.concatenate([probabilities * (1.0 - u), u], axis=-1)
 
@@ -205,8 +215,15 @@ class UnknownScores(keras.layers.Layer):
 
 def open_set_model(model: keras.Model, detector: Detector) -> keras.Model:
     """The classifier with the unknown category: pixels in, N + 1 scores out (the model's own layers, shared)."""
+    from tfl.errors import TflError
+
     pixels = keras.Input(model.input_shape[1:], name="pixels")
-    features = feature_extractor(model)(pixels)
+    extractor = feature_extractor(model)
+    if int(extractor.output_shape[-1]) != detector.basis.shape[0]:
+        raise TflError(f"The run's {UNKNOWN_FILE} was fitted on {detector.basis.shape[0]} features, and its model gives "
+                       f"{extractor.output_shape[-1]}: it belongs to another run. Put back the run's own, or delete it "
+                       "to use the model without the unknown category.")
+    features = extractor(pixels)
     probabilities = get_head(model)(features)
     scores = UnknownScores(detector, name="unknown")([features, probabilities])
     return keras.Model(pixels, scores, name=f"{model.name}_open_set")
@@ -240,8 +257,8 @@ def fit_for_run(extractor: keras.Model, head: keras.Model, train, val: Validatio
     if background:
         chosen = np.random.default_rng(seed).permutation(len(background))[:VAL_SAMPLE]
         outliers_x = pixel_features(extractor, [background[i] for i in chosen], image_size, batch_size)
-        outliers = (outliers_x, np.asarray(head.predict_on_batch(outliers_x)) if len(outliers_x) else
-                    np.zeros((0, len(class_names))))
+        if len(outliers_x):  # (checked before training: some file decodes)
+            outliers = (outliers_x, np.asarray(head.predict_on_batch(outliers_x)))
     detector = fit_detector(train_x, train_y, val_x, val_p, keep, class_names, outliers)
     val_scores = detector.scores(val_x, val_p)
     val_flagged = flagged(val_scores)
@@ -297,12 +314,21 @@ def pixel_features(extractor: keras.Model, paths: list[str], image_size: int, ba
 
 
 def unknown_background(folder: str | None, check_only: bool = False) -> list[str] | None:
-    """The files of --background, or an error saying what is wrong with it (`check_only`: before training)."""
+    """The files of --background, or an error saying what is wrong with it (`check_only`: before training, when one
+    of its first files must also decode as an image)."""
+    from tfl.errors import TflError
+    from tfl.pipeline import readable_batches
+
     if folder is None:
         return None
-    files = photos_below(folder, "--background", "(they tune the unknown category; they are never a class), or "
-                         "leave the option out")
-    return None if check_only else files
+    advice = "(they tune the unknown category; they are never a class), or leave the option out"
+    files = photos_below(folder, "--background", advice)
+    if check_only:
+        if not any(True for _ in readable_batches(files[:50], 32, 1)):
+            raise TflError(f"--background '{folder}': none of its first {min(50, len(files))} files is an image tfl "
+                           f"can read. Pass a folder of photos of none of the classes {advice}.")
+        return None
+    return files
 
 
 def photos_below(folder: str | Path, option: str, advice: str = "") -> list[str]:
