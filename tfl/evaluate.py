@@ -20,7 +20,7 @@ from tfl.metrics import classification_metrics, predict_dataset, write_metrics
 from tfl.multilabel import multilabel_metrics
 from tfl.predict import load_predictor
 from tfl.runs import RunFolder, check_reachable, labels_text
-from tfl.unknown import auroc, class_probabilities, flagged, photos_below, unknown_statistic
+from tfl.unknown import auroc, flagged, photos_below, unknown_statistic
 
 
 def load_labelled_file(path: Path, class_names: list[str], converted_dir: Path | None,
@@ -79,7 +79,7 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
         dataset = make_pipeline(split, len(class_names), predictor.image_size, batch_size, training=False)
         originals = {row["to"]: row["path"] for row in report.get("converted", [])}  # not the temporary PNGs
         scores, labels = predict_dataset(predictor.scoring, dataset, thresholds is not None)
-        probabilities = class_probabilities(scores) if predictor.unknown else scores
+        probabilities = predictor.probabilities_of(scores)
         scored = Scored([originals.get(path, path) for path in split.paths], probabilities, labels, class_names)
         metrics = (classification_metrics(scored.scores, scored.labels, class_names) if thresholds is None else
                    multilabel_metrics(scored.scores, scored.labels, class_names, thresholds))

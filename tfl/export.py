@@ -30,7 +30,7 @@ from tfl.multilabel import average_precision
 from tfl.formats import ArtifactFormat, formats_for
 from tfl.runs import (DEFAULT_ROOT, LABELS_FILE, THRESHOLDS_FILE, UNKNOWN_NAME_FILE, RunFolder, export_lock,
                       labels_text, thresholds_text, unknown_text)
-from tfl.unknown import class_probabilities, flagged, open_set_model
+from tfl.unknown import flagged, open_set_model
 
 LOUD_DROP = 0.01  # a quantized export losing more than 1 point of accuracy is reported loudly
 
@@ -248,12 +248,11 @@ def size_bytes(path: Path) -> int:
 
 
 def verify(predictor, path: Path, check: Verification, reference_scores: np.ndarray | None) -> dict:
-    """The artifact's accuracy and latency, and (with the Keras model's scores) how far its answers agree: top-1 of
-    the classes, the unknown category's decisions, the largest difference of a class probability."""
+    """The artifact's accuracy and latency, and (with the Keras model's scores) how far its answers agree: top-1 (a
+    class, or the unknown category), the unknown category's decisions, the largest difference of a probability."""
     scores = predict_all(predictor, check.images, min(32, predictor.batch_limit))
-    probabilities = class_probabilities(scores) if predictor.unknown else scores
-    reference = (None if reference_scores is None else
-                 class_probabilities(reference_scores) if predictor.unknown else reference_scores)
+    probabilities = predictor.probabilities_of(scores)
+    reference = None if reference_scores is None else predictor.probabilities_of(reference_scores)
     predicted = probabilities.argmax(axis=1)
     row = {"format": predictor.kind, "file": path.name, "size_bytes": size_bytes(path), "accuracy": None,
            "latency_ms_batch1": latency_ms(predictor, check.images[:1]), "images": int(len(check.images)),

@@ -30,7 +30,10 @@ class Predictor:
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """[batch, size, size, 3] RGB pixels 0..255 -> [batch, classes] probabilities."""
-        scores = self.scores(pixels)
+        return self.probabilities_of(self.scores(pixels))
+
+    def probabilities_of(self, scores: np.ndarray) -> np.ndarray:
+        """The classes' probabilities in what `scores` gave (the unknown category's score aside)."""
         return class_probabilities(scores) if self.unknown else scores
 
     def scores(self, pixels: np.ndarray) -> np.ndarray:
@@ -39,8 +42,8 @@ class Predictor:
         pixels = np.asarray(pixels)
         expected = (self.image_size, self.image_size, 3)
         if pixels.ndim != 4 or pixels.shape[1:] != expected or not np.issubdtype(pixels.dtype, np.number):
-            raise TflError(f"predict_pixels and scores take a batch of RGB pixels 0..255 of shape [batch, {self.image_size}, "
-                           f"{self.image_size}, 3] for this model; got {pixels.dtype} of shape {list(pixels.shape)}. "
+            raise TflError(f"predict_pixels and scores take a batch of RGB pixels 0..255 of shape [batch, "
+                           f"{self.image_size}, {self.image_size}, 3] for this model; got {pixels.dtype} of shape {list(pixels.shape)}. "
                            "Resize the images first, or pass them to predict(), which resizes.")
         probabilities = self._probabilities(pixels)
         given = probabilities.shape[-1] - (1 if self.unknown else 0)  # the unknown category's score aside
@@ -158,34 +161,36 @@ class OnnxPredictor(Predictor):
         return self.session.run(None, {self.input.name: pixels.astype(np.float32)})[0]
 
 
-def tflite_thresholds(path: Path, class_names: list[str]) -> list[float] | None:
-    """Several labels per photo: the thresholds packed inside the .tflite beside labels.txt."""
+def tflite_packed(path: Path, name: str) -> str | None:
+    """A text file packed inside the .tflite (its metadata's associated files are a zip appended to it), or None."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return parse_thresholds(archive.read(THRESHOLDS_FILE).decode(), class_names)
+            return archive.read(name).decode()
     except (zipfile.BadZipFile, KeyError):
         return None
+
+
+def tflite_thresholds(path: Path, class_names: list[str]) -> list[float] | None:
+    """Several labels per photo: the thresholds packed inside the .tflite beside labels.txt."""
+    text = tflite_packed(path, THRESHOLDS_FILE)
+    return None if text is None else parse_thresholds(text, class_names)
 
 
 def tflite_unknown(path: Path) -> str | None:
     """The unknown category's name, packed inside the .tflite when its last label is that category."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return read_unknown_text(archive.read(UNKNOWN_NAME_FILE).decode())
-    except (zipfile.BadZipFile, KeyError):
-        return None
+    text = tflite_packed(path, UNKNOWN_NAME_FILE)
+    return None if text is None else read_unknown_text(text)
 
 
 def tflite_labels(path: Path) -> list[str]:
     """Labels packed inside the .tflite (an associated labels.txt, read as a zip), else labels.txt beside it."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return parse_labels(archive.read(LABELS_FILE).decode())
-    except (zipfile.BadZipFile, KeyError):
-        beside = path.parent / LABELS_FILE
-        if beside.is_file():
-            return read_labels(beside)
-        raise TflError(f"'{path}' carries no labels and has no labels.txt beside it.") from None
+    text = tflite_packed(path, LABELS_FILE)
+    if text is not None:
+        return parse_labels(text)
+    beside = path.parent / LABELS_FILE
+    if beside.is_file():
+        return read_labels(beside)
+    raise TflError(f"'{path}' carries no labels and has no labels.txt beside it.")
 
 
 ARTIFACT_KINDS = (f"a {', '.join(row.suffix for row in LOADABLE if row.suffix)} file, a run directory or a "
@@ -286,7 +291,7 @@ def predict_items(predictor: Predictor, items: list[tuple[str, object]], top_k: 
         if not batch:
             return
         scores = predictor.scores(np.stack([pixels for _, pixels in batch]))
-        probabilities = class_probabilities(scores) if predictor.unknown else scores
+        probabilities = predictor.probabilities_of(scores)
         for (name, _), probs, row_scores in zip(batch, probabilities, scores):
             best = np.argsort(-probs)[:top_k]
             rows.append({"path": name, "top": [(predictor.class_names[i], float(probs[i])) for i in best]})
