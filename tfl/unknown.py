@@ -32,7 +32,7 @@ UNKNOWN_NAME = "unknown"  # the extra category's name (another, when a class has
 COMPONENTS = 64  # directions of the within-class spread modelled one by one; 16-256 measured alike on flowers
 TRAIN_SAMPLE = 1000  # at most about this many training photos' features fit the class centres and the spread
 VAL_SAMPLE = 5000  # at most this many validation photos choose the threshold
-MAX_SCORE = 0.999  # u is clipped here so that the class probabilities can be read back from p (1 - u)
+MAX_SCORE = 0.999  # u is clipped here: the class scores p (1 - u) keep a sum to read p back from (class_probabilities)
 # Floors for features that hardly vary (an untrained backbone's, a class of one photo): a variance per direction
 # of the unit-length features (trained ones measure about 1e-4), and one unit of the distances' spread (trained
 # ones measure hundreds), so that float16's or another runtime's rounding cannot move a distance by many spreads.
