@@ -90,8 +90,8 @@ def other_scores(model, groups: dict, val_labels: np.ndarray, train) -> dict:
               "energy": lambda x: -np.log(np.exp(logits(x)).sum(1)),
               "nearest neighbours (k=10)": lambda x: -np.sort(normalised(x) @ z_train.T, axis=1)[:, -10],
               "Mahalanobis, full covariance": mahalanobis,
-              "tfl's distance alone": detector.distances,
-              "tfl's (distance and softmax)": lambda x: detector.distances(x) - np.log(softmax(x).max(1))}
+              "the last features' distance alone": detector.distances,
+              "the last features' (distance and softmax)": lambda x: detector.distances(x) - np.log(softmax(x).max(1))}
     table = {}
     for name, score in scores.items():
         inside = score(val_x)

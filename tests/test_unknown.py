@@ -79,6 +79,41 @@ def test_a_saved_detector_loads_the_same(fitted, tmp_path):
     assert (loaded.threshold, loaded.keep, loaded.name, loaded.tau) == (detector.threshold, 0.95, "unknown", 1.0)
 
 
+def test_a_second_layer_flags_photos_the_first_maps_among_the_classes_and_the_layer_adds_both(tmp_path):
+    """Photos whose last features look in-class but whose earlier activations do not (a fine-tuned backbone maps
+    weather photos among flowers): the detector of both layers flags them, the one of the first alone does not."""
+    rng = np.random.default_rng(1)
+    train_x, train_y, centres = clusters(rng, 200)
+    train_mid, _, mids = clusters(np.random.default_rng(2), 200)
+    labels = np.repeat(np.arange(CLASSES), 100)
+    noise = lambda: rng.normal(0, 1, (300, FEATURES))  # noqa: E731
+    val_x, val_mid = (np.abs(c[labels] + noise()).astype(np.float32) for c in (centres, mids))
+    odd_x = np.abs(centres[labels] + noise()).astype(np.float32)  # in-class last features...
+    odd_mid = rng.uniform(0, 6, (300, FEATURES)).astype(np.float32)  # ...and earlier activations of none
+    val_p, odd_p = softmax_of(val_x, centres), softmax_of(odd_x, centres)
+    both = fit_detector([train_x, train_mid], train_y, [val_x, val_mid], val_p, 0.95, list("abc"),
+                        layers=("block_mid",))
+    last = fit_detector(train_x, train_y, val_x, val_p, 0.95, list("abc"))
+    assert flagged(both.scores([odd_x, odd_mid], odd_p)).mean() >= 0.95
+    assert flagged(last.scores(odd_x, odd_p)).mean() <= 0.10
+    assert abs(flagged(both.scores([val_x, val_mid], val_p)).mean() - 0.05) <= 0.01
+    computed = np.asarray(UnknownScores(both)([odd_x[:40], odd_mid[:40], odd_p[:40]]))
+    assert np.allclose(computed, both.scores([odd_x[:40], odd_mid[:40]], odd_p[:40]), atol=2e-4)
+    both.save(tmp_path / "unknown.npz")
+    loaded = Detector.load(tmp_path / "unknown.npz")
+    assert loaded.layers == ("block_mid",) and len(loaded.parts) == 2
+    assert np.allclose(loaded.distances([odd_x, odd_mid]), both.distances([odd_x, odd_mid]))
+
+
+def test_a_detector_saved_by_the_first_unknown_category_still_loads(fitted, tmp_path):
+    detector, _, val_x, _ = fitted
+    part = detector.parts[0]
+    np.savez(tmp_path / "unknown.npz", centres=part.centres, basis=part.basis, weights=part.weights,
+             numbers=np.array([detector.threshold, part.scale, detector.keep, detector.tau]), name=np.array("unknown"))
+    loaded = Detector.load(tmp_path / "unknown.npz")
+    assert loaded.layers == () and np.allclose(loaded.distances(val_x[:10]), detector.distances(val_x[:10]))
+
+
 def test_a_higher_keep_flags_fewer_validation_photos(fitted):
     _, centres, val_x, _ = fitted
     rng = np.random.default_rng(0)
@@ -140,7 +175,9 @@ def test_a_background_option_that_is_no_folder_is_said_before_training(tmp_path)
 def test_a_run_has_the_unknown_category_in_its_predictions_and_metrics(tiny_run):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert metrics["unknown"]["name"] == "unknown" and metrics["unknown"]["keep"] == 0.95
-    assert (tiny_run / "unknown.npz").is_file()
+    # MobileNetV2's detector reads the last block's expanded input beside the pooled features (tfl/archs.py)
+    assert Detector.load(tiny_run / "unknown.npz").layers == ("block_16_expand_relu",)
+    assert "block_16_expand_relu" in metrics["unknown"]["method"]
     model = tfl.load(tiny_run)
     rows = model.predict(tiny_run.parent.parent / "data" / "red")
     assert rows and all(isinstance(row["unknown"], bool) and 0 <= row["unknown_score"] <= 1 for row in rows)
@@ -245,7 +282,7 @@ def test_a_class_without_training_photos_gets_no_centre_and_the_rest_still_works
     val_x = np.abs(centres[np.repeat([0, 1], 100)] + rng.normal(0, 1, (200, FEATURES))).astype(np.float32)
     far = rng.uniform(0, 6, (300, FEATURES)).astype(np.float32)
     detector = fit_detector(train_x[kept], train_y[kept], val_x, softmax_of(val_x, centres), 0.95, list("abc"))
-    assert detector.centres.shape[0] == 2
+    assert detector.parts[0].centres.shape[0] == 2
     assert flagged(detector.scores(far, softmax_of(far, centres))).mean() > 0.9
 
 

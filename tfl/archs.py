@@ -79,6 +79,10 @@ class ArchSpec:
     constructor_kwargs: tuple[str, ...] = field(default=())  # config keys passed to the constructor (alpha)
     fixed_kwargs: tuple[tuple[str, object], ...] = field(default=())  # constructor arguments of this entry
     frozen_layers: tuple[str, ...] = ("BatchNormalization",)  # layer classes that never train (running statistics)
+    # Backbone layers whose pooled activations the unknown category reads beside the pooled features (tfl/unknown.py):
+    # an earlier view of the photo tells apart photos that the fine-tuned last features map among the classes'.
+    # Chosen by benchmarks/README.md, "None of these" (MobileNetV2 only; the others read the features alone).
+    unknown_layers: tuple[str, ...] = ()
     description: str = ""
 
     @property
@@ -140,6 +144,7 @@ ARCHS: dict[str, ArchSpec] = {
             block_ends=_MOBILENETV2_BLOCK_ENDS,
             stem_blocks=4,
             constructor_kwargs=("alpha",),
+            unknown_layers=("block_16_expand_relu",),  # the last block's input, expanded
             description="MobileNetV2 (alpha 0.35-1.4): small and fast, for phones",
         ),
         ArchSpec(

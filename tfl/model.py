@@ -131,16 +131,25 @@ def get_head(model: keras.Model) -> keras.Model:
     return model.get_layer(HEAD_NAME)
 
 
-def feature_extractor(model: keras.Model, skip: tuple[str, ...] = ()) -> keras.Model:
+def feature_extractor(model: keras.Model, skip: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> keras.Model:
     """pixels -> everything before the head, in inference mode, sharing the model's layers (the classifier is a
-    chain of layers ending in its head); `skip`: names of layers left out (the low-pass, to measure it)."""
-    head = get_head(model)
+    chain of layers ending in its head); `skip`: names of layers left out (the low-pass, to measure it); `extra`:
+    names of backbone layers whose activations, averaged over the image, are outputs too, after the features (the
+    unknown category reads them). A name the backbone lacks is a ValueError."""
+    head, backbone = get_head(model), get_backbone(model) if extra else None
+    inner = backbone if not extra else keras.Model(
+        backbone.inputs, [backbone.output, *(backbone.get_layer(name).output for name in extra)],
+        name=f"{BACKBONE_NAME}_with_{len(extra)}_more")
     pixels = keras.Input(model.input_shape[1:], name="pixels")
-    x = pixels
+    x, more = pixels, []
     for layer in model.layers[1:model.layers.index(head)]:
-        if layer.name not in skip:
+        if layer is backbone:
+            x = inner(x, training=False)
+            x, *more = x if extra else (x,)
+        elif layer.name not in skip:
             x = layer(x, training=False)
-    return keras.Model(pixels, x, name="feature_extractor")
+    pooled = [keras.layers.GlobalAveragePooling2D(name=f"pool_{name}")(y) for name, y in zip(extra, more)]
+    return keras.Model(pixels, [x, *pooled] if extra else x, name="feature_extractor")
 
 
 def get_backbone(model: keras.Model) -> keras.Model:

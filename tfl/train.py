@@ -46,7 +46,7 @@ from tfl.runs import (DEFAULT_ROOT, THRESHOLDS_FILE, RunFolder, claimed_run_name
                       labels_text, portable_path, prepare_run_dir, read_run_config, resumable_run, run_lock,
                       thresholds_text, write_splits)
 from tfl.scan import SCAN_CACHE_FOLDER
-from tfl.unknown import UNKNOWN_FILE, Validation, features_of, fit_for_run, unknown_background
+from tfl.unknown import UNKNOWN_FILE, Validation, as_parts, features_of, fit_for_run, unknown_background
 from tfl.version import __version__
 
 IMBALANCE_RATIO = 1.5  # class_weight auto: balance when the largest class is this much bigger than the smallest
@@ -363,10 +363,10 @@ class Training:
         """The finished run's files: model (its scores calibrated), metrics (validation and test), history, plots;
         then it takes its name."""
         config, data, run = self.config, self.data, self.folder
-        extractor = feature_extractor(model)
+        extractor = feature_extractor(model, extra=self.unknown_layers)
         val_features, val_labels = features_of(extractor, data.val, len(data.class_names), config.image_size,
                                                config.batch_size)  # once, for the calibration and the unknown
-        metrics = self.calibrate(model, val_features, val_labels)
+        metrics = self.calibrate(model, as_parts(val_features)[0], val_labels)
         with atomic_path(run.model_file, force=True) as tmp:
             model.save(tmp)
         metrics["unknown"] = self.fit_unknown(extractor, get_head(model), val_features)
@@ -414,6 +414,12 @@ class Training:
         thresholds = choose_thresholds(calibrated, labels)  # the F1-best per label, on the calibrated scores
         return multilabel_metrics(calibrated, labels, data.class_names, thresholds) | calibration
 
+    @property
+    def unknown_layers(self) -> tuple[str, ...]:
+        """The backbone layers the unknown category reads beside the pooled features, when the run has one."""
+        config = self.config
+        return self.spec.unknown_layers if config.unknown and not self.task.multilabel and len(self.data.val) else ()
+
     def fit_unknown(self, extractor: keras.Model, head: keras.Model, val_features) -> dict:
         """The 'unknown' category (tfl/unknown.py): fitted on the finished model's features, saved beside it, and
         what it measured; or why there is none."""
@@ -434,7 +440,8 @@ class Training:
             background = None
         validation = Validation(val_features, *self.validation_scores[::-1], data.val.paths)
         detector, report = fit_for_run(extractor, head, data.train, validation, config.unknown_keep,
-                                       data.class_names, config.image_size, config.batch_size, config.seed, background)
+                                       data.class_names, config.image_size, config.batch_size, config.seed, background,
+                                       self.unknown_layers)
         detector.save(self.folder.path / UNKNOWN_FILE)
         self.caller.echo(unknown_line(report))
         return report

@@ -52,23 +52,19 @@ def unknown_name(class_names: list[str]) -> str:
 
 
 @dataclass
-class Detector:
-    """A fitted unknown score: the class centres, the spread's top directions and weights, and the threshold, all
-    scaled so that the in-model arithmetic stays near 1 (float16 and int8 files compute it too)."""
+class Part:
+    """One layer's share of the distance: its class centres, the top directions of its classes' spread and their
+    weights, all scaled so that the in-model arithmetic stays near 1 (float16 and int8 files compute it too)."""
 
-    centres: np.ndarray  # [classes, features]: class means of the normalised features, divided by sqrt(sigma2 tau)
+    centres: np.ndarray  # [classes, features]: class means of the normalised features, times `scale`
     basis: np.ndarray  # [features, components]: the top directions of the within-class spread
     weights: np.ndarray  # [components]: sigma2 / lambda - 1 (negative: those directions count less)
-    threshold: float  # theta, on d / tau - log(max p)
-    scale: float  # 1 / sqrt(sigma2 tau): multiplies the normalised features
-    keep: float  # the share of validation photos kept as known when theta was chosen
-    name: str = UNKNOWN_NAME
-    tau: float = 1.0  # in units of the validation distances' spread (a record: `scale` holds it)
+    scale: float  # multiplies the normalised features: 1 / sqrt(sigma2), then in units of the distances' spread
 
     def distances(self, features: np.ndarray) -> np.ndarray:
-        """d / tau of each row of pooled features (numpy, float64: the reference the layer is tested against), as
-        the layer computes it: squared lengths and products, never a [rows, classes, features] array (5 GB at 5,000
-        photos and 100 classes), in chunks of rows."""
+        """The scaled distance of each row of pooled features to the nearest centre (numpy, float64: the reference
+        the layer is tested against), as the layer computes it: squared lengths and products, never a [rows,
+        classes, features] array (5 GB at 5,000 photos and 100 classes), in chunks of rows."""
         centres, basis = self.centres.astype(np.float64), self.basis.astype(np.float64)
         along_centres = centres @ basis
         rows = []
@@ -79,7 +75,30 @@ class Detector:
             rows.append((iso + (along ** 2 * self.weights).sum(-1)).min(axis=1))
         return np.concatenate(rows) if rows else np.zeros(0)
 
-    def scores(self, features: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    def rescaled(self, factor: float) -> Part:
+        """The same part with its distances times factor ** 2."""
+        return Part(self.centres * factor, self.basis, self.weights, self.scale * factor)
+
+
+@dataclass
+class Detector:
+    """A fitted unknown score: one Part per layer read (the model's pooled features first, then the pooled
+    activations of the backbone's `layers`), each in units of its validation photos' spread, summed; the sum in
+    units of its own spread times tau; and the threshold."""
+
+    parts: list[Part]
+    threshold: float  # theta, on d / tau - log(max p)
+    keep: float  # the share of validation photos kept as known when theta was chosen
+    name: str = UNKNOWN_NAME
+    tau: float = 1.0  # in units of the validation distances' spread (a record: the parts' scales hold it)
+    layers: tuple[str, ...] = ()  # the backbone layers whose pooled activations parts[1:] read
+
+    def distances(self, features) -> np.ndarray:
+        """d / tau of each photo: `features` is the model's pooled features (an array), or a list of them and the
+        pooled activations of `layers`, as the extractor of open_set_model gives them."""
+        return sum(part.distances(x) for part, x in zip(self.parts, as_parts(features, len(self.parts))))
+
+    def scores(self, features, probabilities: np.ndarray) -> np.ndarray:
         """The N + 1 scores the artifacts give, in numpy."""
         u = np.minimum(1 / (1 + np.exp(-(self.distances(features) - self.threshold))), MAX_SCORE)
         return np.concatenate([probabilities * (1 - u)[:, None], u[:, None]], axis=1)
@@ -87,19 +106,40 @@ class Detector:
     def save(self, path: Path) -> None:
         from tfl.fileio import atomic_path
 
+        arrays = {f"{key}_{k}": getattr(part, key) for k, part in enumerate(self.parts)
+                  for key in ("centres", "basis", "weights")}
         with atomic_path(path, force=True) as tmp:
             with open(tmp, "wb") as out:
-                np.savez(out, centres=self.centres, basis=self.basis, weights=self.weights,
-                         numbers=np.array([self.threshold, self.scale, self.keep, self.tau]), name=np.array(self.name))
+                np.savez(out, **arrays, scales=np.array([part.scale for part in self.parts]),
+                         numbers=np.array([self.threshold, self.keep, self.tau]), name=np.array(self.name),
+                         layers=np.array(self.layers, dtype=str))
 
     @classmethod
     def load(cls, path: Path) -> Detector | None:
         if not path.is_file():
             return None
         with np.load(path) as saved:
-            threshold, scale, keep, tau = (float(x) for x in saved["numbers"])
-            return cls(saved["centres"], saved["basis"], saved["weights"], threshold, scale, keep, str(saved["name"]),
-                       tau)
+            if "centres" in saved:  # a run of tfl 0.1's first unknown category: the pooled features alone
+                threshold, scale, keep, tau = (float(x) for x in saved["numbers"])
+                part = Part(saved["centres"], saved["basis"], saved["weights"], scale)
+                return cls([part], threshold, keep, str(saved["name"]), tau)
+            threshold, keep, tau = (float(x) for x in saved["numbers"])
+            parts = [Part(saved[f"centres_{k}"], saved[f"basis_{k}"], saved[f"weights_{k}"], float(scale))
+                     for k, scale in enumerate(saved["scales"])]
+            return cls(parts, threshold, keep, str(saved["name"]), tau, tuple(str(n) for n in saved["layers"]))
+
+
+def as_parts(features, count: int | None = None) -> list[np.ndarray]:
+    """The features of each part: a list as it is, an array as the one part."""
+    parts = list(features) if isinstance(features, (list, tuple)) else [features]
+    if count is not None and len(parts) != count:
+        raise ValueError(f"{len(parts)} kinds of features for a detector of {count} parts")
+    return parts
+
+
+def take(features, rows):
+    """The chosen rows of an array of features, or of each array of a list."""
+    return [x[rows] for x in features] if isinstance(features, (list, tuple)) else features[rows]
 
 
 def normalised(features: np.ndarray) -> np.ndarray:
@@ -112,39 +152,50 @@ def normalised(features: np.ndarray) -> np.ndarray:
 TAU_CHOICES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
-def fit_detector(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
-                 val_probabilities: np.ndarray, keep: float, class_names: list[str],
-                 background: tuple[np.ndarray, np.ndarray] | None = None) -> Detector:
-    """Centres and spread from the training features, tau and theta from the validation ones (whose calibrated
-    probabilities the model gives); with `background` (features and probabilities of photos of none of the
-    classes), the tau of TAU_CHOICES that flags most of them at the same share of validation photos kept."""
-    z = normalised(train_features.astype(np.float64))
-    present = np.unique(train_labels)  # a class without training photos has no centre (the minimum needs none)
-    centres = np.stack([z[train_labels == c].mean(axis=0) for c in present])
-    residuals = z - centres[np.searchsorted(present, train_labels)]
+def fit_part(features: np.ndarray, labels: np.ndarray) -> Part:
+    """Centres and spread of one layer's training features (scaled by 1 / sqrt(sigma2))."""
+    z = normalised(features.astype(np.float64))
+    present = np.unique(labels)  # a class without training photos has no centre (the minimum needs none)
+    centres = np.stack([z[labels == c].mean(axis=0) for c in present])
+    residuals = z - centres[np.searchsorted(present, labels)]
     values, vectors = np.linalg.eigh(residuals.T @ residuals / max(1, len(z)))
     components = max(1, min(COMPONENTS, len(values) - 1))
-    rest = values[:-components]
-    sigma2 = max(float(rest.mean()), MIN_VARIANCE)
+    sigma2 = max(float(values[:-components].mean()), MIN_VARIANCE)
     top = np.maximum(values[-components:], sigma2)
-    basis, weights = vectors[:, -components:], sigma2 / top - 1.0
-    detector = Detector(centres / math.sqrt(sigma2), basis, weights, 0.0, 1 / math.sqrt(sigma2), keep,
-                        unknown_name(class_names))
-    spread = max(float(detector.distances(val_features).std()), 1.0) if len(val_features) else 1.0
-    unit = (detector.centres, detector.scale)
+    return Part(centres / math.sqrt(sigma2), vectors[:, -components:], sigma2 / top - 1.0, 1 / math.sqrt(sigma2))
+
+
+def spread(values: np.ndarray) -> float:
+    """The standard deviation of validation distances, at least one unit (features that hardly vary)."""
+    return max(float(values.std()), 1.0) if len(values) else 1.0
+
+
+def fit_detector(train_features, train_labels: np.ndarray, val_features, val_probabilities: np.ndarray, keep: float,
+                 class_names: list[str], background: tuple | None = None, layers: tuple[str, ...] = ()) -> Detector:
+    """Centres and spread of each layer from the training features (an array, or a list: the pooled features,
+    then the pooled activations of `layers`), tau and theta from the validation ones (whose calibrated
+    probabilities the model gives); with `background` (features and probabilities of photos of none of the
+    classes), the tau of TAU_CHOICES that flags most of them at the same share of validation photos kept."""
+    val_parts = as_parts(val_features)
+    parts = [fit_part(x, train_labels) for x in as_parts(train_features, len(val_parts))]
+    parts = [part.rescaled(1 / math.sqrt(spread(part.distances(x)))) for part, x in zip(parts, val_parts)]
+    unit = Detector(parts, 0.0, keep, unknown_name(class_names), layers=layers)
+    whole = spread(unit.distances(val_parts))
 
     def with_tau(tau: float) -> Detector:
-        detector.centres, detector.scale = unit[0] / math.sqrt(spread * tau), unit[1] / math.sqrt(spread * tau)
-        statistic = detector.distances(val_features) - log_confidence(val_probabilities)
+        detector = Detector([part.rescaled(1 / math.sqrt(whole * tau)) for part in parts], 0.0, keep, unit.name,
+                            tau, layers)
+        statistic = detector.distances(val_parts) - log_confidence(val_probabilities)
         detector.threshold = (float(np.quantile(statistic, keep)) if len(statistic) else 0.0) + TIE_MARGIN
         return detector
 
-    if background is not None and len(background[0]):
+    tau = 1.0
+    if background is not None and len(as_parts(background[0])[0]):
         flagged_share = {tau: float(flagged(with_tau(tau).scores(*background)).mean()) for tau in TAU_CHOICES}
-        detector.tau = max(TAU_CHOICES, key=lambda tau: (flagged_share[tau], -abs(math.log(tau))))
-    with_tau(detector.tau)
-    detector.centres, detector.basis, detector.weights = (a.astype(np.float32) for a in
-                                                          (detector.centres, detector.basis, detector.weights))
+        tau = max(TAU_CHOICES, key=lambda tau: (flagged_share[tau], -abs(math.log(tau))))
+    detector = with_tau(tau)
+    detector.parts = [Part(*(a.astype(np.float32) for a in (p.centres, p.basis, p.weights)), p.scale)
+                      for p in detector.parts]
     return detector
 
 
@@ -177,55 +228,66 @@ def class_probabilities(scores: np.ndarray) -> np.ndarray:
 
 
 class UnknownScores(keras.layers.Layer):
-    """[pooled features, class probabilities] -> the N + 1 scores (the Detector's arithmetic as layers: a
-    normalisation, two small matrix products, a minimum over the classes)."""
+    """[pooled features, (pooled activations of the detector's layers,) class probabilities] -> the N + 1 scores
+    (the Detector's arithmetic as layers: per part a normalisation, two small matrix products, a minimum over the
+    classes; their sum)."""
 
     def __init__(self, detector: Detector, **kwargs):
         super().__init__(**kwargs)
         self.detector = detector
 
     def build(self, input_shape):
-        d = self.detector
-        self.centres = self.add_weight(shape=d.centres.shape, initializer="zeros", trainable=False, name="centres")
-        self.basis = self.add_weight(shape=d.basis.shape, initializer="zeros", trainable=False, name="basis")
-        self.weights_ = self.add_weight(shape=d.weights.shape, initializer="zeros", trainable=False, name="weights")
-        self.centres.assign(d.centres)
-        self.basis.assign(d.basis)
-        self.weights_.assign(d.weights)
+        self.constants = []
+        for k, part in enumerate(self.detector.parts):
+            made = []
+            for key in ("centres", "basis", "weights"):
+                value = getattr(part, key)
+                weight = self.add_weight(shape=value.shape, initializer="zeros", trainable=False, name=f"{key}_{k}")
+                weight.assign(value)
+                made.append(weight)
+            self.constants.append(made)
 
     def call(self, inputs):
         ops = keras.ops
-        features, probabilities = inputs
-        features = ops.cast(features, "float32")
-        # a product with rsqrt, not a division: int8 TFLite has no division that takes a quantized zero
-        z = features * (ops.rsqrt(ops.sum(ops.square(features), axis=-1, keepdims=True) + NORM_EPSILON)
-                        * self.detector.scale)
-        # |z - c|^2 as |z|^2 - 2 z.c + |c|^2: [batch, classes], where the differences would be [batch, classes,
-        # features] (164 MB for a batch of 32 with 1,000 classes)
-        iso = (ops.sum(ops.square(z), axis=-1, keepdims=True) - 2.0 * ops.matmul(z, ops.transpose(self.centres))
-               + ops.expand_dims(ops.sum(ops.square(self.centres), axis=-1), 0))
-        along = ops.expand_dims(ops.matmul(z, self.basis), 1) - ops.expand_dims(ops.matmul(self.centres, self.basis), 0)
-        distance = ops.min(iso + ops.sum(ops.square(along) * self.weights_, axis=-1), axis=1, keepdims=True)
+        *features, probabilities = inputs
+        distance = 0.0
+        for x, part, (centres, basis, weights) in zip(features, self.detector.parts, self.constants):
+            x = ops.cast(x, "float32")
+            # a product with rsqrt, not a division: int8 TFLite has no division that takes a quantized zero
+            z = x * (ops.rsqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + NORM_EPSILON) * part.scale)
+            # |z - c|^2 as |z|^2 - 2 z.c + |c|^2: [batch, classes], where the differences would be [batch, classes,
+            # features] (164 MB for a batch of 32 with 1,000 classes)
+            iso = (ops.sum(ops.square(z), axis=-1, keepdims=True) - 2.0 * ops.matmul(z, ops.transpose(centres))
+                   + ops.expand_dims(ops.sum(ops.square(centres), axis=-1), 0))
+            along = ops.expand_dims(ops.matmul(z, basis), 1) - ops.expand_dims(ops.matmul(centres, basis), 0)
+            distance = distance + ops.min(iso + ops.sum(ops.square(along) * weights, axis=-1), axis=1, keepdims=True)
         u = ops.minimum(ops.sigmoid(distance - self.detector.threshold), MAX_SCORE)
         return ops.concatenate([probabilities * (1.0 - u), u], axis=-1)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[1][0], input_shape[1][1] + 1)
+        return (input_shape[-1][0], input_shape[-1][1] + 1)
 
 
 def open_set_model(model: keras.Model, detector: Detector) -> keras.Model:
     """The classifier with the unknown category: pixels in, N + 1 scores out (the model's own layers, shared)."""
     from tfl.errors import TflError
 
+    other_run = (f"it belongs to another run. Put back the run's own {UNKNOWN_FILE}, or delete it to use the model "
+                 "without the unknown category.")
+    try:
+        extractor = feature_extractor(model, extra=detector.layers)
+    except ValueError:
+        raise TflError(f"The run's {UNKNOWN_FILE} reads the backbone layers {', '.join(detector.layers)}, which its "
+                       f"model lacks: {other_run}") from None
+    sizes = [int(shape[-1]) for shape in output_shapes(extractor)]
+    if sizes != [part.basis.shape[0] for part in detector.parts]:
+        fitted = " + ".join(str(part.basis.shape[0]) for part in detector.parts)
+        raise TflError(f"The run's {UNKNOWN_FILE} was fitted on {fitted} features, and its model gives "
+                       f"{' + '.join(map(str, sizes))}: {other_run}")
     pixels = keras.Input(model.input_shape[1:], name="pixels")
-    extractor = feature_extractor(model)
-    if int(extractor.output_shape[-1]) != detector.basis.shape[0]:
-        raise TflError(f"The run's {UNKNOWN_FILE} was fitted on {detector.basis.shape[0]} features, and its model gives "
-                       f"{extractor.output_shape[-1]}: it belongs to another run. Put back the run's own, or delete it "
-                       "to use the model without the unknown category.")
-    features = extractor(pixels)
-    probabilities = get_head(model)(features)
-    scores = UnknownScores(detector, name="unknown")([features, probabilities])
+    features = as_parts(extractor(pixels))
+    probabilities = get_head(model)(features[0])
+    scores = UnknownScores(detector, name="unknown")([*features, probabilities])
     return keras.Model(pixels, scores, name=f"{model.name}_open_set")
 
 
@@ -234,7 +296,7 @@ class Validation:
     """The finished model's pooled features of the validation photos (in order), their labels, the calibrated
     probabilities it gives them, and their paths: computed once, for the calibration and for the unknown category."""
 
-    features: np.ndarray
+    features: np.ndarray | list[np.ndarray]  # the pooled features, or a list: they and the detector layers' (as_parts)
     labels: np.ndarray  # class indices
     probabilities: np.ndarray
     paths: list[str]
@@ -242,39 +304,39 @@ class Validation:
 
 def fit_for_run(extractor: keras.Model, head: keras.Model, train, val: Validation, keep: float,
                 class_names: list[str], image_size: int, batch_size: int, seed: int,
-                background: list[str] | None = None) -> tuple[Detector, dict]:
-    """The detector of a finished model (`extractor`: its pixels to pooled features, traced by the validation
-    pass; `head`: features to calibrated probabilities): features of a sample of its training photos (one pass; and
+                background: list[str] | None = None, layers: tuple[str, ...] = ()) -> tuple[Detector, dict]:
+    """The detector of a finished model (`extractor`: its pixels to pooled features, and the pooled activations of
+    the backbone's `layers`, traced by the validation pass; `head`: features to calibrated probabilities): features of a sample of its training photos (one pass; and
     of the background photos, when given), its validation photos' (`val`), and what it measured for metrics.json.
     (Nine parameters: the run's settings it needs, passed as values so that this module does not import training.)"""
     start = time.time()
     chosen_train = balanced_sample(np.asarray(train.labels), TRAIN_SAMPLE, len(class_names), seed)
-    chosen_val = np.sort(np.random.default_rng(seed).permutation(len(val.features))[:VAL_SAMPLE])
+    chosen_val = np.sort(np.random.default_rng(seed).permutation(len(val.labels))[:VAL_SAMPLE])
     train_x, train_hot = features_of(extractor, train.subset(chosen_train), len(class_names), image_size, batch_size)
     train_y = train_hot.argmax(axis=1)
-    val_x, val_y, val_p = val.features[chosen_val], val.labels[chosen_val], val.probabilities[chosen_val]
+    val_x, val_y, val_p = take(val.features, chosen_val), val.labels[chosen_val], val.probabilities[chosen_val]
     outliers = None
     if background:
         chosen = np.random.default_rng(seed).permutation(len(background))[:VAL_SAMPLE]
         outliers_x = pixel_features(extractor, [background[i] for i in chosen], image_size, batch_size)
-        if len(outliers_x):  # (checked before training: some file decodes)
-            outliers = (outliers_x, np.asarray(head.predict_on_batch(outliers_x)))
-    detector = fit_detector(train_x, train_y, val_x, val_p, keep, class_names, outliers)
+        if len(as_parts(outliers_x)[0]):  # (checked before training: some file decodes)
+            outliers = (outliers_x, np.asarray(head.predict_on_batch(as_parts(outliers_x)[0])))
+    detector = fit_detector(train_x, train_y, val_x, val_p, keep, class_names, outliers, layers)
     val_scores = detector.scores(val_x, val_p)
     val_flagged = flagged(val_scores)
     val_paths = [val.paths[i] for i in chosen_val] if val.paths else []
     likeliest = [i for i in np.argsort(-unknown_statistic(val_scores)) if val_flagged[i]][:8]
-    report = {"method": f"Mahalanobis distance to the nearest class ({COMPONENTS} components) and the softmax, "
-                        "as one more category",
+    report = {"method": f"Mahalanobis distance to the nearest class ({COMPONENTS} components) of the pooled "
+                        f"features{''.join(', ' + layer for layer in layers)}, and the softmax, as one more category",
               "name": detector.name, "keep": keep, "threshold": round(detector.threshold, 4),
-              "fitted_on": {"train_photos": int(len(train_x)), "val_photos": int(len(val_x))},
-              "val_flagged": round(float(val_flagged.mean()), 4) if len(val_x) else None,
+              "fitted_on": {"train_photos": int(len(train_y)), "val_photos": int(len(val_y))},
+              "val_flagged": round(float(val_flagged.mean()), 4) if len(val_y) else None,
               "val_accuracy_of_kept": (round(float((val_p.argmax(1) == val_y)[~val_flagged].mean()), 4)
                                        if (~val_flagged).any() else None),
               "val_flagged_examples": [val_paths[i] for i in likeliest] if val_paths else [],
               "tau": detector.tau, "seconds": round(time.time() - start, 1)}
     if outliers is not None:
-        report["background"] = {"photos": int(len(outliers[0])),
+        report["background"] = {"photos": int(len(outliers[1])),
                                 "flagged": round(float(flagged(detector.scores(*outliers)).mean()), 4)}
     return detector, report
 
@@ -287,30 +349,40 @@ def balanced_sample(labels: np.ndarray, total: int, classes: int, seed: int) -> 
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, int)
 
 
-def features_of(extractor: keras.Model, split, num_classes: int, image_size: int,
-                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pooled features, one-hot or multi-hot label rows) of a split, in its order. Every batch is padded to
-    `batch_size`, so that the extractor is traced once (a last, smaller batch traced it again: a second or two)."""
+def features_of(extractor: keras.Model, split, num_classes: int, image_size: int, batch_size: int):
+    """(pooled features, one-hot or multi-hot label rows) of a split, in its order: the features an array, or a
+    list of arrays when the extractor has several outputs. Every batch is padded to `batch_size`, so that the
+    extractor is traced once (a last, smaller batch traced it again: a second or two)."""
     from tfl.pipeline import make_pipeline
 
     features, labels = [], []
     for images, one_hot in make_pipeline(split, num_classes, image_size, batch_size, training=False):
         images = np.asarray(images)
         padded = np.concatenate([images, np.zeros((batch_size - len(images), *images.shape[1:]), images.dtype)])
-        features.append(np.asarray(extractor.predict_on_batch(padded))[:len(images)])
+        features.append([np.asarray(x)[:len(images)] for x in as_parts(extractor.predict_on_batch(padded))])
         labels.append(np.asarray(one_hot))
-    if not features:
-        return np.zeros((0, extractor.output_shape[-1]), np.float32), np.zeros((0, num_classes), np.float32)
-    return np.concatenate(features), np.concatenate(labels)
+    return stacked(extractor, features), (np.concatenate(labels) if labels else np.zeros((0, num_classes), np.float32))
 
 
-def pixel_features(extractor: keras.Model, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
-    """Features of the image files that decode (as predict decodes them); the others are left out."""
+def pixel_features(extractor: keras.Model, paths: list[str], image_size: int, batch_size: int):
+    """Features of the image files that decode (as predict decodes them; an array, or a list of arrays as
+    features_of gives them); the others are left out."""
     from tfl.pipeline import readable_batches
 
-    features = [np.asarray(extractor.predict_on_batch(pixels.astype("float32")))
-                for _, pixels in readable_batches(paths, image_size, batch_size)]
-    return np.concatenate(features) if features else np.zeros((0, extractor.output_shape[-1]), np.float32)
+    return stacked(extractor, [[np.asarray(x) for x in as_parts(extractor.predict_on_batch(pixels.astype("float32")))]
+                               for _, pixels in readable_batches(paths, image_size, batch_size)])
+
+
+def stacked(extractor: keras.Model, batches: list[list[np.ndarray]]):
+    """Batches of each output of the extractor, one array per output (the array alone for one output)."""
+    outputs = [np.concatenate([batch[k] for batch in batches]) if batches else
+               np.zeros((0, shape[-1]), np.float32) for k, shape in enumerate(output_shapes(extractor))]
+    return outputs if len(outputs) > 1 else outputs[0]
+
+
+def output_shapes(model: keras.Model) -> list[tuple]:
+    shape = model.output_shape
+    return list(shape) if isinstance(shape, list) or isinstance(shape[0], (tuple, list)) else [shape]
 
 
 def unknown_background(folder: str | None, check_only: bool = False) -> list[str] | None:
