@@ -60,7 +60,8 @@ def friendly_errors(command):
 
 LATEST = "\0latest"  # --resume without a name
 # What `tfl check` reads the data with, as finetune does (so it checks the same split of the same files)
-CHECK_SETTINGS = ("path_column", "label_column", "label_separator", "task", "val_split", "seed", "exclude")
+CHECK_SETTINGS = ("path_column", "label_column", "label_separator", "task", "val_split", "seed", "exclude",
+                  "corrections")
 
 
 def progress_verbosity() -> int:

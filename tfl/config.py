@@ -71,6 +71,9 @@ class TrainConfig:
                                        "0/1 column per label is read as such).", kind=str)
     exclude: str | None = setting(None, "A text file of photos to leave out, one path per line ('#' comments); "
                                   "'tfl check --exclusions FILE' writes one to edit.", kind=str)
+    corrections: str | None = setting(None, "A review.csv that `tfl review` wrote: its relabels and exclusions "
+                                      "applied, its labelled photos added to training; your folder is not changed.",
+                                      kind=str)
     task: str = setting("auto", "single (one label per photo), multilabel (several: independent scores and a "
                         "threshold per label), or auto: multilabel when some photo has several labels.",
                         choices=("auto", "single", "multilabel"))

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
 
+from tfl.corrections import Corrections
 from tfl.errors import TflError, has_control_characters, warn
 from tfl.scan import ScanCache, scan_cache_file, scan_files
 from tfl.split import Split
@@ -109,6 +110,9 @@ class Reader:
     scan_cache: ScanCache | None = None
     excluded: frozenset = frozenset()
     scanned: dict = field(default_factory=dict)
+    corrections: Corrections | None = None  # a review's decisions (tfl/corrections.py)
+    class_names: list[str] = field(default_factory=list)  # set once known: the corrections name classes
+    corrected: set = field(default_factory=set)  # the photos of the data a correction matched
 
     def class_folders(self, folder: Path, class_names: list[str]) -> Split:
         """`folder/<class>/**`, scanned."""
@@ -124,6 +128,8 @@ class Reader:
             report["excluded"] = report.get("excluded", 0) + len(left_out)
             report.setdefault("excluded_paths", []).extend(left_out)
             candidates = [c for c in candidates if os.path.abspath(c[0]) not in self.excluded]
+        if self.corrections is not None:
+            candidates = self.correct(candidates)
         named, candidates = candidates, []
         for path, label in named:
             if utf8_name(path):
@@ -149,6 +155,42 @@ class Reader:
             split.labels.append(label)
             self.scanned[path] = result
         return split
+
+
+    def correct(self, candidates: list[tuple[str, object]]) -> list[tuple[str, object]]:
+        """The candidates with the review's exclusions left out and its labels applied (a photo of the data that
+        the review labelled is relabelled)."""
+        fixes, kept = self.corrections, []
+        labelled = dict(fixes.labelled)
+        for path, label in candidates:
+            absolute = os.path.abspath(path)
+            if absolute in fixes.excluded:
+                fixes.applied["excluded"] += 1
+                self.corrected.add(absolute)
+                continue
+            if absolute in fixes.relabelled or absolute in labelled:
+                fixes.relabelled.setdefault(absolute, labelled.get(absolute))
+                label = fixes.relabel(absolute, label, self.class_names)
+                self.corrected.add(absolute)
+            kept.append((path, label))
+        return kept
+
+    def with_labelled(self, train: Split) -> Split:
+        """The training photos and the photos the review labelled that the data does not hold, scanned like the
+        others; the report counts what the corrections did."""
+        fixes = self.corrections
+        if fixes is None:
+            return train
+        new = [(path, self.class_names.index(label)) for path, label in fixes.labelled if path not in self.corrected]
+        if new:
+            corrections, self.corrections = self.corrections, None  # (the new photos need no correcting)
+            added = self.candidates(new)
+            self.corrections = corrections
+            fixes.applied["labelled"] += len(added)
+            self.corrected.update(os.path.abspath(path) for path, _ in new)
+            train = Split(train.paths + added.paths, train.labels + added.labels)
+        self.report["corrections"] = fixes.report(self.corrected)
+        return train
 
 
 def scan_class_folders(folder: Path, class_names: list[str], report: dict, converted_dir: Path | None) -> Split:
@@ -259,7 +301,7 @@ def class_counts(split: Split, class_names: list[str]) -> dict[str, int]:
 
 def load_image_folder(data_dir: str | Path, val_split: float = 0.2, seed: int = 42,
                       converted_dir: Path | None = None, scan_cache_dir: Path | None = None,
-                      excluded: frozenset = frozenset()) -> ImageData:
+                      excluded: frozenset = frozenset(), corrections: Corrections | None = None) -> ImageData:
     """Read `data_dir/<class>/...`, or `data_dir/{train,val[,test]}/<class>/...` when those folders exist.
 
     With `scan_cache_dir`, files scanned by an earlier run and unchanged since are not decoded again."""
@@ -271,7 +313,8 @@ def load_image_folder(data_dir: str | Path, val_split: float = 0.2, seed: int = 
     report: dict = {"source": str(root), "skipped": [], "converted": []}
     scan_cache = ScanCache.load(scan_cache_file(scan_cache_dir, root)) if scan_cache_dir else None
     try:
-        return read_image_folder(root, val_split, seed, Reader(report, converted_dir, scan_cache, excluded))
+        return read_image_folder(root, val_split, seed, Reader(report, converted_dir, scan_cache, excluded,
+                                                               corrections=corrections))
     finally:
         if scan_cache:
             scan_cache.save()
@@ -283,6 +326,9 @@ def read_image_folder(root: Path, val_split: float, seed: int, reader: Reader) -
     class_root = split_folders.get("train", root)
     class_names = [p.name for p in list_class_folders(class_root)]
     check_classes(class_names, class_root)
+    reader.class_names = class_names
+    if reader.corrections is not None:
+        reader.corrections.check_classes(class_names)
     for extra_split in ("val", "test"):
         if extra_split in split_folders:
             extra = {p.name for p in list_class_folders(split_folders[extra_split])} - set(class_names)
@@ -307,6 +353,7 @@ def read_image_folder(root: Path, val_split: float, seed: int, reader: Reader) -
             warn(f"'{split_folders['test']}' holds no image in class subfolders named like the training classes, so "
                  "there is no test set (unlabelled photos can be classified with 'tfl predict').")
             test = None
+    train = reader.with_labelled(train)
     check_usable(train, class_names, class_root, report)
     warn_about_missing_val_classes(val, class_names)
     if len(val) == 0:
@@ -422,19 +469,21 @@ def load_tfds(name: str, val_split: float = 0.2, data_dir: str | None = None) ->
 
 def load_data(data: str, val_split: float, seed: int, converted_dir: Path | None = None,
               scan_cache_dir: Path | None = None, csv: CsvOptions | None = None,
-              exclude: str | Path | None = None) -> ImageData:
+              exclude: str | Path | None = None, corrections: str | Path | None = None) -> ImageData:
     """The photos of `--data`: a tfds name, a label file, a folder of label files (train.csv, val.csv) or a folder of
     class folders."""
     if data.startswith("tfds:"):
+        if corrections is not None:
+            raise TflError("--corrections applies a review to photo files; a tfds dataset has none. Pass --data a "
+                           "folder of class folders or a label file, or leave --corrections out.")
         return load_tfds(data.removeprefix("tfds:"), val_split)
     path = Path(data).expanduser()
+    listed, fixes = read_exclusions(exclude), Corrections.read(corrections)
     if path.is_file() and path.suffix.lower() in LABEL_FILE_SUFFIXES or path.is_dir() and split_label_files(path):
-        listed = read_exclusions(exclude)
         return excluding(load_label_files(path, val_split, seed, converted_dir, scan_cache_dir, csv or CsvOptions(),
-                                          listed), exclude, listed)
-    listed = read_exclusions(exclude)
-    folders = excluding(load_image_folder(data, val_split, seed, converted_dir, scan_cache_dir, listed), exclude,
-                        listed)
+                                          listed, fixes), exclude, listed)
+    folders = excluding(load_image_folder(data, val_split, seed, converted_dir, scan_cache_dir, listed, fixes),
+                        exclude, listed)
     if csv is not None and csv.task == "multilabel":  # asked for: independent scores, each photo with its one label
         for split in (folders.train, folders.val, folders.test):
             if split is not None:
@@ -490,7 +539,8 @@ def split_label_files(folder: Path) -> dict[str, Path]:
 
 
 def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Path | None,
-                     scan_cache_dir: Path | None, options: CsvOptions, excluded: frozenset = frozenset()) -> ImageData:
+                     scan_cache_dir: Path | None, options: CsvOptions, excluded: frozenset = frozenset(),
+                     corrections: Corrections | None = None) -> ImageData:
     """Photos named by a label file (its split column honoured), or by train.csv/val.csv[/test.csv] in a folder."""
     from tfl.csv_labels import NO_SEPARATOR, read_label_file
 
@@ -511,7 +561,9 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
     scan_cache = ScanCache.load(scan_cache_file(scan_cache_dir, path.parent if path.is_file() else path)) \
         if scan_cache_dir else None
     index = {name: i for i, name in enumerate(every)}
-    reader = Reader(report, converted_dir, scan_cache, excluded)
+    reader = Reader(report, converted_dir, scan_cache, excluded, corrections=corrections, class_names=every)
+    if corrections is not None:
+        corrections.check_classes(every, multilabel)
     scanned = reader.scanned
     try:
         splits = {}
@@ -538,7 +590,7 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
             if path.is_dir() else f"labels and splits from '{path.name}'"
         if "all" in splits:
             raise TflError(f"Some rows of '{path}' have no split while others do. Give every row a split, or none.")
-    train, val, test = splits["train"], splits.get("val", Split()), splits.get("test")
+    train, val, test = reader.with_labelled(splits["train"]), splits.get("val", Split()), splits.get("test")
     check_usable(train, every, path, report)
     warn_about_missing_val_classes(val, every)
     if len(val) == 0:

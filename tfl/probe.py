@@ -130,7 +130,7 @@ def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
 
     start = time.time()
     image_data = load_data(data, config.val_split, config.seed, scan_cache_dir=scan_cache_dir,
-                           csv=CsvOptions.of(config), exclude=config.exclude)
+                           csv=CsvOptions.of(config), exclude=config.exclude, corrections=config.corrections)
     report = image_data.report
     report["checks"]["seconds"] = {"scan_and_checks": round(time.time() - start, 1)}
     if probe:

@@ -45,6 +45,13 @@ def data_summary(class_names: list[str], report: dict) -> str:
         lines.append(f"Converted {len(report['converted'])} file(s) TensorFlow cannot decode to PNG.")
     if report.get("exclude_file"):
         lines.append(f"Left out {report['excluded']} photo(s) listed in {report['exclude_file']}")
+    if report.get("corrections"):
+        fixes = report["corrections"]
+        lines.append(f"Corrections from {fixes['file']}: {fixes['relabelled']} photo(s) relabelled, {fixes['excluded']} "
+                     f"left out, {fixes['labelled']} newly labelled added to training")
+        if fixes["unmatched"]:
+            lines.append(f"  {fixes['unmatched']} of its row(s) match no photo of the data (the first: "
+                         f"{fixes['unmatched_examples'][0]}): a review of other data, or files moved since")
     if report.get("checks"):
         from tfl.checks import summary_lines
 

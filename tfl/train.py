@@ -460,7 +460,7 @@ class Training:
         data = absolute_data(data or config.data)
         if config.weights not in ("imagenet", "none"):  # a weights file: saved so that it is found from anywhere
             config = dataclasses.replace(config, weights=str(Path(config.weights).expanduser().resolve()))
-        for key in ("images", "exclude", "background"):  # like the data, found from anywhere
+        for key in ("images", "exclude", "corrections", "background"):  # like the data, found from anywhere
             if getattr(config, key):
                 config = dataclasses.replace(config, **{key: str(Path(getattr(config, key)).expanduser().resolve())})
         unknown_background(config.background, check_only=True)  # a wrong folder is said before training, not after
@@ -474,7 +474,7 @@ class Training:
                 keras.utils.set_random_seed(config.seed)
                 image_data = load_data(data, config.val_split, config.seed, converted_dir=folder.converted_dir,
                                        scan_cache_dir=output / SCAN_CACHE_FOLDER, csv=CsvOptions.of(config),
-                                       exclude=config.exclude)
+                                       exclude=config.exclude, corrections=config.corrections)
                 caller.echo(data_summary(image_data.class_names, image_data.report))
                 write_data_files(folder, image_data)
                 config, reasons = resolve_plan(config, image_data, cluster, caller.echo)
