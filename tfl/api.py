@@ -70,6 +70,17 @@ class Run(RunFolder):
 
         return build_report(self.path)
 
+    def review(self, unlabelled: str | Path | None = None, port: int = 0, open_browser: bool = True,
+               echo: Callable[[str], None] = print) -> None:
+        """Serve the review of this run's doubted labels, copies and mistakes (and `unlabelled` photos, to label)
+        on http://127.0.0.1:PORT/ until Ctrl-C; each decision goes to review.csv (tfl/review_app.py)."""
+        ensure_backend()
+        from tfl.review import Review
+        from tfl.review_app import flask_module, serve
+
+        flask_module()  # the extra is there, before the queue is built
+        serve(Review(self, unlabelled), port, open_browser, echo)
+
     def predictor(self) -> Predictor:
         return load(self.model_file)
 

@@ -187,6 +187,22 @@ def evaluate(run, data, unknown_data, root):
 
 @main.command()
 @click.argument("run", required=False)
+@click.option("--unlabelled", type=click.Path(file_okay=False),
+              help="Also a folder of unlabelled photos to label, the ones the model would learn most from first.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port on 127.0.0.1 (default: a free one).")
+@click.option("--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
+@click.option("--output", "root", default=DEFAULT_ROOT, show_default=True, help="Runs folder, for the latest run.")
+@friendly_errors
+def review(run, unlabelled, port, no_browser, root):
+    """Fix labels and label new photos in the browser: RUN's doubted labels, copies under two labels and validation
+    mistakes, one at a time (keys 1-9 relabel, k keep, x exclude, z undo), each decision saved to RUN/review.csv;
+    then tfl finetune --corrections RUN/review.csv."""
+    use_backend("tensorflow")
+    tfl.open_run(run, root).review(unlabelled, port, not no_browser, echo)
+
+
+@main.command()
+@click.argument("run", required=False)
 @click.option("--format", "export_format", type=click.Choice([*FORMATS, ALL]), default="tflite", show_default=True,
               help=export_help())
 @click.option("--quantize", default="none", show_default=True, metavar="|".join(QUANTIZATIONS),

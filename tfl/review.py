@@ -1,0 +1,195 @@
+"""The review queue: the photos of a run worth a look (labels the probe doubts, copies under two labels, validation
+mistakes) and unlabelled photos in the order the model would learn most from; and the decisions taken on them so
+far (tfl/corrections.py's review.csv). The web app that shows it is tfl/review_app.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tfl.corrections import REVIEW_FILE, Decision, read_decisions, write_decisions
+from tfl.errors import TflError
+from tfl.runs import RunFolder
+
+CLUSTERS = 20  # unlabelled photos are spread over this many groups of their features (at most one per 5 photos)
+
+
+@dataclass
+class Item:
+    """One photo of the queue, as the page shows it."""
+
+    path: str  # absolute
+    label: str  # its label; '' for an unlabelled photo
+    kind: str  # doubted | copy | mistake | unlabelled
+    reason: str
+    suggested: str | None = None  # the class the probe or the model says
+    scores: dict = field(default_factory=dict)  # class -> the model's score, where known
+    heatmap: str | None = None  # the Grad-CAM overlay of the run's gallery, where there is one
+
+
+def run_queue(run: RunFolder) -> list[Item]:
+    """Labels the probe doubts (most doubtful first), each copy that another has under another label, then the
+    validation mistakes (most confident first); a photo once, at its first place."""
+    report = json.loads(run.data_report_file.read_text()) if run.data_report_file.is_file() else {}
+    checks = report.get("checks") or {}
+    scores = validation_scores(run.predictions_file)
+    items = []
+    for issue in sorted(checks.get("label_issues") or [], key=lambda issue: issue.get("probability_of_label", 0)):
+        items.append(Item(issue["path"], issue["label"], "doubted",
+                          f"a probe on the backbone's features doubts this label: it says {issue['probe_says']} "
+                          f"(it gives the label {issue.get('probability_of_label', 0):.0%})", issue["probe_says"]))
+    for group in checks.get("conflicting_labels") or []:
+        for path, label in zip(group["paths"], group["labels"]):
+            others = [f"{os.path.basename(p)} ({l})" for p, l in zip(group["paths"], group["labels"]) if p != path]
+            items.append(Item(path, label, "copy", f"the same photo is also labelled otherwise: {', '.join(others)}"))
+    analysis = json.loads(run.analysis_file.read_text()) if run.analysis_file.is_file() else {}
+    for index, mistake in enumerate(analysis.get("mistakes") or []):
+        heatmap = run.mistakes_dir / f"{index}.jpg"
+        items.append(Item(mistake["path"], mistake["label"], "mistake",
+                          f"a validation photo the model calls {mistake['predicted']} ({mistake['confidence']:.0%})",
+                          mistake["predicted"], heatmap=str(heatmap) if heatmap.is_file() else None))
+    seen, queue = set(), []
+    for item in items:
+        item.path = os.path.abspath(item.path)
+        if item.path not in seen:
+            seen.add(item.path)
+            item.scores = item.scores or scores.get(item.path, {})
+            queue.append(item)
+    return queue
+
+
+def validation_scores(predictions_file: Path) -> dict[str, dict[str, float]]:
+    """The model's scores of each validation photo, from the run's predictions.csv."""
+    if not predictions_file.is_file():
+        return {}
+    with predictions_file.open(newline="") as rows:
+        reader = csv.DictReader(rows)
+        classes = [name for name in reader.fieldnames or []
+                   if name not in ("path", "label", "predicted", "confidence", "correct")]
+        return {os.path.abspath(row["path"]): {name: float(row[name]) for name in classes} for row in reader}
+
+
+def learning_order(scores: np.ndarray, features: np.ndarray, seed: int = 0) -> list[int]:
+    """Unlabelled photos, the ones the model would learn most from first: uncertain (a small margin between its top
+    two scores) and spread over the feature space (cluster-margin, Citovsky et al. 2021: the photos are grouped by
+    k-means on their features, and each round takes the most uncertain photo left of each group, rounds in order of
+    margin), so that the first to label are not ten copies of one hard case."""
+    if not len(scores):
+        return []
+    top = np.sort(scores, axis=1)
+    margin = top[:, -1] - (top[:, -2] if scores.shape[1] > 1 else 0)
+    groups = min(CLUSTERS, max(1, len(scores) // 5))
+    if groups > 1:
+        from sklearn.cluster import KMeans
+
+        unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        cluster = KMeans(groups, n_init=3, random_state=seed).fit_predict(unit)
+    else:
+        cluster = np.zeros(len(scores), int)
+    rank_in_cluster = np.zeros(len(scores), int)
+    for c in np.unique(cluster):
+        members = np.flatnonzero(cluster == c)
+        rank_in_cluster[members[np.argsort(margin[members], kind="stable")]] = np.arange(len(members))
+    return [int(i) for i in np.lexsort((margin, rank_in_cluster))]
+
+
+def unlabelled_queue(run: RunFolder, folder: str | Path, batch_size: int = 32) -> list[Item]:
+    """The photos below `folder` (those that decode), in learning order, with the model's scores."""
+    from tfl.model import feature_extractor, get_head
+    from tfl.pipeline import readable_batches
+    from tfl.predict import load_predictor
+    from tfl.unknown import photos_below
+
+    files = photos_below(folder, "--unlabelled")
+    predictor = load_predictor(run.path)
+    extractor, head = feature_extractor(predictor.model), get_head(predictor.model)
+    paths, features = [], []
+    for names, pixels in readable_batches(files, predictor.image_size, batch_size):
+        paths += names
+        features.append(np.asarray(extractor.predict_on_batch(pixels.astype("float32"))))
+    if not paths:
+        raise TflError(f"--unlabelled '{folder}' holds no image tfl can read. Pass a folder of photos to label.")
+    features = np.concatenate(features)
+    scores = np.asarray(head.predict_on_batch(features))
+    names = predictor.class_names
+    return [Item(os.path.abspath(paths[i]), "", "unlabelled",
+                 f"unlabelled: the model is unsure ({names[int(np.argmax(scores[i]))]} "
+                 f"{float(np.max(scores[i])):.0%})", names[int(np.argmax(scores[i]))],
+                 {name: round(float(s), 4) for name, s in zip(names, scores[i])})
+            for i in learning_order(scores, features)]
+
+
+class Review:
+    """A run's queue and the decisions taken on it, each written to RUN/review.csv at once (the whole file,
+    replaced atomically); decisions already there are resumed."""
+
+    def __init__(self, run: RunFolder, unlabelled: str | Path | None = None):
+        self.run, self.file = run, run.path / REVIEW_FILE
+        self.class_names = run.class_names
+        self.queue = run_queue(run) + (unlabelled_queue(run, unlabelled) if unlabelled else [])
+        self.index = {item.path: i for i, item in enumerate(self.queue)}
+        try:
+            earlier = read_decisions(self.file) if self.file.is_file() else []
+        except TflError as error:
+            raise TflError(f"{error} (It is this run's own review file: move it aside to start the review afresh.)") \
+                from None
+        self.decisions = [d for d in earlier if d.path in self.index]
+        self.others = [d for d in earlier if d.path not in self.index]  # of another queue (--unlabelled): kept
+
+    @property
+    def decided(self) -> dict[str, Decision]:
+        return {d.path: d for d in self.decisions}
+
+    def first_undecided(self) -> int:
+        decided = self.decided
+        return next((i for i, item in enumerate(self.queue) if item.path not in decided), len(self.queue))
+
+    def decide(self, position: int, decision: str, label: str = "") -> Decision:
+        """Record a decision on the photo at `position` (replacing an earlier one on it); ValueError when it is no
+        decision this photo can take."""
+        if not 0 <= position < len(self.queue):
+            raise ValueError(f"no photo at position {position} (the queue has {len(self.queue)})")
+        item = self.queue[position]
+        if label and label not in self.class_names:
+            raise ValueError(f"'{label}' is not a class of this run")
+        if item.kind == "unlabelled":
+            if decision in ("relabel", "label"):
+                decision = "label"
+            elif decision != "exclude":
+                raise ValueError("an unlabelled photo takes a label or is left out")
+        elif decision == "relabel" and label == item.label:
+            decision = "keep"  # its own label again
+        made = Decision(item.path, decision, label if decision in ("relabel", "label") else "")
+        self.decisions = [d for d in self.decisions if d.path != item.path] + [made]
+        self.save()
+        return made
+
+    def undo(self) -> int | None:
+        """Take back the last decision; the position of its photo, or None when there was none."""
+        if not self.decisions:
+            return None
+        last = self.decisions.pop()
+        self.save()
+        return self.index[last.path]
+
+    def save(self) -> None:
+        write_decisions(self.file, self.others + self.decisions)
+
+    def state(self) -> dict:
+        """What the page shows: the classes, every photo of the queue with its decision, and the progress."""
+        decided = self.decided
+        items = []
+        for position, item in enumerate(self.queue):
+            row = asdict(item) | {"position": position, "name": os.path.basename(item.path),
+                                  "has_heatmap": item.heatmap is not None}
+            row.pop("path"), row.pop("heatmap")
+            made = decided.get(item.path)
+            row["decision"] = None if made is None else {"decision": made.decision, "label": made.label}
+            items.append(row)
+        return {"run": self.run.name, "classes": self.class_names, "items": items, "done": len(decided),
+                "total": len(self.queue), "first_undecided": self.first_undecided(), "file": str(self.file)}
