@@ -73,6 +73,15 @@ def test_corrections_relabel_exclude_and_add_labelled_photos_to_training(folder,
     assert (folder / "green" / "green_1.jpg").is_file()  # the user's folder is never changed
 
 
+def test_corrections_are_applied_after_the_split_so_every_photo_stays_on_its_side(folder, tmp_path):
+    review = tmp_path / "review.csv"
+    moved = [str(folder / "red" / f"red_{i}.jpg") for i in range(4)]
+    write_decisions(review, [Decision(path, "relabel", "green") for path in moved[:3]] + [Decision(moved[3], "exclude")])
+    before, after = load_data(str(folder), 0.25, 0), load_data(str(folder), 0.25, 0, corrections=review)
+    assert set(after.val.paths) == set(before.val.paths) - {moved[3]}
+    assert set(after.train.paths) == set(before.train.paths) - {moved[3]}
+
+
 def test_corrections_apply_to_label_files_too(folder, tmp_path):
     rows = [f"{name}/{name}_{i}.jpg,{name}" for name in ("red", "green", "blue") for i in range(8)]
     (folder / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")

@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from tfl.corrections import read_decisions
+from tfl.corrections import Decision, read_decisions, write_decisions
+from tfl.errors import TflError
 from tfl.review import Review, learning_order
 from tfl.runs import RunFolder
 
@@ -59,7 +60,7 @@ def test_the_queue_puts_the_most_doubtful_labels_first_then_copies_then_mistakes
     assert [item.path for item in queue] == [paths["green0"], paths["red1"], paths["blue0"], paths["blue1"],
                                              paths["red2"]]
     assert [item.kind for item in queue] == ["doubted", "doubted", "copy", "copy", "mistake"]
-    assert "green_0.jpg" not in queue[4].reason and "blue_1.jpg (green)" in queue[2].reason
+    assert "blue_1.jpg (green)" in queue[2].reason and "blue_0.jpg (blue)" in queue[3].reason
     assert queue[4].heatmap and queue[4].scores == {"blue": 0.05, "green": 0.9, "<b>red</b>": 0.05}
 
 
@@ -72,6 +73,10 @@ def test_each_decision_is_saved_at_once_undone_and_resumed(run):
     assert [(d.decision, d.label) for d in read_decisions(folder / "review.csv")] == [
         ("relabel", "blue"), ("exclude", ""), ("keep", "")]
     assert review.undo() == 2 and len(read_decisions(folder / "review.csv")) == 2
+    review.decide(1, "relabel", "green")  # changed its mind: undo brings the exclusion back
+    assert review.undo() == 1
+    assert [(d.decision, d.label) for d in read_decisions(folder / "review.csv")] == [("relabel", "blue"),
+                                                                                      ("exclude", "")]
     again = Review(RunFolder(folder))  # a new server on the same run
     assert again.first_undecided() == 2 and again.state()["done"] == 2
     with pytest.raises(ValueError, match="not a class"):
@@ -107,8 +112,56 @@ def test_the_app_serves_the_queue_and_its_photos_only_and_answers_bad_requests_w
     assert not (folder / "review.csv").exists()  # nothing written by a bad request
     answer = client.post("/api/decide", json={"position": 0, "decision": "relabel", "label": "<b>red</b>"})
     assert answer.get_json() == {"decided": {"decision": "relabel", "label": "<b>red</b>"}, "done": 1, "next": 1}
-    assert client.post("/api/undo").get_json() == {"position": 0, "done": 0}
-    assert client.post("/api/undo").get_json() == {"position": None, "done": 0}
+    assert client.post("/api/undo", json={}).get_json() == {"position": 0, "done": 0}
+    assert client.post("/api/undo", json={}).get_json() == {"position": None, "done": 0}
+
+
+def test_the_app_refuses_other_sites_and_other_host_names_and_never_lets_photos_be_cached(client):
+    """Another site's page can post a form or a plain request without the browser asking: such posts are refused,
+    and so is a request naming another host (DNS rebinding); position N is another photo after a restart."""
+    client.post("/api/decide", json={"position": 0, "decision": "keep"})
+    assert client.post("/api/undo").status_code == 403  # not JSON: a cross-site form or no-cors fetch
+    assert client.post("/api/undo", json={}, headers={"Origin": "http://evil.example"}).status_code == 403
+    assert client.get("/api/state", headers={"Host": "evil.example:80"}).status_code == 403
+    assert client.get("/api/state").get_json()["done"] == 1  # nothing was undone
+    photo = client.get("/photo/0")
+    assert photo.headers["Cache-Control"] == "no-store" and photo.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_converted_photo_is_shown_as_converted_and_decided_under_its_own_name(run):
+    folder, paths = run
+    report = json.loads((folder / "data_report.json").read_text())
+    converted = str(folder / "converted" / "abc_green_0.png")
+    report["checks"]["label_issues"][1]["path"] = converted  # the file tfl read in place of green_0 (a HEIC, say)
+    report["converted"] = [{"path": paths["green0"], "to": converted}]
+    (folder / "data_report.json").write_text(json.dumps(report))
+    first = Review(RunFolder(folder)).queue[0]
+    assert (first.path, first.shown) == (paths["green0"], converted)
+
+
+def test_a_run_of_several_labels_per_photo_is_a_clear_error(run):
+    folder, _ = run
+    (folder / "thresholds.json").write_text(json.dumps({name: 0.5 for name in CLASSES}))
+    with pytest.raises(TflError, match="several labels per photo"):
+        Review(RunFolder(folder))
+
+
+def test_a_run_trained_with_corrections_starts_its_review_from_them_and_one_server_serves_a_run(run, tmp_path):
+    folder, paths = run
+    earlier = tmp_path / "earlier.csv"
+    write_decisions(earlier, [Decision(paths["blue2"], "exclude"), Decision(paths["green0"], "keep")])
+    (folder / "config.yaml").write_text(f"corrections: {earlier}\n")
+    review = Review(RunFolder(folder))
+    assert review.first_undecided() == 0  # the earlier decisions are carried, not taken for this queue's
+    review.decide(0, "relabel", "blue")
+    assert [(d.path, d.decision) for d in read_decisions(folder / "review.csv")] == [
+        (paths["blue2"], "exclude"), (paths["green0"], "relabel")]  # every decision so far, in one file
+    from tfl.runs import review_lock
+
+    with review_lock(folder):
+        with pytest.raises(TflError, match="Another tfl review is serving run"):
+            with review_lock(folder):
+                pass
 
 
 def test_the_labelling_order_takes_uncertain_photos_first_spread_over_the_groups():

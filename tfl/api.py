@@ -152,7 +152,8 @@ def check(data: str | Path, *, probe: bool = True, output: str | Path = DEFAULT_
     use_backend(config.backend)
     from tfl.probe import check_data
 
-    report = check_data(config, str(Path(data).expanduser()), output / ".scan_cache", probe, echo)
+    data = str(data) if str(data).startswith("tfds:") else str(Path(data).expanduser().resolve())  # as finetune's
+    report = check_data(config, data, output / ".scan_cache", probe, echo)
     if report_file is not None:
         import json
 

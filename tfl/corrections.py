@@ -72,9 +72,9 @@ def read_decisions(path: str | Path, option: str = "--corrections") -> list[Deci
 
 @dataclass
 class Corrections:
-    """A review's decisions as the data reader applies them: photos left out, labels replaced, photos added (to
-    the training photos only: the validation photos stay those the data gives, so figures before and after
-    compare)."""
+    """A review's decisions as the data reader applies them, after the split: photos left out, labels replaced,
+    photos added (to the training photos only), so that every photo stays on its side and figures before and after
+    compare."""
 
     file: str
     excluded: frozenset = frozenset()

@@ -112,7 +112,7 @@ class Reader:
     scanned: dict = field(default_factory=dict)
     corrections: Corrections | None = None  # a review's decisions (tfl/corrections.py)
     class_names: list[str] = field(default_factory=list)  # set once known: the corrections name classes
-    corrected: set = field(default_factory=set)  # the photos of the data a correction matched
+    corrected_paths: set = field(default_factory=set)  # the photos of the data a correction matched
 
     def class_folders(self, folder: Path, class_names: list[str]) -> Split:
         """`folder/<class>/**`, scanned."""
@@ -128,8 +128,6 @@ class Reader:
             report["excluded"] = report.get("excluded", 0) + len(left_out)
             report.setdefault("excluded_paths", []).extend(left_out)
             candidates = [c for c in candidates if os.path.abspath(c[0]) not in self.excluded]
-        if self.corrections is not None:
-            candidates = self.correct(candidates)
         named, candidates = candidates, []
         for path, label in named:
             if utf8_name(path):
@@ -157,22 +155,25 @@ class Reader:
         return split
 
 
-    def correct(self, candidates: list[tuple[str, object]]) -> list[tuple[str, object]]:
-        """The candidates with the review's exclusions left out and its labels applied (a photo of the data that
-        the review labelled is relabelled)."""
-        fixes, kept = self.corrections, []
-        labelled = dict(fixes.labelled)
-        for path, label in candidates:
-            absolute = os.path.abspath(path)
+    def corrected(self, split: Split | None) -> Split | None:
+        """The split with the review's exclusions left out and its labels applied (a photo of the data that the
+        review labelled is relabelled). Applied after the split is made, so that each photo stays on its side."""
+        fixes = self.corrections
+        if fixes is None or split is None:
+            return split
+        labelled, kept = dict(fixes.labelled), Split()
+        for path, label in zip(split.paths, split.labels):
+            absolute = os.path.abspath(self.originals.get(path, path))
             if absolute in fixes.excluded:
                 fixes.applied["excluded"] += 1
-                self.corrected.add(absolute)
+                self.corrected_paths.add(absolute)
                 continue
             if absolute in fixes.relabelled or absolute in labelled:
                 fixes.relabelled.setdefault(absolute, labelled.get(absolute))
                 label = fixes.relabel(absolute, label, self.class_names)
-                self.corrected.add(absolute)
-            kept.append((path, label))
+                self.corrected_paths.add(absolute)
+            kept.paths.append(path)
+            kept.labels.append(label)
         return kept
 
     def with_labelled(self, train: Split) -> Split:
@@ -181,16 +182,20 @@ class Reader:
         fixes = self.corrections
         if fixes is None:
             return train
-        new = [(path, self.class_names.index(label)) for path, label in fixes.labelled if path not in self.corrected]
+        new = [(path, self.class_names.index(label)) for path, label in fixes.labelled
+               if path not in self.corrected_paths]
         if new:
-            corrections, self.corrections = self.corrections, None  # (the new photos need no correcting)
             added = self.candidates(new)
-            self.corrections = corrections
             fixes.applied["labelled"] += len(added)
-            self.corrected.update(os.path.abspath(path) for path, _ in new)
+            self.corrected_paths.update(os.path.abspath(path) for path, _ in new)
             train = Split(train.paths + added.paths, train.labels + added.labels)
-        self.report["corrections"] = fixes.report(self.corrected)
+        self.report["corrections"] = fixes.report(self.corrected_paths)
         return train
+
+    @property
+    def originals(self) -> dict[str, str]:
+        """Converted copies (PNG) -> the files they were converted from: decisions name the user's files."""
+        return {row["to"]: row["path"] for row in self.report.get("converted", [])}
 
 
 def scan_class_folders(folder: Path, class_names: list[str], report: dict, converted_dir: Path | None) -> Split:
@@ -353,7 +358,7 @@ def read_image_folder(root: Path, val_split: float, seed: int, reader: Reader) -
             warn(f"'{split_folders['test']}' holds no image in class subfolders named like the training classes, so "
                  "there is no test set (unlabelled photos can be classified with 'tfl predict').")
             test = None
-    train = reader.with_labelled(train)
+    train, val, test = reader.with_labelled(reader.corrected(train)), reader.corrected(val), reader.corrected(test)
     check_usable(train, class_names, class_root, report)
     warn_about_missing_val_classes(val, class_names)
     if len(val) == 0:
@@ -590,7 +595,8 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
             if path.is_dir() else f"labels and splits from '{path.name}'"
         if "all" in splits:
             raise TflError(f"Some rows of '{path}' have no split while others do. Give every row a split, or none.")
-    train, val, test = reader.with_labelled(splits["train"]), splits.get("val", Split()), splits.get("test")
+    train, val, test = (reader.with_labelled(reader.corrected(splits["train"])), reader.corrected(splits.get("val", Split())),
+                        reader.corrected(splits.get("test")))
     check_usable(train, every, path, report)
     warn_about_missing_val_classes(val, every)
     if len(val) == 0:

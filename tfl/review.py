@@ -23,13 +23,14 @@ CLUSTERS = 20  # unlabelled photos are spread over this many groups of their fea
 class Item:
     """One photo of the queue, as the page shows it."""
 
-    path: str  # absolute
+    path: str  # absolute: the user's file, which decisions name
     label: str  # its label; '' for an unlabelled photo
     kind: str  # doubted | copy | mistake | unlabelled
     reason: str
     suggested: str | None = None  # the class the probe or the model says
     scores: dict = field(default_factory=dict)  # class -> the model's score, where known
     heatmap: str | None = None  # the Grad-CAM overlay of the run's gallery, where there is one
+    shown: str | None = None  # the file the page shows, when not `path` (tfl's PNG of a file browsers cannot read)
 
 
 def run_queue(run: RunFolder) -> list[Item]:
@@ -37,7 +38,8 @@ def run_queue(run: RunFolder) -> list[Item]:
     validation mistakes (most confident first); a photo once, at its first place."""
     report = json.loads(run.data_report_file.read_text()) if run.data_report_file.is_file() else {}
     checks = report.get("checks") or {}
-    scores = validation_scores(run.predictions_file)
+    scores = validation_scores(run.predictions_file, run.class_names)
+    originals = {row["to"]: row["path"] for row in report.get("converted") or []}
     items = []
     for issue in sorted(checks.get("label_issues") or [], key=lambda issue: issue.get("probability_of_label", 0)):
         items.append(Item(issue["path"], issue["label"], "doubted",
@@ -55,6 +57,8 @@ def run_queue(run: RunFolder) -> list[Item]:
                           mistake["predicted"], heatmap=str(heatmap) if heatmap.is_file() else None))
     seen, queue = set(), []
     for item in items:
+        if item.path in originals:
+            item.shown, item.path = item.path, originals[item.path]
         item.path = os.path.abspath(item.path)
         if item.path not in seen:
             seen.add(item.path)
@@ -63,15 +67,13 @@ def run_queue(run: RunFolder) -> list[Item]:
     return queue
 
 
-def validation_scores(predictions_file: Path) -> dict[str, dict[str, float]]:
-    """The model's scores of each validation photo, from the run's predictions.csv."""
+def validation_scores(predictions_file: Path, class_names: list[str]) -> dict[str, dict[str, float]]:
+    """The model's scores of each validation photo, from the run's predictions.csv (a column per class)."""
     if not predictions_file.is_file():
         return {}
     with predictions_file.open(newline="") as rows:
-        reader = csv.DictReader(rows)
-        classes = [name for name in reader.fieldnames or []
-                   if name not in ("path", "label", "predicted", "confidence", "correct")]
-        return {os.path.abspath(row["path"]): {name: float(row[name]) for name in classes} for row in reader}
+        return {os.path.abspath(row["path"]): {name: float(row[name]) for name in class_names if row.get(name)}
+                for row in csv.DictReader(rows)}
 
 
 def learning_order(scores: np.ndarray, features: np.ndarray, seed: int = 0) -> list[int]:
@@ -105,7 +107,7 @@ def unlabelled_queue(run: RunFolder, folder: str | Path, batch_size: int = 32) -
     from tfl.predict import load_predictor
     from tfl.unknown import photos_below
 
-    files = photos_below(folder, "--unlabelled")
+    files = photos_below(folder, "--unlabelled", kind="photos to label")
     predictor = load_predictor(run.path)
     extractor, head = feature_extractor(predictor.model), get_head(predictor.model)
     paths, features = [], []
@@ -126,20 +128,33 @@ def unlabelled_queue(run: RunFolder, folder: str | Path, batch_size: int = 32) -
 
 class Review:
     """A run's queue and the decisions taken on it, each written to RUN/review.csv at once (the whole file,
-    replaced atomically); decisions already there are resumed."""
+    replaced atomically); decisions already there are resumed. A run trained with --corrections starts from
+    those decisions, so that its review.csv holds every decision so far."""
 
     def __init__(self, run: RunFolder, unlabelled: str | Path | None = None):
+        if run.thresholds is not None:
+            raise TflError(f"Run '{run.path}' gives several labels per photo, and tfl review relabels photos of one "
+                           "label. Fix such labels in the label file itself (data_report.json lists the ones the "
+                           "probe doubts).")
         self.run, self.file = run, run.path / REVIEW_FILE
         self.class_names = run.class_names
-        self.queue = run_queue(run) + (unlabelled_queue(run, unlabelled) if unlabelled else [])
+        queue = run_queue(run)
+        listed = {item.path for item in queue}
+        if unlabelled:  # a photo of the data is reviewed as such, not as unlabelled
+            queue += [item for item in unlabelled_queue(run, unlabelled) if item.path not in listed]
+        self.queue = queue
         self.index = {item.path: i for i, item in enumerate(self.queue)}
+        earlier_file = self.file if self.file.is_file() else (
+            run.config.get("corrections") if run.config_file.is_file() else None)
         try:
-            earlier = read_decisions(self.file) if self.file.is_file() else []
+            earlier = read_decisions(earlier_file) if earlier_file and Path(earlier_file).is_file() else []
         except TflError as error:
-            raise TflError(f"{error} (It is this run's own review file: move it aside to start the review afresh.)") \
+            raise TflError(f"{error} (It is this run's review file: move it aside to start the review afresh.)") \
                 from None
-        self.decisions = [d for d in earlier if d.path in self.index]
-        self.others = [d for d in earlier if d.path not in self.index]  # of another queue (--unlabelled): kept
+        resumed = earlier_file == self.file
+        self.decisions = [d for d in earlier if resumed and d.path in self.index]
+        self.others = [d for d in earlier if not (resumed and d.path in self.index)]  # kept as they are
+        self.history: list[tuple[str, Decision | None]] = []  # (photo, its decision before), for undo
 
     @property
     def decided(self) -> dict[str, Decision]:
@@ -165,20 +180,27 @@ class Review:
         elif decision == "relabel" and label == item.label:
             decision = "keep"  # its own label again
         made = Decision(item.path, decision, label if decision in ("relabel", "label") else "")
+        self.history.append((item.path, self.decided.get(item.path)))
         self.decisions = [d for d in self.decisions if d.path != item.path] + [made]
         self.save()
         return made
 
     def undo(self) -> int | None:
-        """Take back the last decision; the position of its photo, or None when there was none."""
-        if not self.decisions:
+        """Take back the last decision (the one it replaced, if any, comes back; after a restart, the last one in
+        the file goes); the position of its photo, or None when there was none."""
+        if self.history:
+            path, before = self.history.pop()
+        elif self.decisions:
+            path, before = self.decisions[-1].path, None
+        else:
             return None
-        last = self.decisions.pop()
+        self.decisions = [d for d in self.decisions if d.path != path] + ([before] if before else [])
         self.save()
-        return self.index[last.path]
+        return self.index[path]
 
     def save(self) -> None:
-        write_decisions(self.file, self.others + self.decisions)
+        decided = self.decided
+        write_decisions(self.file, [d for d in self.others if d.path not in decided] + self.decisions)
 
     def state(self) -> dict:
         """What the page shows: the classes, every photo of the queue with its decision, and the progress."""

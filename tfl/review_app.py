@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import threading
 from importlib import resources
+from urllib.parse import urlparse
 from typing import Callable
 
 from tfl.errors import TflError
 from tfl.review import Review
 
 HOST = "127.0.0.1"  # never another interface: the photos are the user's
+LOCAL_NAMES = ("127.0.0.1", "localhost")  # the Host a request may name (another is DNS rebinding: refused)
 
 
 def flask_module():
@@ -23,13 +25,29 @@ def flask_module():
 
 def create_app(review: Review):
     """The app: GET / (the page), /api/state, /photo/N and /heatmap/N (the N-th photo of the queue: nothing else is
-    served, so no path reaches another file), POST /api/decide {position, decision, label} and /api/undo."""
+    served, so no path reaches another file), POST /api/decide {position, decision, label} and /api/undo (JSON
+    bodies only, from the page's own origin: another site's page cannot post one without the browser asking)."""
     flask = flask_module()
     from werkzeug.exceptions import HTTPException
 
     app = flask.Flask("tfl.review")
     app.json.sort_keys = False
     lock = threading.Lock()  # one decision at a time: each rewrites review.csv whole
+
+    @app.before_request
+    def same_machine_and_page():
+        request = flask.request
+        if request.host.rsplit(":", 1)[0] not in LOCAL_NAMES:
+            flask.abort(403, "this server answers requests for 127.0.0.1 only")
+        origin = request.headers.get("Origin")
+        if request.method == "POST" and (not request.is_json or origin and urlparse(origin).netloc != request.host):
+            flask.abort(403, "decisions come from the review page itself, as JSON")
+
+    @app.after_request
+    def no_guessing(response):
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "no-store"  # position N is another photo in another queue
+        return response
 
     @app.get("/")
     def page():
@@ -48,14 +66,15 @@ def create_app(review: Review):
 
     @app.get("/photo/<int:position>")
     def photo(position: int):
-        return flask.send_file(queued(position).path, max_age=3600)
+        item = queued(position)
+        return flask.send_file(item.shown or item.path)
 
     @app.get("/heatmap/<int:position>")
     def heatmap(position: int):
         item = queued(position)
         if item.heatmap is None:
             flask.abort(404, "this photo has no heatmap")
-        return flask.send_file(item.heatmap, max_age=3600)
+        return flask.send_file(item.heatmap)
 
     @app.post("/api/decide")
     def decide():
@@ -91,25 +110,33 @@ def create_app(review: Review):
 
 
 def serve(review: Review, port: int = 0, open_browser: bool = True, echo: Callable[[str], None] = print) -> None:
-    """Serve the review on 127.0.0.1 (`port` 0: a free one) until Ctrl-C; print the URL, open it in the browser."""
-    import logging
-
+    """Serve the review on 127.0.0.1 (`port` 0: a free one) until Ctrl-C, one server per run; print the URL, open it
+    in the browser."""
     from werkzeug.serving import make_server
 
-    try:
-        server = make_server(HOST, port, create_app(review), threaded=True)
-    except OSError as error:
-        raise TflError(f"tfl review could not listen on {HOST}:{port} ({error.strerror}). Pass another --port, or "
-                       "leave it out for a free one.") from None
+    from tfl.runs import review_lock
+
+    with review_lock(review.run.path):
+        try:
+            server = make_server(HOST, port, create_app(review), threaded=True)
+        except OSError as error:
+            raise TflError(f"tfl review could not listen on {HOST}:{port} ({error.strerror}). Pass another --port, "
+                           "or leave it out for a free one.") from None
+        run_server(server, review, open_browser, echo)
+
+
+def run_server(server, review: Review, open_browser: bool, echo: Callable[[str], None]) -> None:
+    import logging
+
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     url = f"http://{HOST}:{server.server_port}/"
     echo(f"Reviewing {len(review.queue)} photo(s) of {review.run.name} ({len(review.decided)} decided): {url}\n"
          f"Each decision is saved to {review.file} at once; Ctrl-C stops the server. Then: "
          f"tfl finetune --data DATA --corrections {review.file}")
-    if open_browser:
+    if open_browser:  # from a thread: a text-mode browser in the terminal would hold the server back
         import webbrowser
 
-        webbrowser.open(url)
+        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -34,6 +34,7 @@ CHECKPOINT_DIR = "checkpoint"  # in <name>.partial/ while training: what --resum
 CHECKPOINT_STATE = "state.json"
 RUN_MARKER = MODEL_FILE
 EXPORT_LOCK = ".export.lock"
+REVIEW_LOCK = ".review.lock"
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,17 @@ def export_lock(run: Path):
     lock = _lock(run / EXPORT_LOCK, f"Run '{run}' is being exported by another tfl process right now. Wait for it "
                  "to finish, then run this export again (what it finished will be kept).",
                  f"Cannot write the exports of '{run}'", UNWRITABLE_RUN)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def review_lock(run: Path):
+    """One review server per run (each rewrites its review.csv whole): a second one stops at once with a message."""
+    lock = _lock(run / REVIEW_LOCK, f"Another tfl review is serving run '{run}' right now: use its page (its terminal "
+                 "prints the URL), or stop it first.", f"Cannot review '{run}'", UNWRITABLE_RUN)
     try:
         yield
     finally:

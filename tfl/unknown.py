@@ -403,19 +403,18 @@ def unknown_background(folder: str | None, check_only: bool = False) -> list[str
     return files
 
 
-def photos_below(folder: str | Path, option: str, advice: str = "") -> list[str]:
-    """Every file below `folder` but hidden ones (photos of none of the classes: whatever the user has), or an
-    error naming `option`."""
+def photos_below(folder: str | Path, option: str, advice: str = "", kind: str = "photos of none of the classes"
+                 ) -> list[str]:
+    """Every file below `folder` but hidden ones (whatever the user has), or an error naming `option`."""
     from tfl.data import is_hidden
     from tfl.errors import TflError
 
     path = Path(folder).expanduser()
     if not path.is_dir():
-        raise TflError(f"{option} '{folder}' is not a folder. Pass a folder of photos of none of the classes"
-                       f"{' ' + advice if advice else ''}.")
+        raise TflError(f"{option} '{folder}' is not a folder. Pass a folder of {kind}{' ' + advice if advice else ''}.")
     files = sorted(str(p) for p in path.rglob("*")
                    if p.is_file() and not any(is_hidden(part) for part in p.relative_to(path).parts))
     if not files:
-        raise TflError(f"{option} '{folder}' holds no files. Put photos of none of the classes in it"
+        raise TflError(f"{option} '{folder}' holds no files. Put {kind} in it"
                        f"{', or leave the option out' if advice else ''}.")
     return files
