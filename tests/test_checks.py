@@ -146,7 +146,7 @@ def test_finetune_summarises_the_checks(faulty, tmp_path):
 def test_the_probe_in_finetune_ranks_a_flipped_label_first():
     """On features of two well-apart clusters, the one photo labelled against its cluster comes first."""
     from tfl.data import ImageData
-    from tfl.probe import PROBE_LIMIT, probe_cached
+    from tfl.probe import PROBE_LIMIT, issue_fields, probe_cached
     from tfl.split import Split
 
     rng = np.random.default_rng(0)
@@ -156,7 +156,7 @@ def test_the_probe_in_finetune_ranks_a_flipped_label_first():
     paths = [f"p{i}.jpg" for i in range(60)]
     train, val = Split(paths[:48:], labels[:48]), Split(paths[48:], labels[48:])
     data = ImageData(["a", "b"], train, val, None, {})
-    found = probe_cached(np.concatenate([features[:48], features[:48]]), features[48:], data)  # 2 cached views
+    found = issue_fields(probe_cached(np.concatenate([features[:48], features[:48]]), features[48:], data), 1.0)
     assert found["label_issues"][0] == {"path": "p3.jpg", "label": "b", "probe_says": "a",
                                         "probability_of_label": found["label_issues"][0]["probability_of_label"]}
     assert found["label_issues"][0]["probability_of_label"] < 0.5
@@ -167,7 +167,7 @@ def test_the_probe_doubts_a_wrong_label_among_several():
     """Several labels per photo: each label a direction in feature space; the photo given 'b' while its features
     say 'a' and 'c' comes first, its labels and the probe's named."""
     from tfl.data import ImageData
-    from tfl.probe import probe_cached
+    from tfl.probe import issue_fields, probe_cached
     from tfl.split import Split
 
     rng = np.random.default_rng(1)
@@ -181,7 +181,7 @@ def test_the_probe_doubts_a_wrong_label_among_several():
     paths = [f"p{i}.jpg" for i in range(90)]
     data = ImageData(["a", "b", "c"], Split(paths[:72], labels[:72]), Split(paths[72:], labels[72:]), None, {},
                      multilabel=True)
-    found = probe_cached(features[:72], features[72:], data)
+    found = issue_fields(probe_cached(features[:72], features[72:], data), 1.0)
     first = found["label_issues"][0]
     assert first["path"] == "p7.jpg" and first["label"] == "b" and first["probe_says"] == "a, c"
     assert first["probability_of_label"] < 0.5 and found["label_issues_found"] <= 15

@@ -57,14 +57,13 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, seed: in
     return cross_val_predict(classifier, features, labels, method="predict_proba", cv=folds, n_jobs=-1)
 
 
-def label_issues(data: ImageData, model, image_size: int) -> tuple[list[dict], int]:
+def label_issues(data: ImageData, model, image_size: int) -> list[dict]:
     """The photos whose label(s) the probe doubts, likeliest errors first (cleanlab's find_label_issues ranked by
-    self-confidence, the probability the probe gives the given label), at most KEPT of them; and how many cleanlab
-    flagged in all."""
+    self-confidence, the probability the probe gives the given label)."""
     everything = Split([p for s in (data.train, data.val, data.test) if s is not None for p in s.paths],
                        [y for s in (data.train, data.val, data.test) if s is not None for y in s.labels])
     if not varied(everything.labels):
-        return [], 0
+        return []
     return doubted(features_of(model, everything, len(data.class_names), image_size), everything, data.class_names)
 
 
@@ -73,7 +72,7 @@ def varied(labels: list) -> bool:
     return len({tuple(y) if isinstance(y, list) else y for y in labels}) > 1
 
 
-def doubted(features: np.ndarray, photos: Split, class_names: list[str]) -> tuple[list[dict], int]:
+def doubted(features: np.ndarray, photos: Split, class_names: list[str]) -> list[dict]:
     """label_issues on features already computed, one row per photo of `photos`. With several labels per photo, a
     row's labels are joined by commas, and its probability is the lowest the probe gives any of its label decisions
     (present or absent)."""
@@ -100,22 +99,39 @@ def doubted(features: np.ndarray, photos: Split, class_names: list[str]) -> tupl
         said = [class_names[y] for y in labels]
         says = [class_names[int(row.argmax())] for row in probabilities]
     return [{"path": photos.paths[i], "label": said[i], "probe_says": says[i],
-             "probability_of_label": round(float(given[i]), 4)} for i in ranked[:KEPT]], len(ranked)
+             "probability_of_label": round(float(given[i]), 4)} for i in ranked]
 
 
-def probe_cached(train_features: np.ndarray, val_features: np.ndarray, data: ImageData) -> dict | None:
+def probe_cached(train_features: np.ndarray, val_features: np.ndarray, data: ImageData) -> list[dict] | None:
     """The label probe inside `tfl finetune`, on the features the head's feature cache holds (the training photos'
-    un-augmented view first, then validation's): the checks' label_issues fields and the seconds it took, or None
-    when the set is too big for a quick probe (then `tfl check` runs it)."""
+    un-augmented view first, then validation's): every doubted photo, likeliest first (issue_fields make the
+    report's of them), or None when the set is too big for a quick probe (then `tfl check` runs it)."""
     import time
 
     if len(train_features) + len(val_features) > PROBE_LIMIT or isinstance(train_features, np.memmap):
         return None
-    start = time.time()
     photos = Split(data.train.paths + data.val.paths, list(data.train.labels) + list(data.val.labels))
     features = np.concatenate([train_features[:len(data.train)], val_features])
-    issues, found = doubted(features, photos, data.class_names) if varied(photos.labels) else ([], 0)
-    return {"label_issues": issues, "label_issues_found": found, "label_probe_seconds": round(time.time() - start, 1)}
+    return doubted(features, photos, data.class_names) if varied(photos.labels) else []
+
+
+def issue_fields(issues: list[dict], seconds: float) -> dict:
+    """The checks' label_issues fields: the KEPT likeliest (the run's label_issues.csv lists all), the count, time."""
+    return {"label_issues": issues[:KEPT], "label_issues_found": len(issues), "label_probe_seconds": round(seconds, 1)}
+
+
+def write_issues_csv(path, issues: list[dict]) -> None:
+    """Every doubted photo, likeliest first, one row each (what `tfl review` goes through)."""
+    import csv
+    import io
+
+    from tfl.fileio import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, ["path", "label", "probe_says", "probability_of_label"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(issues)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
@@ -144,7 +160,8 @@ def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
         except TflError as exc:  # weights it cannot load (offline): the checks above stand without them
             report["checks"]["label_probe_error"] = str(exc)
             return report
-        report["checks"]["label_issues"], report["checks"]["label_issues_found"] = label_issues(image_data, model, size)
+        issues = label_issues(image_data, model, size)
+        report["checks"]["label_issues"], report["checks"]["label_issues_found"] = issues[:KEPT], len(issues)
         report["checks"]["seconds"]["label_probe"] = round(time.time() - start, 1)
     return report
 

@@ -34,46 +34,54 @@ class Item:
 
 
 def run_queue(run: RunFolder) -> list[Item]:
-    """Labels the probe doubts (most doubtful first), each copy that another has under another label, then the
-    validation mistakes (most confident first); a photo once, at its first place."""
+    """Labels the probe doubts (most doubtful first: all of them, from label_issues.csv), each copy that another has
+    under another label, then every validation mistake (most confident first, from predictions.csv); a photo once,
+    at its first place."""
     report = json.loads(run.data_report_file.read_text()) if run.data_report_file.is_file() else {}
     checks = report.get("checks") or {}
-    scores = validation_scores(run.predictions_file, run.class_names)
     originals = {row["to"]: row["path"] for row in report.get("converted") or []}
+    predictions = read_csv(run.predictions_file)
+    scores = {os.path.abspath(row["path"]): {name: float(row[name]) for name in run.class_names if row.get(name)}
+              for row in predictions}
+    issues = read_csv(run.label_issues_file) or checks.get("label_issues") or []
     items = []
-    for issue in sorted(checks.get("label_issues") or [], key=lambda issue: issue.get("probability_of_label", 0)):
+    for issue in sorted(issues, key=lambda issue: float(issue.get("probability_of_label") or 0)):
         items.append(Item(issue["path"], issue["label"], "doubted",
                           f"a probe on the backbone's features doubts this label: it says {issue['probe_says']} "
-                          f"(it gives the label {issue.get('probability_of_label', 0):.0%})", issue["probe_says"]))
+                          f"(it gives the label {float(issue.get('probability_of_label') or 0):.0%})",
+                          issue["probe_says"]))
     for group in checks.get("conflicting_labels") or []:
         for path, label in zip(group["paths"], group["labels"]):
             others = [f"{os.path.basename(p)} ({l})" for p, l in zip(group["paths"], group["labels"]) if p != path]
             items.append(Item(path, label, "copy", f"the same photo is also labelled otherwise: {', '.join(others)}"))
     analysis = json.loads(run.analysis_file.read_text()) if run.analysis_file.is_file() else {}
-    for index, mistake in enumerate(analysis.get("mistakes") or []):
-        heatmap = run.mistakes_dir / f"{index}.jpg"
-        items.append(Item(mistake["path"], mistake["label"], "mistake",
-                          f"a validation photo the model calls {mistake['predicted']} ({mistake['confidence']:.0%})",
-                          mistake["predicted"], heatmap=str(heatmap) if heatmap.is_file() else None))
+    heatmaps = {mistake["path"]: run.mistakes_dir / f"{index}.jpg"
+                for index, mistake in enumerate(analysis.get("mistakes") or [])}
+    mistakes = [row for row in predictions if row.get("correct") == "0"]
+    for row in sorted(mistakes, key=lambda row: -float(row["confidence"])):
+        heatmap = heatmaps.get(row["path"])
+        items.append(Item(row["path"], row["label"], "mistake",
+                          f"a validation photo the model calls {row['predicted']} ({float(row['confidence']):.0%})",
+                          row["predicted"], heatmap=str(heatmap) if heatmap and heatmap.is_file() else None))
     seen, queue = set(), []
     for item in items:
         if item.path in originals:
             item.shown, item.path = item.path, originals[item.path]
+        scored = scores.get(os.path.abspath(item.shown or item.path), {})
         item.path = os.path.abspath(item.path)
         if item.path not in seen:
             seen.add(item.path)
-            item.scores = item.scores or scores.get(item.path, {})
+            item.scores = item.scores or scored
             queue.append(item)
     return queue
 
 
-def validation_scores(predictions_file: Path, class_names: list[str]) -> dict[str, dict[str, float]]:
-    """The model's scores of each validation photo, from the run's predictions.csv (a column per class)."""
-    if not predictions_file.is_file():
-        return {}
-    with predictions_file.open(newline="") as rows:
-        return {os.path.abspath(row["path"]): {name: float(row[name]) for name in class_names if row.get(name)}
-                for row in csv.DictReader(rows)}
+def read_csv(path: Path) -> list[dict]:
+    """The rows of one of the run's CSV files (none when it is absent)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as rows:
+        return list(csv.DictReader(rows))
 
 
 def learning_order(scores: np.ndarray, features: np.ndarray, seed: int = 0) -> list[int]:

@@ -37,7 +37,7 @@ from tfl.features import FEATURE_CACHE_FOLDER, feature_stage_data, uses_feature_
 from tfl.low_pass import decide as decide_low_pass
 from tfl.model import build_model, feature_extractor, get_head, set_trainable_blocks, trainable_params
 from tfl.plan import DataStats, auto_plan
-from tfl.probe import probe_cached
+from tfl.probe import issue_fields, probe_cached, write_issues_csv
 from tfl.precision import dtype_policy, resolve_precision
 from tfl.fileio import atomic_path, atomic_write_text
 from tfl.report import (closing_line, early_stop_line, probe_line, data_summary, describe_unfreeze, format_plan,
@@ -267,15 +267,18 @@ class Training:
 
     def probe_labels(self, train_features, val_features) -> None:
         """Once per run, on the features just cached: the photos whose label a linear probe doubts (tfl/probe.py),
-        counted on screen and listed in data_report.json."""
+        counted on screen, the likeliest listed in data_report.json, all of them in label_issues.csv."""
         checks = self.data.report.get("checks")
         if checks is None or "label_issues" in checks or self.cluster.distributed:
             return
-        found = probe_cached(train_features, val_features, self.data)
-        if found is None:
+        start = time.time()
+        issues = probe_cached(train_features, val_features, self.data)
+        if issues is None:
             self.caller.echo(f"Label probe: left to `tfl check` for a set this big ({len(self.data.train):,} "
                              "training photos)")
             return
+        write_issues_csv(self.folder.label_issues_file, issues)
+        found = issue_fields(issues, time.time() - start)
         checks.update(found)
         saved = json.loads(self.folder.data_report_file.read_text())
         saved["checks"].update(found)
