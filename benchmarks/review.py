@@ -10,7 +10,7 @@
    order or at random (labels from the known answers, added with `--corrections` `label` rows), retrained, and
    scored on the same test folder; several seeds.
 
-    python benchmarks/review.py [--dataset flowers] [--seeds 3] [--out results/review.json]
+    python benchmarks/review.py [--dataset flowers] [--seeds 3] [--parts faults,order] [--out results/review.json]
 """
 
 from __future__ import annotations
@@ -146,15 +146,21 @@ def main() -> None:
     parser.add_argument("--flip", type=float, default=0.04)
     parser.add_argument("--copies", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--parts", default="faults,order", help="faults, order, or both")
     parser.add_argument("--out", default=str(RESULTS / "review.json"))
     args = parser.parse_args()
+    parts = args.parts.split(",")
     root = source(args.dataset)
     results = {"dataset": args.dataset}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        results["planted_faults"] = faults = planted_faults(root, work, args.flip, args.copies, 0)
-        print(f"planted: {faults['planted']}; before: {faults['before']}; review: {faults['review']}; "
-              f"after: {faults['after']}", flush=True)
+        if "faults" in parts:
+            results["planted_faults"] = faults = planted_faults(root, work, args.flip, args.copies, 0)
+            print(f"planted: {faults['planted']}; before: {faults['before']}; review: {faults['review']}; "
+                  f"after: {faults['after']}", flush=True)
+        if "order" not in parts:
+            write_results(args.out, {"machine": machine(), **results})
+            return
         results["labelling_order"] = rows = []
         for seed in range(args.seeds):
             rows.append(labelling_order(root, work, seed))
