@@ -80,6 +80,9 @@ def test_corrections_are_applied_after_the_split_so_every_photo_stays_on_its_sid
     before, after = load_data(str(folder), 0.25, 0), load_data(str(folder), 0.25, 0, corrections=review)
     assert set(after.val.paths) == set(before.val.paths) - {moved[3]}
     assert set(after.train.paths) == set(before.train.paths) - {moved[3]}
+    fixes = after.report["corrections"]  # counted over both sides: some of the four are validation photos
+    assert (fixes["relabelled"], fixes["excluded"], fixes["unmatched"]) == (3, 1, 0)
+    assert any(path in before.val.paths for path in moved)
 
 
 def test_corrections_apply_to_label_files_too(folder, tmp_path):

@@ -178,7 +178,7 @@ class Reader:
 
     def with_labelled(self, train: Split) -> Split:
         """The training photos and the photos the review labelled that the data does not hold, scanned like the
-        others; the report counts what the corrections did."""
+        others; the report counts what the corrections did (so it comes after every split's `corrected`)."""
         fixes = self.corrections
         if fixes is None:
             return train
@@ -358,7 +358,8 @@ def read_image_folder(root: Path, val_split: float, seed: int, reader: Reader) -
             warn(f"'{split_folders['test']}' holds no image in class subfolders named like the training classes, so "
                  "there is no test set (unlabelled photos can be classified with 'tfl predict').")
             test = None
-    train, val, test = reader.with_labelled(reader.corrected(train)), reader.corrected(val), reader.corrected(test)
+    val, test = reader.corrected(val), reader.corrected(test)
+    train = reader.with_labelled(reader.corrected(train))  # last: it counts what every split's corrections did
     check_usable(train, class_names, class_root, report)
     warn_about_missing_val_classes(val, class_names)
     if len(val) == 0:
@@ -595,8 +596,8 @@ def load_label_files(path: Path, val_split: float, seed: int, converted_dir: Pat
             if path.is_dir() else f"labels and splits from '{path.name}'"
         if "all" in splits:
             raise TflError(f"Some rows of '{path}' have no split while others do. Give every row a split, or none.")
-    train, val, test = (reader.with_labelled(reader.corrected(splits["train"])), reader.corrected(splits.get("val", Split())),
-                        reader.corrected(splits.get("test")))
+    val, test = reader.corrected(splits.get("val", Split())), reader.corrected(splits.get("test"))
+    train = reader.with_labelled(reader.corrected(splits["train"]))  # last: it counts what every split's did
     check_usable(train, every, path, report)
     warn_about_missing_val_classes(val, every)
     if len(val) == 0:
