@@ -189,7 +189,8 @@ class Reader:
             fixes.applied["labelled"] += len(added)
             self.corrected_paths.update(os.path.abspath(path) for path, _ in new)
             train = Split(train.paths + added.paths, train.labels + added.labels)
-        self.report["corrections"] = fixes.report(self.corrected_paths)
+        left_out = {os.path.abspath(path) for path in self.report.get("excluded_paths", ())}  # by --exclude first
+        self.report["corrections"] = fixes.report(self.corrected_paths | left_out)
         return train
 
     @property

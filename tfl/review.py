@@ -217,7 +217,7 @@ class Review:
         for position, item in enumerate(self.queue):
             row = asdict(item) | {"position": position, "name": os.path.basename(item.path),
                                   "has_heatmap": item.heatmap is not None}
-            row.pop("path"), row.pop("heatmap")
+            row.pop("path"), row.pop("heatmap"), row.pop("shown")
             made = decided.get(item.path)
             row["decision"] = None if made is None else {"decision": made.decision, "label": made.label}
             items.append(row)
