@@ -38,7 +38,7 @@ def run(tmp_path):
             paths[f"{name}{i}"] = str(data / name / f"{name}_{i}.jpg")
             make_image(colour, 48, seed=10 * index + i).save(paths[f"{name}{i}"])
     (folder / "labels.txt").write_text("\n".join(CLASSES) + "\n")
-    (folder / "model.keras").write_bytes(b"")  # a finished run's mark; the review reads no model without --unlabelled
+    (folder / "model.keras").write_bytes(b"")  # a finished run's mark (model_scores=False reads no model)
     checks = {"label_issues": [
         {"path": paths["red1"], "label": "<b>red</b>", "probe_says": "blue", "probability_of_label": 0.30},
         {"path": paths["green0"], "label": "green", "probe_says": "blue", "probability_of_label": 0.01}],
@@ -56,7 +56,7 @@ def run(tmp_path):
 
 def test_the_queue_puts_the_most_doubtful_labels_first_then_copies_then_mistakes_each_photo_once(run):
     folder, paths = run
-    queue = Review(RunFolder(folder)).queue
+    queue = Review(RunFolder(folder), model_scores=False).queue
     assert [item.path for item in queue] == [paths["green0"], paths["red1"], paths["blue0"], paths["blue1"],
                                              paths["red2"]]
     assert [item.kind for item in queue] == ["doubted", "doubted", "copy", "copy", "mistake"]
@@ -66,7 +66,7 @@ def test_the_queue_puts_the_most_doubtful_labels_first_then_copies_then_mistakes
 
 def test_each_decision_is_saved_at_once_undone_and_resumed(run):
     folder, paths = run
-    review = Review(RunFolder(folder))
+    review = Review(RunFolder(folder), model_scores=False)
     review.decide(0, "relabel", "blue")
     review.decide(1, "exclude")
     review.decide(2, "relabel", "blue")  # its own label: keep
@@ -77,7 +77,7 @@ def test_each_decision_is_saved_at_once_undone_and_resumed(run):
     assert review.undo() == 1
     assert [(d.decision, d.label) for d in read_decisions(folder / "review.csv")] == [("relabel", "blue"),
                                                                                       ("exclude", "")]
-    again = Review(RunFolder(folder))  # a new server on the same run
+    again = Review(RunFolder(folder), model_scores=False)  # a new server on the same run
     assert again.first_undecided() == 2 and again.state()["done"] == 2
     with pytest.raises(ValueError, match="not a class"):
         again.decide(2, "relabel", "purple")
@@ -89,7 +89,7 @@ def test_each_decision_is_saved_at_once_undone_and_resumed(run):
 def client(run):
     from tfl.review_app import create_app
 
-    app = create_app(Review(RunFolder(run[0])))
+    app = create_app(Review(RunFolder(run[0]), model_scores=False))
     return app.test_client()
 
 
@@ -135,7 +135,7 @@ def test_a_converted_photo_is_shown_as_converted_and_decided_under_its_own_name(
     report["checks"]["label_issues"][1]["path"] = converted  # the file tfl read in place of green_0 (a HEIC, say)
     report["converted"] = [{"path": paths["green0"], "to": converted}]
     (folder / "data_report.json").write_text(json.dumps(report))
-    first = Review(RunFolder(folder)).queue[0]
+    first = Review(RunFolder(folder), model_scores=False).queue[0]
     assert (first.path, first.shown) == (paths["green0"], converted)
 
 
@@ -151,7 +151,7 @@ def test_a_run_trained_with_corrections_starts_its_review_from_them_and_one_serv
     earlier = tmp_path / "earlier.csv"
     write_decisions(earlier, [Decision(paths["blue2"], "exclude"), Decision(paths["green0"], "keep")])
     (folder / "config.yaml").write_text(f"corrections: {earlier}\n")
-    review = Review(RunFolder(folder))
+    review = Review(RunFolder(folder), model_scores=False)
     assert review.first_undecided() == 0  # the earlier decisions are carried, not taken for this queue's
     review.decide(0, "relabel", "blue")
     assert [(d.path, d.decision) for d in read_decisions(folder / "review.csv")] == [
@@ -196,13 +196,15 @@ def review_server(folder, port=0):
 
 
 @pytest.mark.integration
-def test_the_page_takes_decisions_by_keyboard_survives_a_killed_server_and_resumes(run):
+def test_the_page_takes_decisions_by_keyboard_survives_a_killed_server_and_resumes(run, tiny_run):
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("the browser test needs Debian's Chromium (apt-get install chromium); not installed here")
     folder, paths = run
+    for name in ("model.keras", "unknown.npz"):  # a trained model of three classes scores the photos
+        shutil.copy(tiny_run / name, folder / name)
     process, url = review_server(folder)
     try:
         with sync_playwright() as playwright:
@@ -212,6 +214,7 @@ def test_the_page_takes_decisions_by_keyboard_survives_a_killed_server_and_resum
             page.wait_for_selector("#position:has-text('1 of 5')")
             assert page.inner_text("#label") == "labelled green"
             assert "<b>red</b>" in page.inner_text("#classes") and page.locator("#classes b").count() == 0
+            assert page.locator("#scores tr").count() == 3  # the model's scores of a training photo
             page.keyboard.press("3")  # the third class
             page.wait_for_selector("#position:has-text('2 of 5')")
             page.keyboard.press("x")

@@ -203,5 +203,5 @@ def summary_lines(checks: dict) -> list[str]:
                      f"{imbalance['smallest']} the smallest)")
     if checks.get("label_issues"):
         lines.append(f"  {checks['label_issues_found']} photo(s) whose label a quick probe doubts (`tfl check` ranks "
-                     "them)")
+                     "them; `tfl review RUN` shows them one by one)")
     return lines

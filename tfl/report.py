@@ -79,8 +79,8 @@ def probe_line(found: dict) -> str:
     first = found["label_issues"][0]
     return (f"Label probe ({found['label_probe_seconds']:.1f}s): a linear probe on the backbone's features doubts "
             f"{found['label_issues_found']} label(s), the likeliest {first['path']} (labelled {first['label']}, "
-            f"looks like {first['probe_says']}); data_report.json ranks them, `tfl check DATA --exclusions FILE` "
-            "lists them to leave out")
+            f"looks like {first['probe_says']}); label_issues.csv ranks them, and after training `tfl review` shows "
+            "them one by one to relabel, keep or leave out")
 
 
 def unknown_line(report: dict) -> str:

@@ -108,15 +108,14 @@ def learning_order(scores: np.ndarray, features: np.ndarray, seed: int = 0) -> l
     return [int(i) for i in np.lexsort((margin, rank_in_cluster))]
 
 
-def unlabelled_queue(run: RunFolder, folder: str | Path, batch_size: int = 32) -> list[Item]:
-    """The photos below `folder` (those that decode), in learning order, with the model's scores."""
+def unlabelled_queue(predictor, folder: str | Path, batch_size: int = 32) -> list[Item]:
+    """The photos below `folder` (those that decode), in learning order, with the model's scores (`predictor`:
+    the run's Keras model)."""
     from tfl.model import feature_extractor, get_head
     from tfl.pipeline import readable_batches
-    from tfl.predict import load_predictor
     from tfl.unknown import photos_below
 
     files = photos_below(folder, "--unlabelled", kind="photos to label")
-    predictor = load_predictor(run.path)
     extractor, head = feature_extractor(predictor.model), get_head(predictor.model)
     paths, features = [], []
     for names, pixels in readable_batches(files, predictor.image_size, batch_size):
@@ -134,12 +133,24 @@ def unlabelled_queue(run: RunFolder, folder: str | Path, batch_size: int = 32) -
             for i in learning_order(scores, features)]
 
 
+def add_model_scores(predictor, items: list[Item], batch_size: int = 32) -> None:
+    """The model's scores of the photos the run's files give none (its training photos), so that every photo
+    shows the model's answer beside its label."""
+    from tfl.pipeline import readable_batches
+
+    wanted = {item.shown or item.path: item for item in items if not item.scores}
+    for names, pixels in readable_batches(list(wanted), predictor.image_size, batch_size):
+        for name, row in zip(names, predictor.predict_pixels(pixels.astype("float32"))):
+            wanted[name].scores = {label: round(float(score), 4) for label, score in zip(predictor.class_names, row)}
+
+
 class Review:
     """A run's queue and the decisions taken on it, each written to RUN/review.csv at once (the whole file,
     replaced atomically); decisions already there are resumed. A run trained with --corrections starts from
-    those decisions, so that its review.csv holds every decision so far."""
+    those decisions, so that its review.csv holds every decision so far. `model_scores`: the run's model scores
+    the photos its files give no scores (off: no model is loaded)."""
 
-    def __init__(self, run: RunFolder, unlabelled: str | Path | None = None):
+    def __init__(self, run: RunFolder, unlabelled: str | Path | None = None, model_scores: bool = True):
         if run.thresholds is not None:
             raise TflError(f"Run '{run.path}' gives several labels per photo, and tfl review relabels photos of one "
                            "label. Fix such labels in the label file itself (data_report.json lists the ones the "
@@ -148,8 +159,13 @@ class Review:
         self.class_names = run.class_names
         queue = run_queue(run)
         listed = {item.path for item in queue}
+        if model_scores or unlabelled:
+            from tfl.predict import load_predictor
+
+            predictor = load_predictor(run.path)
+            add_model_scores(predictor, queue)
         if unlabelled:  # a photo of the data is reviewed as such, not as unlabelled
-            queue += [item for item in unlabelled_queue(run, unlabelled) if item.path not in listed]
+            queue += [item for item in unlabelled_queue(predictor, unlabelled) if item.path not in listed]
         self.queue = queue
         self.index = {item.path: i for i, item in enumerate(self.queue)}
         earlier_file = self.file if self.file.is_file() else (
