@@ -10,7 +10,8 @@
    order or at random (labels from the known answers, added with `--corrections` `label` rows), retrained, and
    scored on the same test folder; several seeds.
 
-    python benchmarks/review.py [--dataset flowers] [--seeds 3] [--parts faults,order] [--out results/review.json]
+    python benchmarks/review.py [--dataset flowers] [--seeds 3] [--parts faults,order] [--rounds 1] [--flip 0.04]
+                                [--out results/review.json]
 """
 
 from __future__ import annotations
@@ -93,20 +94,25 @@ def simulated_review(run: tfl.Run) -> dict:
     return {"queue": len(review.queue), **counts, "file": str(review.file)}
 
 
-def planted_faults(root: Path, work: Path, flip: float, copies: int, seed: int) -> dict:
+def planted_faults(root: Path, work: Path, flip: float, copies: int, seed: int, rounds: int = 1) -> dict:
+    """Train on the faulty set, review, train with the corrections; `rounds` times (a later round reviews the
+    corrected run, whose review.csv carries the earlier decisions)."""
     pool, test = link_split(root, work / "faults", 0.2, seed)
     faulty = work / "faults" / "faulty"
     planted = plant(pool, faulty, flip, copies, near=0, seed=seed)
     start = time.time()
-    before = train(faulty, work, "faulty", seed)
-    decided = simulated_review(before)
-    after = train(faulty, work, "corrected", seed, corrections=decided["file"])
-    return {"planted": {"flipped": len(planted["flipped"]), "copies": len(planted["conflicts"])},
-            "before": {"accuracy": accuracy(before, test), **faults_in(before)},
-            "review": {k: v for k, v in decided.items() if k != "file"},
-            "after": {"accuracy": accuracy(after, test), **faults_in(after),
-                      "corrections": after.data_report["corrections"]},
-            "seconds": round(time.time() - start)}
+    run = train(faulty, work, "faulty", seed)
+    result = {"planted": {"flipped": len(planted["flipped"]), "copies": len(planted["conflicts"])},
+              "before": {"accuracy": accuracy(run, test), **faults_in(run)}, "rounds": []}
+    for round_ in range(1, rounds + 1):
+        decided = simulated_review(run)
+        run = train(faulty, work, f"corrected_{round_}", seed, corrections=decided["file"])
+        result["rounds"].append({"review": {k: v for k, v in decided.items() if k != "file"},
+                                 "after": {"accuracy": accuracy(run, test), **faults_in(run),
+                                           "corrections": run.data_report["corrections"]}})
+    result["review"], result["after"] = result["rounds"][0]["review"], result["rounds"][0]["after"]
+    result["seconds"] = round(time.time() - start)
+    return result
 
 
 def labelling_order(root: Path, work: Path, seed: int) -> dict:
@@ -146,6 +152,7 @@ def main() -> None:
     parser.add_argument("--flip", type=float, default=0.04)
     parser.add_argument("--copies", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="review and retrain this many times")
     parser.add_argument("--parts", default="faults,order", help="faults, order, or both")
     parser.add_argument("--out", default=str(RESULTS / "review.json"))
     args = parser.parse_args()
@@ -155,9 +162,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         if "faults" in parts:
-            results["planted_faults"] = faults = planted_faults(root, work, args.flip, args.copies, 0)
-            print(f"planted: {faults['planted']}; before: {faults['before']}; review: {faults['review']}; "
-                  f"after: {faults['after']}", flush=True)
+            results["planted_faults"] = faults = planted_faults(root, work, args.flip, args.copies, 0, args.rounds)
+            print(f"planted: {faults['planted']}; before: {faults['before']}", flush=True)
+            for number, row in enumerate(faults["rounds"], start=1):
+                print(f"round {number}: review {row['review']}; after {row['after']}", flush=True)
         if "order" not in parts:
             write_results(args.out, {"machine": machine(), **results})
             return

@@ -148,14 +148,15 @@ def test_a_run_of_several_labels_per_photo_is_a_clear_error(run):
 
 def test_a_run_trained_with_corrections_starts_its_review_from_them_and_one_server_serves_a_run(run, tmp_path):
     folder, paths = run
-    earlier = tmp_path / "earlier.csv"
-    write_decisions(earlier, [Decision(paths["blue2"], "exclude"), Decision(paths["green0"], "keep")])
+    earlier = tmp_path / "earlier.csv"  # the review the run trained with: green0 relabelled red by it
+    write_decisions(earlier, [Decision(paths["blue2"], "exclude"), Decision(paths["green0"], "relabel", "green")])
     (folder / "config.yaml").write_text(f"corrections: {earlier}\n")
     review = Review(RunFolder(folder), model_scores=False)
-    assert review.first_undecided() == 0  # the earlier decisions are carried, not taken for this queue's
-    review.decide(0, "relabel", "blue")
-    assert [(d.path, d.decision) for d in read_decisions(folder / "review.csv")] == [
-        (paths["blue2"], "exclude"), (paths["green0"], "relabel")]  # every decision so far, in one file
+    assert review.first_undecided() == 1  # green0 (position 0) was decided then: not asked again
+    review.decide(0, "keep")  # its label as this run has it, which the earlier review gave: still that relabel
+    review.decide(1, "exclude")
+    assert [(d.path, d.decision, d.label) for d in read_decisions(folder / "review.csv")] == [
+        (paths["blue2"], "exclude", ""), (paths["green0"], "relabel", "green"), (paths["red1"], "exclude", "")]
     from tfl.runs import review_lock
 
     with review_lock(folder):

@@ -175,9 +175,8 @@ class Review:
         except TflError as error:
             raise TflError(f"{error} (It is this run's review file: move it aside to start the review afresh.)") \
                 from None
-        resumed = earlier_file == self.file
-        self.decisions = [d for d in earlier if resumed and d.path in self.index]
-        self.others = [d for d in earlier if not (resumed and d.path in self.index)]  # kept as they are
+        self.decisions = [d for d in earlier if d.path in self.index]  # resumed: not asked again
+        self.others = [d for d in earlier if d.path not in self.index]  # of photos not in this queue: kept
         self.history: list[tuple[str, Decision | None]] = []  # (photo, its decision before), for undo
 
     @property
@@ -203,6 +202,10 @@ class Review:
                 raise ValueError("an unlabelled photo takes a label or is left out")
         elif decision == "relabel" and label == item.label:
             decision = "keep"  # its own label again
+        prior = self.decided.get(item.path)
+        if decision == "keep" and prior is not None and prior.decision in ("relabel", "label") \
+                and prior.label == item.label:  # the label this run trained with came from an earlier review
+            decision, label = prior.decision, prior.label
         made = Decision(item.path, decision, label if decision in ("relabel", "label") else "")
         self.history.append((item.path, self.decided.get(item.path)))
         self.decisions = [d for d in self.decisions if d.path != item.path] + [made]
