@@ -84,7 +84,8 @@ def other_value(field: dataclasses.Field):
     if meta["kind"] is bool:
         return not default
     special = {"image_size": 96, "weights": "none", "alpha": 0.5, "images": "photos/", "exclude": "bad.txt",
-               "path_column": "file", "label_column": "breed", "label_separator": ";", "background": "others/"}
+               "path_column": "file", "label_column": "breed", "label_separator": ";", "background": "others/",
+               "corrections": "review.csv"}
     if field.name in special:
         return special[field.name]
     if meta["kind"] is int:
