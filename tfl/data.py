@@ -154,7 +154,6 @@ class Reader:
             self.scanned[path] = result
         return split
 
-
     def corrected(self, split: Split | None) -> Split | None:
         """The split with the review's exclusions left out and its labels applied (a photo of the data that the
         review labelled is relabelled). Applied after the split is made, so that each photo stays on its side."""

@@ -106,8 +106,6 @@ def probe_cached(train_features: np.ndarray, val_features: np.ndarray, data: Ima
     """The label probe inside `tfl finetune`, on the features the head's feature cache holds (the training photos'
     un-augmented view first, then validation's): every doubted photo, likeliest first (issue_fields make the
     report's of them), or None when the set is too big for a quick probe (then `tfl check` runs it)."""
-    import time
-
     if len(train_features) + len(val_features) > PROBE_LIMIT or isinstance(train_features, np.memmap):
         return None
     photos = Split(data.train.paths + data.val.paths, list(data.train.labels) + list(data.val.labels))
