@@ -1,5 +1,6 @@
-"""Reading image data: class folders, label files and tfds scanned (bad files skipped and reported), exclusions and
-splits; decoding and tf.data pipelines are tfl/pipeline.py's."""
+"""Reading image data: class folders, label files and tfds scanned (bad files skipped and reported), exclusions, a
+review's corrections and splits, and the photos of a folder an option names; decoding and tf.data pipelines are
+tfl/pipeline.py's."""
 
 from __future__ import annotations
 
@@ -70,6 +71,20 @@ def convert_to_png(path: str, converted_dir: Path) -> str:
     target = converted_dir / f"{digest}_{Path(path).stem}.png"
     target.write_bytes(png_bytes_of(path))
     return str(target)
+
+
+def photos_below(folder: str | Path, option: str, advice: str = "", kind: str = "photos of none of the classes"
+                 ) -> list[str]:
+    """Every file below `folder` but hidden ones (whatever the user has), or an error naming `option`."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise TflError(f"{option} '{folder}' is not a folder. Pass a folder of {kind}{' ' + advice if advice else ''}.")
+    files = sorted(str(p) for p in path.rglob("*")
+                   if p.is_file() and not any(is_hidden(part) for part in p.relative_to(path).parts))
+    if not files:
+        raise TflError(f"{option} '{folder}' holds no files. Put {kind} in it"
+                       f"{', or leave the option out' if advice else ''}.")
+    return files
 
 
 def list_class_folders(folder: Path) -> list[Path]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from tfl.analysis import Scored, write_analysis
 from tfl.split import Split
-from tfl.data import LABEL_FILE_SUFFIXES, Reader, list_class_folders, scan_class_folders
+from tfl.data import LABEL_FILE_SUFFIXES, Reader, list_class_folders, photos_below, scan_class_folders
 from tfl.pipeline import make_pipeline, readable_batches
 from tfl.errors import TflError, warn
 from tfl.fileio import atomic_path, atomic_write_text
@@ -20,7 +20,7 @@ from tfl.metrics import classification_metrics, predict_dataset, write_metrics
 from tfl.multilabel import multilabel_metrics
 from tfl.predict import load_predictor
 from tfl.runs import RunFolder, check_reachable, labels_text
-from tfl.unknown import auroc, flagged, photos_below, unknown_statistic
+from tfl.unknown import auroc, flagged, unknown_statistic
 
 
 def load_labelled_file(path: Path, class_names: list[str], converted_dir: Path | None,

@@ -113,7 +113,7 @@ def unlabelled_queue(predictor, folder: str | Path, batch_size: int = 32) -> lis
     the run's Keras model)."""
     from tfl.model import feature_extractor, get_head
     from tfl.pipeline import readable_batches
-    from tfl.unknown import photos_below
+    from tfl.data import photos_below
 
     files = photos_below(folder, "--unlabelled", kind="photos to label")
     extractor, head = feature_extractor(predictor.model), get_head(predictor.model)

@@ -388,6 +388,7 @@ def output_shapes(model: keras.Model) -> list[tuple]:
 def unknown_background(folder: str | None, check_only: bool = False) -> list[str] | None:
     """The files of --background, or an error saying what is wrong with it (`check_only`: before training, when one
     of its first files must also decode as an image)."""
+    from tfl.data import photos_below
     from tfl.errors import TflError
     from tfl.pipeline import readable_batches
 
@@ -400,21 +401,4 @@ def unknown_background(folder: str | None, check_only: bool = False) -> list[str
             raise TflError(f"--background '{folder}': none of its first {min(50, len(files))} files is an image tfl "
                            f"can read. Pass a folder of photos of none of the classes {advice}.")
         return None
-    return files
-
-
-def photos_below(folder: str | Path, option: str, advice: str = "", kind: str = "photos of none of the classes"
-                 ) -> list[str]:
-    """Every file below `folder` but hidden ones (whatever the user has), or an error naming `option`."""
-    from tfl.data import is_hidden
-    from tfl.errors import TflError
-
-    path = Path(folder).expanduser()
-    if not path.is_dir():
-        raise TflError(f"{option} '{folder}' is not a folder. Pass a folder of {kind}{' ' + advice if advice else ''}.")
-    files = sorted(str(p) for p in path.rglob("*")
-                   if p.is_file() and not any(is_hidden(part) for part in p.relative_to(path).parts))
-    if not files:
-        raise TflError(f"{option} '{folder}' holds no files. Put {kind} in it"
-                       f"{', or leave the option out' if advice else ''}.")
     return files
