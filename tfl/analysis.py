@@ -4,15 +4,13 @@ average precision, and their plots; the files report.html shows."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tfl.fileio import atomic_path, atomic_write_text
+from tfl.fileio import atomic_path, atomic_write_csv, atomic_write_text
 from tfl.runs import RunFolder
 
 MISTAKES = 12  # the most confident mistakes kept for the gallery
@@ -74,28 +72,27 @@ def write_analysis(scored: Scored, folder: RunFolder, model, image_size: int, me
 def predictions_csv(paths: list[str], probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
                     path: Path) -> None:
     """One row per photo: its label, the prediction, the confidence and every class's probability."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "label", "predicted", "confidence", "correct", *class_names])
-    for file, scores, label in zip(paths, probabilities, labels):
+    def row(file, scores, label):
         best = int(scores.argmax())
-        writer.writerow([file, class_names[label], class_names[best], f"{scores[best]:.5f}", int(best == label),
-                         *(f"{s:.5f}" for s in scores)])
-    atomic_write_text(path, buffer.getvalue())
+        return [file, class_names[label], class_names[best], f"{scores[best]:.5f}", int(best == label),
+                *(f"{s:.5f}" for s in scores)]
+
+    atomic_write_csv(path, ["path", "label", "predicted", "confidence", "correct", *class_names],
+                     (row(*photo) for photo in zip(paths, probabilities, labels)))
 
 
 def multilabel_predictions_csv(scored: Scored, thresholds: np.ndarray, path: Path) -> None:
     """Several labels per photo: one row per photo, its labels, those over their thresholds, whether the two are the
     same, and every label's score."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
     names = scored.class_names
-    writer.writerow(["path", "labels", "predicted", "exact_match", *names])
-    for file, scores, truth in zip(scored.paths, scored.scores, scored.labels):
+
+    def row(file, scores, truth):
         given = ";".join(names[i] for i in np.flatnonzero(truth))
         predicted = ";".join(names[i] for i in np.flatnonzero(scores >= thresholds))
-        writer.writerow([file, given, predicted, int(given == predicted), *(f"{s:.5f}" for s in scores)])
-    atomic_write_text(path, buffer.getvalue())
+        return [file, given, predicted, int(given == predicted), *(f"{s:.5f}" for s in scores)]
+
+    atomic_write_csv(path, ["path", "labels", "predicted", "exact_match", *names],
+                     (row(*photo) for photo in zip(scored.paths, scored.scores, scored.labels)))
 
 
 def roc_auc(scores: np.ndarray, truth: np.ndarray) -> float | None:

@@ -32,13 +32,10 @@ class Decision:
 def write_decisions(path: Path, decisions: list[Decision]) -> None:
     """The whole file, in the order decided, replacing the old one at once (a kill at any moment leaves the old
     file or the new, never half of one)."""
-    from tfl.fileio import atomic_write_text
+    from tfl.fileio import atomic_write_csv
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    writer.writerows((d.path, d.decision, d.label if d.decision in ("relabel", "label") else "") for d in decisions)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_csv(path, COLUMNS, ((d.path, d.decision, d.label if d.decision in ("relabel", "label") else "")
+                                     for d in decisions), lineterminator="\n")
 
 
 def read_decisions(path: str | Path, option: str = "--corrections") -> list[Decision]:

@@ -88,6 +88,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_csv(path: str | Path, header, rows, lineterminator: str = "\r\n") -> None:
+    """A CSV file (a header, then rows of cells) written whole, atomically."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator=lineterminator)
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
 def _hold(folder: Path) -> int | None:
     """An exclusive OS lock on `folder` for as long as the descriptor stays open (released by the kernel when the
     process dies), so that others can tell a temporary folder in use from one left by a killed writer; None where

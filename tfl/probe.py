@@ -120,16 +120,10 @@ def issue_fields(issues: list[dict], seconds: float) -> dict:
 
 def write_issues_csv(path, issues: list[dict]) -> None:
     """Every doubted photo, likeliest first, one row each (what `tfl review` goes through)."""
-    import csv
-    import io
+    from tfl.fileio import atomic_write_csv
 
-    from tfl.fileio import atomic_write_text
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, ["path", "label", "probe_says", "probability_of_label"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(issues)
-    atomic_write_text(path, buffer.getvalue())
+    columns = ("path", "label", "probe_says", "probability_of_label")
+    atomic_write_csv(path, columns, ([issue[key] for key in columns] for issue in issues), lineterminator="\n")
 
 
 def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
