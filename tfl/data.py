@@ -251,9 +251,14 @@ def stratified_split(split: Split, val_fraction: float, seed: int,
     members: dict[int, list[int]] = defaultdict(list)
     for index, group in enumerate(range(len(split)) if groups is None else groups):
         members[group].append(index)
-    mixed = [g for g, m in members.items() if len({int(labels[i]) for i in m}) > 1]
+    mixed, by_label = [], defaultdict(list)  # one pass over the groups: linear in the photos
+    for group, indices in members.items():
+        if len({int(labels[i]) for i in indices}) > 1:
+            mixed.append(group)
+        else:
+            by_label[int(labels[indices[0]])].append(group)
     for label in np.unique(labels):
-        own = [g for g, m in members.items() if g not in mixed and labels[m[0]] == label]
+        own = by_label[int(label)]
         total = sum(len(members[g]) for g in own)
         n_val = int(round(total * val_fraction))
         if total >= 2:
