@@ -270,6 +270,36 @@ def report(run, root):
     echo(f"Wrote {tfl.open_run(run, root).report()}")
 
 
+@main.command("data-dispatcher")
+@click.option("--port", type=click.IntRange(1, 65535), default=5050, show_default=True, help="Port to listen on.")
+@friendly_errors
+def data_dispatcher(port):
+    """Start a tf.data service dispatcher: training runs given --data-service grpc://THIS_HOST:PORT send their input
+    pipeline to the workers registered with it (tfl data-worker). Runs until Ctrl-C."""
+    from tfl.data_service import serve_forever, start_dispatcher
+
+    server = start_dispatcher(port)
+    serve_forever(server, f"tf.data service dispatcher at grpc://{os.uname().nodename}:{port}: start workers with "
+                          f"`tfl data-worker --dispatcher grpc://{os.uname().nodename}:{port}`, then train with "
+                          f"--data-service grpc://{os.uname().nodename}:{port}. Ctrl-C stops it.", echo)
+
+
+@main.command("data-worker")
+@click.option("--dispatcher", required=True, help="The dispatcher's address, grpc://HOST:PORT.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port (0: a free one).")
+@click.option("--host", help="This machine's name as the trainers reach it (default: localhost when the dispatcher "
+              "is local, else this machine's name).")
+@friendly_errors
+def data_worker(dispatcher, port, host):
+    """Start a tf.data service worker: it decodes and augments training photos for the trainers of DISPATCHER's
+    runs. The photos must be at the same paths here as on the trainer. Runs until Ctrl-C."""
+    from tfl.data_service import check_dispatcher, serve_forever, start_worker
+
+    check_dispatcher(dispatcher)
+    serve_forever(start_worker(dispatcher, port, host), f"tf.data service worker of {dispatcher}. Ctrl-C stops it.",
+                  echo)
+
+
 @main.command()
 def archs():
     """List the available backbones."""

@@ -110,6 +110,9 @@ class TrainConfig:
                               "else one device), none, mirrored (every device of this machine), multiworker (several "
                               "machines: TF_CONFIG on TensorFlow, KERAS_DISTRIBUTION_* on JAX; see the README).",
                               choices=DISTRIBUTE_MODES)
+    data_service: str | None = setting(None, "grpc://HOST:PORT of a tf.data service dispatcher: its workers decode "
+                                       "and augment the training photos (`tfl data-dispatcher`, `tfl data-worker`; "
+                                       "tfl/data_service.py).", kind=str)
     calibrate: bool = setting(True, "After training, fit one temperature on the validation set and fold it into the "
                               "model, so that every artifact's scores are calibrated probabilities.")
     unknown: bool = setting(True, "After training, fit a score for photos of none of the classes and give every "
@@ -273,6 +276,13 @@ def validate(config: TrainConfig) -> TrainConfig:
                 f"Stage '{stage.name}' unfreezes {stage.unfreeze_blocks} blocks, but {spec.name} has "
                 f"{spec.num_blocks}. Use at most {spec.num_blocks}, or 'all'."
             )
+    if config.data_service is not None:
+        from tfl.data_service import parse_address
+
+        parse_address(config.data_service)
+        if config.distribute == "multiworker":
+            raise TflError("--data-service feeds the trainers of one machine; with --distribute multiworker each "
+                           "machine reads its own share of the photos. Use one of the two.")
     if not any(stage.epochs for stage in config.stages):
         raise TflError("Every stage has 0 epochs, so there is nothing to train. Give at least one stage some epochs.")
     return config

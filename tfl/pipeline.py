@@ -200,12 +200,15 @@ def cache(dataset: tf.data.Dataset, n_images: int, image_size: int, cache_dir: P
 
 def make_pipeline(split: Split, num_classes: int, image_size: int, batch_size: int, training: bool,
                   augmenter=None, mixer=None, seed: int = 42, cache_dir: Path | None = None,
-                  repeat: bool = False) -> tf.data.Dataset:
+                  repeat: bool = False, service: str | None = None) -> tf.data.Dataset:
     """Batches of (float32 pixels 0..255, one-hot or multi-hot labels); augmentation on training data only. `repeat`: an
-    endless stream of full batches (distributed training counts steps, not passes). (Ten parameters: the split and
-    its size are required, each other one is an optional stage of the pipeline.)"""
+    endless stream of full batches (distributed training counts steps, not passes). `service`: a tf.data service
+    dispatcher's address (tfl/data_service.py), whose workers then run the pipeline, decoding every pass (their
+    cache would be their own). (Eleven parameters: the split and its size are required, each other one is an
+    optional stage of the pipeline.)"""
     dataset = decoded_images(split, image_size, shuffle_seed=seed if training else None, num_classes=num_classes)
-    dataset = cache(dataset, len(split), image_size, cache_dir)
+    if service is None:
+        dataset = cache(dataset, len(split), image_size, cache_dir)
     if training:
         dataset = dataset.shuffle(min(len(split), 4096), seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -217,6 +220,10 @@ def make_pipeline(split: Split, num_classes: int, image_size: int, batch_size: i
         dataset = dataset.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     if training and mixer is not None:
         dataset = dataset.map(mixer, num_parallel_calls=tf.data.AUTOTUNE)
+    if service is not None:
+        from tfl.data_service import served
+
+        dataset = served(dataset, service)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -25,6 +25,7 @@ from tfl.checkpoint import Checkpoint, StageTracker, TrainingState
 from tfl.config import Stage, TrainConfig, from_run_record, run_record
 from tfl.data import CsvOptions, ImageData, load_data
 from tfl.pipeline import DECODER_VERSION, make_pipeline
+from tfl.data_service import check_dispatcher
 from tfl.distribute import Cluster, connect, disconnect
 from tfl.errors import TflError, disk_full_explained, warn
 from tfl.calibration import calibrating_temperature, calibration_report, fold_temperature, rescaled
@@ -225,6 +226,9 @@ class Training:
         """The recipe, stage by stage: freeze, stage data, compile, fit (a checkpoint every epoch), end on the
         stage's best epoch; then keep the run's best epoch and write the run."""
         self.caller.echo(format_plan(self.plan_rows(), self.class_weight, self.data.class_names, self.reasons))
+        if self.served:
+            self.caller.echo(f"Input: the stages on pixels read them from the tf.data service at "
+                             f"{self.config.data_service}, whose workers decode and augment the photos")
         for index, stage in enumerate(self.stages):
             if index < self.state.stage:
                 continue  # finished before the run was interrupted
@@ -294,10 +298,10 @@ class Training:
 
     def fit_stage(self, trained: keras.Model, stage: Stage, train_data, val_data, class_weight) -> None:
         first_epoch = self.state.epochs_done - self.state.stage_epochs
-        distributed = self.cluster.distributed
+        counted = self.cluster.distributed or (self.served and not self.on_features(stage))  # endless streams
         trained.fit(train_data, validation_data=val_data, shuffle=False,  # the pipelines shuffle
                     initial_epoch=self.state.epochs_done, epochs=first_epoch + stage.epochs,
-                    steps_per_epoch=self.steps_per_epoch if distributed else None,
+                    steps_per_epoch=self.steps_per_epoch if counted else None,
                     validation_steps=self.cluster.validation_steps(len(self.data.val), self.config.batch_size),
                     class_weight=class_weight, verbose=self.caller.verbose,
                     callbacks=[StageTracker(self.checkpoint, self.state, stage.name, stage.patience or
@@ -325,6 +329,12 @@ class Training:
         return uses_feature_cache(stage, self.config)
 
     @property
+    def served(self) -> bool:
+        """Whether training's pixels come from a tf.data service (one endless stream per stage: see
+        tfl/data_service.py)."""
+        return self.config.data_service is not None
+
+    @property
     def steps_per_epoch(self) -> int:
         return self.cluster.steps_per_epoch(len(self.data.train), self.config.batch_size)
 
@@ -336,7 +346,8 @@ class Training:
         return self.cluster.fit_data(
             lambda batch, repeat: make_pipeline(train_files, classes, config.image_size, batch, training=True,
                                                 augmenter=self.augmenter, mixer=mixer, seed=config.seed,
-                                                cache_dir=cache, repeat=repeat),
+                                                cache_dir=cache, repeat=repeat or self.served,
+                                                service=config.data_service),
             lambda batch: make_pipeline(self.data.val, classes, config.image_size, batch, training=False,
                                         cache_dir=cache),
             config.batch_size, self.class_weight)
@@ -467,6 +478,8 @@ class Training:
             if getattr(config, key):
                 config = dataclasses.replace(config, **{key: str(Path(getattr(config, key)).expanduser().resolve())})
         unknown_background(config.background, check_only=True)  # a wrong folder is said before training, not after
+        if config.data_service:
+            check_dispatcher(config.data_service)
         if config.background and not config.unknown:
             warn("--background tunes the unknown category, which --no-unknown leaves out: it is not used.")
         output = Path(output).expanduser()
@@ -504,6 +517,8 @@ class Training:
                 raise TflError(f"Run '{final_dir.name}' trained on several machines, and only its chief kept a "
                                "checkpoint: such a run cannot be resumed yet. Start it again.")
             cluster = connect(config.distribute)
+            if config.data_service:
+                check_dispatcher(config.data_service)
             if saved.get("backend", keras.backend.backend()) != keras.backend.backend():
                 raise TflError(f"Run '{final_dir.name}' was trained on the {saved['backend']} backend; resume it "
                                f"with --backend {saved['backend']}.")
