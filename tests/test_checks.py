@@ -146,7 +146,7 @@ def test_finetune_summarises_the_checks(faulty, tmp_path):
 def test_the_probe_in_finetune_ranks_a_flipped_label_first():
     """On features of two well-apart clusters, the one photo labelled against its cluster comes first."""
     from tfl.data import ImageData
-    from tfl.probe import PROBE_LIMIT, issue_fields, probe_cached
+    from tfl.probe import issue_fields, probe_cached
     from tfl.split import Split
 
     rng = np.random.default_rng(0)
@@ -160,7 +160,39 @@ def test_the_probe_in_finetune_ranks_a_flipped_label_first():
     assert found["label_issues"][0] == {"path": "p3.jpg", "label": "b", "probe_says": "a",
                                         "probability_of_label": found["label_issues"][0]["probability_of_label"]}
     assert found["label_issues"][0]["probability_of_label"] < 0.5
-    assert probe_cached(np.zeros((PROBE_LIMIT, 2)), np.zeros((1, 2)), data) is None  # too big: left to tfl check
+
+
+def test_the_probe_samples_a_large_set_and_still_checks_every_photo(tmp_path, monkeypatch):
+    """Above PROBE_SAMPLE photos the regressions are fitted on a sample of each class; every photo still gets a
+    probability from regressions that did not see it, so flipped labels inside and outside the sample are found,
+    and memory-mapped features are read in pieces."""
+    from tfl import probe
+    from tfl.data import ImageData
+    from tfl.split import Split
+
+    monkeypatch.setattr(probe, "PROBE_SAMPLE", 600)
+    monkeypatch.setattr(probe, "PREDICT_ROWS", 700)
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], [2000, 800, 200])
+    features = rng.normal(size=(3000, 16)).astype(np.float32) + np.eye(3, 16)[labels] * 6.0
+    sample = probe.probe_sample(labels, seed=0)
+    assert np.bincount(labels[sample]).tolist() == [400, 160, 50]  # in proportion, at least 50 of each
+    flipped = [5, 2100, 2900]  # of classes 0, 1 and 2
+    outside = [i for i in flipped if i not in set(sample)]
+    assert outside  # some flips are predicted by the folds' regressions only
+    noisy = labels.copy()
+    noisy[flipped] = (labels[flipped] + 1) % 3
+    mapped = np.lib.format.open_memmap(tmp_path / "train.npy", mode="w+", dtype=np.float32, shape=(2700, 16))
+    mapped[:] = features[:2700]
+    mapped.flush()
+    train = np.load(tmp_path / "train.npy", mmap_mode="r")
+    paths = [f"p{i}.jpg" for i in range(3000)]
+    data = ImageData(["a", "b", "c"], Split(paths[:2700], noisy[:2700].tolist()),
+                     Split(paths[2700:], noisy[2700:].tolist()), None, {})
+    issues = probe.probe_cached(train, features[2700:], data)
+    assert {issue["path"] for issue in issues[:3]} == {f"p{i}.jpg" for i in flipped}
+    probabilities = probe.out_of_fold_probabilities(probe.Rows(train, features[2700:]), noisy)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
 
 
 def test_the_probe_doubts_a_wrong_label_among_several():

@@ -44,7 +44,18 @@ def cache_key(split: Split, config: TrainConfig, image_size: int, views: int) ->
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 
-FEATURE_MEMORY_LIMIT_BYTES = 2 * 2**30  # larger feature caches are streamed from disk while the head trains
+FEATURE_MEMORY_LIMIT_BYTES = 2 * 2**30  # larger feature caches (as float32) are streamed from disk while the head trains
+# On disk: features as float16 (half the bytes; 0.05% of a value, far below what the head or the probe tells apart) and
+# labels as 0/1 bytes, a quarter of float32's (a million photos of 1,000 classes: 1 GB of labels, not 4).
+STORED_LABELS = "uint8"
+FLOAT16_RANGE = (1e-3, 6e4)  # typical feature sizes float16 keeps to 0.05%; below, its steps are coarse or zero
+
+
+def stored_dtype(first: np.ndarray) -> str:
+    """float16 for features of an ordinary size (a pretrained backbone's: 0.01-10); float32 for others, such as a
+    backbone with random weights, whose features of 1e-8 float16 would flush to zero."""
+    typical = float(np.median(np.abs(first[first != 0]))) if np.any(first) else 0.0
+    return "float16" if FLOAT16_RANGE[0] <= typical <= FLOAT16_RANGE[1] else "float32"
 
 
 def compute_features(extractor: keras.Model, split: Split, num_classes: int, image_size: int, batch_size: int,
@@ -53,8 +64,9 @@ def compute_features(extractor: keras.Model, split: Split, num_classes: int, ima
     is never held in memory whole. `views` > 1 adds randomly augmented copies of each image."""
     rows, width = len(split) * views, extractor.output_shape[-1]
     folder.mkdir(parents=True, exist_ok=True)
-    features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype="float32", shape=(rows, width))
-    labels = np.lib.format.open_memmap(folder / "labels.npy", mode="w+", dtype="float32", shape=(rows, num_classes))
+    features = None  # opened at the first batch, whose size chooses the stored type
+    labels = np.lib.format.open_memmap(folder / "labels.npy", mode="w+", dtype=STORED_LABELS,
+                                       shape=(rows, num_classes))
     plain = make_pipeline(split, num_classes, image_size, batch_size, training=False)
     row = 0
     for view in range(views):
@@ -62,18 +74,29 @@ def compute_features(extractor: keras.Model, split: Split, num_classes: int, ima
         if view > 0 and augmenter is not None:
             dataset = plain.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
         for images, one_hot in dataset:
-            features[row:row + len(one_hot)] = np.asarray(extractor.predict_on_batch(np.asarray(images)))
+            batch = np.asarray(extractor.predict_on_batch(np.asarray(images)))
+            if features is None:
+                features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=stored_dtype(batch),
+                                                     shape=(rows, width))
+            features[row:row + len(one_hot)] = batch
             labels[row:row + len(one_hot)] = np.asarray(one_hot)
             row += len(one_hot)
+    if features is None:  # no photo
+        features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype="float32", shape=(0, width))
     features.flush()
     labels.flush()
     del features, labels  # close the memory maps before the folder is renamed
 
 
 def load_features(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(features, labels): read into memory when the features fit FEATURE_MEMORY_LIMIT_BYTES, else memory-mapped."""
-    fits = (folder / "features.npy").stat().st_size <= FEATURE_MEMORY_LIMIT_BYTES
-    return np.load(folder / "features.npy", mmap_mode=None if fits else "r"), np.load(folder / "labels.npy")
+    """(features, labels): read into memory as float32 when that fits FEATURE_MEMORY_LIMIT_BYTES, else
+    memory-mapped as stored (float16 features as a rule, 0/1 byte labels: streamed_feature_dataset casts each
+    batch)."""
+    stored = np.load(folder / "features.npy", mmap_mode="r")
+    labels = np.load(folder / "labels.npy")
+    if stored.size * 4 <= FEATURE_MEMORY_LIMIT_BYTES:
+        return np.asarray(stored, np.float32), labels.astype(np.float32)
+    return stored, labels
 
 
 def cached_features(cache_dir: Path, key: str, compute: Callable[[Path], None]) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -111,7 +134,7 @@ def streamed_feature_dataset(features: np.memmap, labels: np.ndarray, batch_size
         order = rng.permutation(len(features)) if shuffle else np.arange(len(features))
         for start in range(0, len(order), batch_size):
             rows = np.sort(order[start:start + batch_size])  # sorted rows read the file in one forward sweep
-            yield np.asarray(features[rows]), labels[rows]
+            yield np.asarray(features[rows], np.float32), labels[rows].astype(np.float32)
 
     signature = (tf.TensorSpec((None, features.shape[1]), tf.float32),
                  tf.TensorSpec((None, labels.shape[1]), tf.float32))

@@ -14,16 +14,44 @@ from tfl.split import Split
 
 FOLDS = 5
 KEPT = 200  # label issues kept in the report, the likeliest first
-PROBE_LIMIT = 20_000  # photos: above, tfl finetune leaves the probe (seconds per thousand photos) to tfl check
+# Photos the probe's regressions are fitted on. A larger set is sampled (every class, each in proportion, at least
+# SAMPLE_FLOOR of it): the sample's photos get out-of-fold probabilities as before, every other photo the mean of the
+# folds' regressions, none of which saw it. The fits then cost the same at 100,000 photos as at 20,000, and the rest
+# is a matrix product per photo (benchmarks/README.md, "A million photos").
+PROBE_SAMPLE = 20_000
+SAMPLE_FLOOR = 50
+PREDICT_ROWS = 50_000  # rows predicted at a time: memory-mapped features are read in pieces
 
 
-def features_of(model, split: Split, num_classes: int, image_size: int, batch_size: int = 64) -> np.ndarray:
-    """Pooled backbone features of every photo of `split`, through the classifier's own feature extractor."""
+def features_of(model, split: Split, num_classes: int, image_size: int, batch_size: int, folder) -> np.ndarray:
+    """Pooled backbone features of every photo of `split`, through the classifier's own feature extractor, written
+    to `folder` as they are computed (held in memory when they fit, else memory-mapped: tfl/features.py)."""
+    from pathlib import Path
+
+    from tfl.features import compute_features, load_features
     from tfl.model import feature_extractor
 
-    extractor = feature_extractor(model)
-    pipeline = make_pipeline(split, num_classes, image_size, batch_size, training=False)
-    return np.concatenate([np.asarray(extractor.predict_on_batch(np.asarray(images))) for images, _ in pipeline])
+    compute_features(feature_extractor(model), split, num_classes, image_size, batch_size, Path(folder))
+    return load_features(Path(folder))[0]
+
+
+class Rows:
+    """The rows of several feature arrays (in memory or memory-mapped) as one, read only where indexed."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+        self.starts = np.cumsum([0, *(len(part) for part in parts)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows)
+        out = np.empty((len(rows), self.parts[0].shape[1]), np.float32)
+        for k, part in enumerate(self.parts):
+            inside = (rows >= self.starts[k]) & (rows < self.starts[k + 1])
+            out[inside] = part[rows[inside] - self.starts[k]]
+        return out
 
 
 def linear_probe():
@@ -35,26 +63,68 @@ def linear_probe():
     return LogisticRegression(C=1.0, max_iter=500)
 
 
-def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+def out_of_fold_probabilities(features, labels: np.ndarray, seed: int = 0) -> np.ndarray:
     """Each photo's class probabilities from a logistic regression that did not see it (5 folds); with multi-hot
-    rows as labels, each label's probability from its own one-against-the-rest regression."""
+    rows as labels, each label's probability from its own one-against-the-rest regression. Above PROBE_SAMPLE
+    photos the regressions are fitted on a sample (see PROBE_SAMPLE). `features`: an array, a memory map or Rows."""
     from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline as sk_pipeline
     from sklearn.preprocessing import Normalizer
 
     regression = linear_probe()
+    sample = probe_sample(labels, seed)
     if labels.ndim > 1:
         classifier = sk_pipeline(Normalizer(), OneVsRestClassifier(regression))
-        folds = KFold(min(FOLDS, len(labels)), shuffle=True, random_state=seed)
+        folds = KFold(min(FOLDS, len(sample)), shuffle=True, random_state=seed)
     else:
         classifier = sk_pipeline(Normalizer(), regression)
-        count = min(FOLDS, int(np.bincount(labels).min()))
-        if count < 2:
-            return classifier.fit(features, labels).predict_proba(features)  # too few photos for folds: in-sample
+        count = min(FOLDS, int(np.unique(labels[sample], return_counts=True)[1].min()))
+        if count < 2:  # too few photos for folds: in-sample
+            return classifier.fit(features[np.arange(len(labels))], labels).predict_proba(
+                features[np.arange(len(labels))])
         folds = StratifiedKFold(count, shuffle=True, random_state=seed)
-    # the folds side by side, one per core: 3.9 s down to 2.3 s on flowers' 4,317 photos on 2 cores, same answers
-    return cross_val_predict(classifier, features, labels, method="predict_proba", cv=folds, n_jobs=-1)
+    if len(sample) == len(labels):
+        # the folds side by side, one per core: 3.9 s down to 2.3 s on flowers' 4,317 photos on 2 cores, same answers
+        return cross_val_predict(classifier, np.asarray(features[np.arange(len(labels))]), labels,
+                                 method="predict_proba", cv=folds, n_jobs=-1)
+    return sampled_probabilities(classifier, folds, features, labels, sample)
+
+
+def probe_sample(labels: np.ndarray, seed: int) -> np.ndarray:
+    """The sorted rows the regressions are fitted on: all of them up to PROBE_SAMPLE; else a seeded sample of that
+    size, each class in proportion and at least SAMPLE_FLOOR of it (all of a smaller class)."""
+    if len(labels) <= PROBE_SAMPLE:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    if labels.ndim > 1:
+        return np.sort(rng.choice(len(labels), PROBE_SAMPLE, replace=False))
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        take = min(len(members), max(SAMPLE_FLOOR, round(len(members) * PROBE_SAMPLE / len(labels))))
+        chosen.append(rng.choice(members, take, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def sampled_probabilities(classifier, folds, features, labels: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """Out-of-fold probabilities on `sample`; the mean of the fold regressions' on every other row."""
+    from joblib import Parallel, delayed
+    from sklearn.base import clone
+
+    x, y = np.asarray(features[sample], np.float32), labels[sample]
+    splits = list(folds.split(x, y if y.ndim == 1 else None))
+    models = Parallel(n_jobs=-1)(delayed(clone(classifier).fit)(x[train], y[train]) for train, _ in splits)
+    columns = labels.shape[1] if labels.ndim > 1 else len(models[0].classes_)
+    probabilities = np.zeros((len(labels), columns), np.float32)
+    for model, (_, held_out) in zip(models, splits):
+        probabilities[sample[held_out]] = model.predict_proba(x[held_out])
+    rest = np.setdiff1d(np.arange(len(labels)), sample)
+    for start in range(0, len(rest), PREDICT_ROWS):
+        rows = rest[start:start + PREDICT_ROWS]
+        part = features[rows]
+        probabilities[rows] = np.mean([model.predict_proba(part) for model in models], axis=0)
+    return probabilities
 
 
 def label_issues(data: ImageData, model, image_size: int) -> list[dict]:
@@ -64,7 +134,11 @@ def label_issues(data: ImageData, model, image_size: int) -> list[dict]:
                        [y for s in (data.train, data.val, data.test) if s is not None for y in s.labels])
     if not varied(everything.labels):
         return []
-    return doubted(features_of(model, everything, len(data.class_names), image_size), everything, data.class_names)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tfl_probe_") as folder:
+        features = features_of(model, everything, len(data.class_names), image_size, 64, folder)
+        return doubted(features, everything, data.class_names)
 
 
 def varied(labels: list) -> bool:
@@ -104,12 +178,10 @@ def doubted(features: np.ndarray, photos: Split, class_names: list[str]) -> list
 
 def probe_cached(train_features: np.ndarray, val_features: np.ndarray, data: ImageData) -> list[dict] | None:
     """The label probe inside `tfl finetune`, on the features the head's feature cache holds (the training photos'
-    un-augmented view first, then validation's): every doubted photo, likeliest first (issue_fields make the
-    report's of them), or None when the set is too big for a quick probe (then `tfl check` runs it)."""
-    if len(train_features) + len(val_features) > PROBE_LIMIT or isinstance(train_features, np.memmap):
-        return None
+    un-augmented view first, then validation's), read where they are (in memory or memory-mapped): every doubted
+    photo, likeliest first (issue_fields make the report's of them)."""
     photos = Split(data.train.paths + data.val.paths, list(data.train.labels) + list(data.val.labels))
-    features = np.concatenate([train_features[:len(data.train)], val_features])
+    features = Rows(train_features[:len(data.train)], val_features)
     return doubted(features, photos, data.class_names) if varied(photos.labels) else []
 
 

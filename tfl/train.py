@@ -277,10 +277,6 @@ class Training:
             return
         start = time.time()
         issues = probe_cached(train_features, val_features, self.data)
-        if issues is None:
-            self.caller.echo(f"Label probe: left to `tfl check` for a set this big ({len(self.data.train):,} "
-                             "training photos)")
-            return
         write_issues_csv(self.folder.label_issues_file, issues)
         found = issue_fields(issues, time.time() - start)
         checks.update(found)
