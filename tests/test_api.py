@@ -85,7 +85,7 @@ def other_value(field: dataclasses.Field):
         return not default
     special = {"image_size": 96, "weights": "none", "alpha": 0.5, "images": "photos/", "exclude": "bad.txt",
                "path_column": "file", "label_column": "breed", "label_separator": ";", "background": "others/",
-               "corrections": "review.csv"}
+               "corrections": "review.csv", "data_service": "grpc://localhost:5050"}
     if field.name in special:
         return special[field.name]
     if meta["kind"] is int:

@@ -321,3 +321,30 @@ def test_terminal_text_keeps_line_ends_and_escapes_the_rest():
 
     assert terminal_text("path,rank\r\na.jpg,1\r\n\ttab") == "path,rank\r\na.jpg,1\r\n\ttab"
     assert terminal_text("over\rwritten \x1b[2J caf\udce9") == "over\\x0dwritten \\x1b[2J caf\\xe9"
+
+
+def test_a_run_keeps_the_first_entries_of_each_check_and_every_photo_in_checks_csv(faulty, tmp_path, monkeypatch):
+    """data_report.json keeps the first REPORTED entries of each list and every list's full count; checks.csv has
+    a row per photo of every list, which `tfl review` reads its copies from; the summaries count them all."""
+    import csv
+
+    from tfl import checks as checks_module
+    from tfl.checks import groups_from_rows, summary_lines
+    from tfl.runs import RunFolder
+    from tfl.train import write_data_files
+
+    monkeypatch.setattr(checks_module, "REPORTED", 1)
+    data = load_data(str(faulty), 0.25, 0)
+    full = data.report["checks"]
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    write_data_files(run, data)
+    saved = json.loads(run.data_report_file.read_text())["checks"]
+    assert len(full["exact_duplicates"]) == 2 and len(saved["exact_duplicates"]) == 1
+    assert saved["found"]["exact_duplicates"] == 2 and saved["found"]["unusable"] == len(full["unusable"]) >= 2
+    assert summary_lines(saved) == summary_lines(full)
+    with open(run.checks_file, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sum(row["check"] == "exact_duplicates" for row in rows) == 4  # two groups of two
+    assert {row["path"] for row in rows if row["check"] == "unusable"} == {u["path"] for u in full["unusable"]}
+    assert groups_from_rows(rows, "conflicting_labels") == full["conflicting_labels"]

@@ -20,7 +20,11 @@ BLANK_CONTRAST = 4.0  # grey-level spread below which a photo shows nothing
 BLURRY_SHARPNESS = 1.5  # variance of the Laplacian at 128 px below which a photo is very blurry
 EXTREME_ASPECT = 4.0  # long side / short side
 IMBALANCE_RATIO = 3.0
-LISTED = 10  # entries per list on screen; data_report.json keeps them all (label errors: 200)
+LISTED = 10  # entries per list on screen
+# Entries per list that data_report.json keeps (its "found" holds each list's full count); a run's checks.csv lists
+# every photo of every list, so the JSON stays a few hundred KB at a million photos.
+REPORTED = 200
+LISTS = ("exact_duplicates", "near_duplicates", "conflicting_labels", "leaks_across_splits", "unusable")
 
 
 class DisjointSets:
@@ -189,13 +193,59 @@ def grouped_split_groups(paths: list[str], scanned: dict[str, ScannedFile]) -> l
     return group
 
 
+def found(checks: dict, key: str) -> int:
+    """How many entries the list `key` has, also in a bounded report (which keeps only the first REPORTED)."""
+    return checks.get("found", {}).get(key, len(checks.get(key) or []))
+
+
+def bounded(report: dict) -> dict:
+    """The report as data_report.json keeps it: each check's list and the skipped files cut to their first
+    REPORTED entries, the full counts in checks["found"] and report["skipped_found"]."""
+    checks = report.get("checks")
+    if checks is None:
+        return report
+    cut = {key: checks[key][:REPORTED] for key in LISTS if key in checks}
+    counts = {key: found(checks, key) for key in LISTS if key in checks}
+    skipped = report.get("skipped") or []
+    return report | {"checks": checks | cut | {"found": counts}, "skipped": skipped[:REPORTED],
+                     "skipped_found": report.get("skipped_found", len(skipped))}
+
+
+CHECKS_CSV_COLUMNS = ("check", "group", "path", "label", "split", "detail")
+
+
+def photo_rows(checks: dict):
+    """A row per photo of every check's list (checks.csv): the check, the group it is in (numbered within the
+    check), its path, label and split, and a detail: what is wrong with an unusable photo, or whether copies under
+    two labels or splits are exact or near."""
+    for key in LISTS[:4]:
+        for number, group in enumerate(checks.get(key) or []):
+            for path, label, split in zip(group["paths"], group["labels"], group["splits"]):
+                yield key, number, path, label, split or "", group.get("kind", "")  # copies: exact or near
+    for item in checks.get("unusable") or []:
+        yield "unusable", "", item["path"], "", "", "; ".join(item["issues"])
+
+
+def groups_from_rows(rows: list[dict], key: str) -> list[dict]:
+    """The groups of check `key` read back from checks.csv rows, as data_report.json spells them."""
+    groups: dict[str, dict] = {}
+    for row in rows:
+        if row.get("check") == key:
+            group = groups.setdefault(row["group"], {"paths": [], "labels": [], "splits": []} |
+                                      ({"kind": row["detail"]} if row.get("detail") else {}))
+            group["paths"].append(row["path"])
+            group["labels"].append(row["label"])
+            group["splits"].append(row["split"] or None)
+    return list(groups.values())
+
+
 def summary_lines(checks: dict) -> list[str]:
     """A few lines for the start of `tfl finetune` (and the head of `tfl check`)."""
     kinds = [("exact_duplicates", "group(s) of identical files"), ("near_duplicates", "group(s) of near duplicates"),
              ("conflicting_labels", "group(s) of copies with different labels"),
              ("leaks_across_splits", "group(s) of copies across splits"), ("unusable", "photo(s) unlikely to help")]
-    found = [f"{len(checks[key])} {what}" for key, what in kinds if checks.get(key)]
-    lines = [f"Checks: {', '.join(found)} (data_report.json lists them; `tfl check` shows them)" if found else
+    listed = [f"{found(checks, key)} {what}" for key, what in kinds if found(checks, key)]
+    lines = [f"Checks: {', '.join(listed)} (data_report.json lists them; `tfl check` shows them)" if listed else
              "Checks: no duplicates, conflicting labels or unusable photos found"]
     if checks["imbalance"]["imbalanced"]:
         imbalance = checks["imbalance"]

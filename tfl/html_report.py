@@ -73,7 +73,7 @@ def data_section(report: dict) -> str:
                                [[" = ".join(g["paths"]), ", ".join(g["labels"]),
                                  ", ".join(str(s) for s in g["splits"])] for g in groups[:20]]))
     if report.get("skipped"):
-        parts.append(f"<p>{len(report['skipped'])} unusable file(s) skipped.</p>")
+        parts.append(f"<p>{report.get('skipped_found', len(report['skipped']))} unusable file(s) skipped.</p>")
     return "".join(parts)
 
 

@@ -9,7 +9,6 @@ import numpy as np
 from tfl.data import ImageData
 from tfl.errors import TflError
 
-from tfl.pipeline import make_pipeline
 from tfl.split import Split
 
 FOLDS = 5

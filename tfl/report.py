@@ -35,12 +35,12 @@ def data_summary(class_names: list[str], report: dict) -> str:
             lines.append(f"  {read['note'][0].upper()}{read['note'][1:]}.")
         for reason, found in read["problems"].items():
             lines.append(f"  {found['rows']:,} row(s) {reason}, e.g. {'; '.join(found['examples'][:2])}")
-    skipped = report["skipped"]
+    skipped, skipped_found = report["skipped"], report.get("skipped_found", len(report["skipped"]))
     if skipped:
-        lines.append(f"Skipped {len(skipped)} unusable file(s) (listed in data_report.json):")
+        lines.append(f"Skipped {skipped_found} unusable file(s) (listed in data_report.json):")
         lines += [f"  {item['path']}: {item['reason']}" for item in skipped[:5]]
-        if len(skipped) > 5:
-            lines.append(f"  ... and {len(skipped) - 5} more")
+        if skipped_found > 5:
+            lines.append(f"  ... and {skipped_found - 5} more")
     if report["converted"]:
         lines.append(f"Converted {len(report['converted'])} file(s) TensorFlow cannot decode to PNG.")
     if report.get("exclude_file"):
@@ -327,6 +327,8 @@ def format_predictions(rows: list[dict], output_format: str) -> str:
 
 def format_checks(report: dict, listed: int = 10) -> str:
     """`tfl check`'s output: the summary, then each list, the likeliest first, `listed` entries each."""
+    from tfl.checks import found
+
     checks = report["checks"]
     lines = [data_summary(report["classes"], report)]
     titles = {"conflicting_labels": "Copies of one photo with different labels (fix the label, or drop a copy)",
@@ -336,12 +338,12 @@ def format_checks(report: dict, listed: int = 10) -> str:
     for key, title in titles.items():
         groups = checks.get(key, [])
         if groups:
-            lines.append(f"\n{title}: {len(groups)} group(s)")
+            lines.append(f"\n{title}: {found(checks, key)} group(s)")
             for group in groups[:listed]:
                 lines.append("  " + "  =  ".join(f"{path} ({label}{', ' + split if split else ''})" for path, label,
                                                 split in zip(group["paths"], group["labels"], group["splits"])))
     if checks.get("unusable"):
-        lines.append(f"\nPhotos unlikely to help: {len(checks['unusable'])}")
+        lines.append(f"\nPhotos unlikely to help: {found(checks, 'unusable')}")
         lines += [f"  {item['path']}: {'; '.join(item['issues'])}" for item in checks["unusable"][:listed]]
     if checks.get("label_issues"):
         lines.append(f"\nLabels the probe doubts, likeliest errors first: {checks['label_issues_found']} (the "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfl.checks import groups_from_rows
 from tfl.corrections import REVIEW_FILE, Decision, read_decisions, write_decisions
 from tfl.errors import TflError
 from tfl.runs import RunFolder
@@ -50,7 +51,8 @@ def run_queue(run: RunFolder) -> list[Item]:
                           f"a probe on the backbone's features doubts this label: it says {issue['probe_says']} "
                           f"(it gives the label {float(issue.get('probability_of_label') or 0):.0%})",
                           issue["probe_says"]))
-    for group in checks.get("conflicting_labels") or []:
+    rows = read_csv(run.checks_file)  # every group; data_report.json keeps the first REPORTED of each check
+    for group in groups_from_rows(rows, "conflicting_labels") if rows else checks.get("conflicting_labels") or []:
         for path, label in zip(group["paths"], group["labels"]):
             others = [f"{os.path.basename(p)} ({l})" for p, l in zip(group["paths"], group["labels"]) if p != path]
             items.append(Item(path, label, "copy", f"the same photo is also labelled otherwise: {', '.join(others)}"))

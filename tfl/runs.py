@@ -65,6 +65,7 @@ class RunFolder:
     mistakes_dir = property(lambda self: self.path / "mistakes")  # the gallery's thumbnails, heatmaps laid over
     report_file = property(lambda self: self.path / "report.html")
     data_report_file = property(lambda self: self.path / "data_report.json")
+    checks_file = property(lambda self: self.path / "checks.csv")  # every photo of every data check's list
     label_issues_file = property(lambda self: self.path / "label_issues.csv")  # every label the probe doubts
     export_report_file = property(lambda self: self.path / "export_report.json")
     checkpoint_dir = property(lambda self: self.path / CHECKPOINT_DIR)

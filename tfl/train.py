@@ -28,6 +28,7 @@ from tfl.pipeline import DECODER_VERSION, make_pipeline
 from tfl.data_service import check_dispatcher
 from tfl.distribute import Cluster, connect, disconnect
 from tfl.errors import TflError, disk_full_explained, warn
+from tfl.checks import CHECKS_CSV_COLUMNS, bounded, photo_rows
 from tfl.calibration import calibrating_temperature, calibration_report, fold_temperature, rescaled
 from tfl.analysis import Scored, write_analysis
 from tfl.html_report import build_report
@@ -40,7 +41,7 @@ from tfl.model import build_model, feature_extractor, get_head, set_trainable_bl
 from tfl.plan import DataStats, auto_plan
 from tfl.probe import issue_fields, probe_cached, write_issues_csv
 from tfl.precision import dtype_policy, resolve_precision
-from tfl.fileio import atomic_path, atomic_write_text
+from tfl.fileio import atomic_path, atomic_write_csv, atomic_write_text
 from tfl.report import (closing_line, early_stop_line, probe_line, data_summary, describe_unfreeze, format_plan,
                         stage_header, unknown_line)
 from tfl.runs import (DEFAULT_ROOT, THRESHOLDS_FILE, RunFolder, claimed_run_name, finish_run_dir, has_checkpoint,
@@ -554,7 +555,9 @@ def write_data_files(run: RunFolder, image_data: ImageData) -> None:
     converted = [{"path": item["path"], "to": portable_path(run.path, item["to"])}
                  for item in image_data.report["converted"]]
     report = image_data.report | {"converted": converted}
-    atomic_write_text(run.data_report_file, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(run.data_report_file, json.dumps(bounded(report), indent=2) + "\n")
+    if "checks" in report:
+        atomic_write_csv(run.checks_file, CHECKS_CSV_COLUMNS, photo_rows(report["checks"]), lineterminator="\n")
     atomic_write_text(run.labels_file, labels_text(image_data.class_names))
     write_splits(run.path, {"train": image_data.train, "val": image_data.val, "test": image_data.test})
 
