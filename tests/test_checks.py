@@ -348,3 +348,18 @@ def test_a_run_keeps_the_first_entries_of_each_check_and_every_photo_in_checks_c
     assert sum(row["check"] == "exact_duplicates" for row in rows) == 4  # two groups of two
     assert {row["path"] for row in rows if row["check"] == "unusable"} == {u["path"] for u in full["unusable"]}
     assert groups_from_rows(rows, "conflicting_labels") == full["conflicting_labels"]
+
+
+@pytest.mark.integration
+def test_the_checks_alone_start_no_tensorflow(faulty, tmp_path):
+    """`tfl check --no-probe` reads files only: without TensorFlow and Keras it starts in a second, in a tenth of
+    the memory (benchmarks/README.md, "A million photos")."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from tfl.cli import main\n"
+              "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+              "print('loaded:', sorted(m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script, "check", str(faulty), "--no-probe", "--output",
+                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    assert "Identical files: 2 group(s)" in done.stdout and "loaded: []" in done.stdout, done.stdout + done.stderr

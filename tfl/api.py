@@ -149,7 +149,8 @@ def check(data: str | Path, *, probe: bool = True, output: str | Path = DEFAULT_
     output = folder_to_write(output, "--output")  # each checked before minutes of work
     report_file = None if report_file is None else file_to_write(report_file, "--json")
     exclusions_file = None if exclusions_file is None else file_to_write(exclusions_file, "--exclusions")
-    use_backend(config.backend)
+    if probe or str(data).startswith("tfds:"):  # the checks alone read files: no Keras, no TensorFlow
+        use_backend(config.backend)
     from tfl.probe import check_data
 
     data = str(data) if str(data).startswith("tfds:") else str(Path(data).expanduser().resolve())  # as finetune's

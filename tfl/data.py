@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image, ImageOps
 
 from tfl.corrections import Corrections
@@ -461,6 +460,7 @@ def check_usable(split: Split, class_names: list[str], root: Path, report: dict)
 
 def load_tfds(name: str, val_split: float = 0.2, data_dir: str | None = None) -> ImageData:
     """Read a tensorflow-datasets image classification dataset ('tfds:NAME' on the command line)."""
+    import tensorflow as tf
     import tensorflow_datasets as tfds
 
     try:

@@ -205,7 +205,6 @@ def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
 
     from tfl.archs import auto_image_size, get_arch
     from tfl.data import CsvOptions, load_data
-    from tfl.model import build_model
 
     start = time.time()
     image_data = load_data(data, config.val_split, config.seed, scan_cache_dir=scan_cache_dir,
@@ -217,6 +216,8 @@ def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
         spec = get_arch(config.arch)
         size = config.image_size or auto_image_size(spec, report.get("median_short_side"))
         echo(f"Label probe: {config.arch} features at {size} px, a logistic regression in {FOLDS} folds, cleanlab")
+        from tfl.model import build_model
+
         try:
             model = build_model(spec, len(image_data.class_names), size, config.weights, config.alpha,
                                 low_pass=config.low_pass is not False)  # auto: as most runs keep it
