@@ -7,9 +7,10 @@ Folders of tiny synthetic JPEGs with planted copies (benchmarks/synthetic.py, ke
   report written): seconds and the report's size;
 - whether every planted exact and near copy is in one group with its original.
 Then, with --hashes N: N perceptual hashes of synthetic patterns (with 1% planted near copies, 0-4 bits flipped),
-the index's time and the planted pairs found.
+the index's time and the planted pairs found. With --probe N: the label probe on N synthetic float16 feature
+vectors (memory-mapped, 1% of labels flipped): its time, peak memory and the flips it ranks first.
 
-    python benchmarks/scale.py [--photos 10000 25000 100000] [--hashes 1000000] [--folder /tmp/tfl_scale]
+    python benchmarks/scale.py [--photos 10000 25000 100000] [--hashes 1000000] [--probe 20000 100000 1000000]
 """
 
 from __future__ import annotations
@@ -161,6 +162,47 @@ def index_at(count: int) -> dict:
     return row
 
 
+SEPARATION = 0.07  # of the synthetic classes' centres: a linear probe gets about 0.8 right, as on flowers
+
+
+def probe_at(count: int, folder: Path, classes: int = 10, width: int = 1280) -> dict:
+    """The label probe on `count` synthetic feature vectors (float16, memory-mapped as the feature cache keeps them;
+    classes as clusters as hard as flowers' for a linear probe, 1% of labels flipped): seconds, peak memory, and
+    how many flips rank among the first 1%."""
+    from cleanlab.filter import find_label_issues
+
+    from tfl.probe import PROBE_SAMPLE, out_of_fold_probabilities
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (classes, width)).astype(np.float32)
+    labels = rng.integers(0, classes, count)
+    path = folder / f"features_{count}.npy"
+    features = np.lib.format.open_memmap(path, mode="w+", dtype="float16", shape=(count, width))
+    for start in range(0, count, 5_000):  # small pieces: the probe's memory peak, not the generator's, is measured
+        rows = slice(start, min(count, start + 5_000))
+        noise = rng.standard_normal((rows.stop - start, width), dtype=np.float32)
+        features[rows] = centres[labels[rows]] * SEPARATION + noise
+    features.flush()
+    features = np.load(path, mmap_mode="r")
+    flipped = rng.choice(count, count // 100, replace=False)
+    noisy = labels.copy()
+    noisy[flipped] = (labels[flipped] + rng.integers(1, classes, len(flipped))) % classes
+    start = time.perf_counter()
+    probabilities = out_of_fold_probabilities(features, noisy)
+    fitted = time.perf_counter() - start
+    ranked = find_label_issues(noisy, probabilities, return_indices_ranked_by="self_confidence")
+    seconds = time.perf_counter() - start
+    top = set(ranked[:len(flipped)].tolist())
+    row = {"photos": count, "fit_and_predict_seconds": round(fitted, 1), "with_cleanlab_seconds": round(seconds, 1),
+           "sample": min(count, PROBE_SAMPLE), "flips_in_first_1_percent": f"{len(top & set(flipped.tolist()))}/"
+                                                                          f"{len(flipped)}",
+           "accuracy_of_probe": round(float((probabilities.argmax(1) == labels).mean()), 3),
+           "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    path.unlink()
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--phases"]:  # a child: one size's phases in a fresh process
         print(json.dumps(phases(Path(sys.argv[2]), Path(sys.argv[3]))))
@@ -168,6 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--photos", type=int, nargs="*", default=[10_000, 25_000, 100_000])
     parser.add_argument("--hashes", type=int, nargs="*", default=[1_000_000])
+    parser.add_argument("--probe", type=int, nargs="*", default=[20_000, 100_000, 1_000_000])
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "tfl_scale")
     parser.add_argument("--out", default=str(RESULTS / "scale.json"))
     args = parser.parse_args()
@@ -180,6 +223,13 @@ def main() -> None:
         results["sizes"].append(json.loads(done.stdout.splitlines()[-1]))
     for count in args.hashes:
         results["index"].append(index_at(count))
+    results["probe"] = []
+    for count in args.probe:  # each in a fresh process: its own memory peak
+        done = subprocess.run([sys.executable, str(HERE / "scale.py"), "--probe-one", str(count), str(args.folder)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(done.stdout + done.stderr)
+        results["probe"].append(json.loads(done.stdout.splitlines()[-1]))
     sizes = results["sizes"]
     for row in sizes[1:]:
         row["cold_ratio_to_first"] = round(row["cold"]["seconds"] / sizes[0]["cold"]["seconds"], 2)
@@ -189,5 +239,8 @@ def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--one"]:
         print(json.dumps(one_size(int(sys.argv[2]), Path(sys.argv[3]))))
+    elif sys.argv[1:2] == ["--probe-one"]:
+        Path(sys.argv[3]).mkdir(parents=True, exist_ok=True)
+        print(json.dumps(probe_at(int(sys.argv[2]), Path(sys.argv[3]))))
     else:
         main()

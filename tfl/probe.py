@@ -19,7 +19,7 @@ KEPT = 200  # label issues kept in the report, the likeliest first
 # is a matrix product per photo (benchmarks/README.md, "A million photos").
 PROBE_SAMPLE = 20_000
 SAMPLE_FLOOR = 50
-PREDICT_ROWS = 50_000  # rows predicted at a time: memory-mapped features are read in pieces
+PREDICT_ROWS = 10_000  # rows predicted at a time: memory-mapped features are read in pieces
 
 
 def features_of(model, split: Split, num_classes: int, image_size: int, batch_size: int, folder) -> np.ndarray:
@@ -121,7 +121,7 @@ def sampled_probabilities(classifier, folds, features, labels: np.ndarray, sampl
     rest = np.setdiff1d(np.arange(len(labels)), sample)
     for start in range(0, len(rest), PREDICT_ROWS):
         rows = rest[start:start + PREDICT_ROWS]
-        part = features[rows]
+        part = np.asarray(features[rows], np.float32)
         probabilities[rows] = np.mean([model.predict_proba(part) for model in models], axis=0)
     return probabilities
 
