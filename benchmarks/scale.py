@@ -2,7 +2,7 @@
 
 Folders of tiny synthetic JPEGs with planted copies (benchmarks/synthetic.py, kept under --folder). For each size:
 - `tfl check DIR --no-probe` in its own process, cold (no scan cache) and warm: wall time and peak memory (the
-  largest resident set of the process and its scan workers);
+  largest resident set of the process or of one of its scan workers);
 - the same steps in one process, phase by phase (listing, scan from the cache, the grouped split, the checks, the
   report written): seconds and the report's size;
 - whether every planted exact and near copy is in one group with its original.
@@ -34,18 +34,20 @@ from synthetic import make_folder, pattern, TINTS
 HERE = Path(__file__).resolve().parent
 
 
-def peak_children_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+# `tfl check` as the command runs it, then the largest resident set of its process and of its scan workers
+CHECK = ("import resource, sys\nfrom tfl.cli import main\ncode = 0\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as end:\n"
+         "    code = end.code\nprint('peak', max(resource.getrusage(who).ru_maxrss for who in "
+         "(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) // 1024)\nsys.exit(code)")
 
 
 def timed_check(folder: Path, scratch: Path, report: Path) -> dict:
-    """`tfl check --no-probe` in a fresh process (its own memory peak: each size runs from a fresh parent)."""
+    """`tfl check --no-probe` in a fresh process: wall time and peak memory (MB)."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "tfl.cli", "check", str(folder), "--no-probe", "--output",
+    done = subprocess.run([sys.executable, "-c", CHECK, "check", str(folder), "--no-probe", "--output",
                            str(scratch), "--json", str(report), "--listed", "1"], capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(done.stdout + done.stderr)
-    return {"seconds": round(time.perf_counter() - start, 1)}
+    return {"seconds": round(time.perf_counter() - start, 1), "peak_mb": int(done.stdout.split("peak")[-1])}
 
 
 def planted_found(report: dict, planted: dict) -> dict:
@@ -115,7 +117,6 @@ def one_size(photos: int, root: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="tfl_scale_") as scratch:
         scratch, report = Path(scratch), Path(scratch) / "report.json"
         cold = timed_check(folder, scratch, report)
-        cold["peak_mb"] = round(peak_children_mb())
         warm = timed_check(folder, scratch, report)
         found = planted_found(json.loads(report.read_text()), planted)
         steps = json.loads(subprocess.run(
@@ -165,25 +166,33 @@ def index_at(count: int) -> dict:
 SEPARATION = 0.07  # of the synthetic classes' centres: a linear probe gets about 0.8 right, as on flowers
 
 
+def make_features(count: int, folder: Path, classes: int = 10, width: int = 1280) -> None:
+    """The synthetic features probe_at reads, written in a process of their own (pages written through a memory
+    map count in the writer's resident set)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, classes, count)  # the same draws as probe_at's
+    centres = np.random.default_rng(1).normal(0, 1, (classes, width)).astype(np.float32)
+    features = np.lib.format.open_memmap(folder / f"features_{count}.npy", mode="w+", dtype="float16",
+                                         shape=(count, width))
+    for start in range(0, count, 5_000):
+        rows = slice(start, min(count, start + 5_000))
+        noise = rng.standard_normal((rows.stop - start, width), dtype=np.float32)
+        features[rows] = centres[labels[rows]] * SEPARATION + noise
+    features.flush()
+
+
 def probe_at(count: int, folder: Path, classes: int = 10, width: int = 1280) -> dict:
     """The label probe on `count` synthetic feature vectors (float16, memory-mapped as the feature cache keeps them;
-    classes as clusters as hard as flowers' for a linear probe, 1% of labels flipped): seconds, peak memory, and
-    how many flips rank among the first 1%."""
+    classes as clusters as hard as flowers' for a linear probe, 1% of labels flipped): seconds, peak memory (which
+    counts the pages of the memory map read, which the OS may drop), and how many flips rank among the first 1%."""
     from cleanlab.filter import find_label_issues
 
     from tfl.probe import PROBE_SAMPLE, out_of_fold_probabilities
 
     rng = np.random.default_rng(0)
-    centres = rng.normal(0, 1, (classes, width)).astype(np.float32)
     labels = rng.integers(0, classes, count)
     path = folder / f"features_{count}.npy"
-    features = np.lib.format.open_memmap(path, mode="w+", dtype="float16", shape=(count, width))
-    for start in range(0, count, 5_000):  # small pieces: the probe's memory peak, not the generator's, is measured
-        rows = slice(start, min(count, start + 5_000))
-        noise = rng.standard_normal((rows.stop - start, width), dtype=np.float32)
-        features[rows] = centres[labels[rows]] * SEPARATION + noise
-    features.flush()
-    features = np.load(path, mmap_mode="r")
+    features = np.load(path, mmap_mode="r")  # written by make_features in another process
     flipped = rng.choice(count, count // 100, replace=False)
     noisy = labels.copy()
     noisy[flipped] = (labels[flipped] + rng.integers(1, classes, len(flipped))) % classes
@@ -225,10 +234,11 @@ def main() -> None:
         results["index"].append(index_at(count))
     results["probe"] = []
     for count in args.probe:  # each in a fresh process: its own memory peak
-        done = subprocess.run([sys.executable, str(HERE / "scale.py"), "--probe-one", str(count), str(args.folder)],
-                              capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(done.stdout + done.stderr)
+        for step in ("--probe-make", "--probe-one"):
+            done = subprocess.run([sys.executable, str(HERE / "scale.py"), step, str(count), str(args.folder)],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(done.stdout + done.stderr)
         results["probe"].append(json.loads(done.stdout.splitlines()[-1]))
     sizes = results["sizes"]
     for row in sizes[1:]:
@@ -239,8 +249,10 @@ def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--one"]:
         print(json.dumps(one_size(int(sys.argv[2]), Path(sys.argv[3]))))
-    elif sys.argv[1:2] == ["--probe-one"]:
+    elif sys.argv[1:2] == ["--probe-make"]:
         Path(sys.argv[3]).mkdir(parents=True, exist_ok=True)
+        make_features(int(sys.argv[2]), Path(sys.argv[3]))
+    elif sys.argv[1:2] == ["--probe-one"]:
         print(json.dumps(probe_at(int(sys.argv[2]), Path(sys.argv[3]))))
     else:
         main()
