@@ -10,7 +10,7 @@ Then, with --hashes N: N perceptual hashes of synthetic patterns (with 1% plante
 the index's time and the planted pairs found. With --probe N: the label probe on N synthetic float16 feature
 vectors (memory-mapped, 1% of labels flipped): its time, peak memory and the flips it ranks first.
 
-    python benchmarks/scale.py [--photos 10000 25000 100000] [--hashes 1000000] [--probe 20000 100000 1000000]
+    python benchmarks/scale.py [--photos 10000 25000 100000] [--hashes 1000000] [--probe 20000 100000 1000000] [--keep]
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, machine, write_results
-from synthetic import make_folder, pattern, TINTS
+from synthetic import make_folder, pattern, TINTS  # not common: it starts TensorFlow, whose memory a child's peak
+# would count (a forked child's resident set starts at its parent's)
 
 HERE = Path(__file__).resolve().parent
 
@@ -221,9 +221,11 @@ def main() -> None:
     parser.add_argument("--hashes", type=int, nargs="*", default=[1_000_000])
     parser.add_argument("--probe", type=int, nargs="*", default=[20_000, 100_000, 1_000_000])
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "tfl_scale")
-    parser.add_argument("--out", default=str(RESULTS / "scale.json"))
+    parser.add_argument("--out", default=str(HERE / "results" / "scale.json"))
+    parser.add_argument("--keep", action="store_true", help="Keep the parts of --out that this run does not measure.")
     args = parser.parse_args()
-    results = {"machine": machine(), "sizes": [], "index": []}
+    earlier = json.loads(Path(args.out).read_text()) if args.keep and Path(args.out).is_file() else {}
+    results = {"sizes": [], "index": []}
     for photos in args.photos:  # each size from a fresh parent, so that the children's peak is its own
         done = subprocess.run([sys.executable, str(HERE / "scale.py"), "--one", str(photos), str(args.folder)],
                               capture_output=True, text=True)
@@ -242,8 +244,12 @@ def main() -> None:
         results["probe"].append(json.loads(done.stdout.splitlines()[-1]))
     sizes = results["sizes"]
     for row in sizes[1:]:
-        row["cold_ratio_to_first"] = round(row["cold"]["seconds"] / sizes[0]["cold"]["seconds"], 2)
-    write_results(args.out, results)
+        row["cold_ratio_to_previous"] = round(row["cold"]["seconds"] / sizes[sizes.index(row) - 1]["cold"]["seconds"],
+                                              2)
+    results |= {key: earlier[key] for key in ("sizes", "index", "probe") if earlier.get(key) and not results[key]}
+    from common import machine, write_results  # last: it starts TensorFlow, which the children above must not share
+
+    write_results(args.out, {"machine": machine(), **results})
 
 
 if __name__ == "__main__":
