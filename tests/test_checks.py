@@ -193,6 +193,28 @@ def test_the_probe_samples_a_large_set_and_still_checks_every_photo(tmp_path, mo
     assert {issue["path"] for issue in issues[:3]} == {f"p{i}.jpg" for i in flipped}
     probabilities = probe.out_of_fold_probabilities(probe.Rows(train, features[2700:]), noisy)
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    lonely = np.append(labels, 3)  # a class of one photo: no folds, one regression on the sample answers for all
+    answered = probe.out_of_fold_probabilities(np.vstack([features, features[:1]]), lonely)
+    assert answered.shape == (3001, 4) and np.allclose(answered.sum(axis=1), 1, atol=1e-4)
+    monkeypatch.setattr(probe, "PROBE_CELLS", 3 * 1000)  # room for the probabilities of 1,000 photos
+    with pytest.warns(UserWarning, match="checks 1,000 of the 3,000 photos"):
+        issues = probe.probe_cached(train, features[2700:], data)
+    assert {issue["path"] for issue in issues} <= set(paths)
+
+
+def test_a_sample_of_photos_with_several_labels_holds_every_label():
+    """A random sample would miss a label 30 photos have of 3,000: then every photo with it would look mislabelled.
+    The sample takes photos of each rare label up to the floor."""
+    from unittest import mock
+
+    from tfl import probe
+
+    labels = np.zeros((3000, 3), int)
+    labels[:, 0] = 1
+    labels[::100, 2] = 1  # 30 photos
+    with mock.patch.object(probe, "PROBE_SAMPLE", 300):
+        sample = probe.probe_sample(labels, seed=0)
+    assert labels[sample, 2].sum() >= min(probe.SAMPLE_FLOOR, 30) and 300 <= len(sample) < 340
 
 
 def test_the_probe_doubts_a_wrong_label_among_several():
@@ -334,6 +356,8 @@ def test_a_run_keeps_the_first_entries_of_each_check_and_every_photo_in_checks_c
     from tfl.train import write_data_files
 
     monkeypatch.setattr(checks_module, "REPORTED", 1)
+    for name in ("broken_1.jpg", "broken_2.jpg"):  # two skipped files: one kept in the JSON, both in checks.csv
+        (faulty / "red" / name).write_bytes(b"not a photo")
     data = load_data(str(faulty), 0.25, 0)
     full = data.report["checks"]
     run = RunFolder(tmp_path / "run")
@@ -348,6 +372,10 @@ def test_a_run_keeps_the_first_entries_of_each_check_and_every_photo_in_checks_c
     assert sum(row["check"] == "exact_duplicates" for row in rows) == 4  # two groups of two
     assert {row["path"] for row in rows if row["check"] == "unusable"} == {u["path"] for u in full["unusable"]}
     assert groups_from_rows(rows, "conflicting_labels") == full["conflicting_labels"]
+    report = json.loads(run.data_report_file.read_text())
+    assert len(report["skipped"]) == 1 and report["skipped_found"] == 2
+    assert sorted(row["path"].split("/")[-1] for row in rows if row["check"] == "skipped") == ["broken_1.jpg",
+                                                                                               "broken_2.jpg"]
 
 
 @pytest.mark.integration
@@ -363,3 +391,10 @@ def test_the_checks_alone_start_no_tensorflow(faulty, tmp_path):
     done = subprocess.run([sys.executable, "-c", script, "check", str(faulty), "--no-probe", "--output",
                            str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
     assert "Identical files: 2 group(s)" in done.stdout and "loaded: []" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_tfds_set_is_no_data_for_tfl_check(tmp_path):
+    import tfl
+
+    with pytest.raises(tfl.TflError, match="a tensorflow-datasets set such as 'tfds:mnist' has none"):
+        tfl.check("tfds:mnist", probe=False, output=tmp_path / "runs", echo=lambda s: None)

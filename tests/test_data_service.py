@@ -51,6 +51,11 @@ def test_addresses_are_checked_before_any_work(tiny_folder, tmp_path):
     port = free_port()  # nothing listens there
     with pytest.raises(TflError, match=f"No tf.data service dispatcher answers at grpc://127.0.0.1:{port}"):
         check_dispatcher(f"grpc://127.0.0.1:{port}")
+    with pytest.raises(TflError, match="or set data_service in config.yaml"):  # what a resumed run is told
+        check_dispatcher(f"grpc://127.0.0.1:{port}", "or set data_service in config.yaml")
+    result = cli("finetune", "--data", "tfds:mnist", "--data-service", f"grpc://127.0.0.1:{port}", "--output",
+                 tmp_path / "runs")
+    assert result.exit_code == 1 and "a tensorflow-datasets set has none" in result.output
     result = cli("finetune", "--data", tiny_folder, "--data-service", f"grpc://127.0.0.1:{port}", "--output",
                  tmp_path / "runs", "--weights", "none")
     assert result.exit_code == 1 and "tfl data-dispatcher --port" in result.output
@@ -126,4 +131,4 @@ def test_the_commands_start_a_service_a_run_trains_through(tmp_path):
         for process in started:
             process.terminate()
     outputs = [process.communicate(timeout=30)[0] for process in started]
-    assert f"dispatcher at grpc://" in outputs[0] and "worker of grpc://127.0.0.1" in outputs[1]
+    assert "dispatcher at grpc://" in outputs[0] and "worker of grpc://127.0.0.1" in outputs[1]

@@ -200,3 +200,4 @@ def test_features_are_stored_as_float16_where_that_keeps_them():
     assert stored_dtype(typical) == "float16"
     assert np.abs(typical.astype(np.float16).astype(np.float32) - typical).max() <= 5e-4 * typical.max()
     assert stored_dtype(typical * 1e-8) == "float32" and stored_dtype(np.zeros((2, 3))) == "float32"
+    assert stored_dtype(typical * 1000) == "float32"  # near float16's largest value: no room for later photos

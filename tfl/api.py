@@ -149,7 +149,10 @@ def check(data: str | Path, *, probe: bool = True, output: str | Path = DEFAULT_
     output = folder_to_write(output, "--output")  # each checked before minutes of work
     report_file = None if report_file is None else file_to_write(report_file, "--json")
     exclusions_file = None if exclusions_file is None else file_to_write(exclusions_file, "--exclusions")
-    if probe or str(data).startswith("tfds:"):  # the checks alone read files: no Keras, no TensorFlow
+    if str(data).startswith("tfds:"):
+        raise TflError(f"tfl check reads photo files (their bytes, hashes and pixels); a tensorflow-datasets set such "
+                       f"as '{data}' has none. Check a folder of photos or a label file.")
+    if probe:  # the checks alone read files: no Keras, no TensorFlow
         use_backend(config.backend)
     from tfl.probe import check_data
 

@@ -201,23 +201,26 @@ def found(checks: dict, key: str) -> int:
 def bounded(report: dict) -> dict:
     """The report as data_report.json keeps it: each check's list and the skipped files cut to their first
     REPORTED entries, the full counts in checks["found"] and report["skipped_found"]."""
+    skipped = report.get("skipped") or []
+    report = report | {"skipped": skipped[:REPORTED], "skipped_found": report.get("skipped_found", len(skipped))}
     checks = report.get("checks")
     if checks is None:
         return report
     cut = {key: checks[key][:REPORTED] for key in LISTS if key in checks}
     counts = {key: found(checks, key) for key in LISTS if key in checks}
-    skipped = report.get("skipped") or []
-    return report | {"checks": checks | cut | {"found": counts}, "skipped": skipped[:REPORTED],
-                     "skipped_found": report.get("skipped_found", len(skipped))}
+    return report | {"checks": checks | cut | {"found": counts}}
 
 
 CHECKS_CSV_COLUMNS = ("check", "group", "path", "label", "split", "detail")
 
 
-def photo_rows(checks: dict):
-    """A row per photo of every check's list (checks.csv): the check, the group it is in (numbered within the
-    check), its path, label and split, and a detail: what is wrong with an unusable photo, or whether copies under
-    two labels or splits are exact or near."""
+def photo_rows(report: dict):
+    """A row per photo of every check's list and per skipped file (checks.csv): the check, the group it is in
+    (numbered within the check), its path, label and split, and a detail: what is wrong with an unusable or skipped
+    photo, or whether copies under two labels or splits are exact or near."""
+    checks = report.get("checks") or {}
+    for item in report.get("skipped") or []:
+        yield "skipped", "", item["path"], "", "", item["reason"]
     for key in LISTS[:4]:
         for number, group in enumerate(checks.get(key) or []):
             for path, label, split in zip(group["paths"], group["labels"], group["splits"]):

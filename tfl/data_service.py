@@ -31,16 +31,16 @@ def parse_address(address: str) -> tuple[str, int]:
     return match["host"].strip("[]"), int(match["port"])
 
 
-def check_dispatcher(address: str) -> None:
+def check_dispatcher(address: str, otherwise: str = "or leave --data-service out to read the photos here") -> None:
     """A TflError, before any work, when nothing answers at the dispatcher's address (the service itself would wait
-    for it without end)."""
+    for it without end); `otherwise` says the other way out."""
     host, port = parse_address(address)
     try:
         socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
     except OSError as exc:
         raise TflError(f"No tf.data service dispatcher answers at {address} ({exc.strerror or exc}). Start one "
                        f"there with `tfl data-dispatcher --port {port}` and at least one `tfl data-worker "
-                       f"--dispatcher {address}`, or leave --data-service out to read the photos here.") from None
+                       f"--dispatcher {address}`, {otherwise}.") from None
 
 
 def served(dataset, address: str):

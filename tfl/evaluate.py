@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tfl.analysis import Scored, write_analysis
+from tfl.checks import bounded
 from tfl.split import Split
 from tfl.data import LABEL_FILE_SUFFIXES, Reader, list_class_folders, photos_below, scan_class_folders
 from tfl.pipeline import make_pipeline, readable_batches
@@ -86,7 +87,9 @@ def evaluate_run(run_dir: str | Path | None, data: str | None = None, root: str 
         if predictor.unknown:
             metrics["unknown"] = unknown_metrics(scores, predictor, unknown_data, batch_size)
         if report:
-            metrics |= {"skipped": report["skipped"], "converted": len(report["converted"])}
+            kept = bounded(report)  # the first REPORTED skipped files, and how many there were
+            metrics |= {"skipped": kept["skipped"], "skipped_found": kept["skipped_found"],
+                        "converted": len(report["converted"])}
         folder = run / EVALUATIONS_FOLDER / evaluation_name(data)
         where = "its validation split" if data is None else f"'{data}'"
         try:
@@ -140,7 +143,7 @@ def write_evaluation(folder: Path, scored: Scored, predictor, metrics: dict, rep
         written = RunFolder(tmp)
         write_metrics(metrics, written.metrics_file)
         atomic_write_text(written.labels_file, labels_text(scored.class_names))
-        atomic_write_text(written.data_report_file, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(written.data_report_file, json.dumps(bounded(report), indent=2) + "\n")
         write_analysis(scored, written, predictor.model, predictor.image_size, metrics)
         build_report(tmp, title)
 

@@ -40,7 +40,7 @@ def cache_key(split: Split, config: TrainConfig, image_size: int, views: int) ->
                    "alpha": config.alpha, "image_size": image_size, "weights": weights_id, "views": views,
                    "augment": f"{config.augment} v{PRESETS_VERSION}" if views > 1 else "none", "seed": config.seed,
                    "precision": config.precision, "low_pass": config.low_pass, "keras": keras.__version__,
-                   "decoder": DECODER_VERSION}
+                   "decoder": DECODER_VERSION, "storage": STORAGE_VERSION}
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -48,14 +48,18 @@ FEATURE_MEMORY_LIMIT_BYTES = 2 * 2**30  # larger feature caches (as float32) are
 # On disk: features as float16 (half the bytes; 0.05% of a value, far below what the head or the probe tells apart) and
 # labels as 0/1 bytes, a quarter of float32's (a million photos of 1,000 classes: 1 GB of labels, not 4).
 STORED_LABELS = "uint8"
-FLOAT16_RANGE = (1e-3, 6e4)  # typical feature sizes float16 keeps to 0.05%; below, its steps are coarse or zero
+FLOAT16_TYPICAL = 1e-3  # the median feature size below which float16's steps are coarse or zero
+FLOAT16_LARGEST = 600.0  # a hundredth of float16's largest value: headroom for later photos' features
+STORAGE_VERSION = 2  # 2: float16 features (where they suit it) and 0/1 byte labels; part of the cache key
 
 
 def stored_dtype(first: np.ndarray) -> str:
-    """float16 for features of an ordinary size (a pretrained backbone's: 0.01-10); float32 for others, such as a
-    backbone with random weights, whose features of 1e-8 float16 would flush to zero."""
+    """float16 for features of an ordinary size (a pretrained backbone's: 0.01-10, as the first batch shows them);
+    float32 for others, such as a backbone with random weights, whose features of 1e-8 float16 would flush to zero,
+    or one whose features come near float16's largest value."""
     typical = float(np.median(np.abs(first[first != 0]))) if np.any(first) else 0.0
-    return "float16" if FLOAT16_RANGE[0] <= typical <= FLOAT16_RANGE[1] else "float32"
+    fits = FLOAT16_TYPICAL <= typical and float(np.abs(first).max()) <= FLOAT16_LARGEST
+    return "float16" if fits and np.all(np.isfinite(first)) else "float32"
 
 
 def compute_features(extractor: keras.Model, split: Split, num_classes: int, image_size: int, batch_size: int,
@@ -95,7 +99,7 @@ def load_features(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     stored = np.load(folder / "features.npy", mmap_mode="r")
     labels = np.load(folder / "labels.npy")
     if stored.size * 4 <= FEATURE_MEMORY_LIMIT_BYTES:
-        return np.asarray(stored, np.float32), labels.astype(np.float32)
+        return np.array(stored, np.float32), labels.astype(np.float32)  # a copy: the file is not kept mapped
     return stored, labels
 
 

@@ -13,13 +13,16 @@ from tfl.split import Split
 
 FOLDS = 5
 KEPT = 200  # label issues kept in the report, the likeliest first
-# Photos the probe's regressions are fitted on. A larger set is sampled (every class, each in proportion, at least
-# SAMPLE_FLOOR of it): the sample's photos get out-of-fold probabilities as before, every other photo the mean of the
-# folds' regressions, none of which saw it. The fits then cost the same at 100,000 photos as at 20,000, and the rest
-# is a matrix product per photo (benchmarks/README.md, "A million photos").
+# Photos the probe's regressions are fitted on. A larger set is sampled (every class or label, each in proportion,
+# at least SAMPLE_FLOOR of it, fewer with many classes): the sample's photos get out-of-fold probabilities as before,
+# every other photo the mean of the folds' regressions, none of which saw it. The fits then cost the same at a
+# million photos as at 20,000, and the rest is a matrix product per photo (benchmarks/README.md, "A million photos").
 PROBE_SAMPLE = 20_000
 SAMPLE_FLOOR = 50
 PREDICT_ROWS = 10_000  # rows predicted at a time: memory-mapped features are read in pieces
+# Probabilities held at once (photos x classes, float32: 1 GB). Beyond, the probe checks a seeded sample of the
+# photos that fits (a million photos of 1,000 classes: 250,000 of them), and says so.
+PROBE_CELLS = 250_000_000
 
 
 def features_of(model, split: Split, num_classes: int, image_size: int, batch_size: int, folder) -> np.ndarray:
@@ -53,6 +56,19 @@ class Rows:
         return out
 
 
+class Picked:
+    """Some rows of a feature array (or of Rows), read only where indexed."""
+
+    def __init__(self, features, rows: np.ndarray):
+        self.features, self.rows = features, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.features[self.rows[np.asarray(rows)]], np.float32)
+
+
 def linear_probe():
     """The probe's regression, on features scaled to unit length (a Normalizer before it). Unit-length features,
     C=1: on flowers with 3% of labels flipped, 56 of the 130 flips ranked in the top 130, against 35 with
@@ -79,9 +95,9 @@ def out_of_fold_probabilities(features, labels: np.ndarray, seed: int = 0) -> np
     else:
         classifier = sk_pipeline(Normalizer(), regression)
         count = min(FOLDS, int(np.unique(labels[sample], return_counts=True)[1].min()))
-        if count < 2:  # too few photos for folds: in-sample
-            return classifier.fit(features[np.arange(len(labels))], labels).predict_proba(
-                features[np.arange(len(labels))])
+        if count < 2:  # a class of one photo: no folds; a regression fitted on the sample answers for every photo
+            fitted = classifier.fit(np.asarray(features[sample], np.float32), labels[sample])
+            return predicted([fitted], features, np.arange(len(labels)), len(fitted.classes_))
         folds = StratifiedKFold(count, shuffle=True, random_state=seed)
     if len(sample) == len(labels):
         # the folds side by side, one per core: 3.9 s down to 2.3 s on flowers' 4,317 photos on 2 cores, same answers
@@ -91,19 +107,42 @@ def out_of_fold_probabilities(features, labels: np.ndarray, seed: int = 0) -> np
 
 
 def probe_sample(labels: np.ndarray, seed: int) -> np.ndarray:
-    """The sorted rows the regressions are fitted on: all of them up to PROBE_SAMPLE; else a seeded sample of that
-    size, each class in proportion and at least SAMPLE_FLOOR of it (all of a smaller class)."""
+    """The sorted rows the regressions are fitted on: all of them up to PROBE_SAMPLE; else a seeded sample of about
+    that size, each class in proportion and at least a floor of it (all of a smaller class): SAMPLE_FLOOR, less with
+    so many classes that the floors would outgrow the sample. With several labels per photo, a random sample, then
+    photos of each label too rare in it up to the floor (a label absent from the sample would make every photo
+    that has it look mislabelled)."""
     if len(labels) <= PROBE_SAMPLE:
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
+    classes = labels.shape[1] if labels.ndim > 1 else len(np.unique(labels))
+    floor = min(SAMPLE_FLOOR, max(2, PROBE_SAMPLE // (2 * classes)))
     if labels.ndim > 1:
-        return np.sort(rng.choice(len(labels), PROBE_SAMPLE, replace=False))
+        chosen = np.zeros(len(labels), bool)
+        chosen[rng.choice(len(labels), PROBE_SAMPLE, replace=False)] = True
+        for column in range(classes):
+            having = np.flatnonzero(labels[:, column] > 0)
+            missing = min(floor, len(having)) - int(chosen[having].sum())
+            if missing > 0:
+                chosen[rng.choice(having[~chosen[having]], missing, replace=False)] = True
+        return np.flatnonzero(chosen)
     chosen = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        take = min(len(members), max(SAMPLE_FLOOR, round(len(members) * PROBE_SAMPLE / len(labels))))
+        take = min(len(members), max(floor, round(len(members) * PROBE_SAMPLE / len(labels))))
         chosen.append(rng.choice(members, take, replace=False))
     return np.sort(np.concatenate(chosen))
+
+
+def predicted(models, features, rows: np.ndarray, columns: int, into: np.ndarray | None = None) -> np.ndarray:
+    """The mean of `models`' probabilities for `rows` of `features`, read PREDICT_ROWS at a time (into `into`, a
+    matrix of every row, when given)."""
+    into = np.zeros((len(rows), columns), np.float32) if into is None else into
+    for start in range(0, len(rows), PREDICT_ROWS):
+        part = rows[start:start + PREDICT_ROWS]
+        x = np.asarray(features[part], np.float32)
+        into[part] = np.mean([model.predict_proba(x) for model in models], axis=0)
+    return into
 
 
 def sampled_probabilities(classifier, folds, features, labels: np.ndarray, sample: np.ndarray) -> np.ndarray:
@@ -118,24 +157,23 @@ def sampled_probabilities(classifier, folds, features, labels: np.ndarray, sampl
     probabilities = np.zeros((len(labels), columns), np.float32)
     for model, (_, held_out) in zip(models, splits):
         probabilities[sample[held_out]] = model.predict_proba(x[held_out])
-    rest = np.setdiff1d(np.arange(len(labels)), sample)
-    for start in range(0, len(rest), PREDICT_ROWS):
-        rows = rest[start:start + PREDICT_ROWS]
-        part = np.asarray(features[rows], np.float32)
-        probabilities[rows] = np.mean([model.predict_proba(part) for model in models], axis=0)
-    return probabilities
+    return predicted(models, features, np.setdiff1d(np.arange(len(labels)), sample), columns, probabilities)
 
 
-def label_issues(data: ImageData, model, image_size: int) -> list[dict]:
+def label_issues(data: ImageData, model, image_size: int, scratch=None) -> list[dict]:
     """The photos whose label(s) the probe doubts, likeliest errors first (cleanlab's find_label_issues ranked by
-    self-confidence, the probability the probe gives the given label)."""
+    self-confidence, the probability the probe gives the given label). The features go to a temporary folder in
+    `scratch` (the runs folder: not a memory-backed /tmp) while they are needed."""
     everything = Split([p for s in (data.train, data.val, data.test) if s is not None for p in s.paths],
                        [y for s in (data.train, data.val, data.test) if s is not None for y in s.labels])
     if not varied(everything.labels):
         return []
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="tfl_probe_") as folder:
+    from tfl.errors import disk_full_explained
+
+    with tempfile.TemporaryDirectory(prefix="tfl_probe_", dir=scratch) as folder, disk_full_explained(
+            "computing the label probe's features", lambda: "Free some space, or pass --no-probe."):
         features = features_of(model, everything, len(data.class_names), image_size, 64, folder)
         return doubted(features, everything, data.class_names)
 
@@ -152,6 +190,14 @@ def doubted(features: np.ndarray, photos: Split, class_names: list[str]) -> list
     from cleanlab.filter import find_label_issues
 
     multilabel = bool(photos.labels) and isinstance(photos.labels[0], list)
+    fits = PROBE_CELLS // max(1, len(class_names))
+    if len(photos) > fits:  # a seeded sample of the photos whose probabilities fit in memory is checked
+        from tfl.errors import warn
+
+        warn(f"The label probe checks {fits:,} of the {len(photos):,} photos, chosen at random: the probabilities "
+             f"of every photo for {len(class_names):,} classes would not fit in memory.")
+        picked = np.sort(np.random.default_rng(0).choice(len(photos), fits, replace=False))
+        features, photos = Picked(features, picked), photos.subset(picked)
     if multilabel:
         from cleanlab.multilabel_classification.filter import find_label_issues as find_multilabel_issues
 
@@ -175,7 +221,7 @@ def doubted(features: np.ndarray, photos: Split, class_names: list[str]) -> list
              "probability_of_label": round(float(given[i]), 4)} for i in ranked]
 
 
-def probe_cached(train_features: np.ndarray, val_features: np.ndarray, data: ImageData) -> list[dict] | None:
+def probe_cached(train_features: np.ndarray, val_features: np.ndarray, data: ImageData) -> list[dict]:
     """The label probe inside `tfl finetune`, on the features the head's feature cache holds (the training photos'
     un-augmented view first, then validation's), read where they are (in memory or memory-mapped): every doubted
     photo, likeliest first (issue_fields make the report's of them)."""
@@ -210,7 +256,7 @@ def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
     image_data = load_data(data, config.val_split, config.seed, scan_cache_dir=scan_cache_dir,
                            csv=CsvOptions.of(config), exclude=config.exclude, corrections=config.corrections)
     report = image_data.report
-    report["checks"]["seconds"] = {"scan_and_checks": round(time.time() - start, 1)}
+    report.setdefault("checks", {})["seconds"] = {"scan_and_checks": round(time.time() - start, 1)}  # tfds: none
     if probe:
         start = time.time()
         spec = get_arch(config.arch)
@@ -224,7 +270,7 @@ def check_data(config, data: str, scan_cache_dir=None, probe: bool = True,
         except TflError as exc:  # weights it cannot load (offline): the checks above stand without them
             report["checks"]["label_probe_error"] = str(exc)
             return report
-        issues = label_issues(image_data, model, size)
+        issues = label_issues(image_data, model, size, scratch=scan_cache_dir.parent if scan_cache_dir else None)
         report["checks"]["label_issues"], report["checks"]["label_issues_found"] = issues[:KEPT], len(issues)
         report["checks"]["seconds"]["label_probe"] = round(time.time() - start, 1)
     return report

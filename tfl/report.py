@@ -37,7 +37,7 @@ def data_summary(class_names: list[str], report: dict) -> str:
             lines.append(f"  {found['rows']:,} row(s) {reason}, e.g. {'; '.join(found['examples'][:2])}")
     skipped, skipped_found = report["skipped"], report.get("skipped_found", len(report["skipped"]))
     if skipped:
-        lines.append(f"Skipped {skipped_found} unusable file(s) (listed in data_report.json):")
+        lines.append(f"Skipped {skipped_found} unusable file(s) (listed in a run's checks.csv):")
         lines += [f"  {item['path']}: {item['reason']}" for item in skipped[:5]]
         if skipped_found > 5:
             lines.append(f"  ... and {skipped_found - 5} more")

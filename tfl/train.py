@@ -227,7 +227,7 @@ class Training:
         """The recipe, stage by stage: freeze, stage data, compile, fit (a checkpoint every epoch), end on the
         stage's best epoch; then keep the run's best epoch and write the run."""
         self.caller.echo(format_plan(self.plan_rows(), self.class_weight, self.data.class_names, self.reasons))
-        if self.served:
+        if self.served and not all(self.on_features(stage) for stage in self.stages):
             self.caller.echo(f"Input: the stages on pixels read them from the tf.data service at "
                              f"{self.config.data_service}, whose workers decode and augment the photos")
         for index, stage in enumerate(self.stages):
@@ -476,6 +476,9 @@ class Training:
                 config = dataclasses.replace(config, **{key: str(Path(getattr(config, key)).expanduser().resolve())})
         unknown_background(config.background, check_only=True)  # a wrong folder is said before training, not after
         if config.data_service:
+            if data.startswith("tfds:"):
+                raise TflError("--data-service sends photo files to the service's workers; a tensorflow-datasets set "
+                               "has none. Pass --data a folder of photos or a label file, or leave --data-service out.")
             check_dispatcher(config.data_service)
         if config.background and not config.unknown:
             warn("--background tunes the unknown category, which --no-unknown leaves out: it is not used.")
@@ -515,7 +518,8 @@ class Training:
                                "checkpoint: such a run cannot be resumed yet. Start it again.")
             cluster = connect(config.distribute)
             if config.data_service:
-                check_dispatcher(config.data_service)
+                check_dispatcher(config.data_service, f"or set data_service in {folder.config_file} to another "
+                                                      "dispatcher's address, or to null to read the photos here")
             if saved.get("backend", keras.backend.backend()) != keras.backend.backend():
                 raise TflError(f"Run '{final_dir.name}' was trained on the {saved['backend']} backend; resume it "
                                f"with --backend {saved['backend']}.")
@@ -556,8 +560,7 @@ def write_data_files(run: RunFolder, image_data: ImageData) -> None:
                  for item in image_data.report["converted"]]
     report = image_data.report | {"converted": converted}
     atomic_write_text(run.data_report_file, json.dumps(bounded(report), indent=2) + "\n")
-    if "checks" in report:
-        atomic_write_csv(run.checks_file, CHECKS_CSV_COLUMNS, photo_rows(report["checks"]), lineterminator="\n")
+    atomic_write_csv(run.checks_file, CHECKS_CSV_COLUMNS, photo_rows(report), lineterminator="\n")
     atomic_write_text(run.labels_file, labels_text(image_data.class_names))
     write_splits(run.path, {"train": image_data.train, "val": image_data.val, "test": image_data.test})
 
