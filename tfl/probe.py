@@ -169,9 +169,12 @@ def label_issues(data: ImageData, model, image_size: int, scratch=None) -> list[
     if not varied(everything.labels):
         return []
     import tempfile
+    from pathlib import Path
 
     from tfl.errors import disk_full_explained
 
+    if scratch is not None:
+        Path(scratch).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tfl_probe_", dir=scratch) as folder, disk_full_explained(
             "computing the label probe's features", lambda: "Free some space, or pass --no-probe."):
         features = features_of(model, everything, len(data.class_names), image_size, 64, folder)
