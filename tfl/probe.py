@@ -147,7 +147,7 @@ def predicted(models, features, rows: np.ndarray, columns: int, into: np.ndarray
 
 def sampled_probabilities(classifier, folds, features, labels: np.ndarray, sample: np.ndarray) -> np.ndarray:
     """Out-of-fold probabilities on `sample`; the mean of the fold regressions' on every other row."""
-    from joblib import Parallel, delayed
+    from sklearn.utils.parallel import Parallel, delayed  # joblib, as scikit-learn configures it
     from sklearn.base import clone
 
     x, y = np.asarray(features[sample], np.float32), labels[sample]
