@@ -6,7 +6,7 @@ the plan as it is):
     e<N> epochs · blocks<N> unfrozen blocks · warm<N> warmup epochs · lr<x> peak rate · gradual<B>x<E> first the top B
     blocks for E of the epochs, then the rest · px<N> image size · bs<N> batch size · nols no label smoothing ·
     zoom<f> zoom in up to f (the light preset's affine transform, 0.15 by default) · aug<preset> · drop<p> dropout ·
-    views<N> cached feature views for the head
+    views<N> cached feature views for the head · lp0 / lp1 the blur off / on (not measured per run)
 
     python benchmarks/variants.py --data flowers auto blocks14+e20+warm4+zoom0.35 auto+gradual7x3
 
@@ -86,6 +86,8 @@ def apply_token(token: str, tune: Stage, settings: dict, gradual):
     """(fine-tuning stage, gradual) after one token; `settings` are updated in place."""
     if token == "nols":
         settings["label_smoothing"] = 0.0
+    elif token in ("lp0", "lp1"):
+        settings["low_pass"] = token == "lp1"
     elif token.startswith("zoom"):
         settings["augmenter"] = light_preset_zooming_in(float(token[4:]))
     elif token.startswith("gradual"):
