@@ -139,3 +139,53 @@ def test_a_run_on_classes_that_differ_in_fine_detail_trains_without_the_blur(tmp
     assert recorded["low_pass"] is False and any("low-pass: off" in r for r in recorded["plan_reasons"])
     assert "low_pass" not in [layer.name for layer in tfl.load(run.path).model.layers]
     assert "reused from" in said, "the head stage reads the features the decision computed"
+
+
+def test_the_measurement_decodes_each_photo_once_and_leaves_the_features_the_head_stage_reads(tmp_path, monkeypatch):
+    """One pass per split for both extractors (and the noisy validation pixels); the features it keeps are those
+    the head stage would compute under the same cache key; a second run reads them; a large set is sampled."""
+    from tests.conftest import require_mobilenet_weights
+
+    import tfl.pipeline
+    from tfl import low_pass
+    from tfl.archs import get_arch
+    from tfl.config import TrainConfig
+    from tfl.data import load_data
+    from tfl.features import cache_key, compute_features, load_features
+    from tfl.model import build_model, feature_extractor
+
+    weights = str(require_mobilenet_weights())
+    for name, fine in (("plain", False), ("textured", True)):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(25):
+            textured(100 * fine + i, fine).save(tmp_path / "data" / name / f"{i}.png")
+    data = load_data(str(tmp_path / "data"), 0.2, 42)
+    config = TrainConfig(weights=weights, alpha=0.35, image_size=32, batch_size=8, precision="float32")
+    passes = []
+    original = tfl.pipeline.make_pipeline
+    monkeypatch.setattr(tfl.pipeline, "make_pipeline", lambda split, *a, **k: passes.append(len(split)) or
+                        original(split, *a, **k))
+
+    keep, reason = low_pass.decide(config, data, tmp_path / "cache", False)
+    assert not keep and "low-pass: off" in reason
+    assert passes == [len(data.train), len(data.val)]  # each photo decoded once
+    model = build_model(get_arch("mobilenetv2"), 2, 32, weights, 0.35, 0.2, low_pass=True)
+    for blur in (True, False):
+        extractor = feature_extractor(model, skip=() if blur else ("low_pass",))
+        settings = TrainConfig(**{**config.__dict__, "low_pass": blur})
+        for split in (data.train, data.val):
+            stored = load_features(tmp_path / "cache" / cache_key(split, settings, 32, 1))
+            compute_features(extractor, split, 2, 32, 8, tmp_path / f"own_{blur}_{len(split)}")
+            own = load_features(tmp_path / f"own_{blur}_{len(split)}")
+            np.testing.assert_allclose(stored[0], own[0], rtol=2e-3, atol=1e-3)
+            np.testing.assert_array_equal(stored[1], own[1])
+
+    passes.clear()
+    again = low_pass.decide(config, data, tmp_path / "cache", False)
+    assert again[0] == keep and again[1].rsplit(" [", 1)[0] == reason.rsplit(" [", 1)[0]  # the same verdict
+    assert passes and all(count == len(data.val) for count in passes)  # only the noisy validation pixels
+
+    monkeypatch.setattr(low_pass, "MEASURED_TRAIN", 20)
+    keep, reason = low_pass.decide(config, data, tmp_path / "sampled", False)
+    assert "measured on 20 training and 10 validation photos drawn at random" in reason
+    assert not (tmp_path / "sampled").exists()  # a sample's features are no split's cache

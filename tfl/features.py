@@ -92,6 +92,15 @@ def compute_features(extractor: keras.Model, split: Split, num_classes: int, ima
     del features, labels  # close the memory maps before the folder is renamed
 
 
+def store_features(folder: Path, features: np.ndarray, one_hot: np.ndarray, batch_size: int) -> None:
+    """Features computed elsewhere (with their one-hot labels) into the cache folder `folder`, atomically, stored as
+    compute_features stores them (the type chosen on the first batch)."""
+    with atomic_path(folder, force=True) as target:  # force: another run may have written the same features
+        target.mkdir()
+        np.save(target / "features.npy", features.astype(stored_dtype(features[:batch_size])))
+        np.save(target / "labels.npy", one_hot.astype(STORED_LABELS))
+
+
 def load_features(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """(features, labels): read into memory as float32 when that fits FEATURE_MEMORY_LIMIT_BYTES, else
     memory-mapped as stored (float16 features as a rule, 0/1 byte labels: streamed_feature_dataset casts each

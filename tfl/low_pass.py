@@ -5,8 +5,8 @@ by a level or two (MediaPipe's float32 file agreed with Keras on 98.0% of cats5 
 95.5% without either), and costs nothing where classes differ in shape and colour. Where they differ in fine detail
 (fur, ears) it costs accuracy: 3.5 points on ten dog breeds that are not shared. So each run weighs the two on its own
 photos, as cheaply as it can: the backbone's features of the training and validation photos with and without the
-blur (the feature cache keeps them, so the head stage reuses the ones chosen), and of the validation photos once more
-with app-like pixel noise; a linear probe fitted on each set of training features; then
+blur (one pass over each split, each photo decoded once; the feature cache keeps them, so the head stage reuses the ones
+chosen), and of the validation photos with app-like pixel noise; a seeded sample of a large set; a linear probe fitted on each set of training features; then
 - the cost: each validation photo's log-loss under the probe with and without the blur, paired, and the share of
   photos each gets right in expectation (the mean probability of the true class);
 - the gain: the share of validation photos whose answer the pixel noise moves, with and without.
@@ -23,7 +23,6 @@ it, and whole runs without the blur were more accurate three times out of three 
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from pathlib import Path
 
@@ -147,44 +146,97 @@ def decide(config, data: ImageData, cache_dir: Path, distributed: bool) -> tuple
     if reason is not None:
         return True, f"low-pass: on (auto, not measured: {reason})"
     from tfl.archs import get_arch
-    from tfl.features import cache_key, cached_features, compute_features
     from tfl.model import build_model, feature_extractor
     from tfl.precision import dtype_policy
 
     start = time.time()
-    if not config.feature_cache:  # the user keeps no features: they go with the measurement
-        with tempfile.TemporaryDirectory(prefix="tfl_low_pass_") as scratch:
-            return decide(dataclasses.replace(config, feature_cache=True), data, Path(scratch), distributed)
     with dtype_policy(config.precision):
         model = build_model(get_arch(config.arch), len(data.class_names), config.image_size, config.weights,
                             config.alpha, config.dropout, low_pass=True)
-    features = {}
-    for blur in (True, False):
-        extractor = feature_extractor(model, skip=() if blur else ("low_pass",))
-        settings = dataclasses.replace(config, low_pass=blur)
-        for name, split in (("train", data.train), ("val", data.val)):
-            compute = lambda folder, split=split: compute_features(  # noqa: E731
-                extractor, split, len(data.class_names), config.image_size, config.batch_size, folder)
-            features[blur, name] = cached_features(cache_dir, cache_key(split, settings, config.image_size, 1),
-                                                   compute)[0]
-        features[blur, "noisy"] = noisy_features(extractor, data, config)
-    labels = {name: np.asarray(split.labels) for name, split in (("train", data.train), ("val", data.val))}
-    verdict = paired_verdict(features[True, "train"], features[False, "train"], labels["train"],
-                             features[True, "val"], features[False, "val"], labels["val"],
-                             features[True, "noisy"], features[False, "noisy"])
-    return verdict.keep, f"{verdict.reason()} [{time.time() - start:.0f}s]"
+    extractors = {blur: feature_extractor(model, skip=() if blur else ("low_pass",)) for blur in (True, False)}
+    train, val = measured(data.train, MEASURED_TRAIN, config.seed), measured(data.val, MEASURED_VAL, config.seed)
+    keep_cache = config.feature_cache and len(train) == len(data.train) and len(val) == len(data.val)
+    pass_ = Measurement(extractors, config, len(data.class_names), cache_dir if keep_cache else None)
+    (train_with, train_without), _ = pass_.features(train)
+    (val_with, val_without), (noisy_with, noisy_without) = pass_.features(val, noise=np.random.default_rng(config.seed))
+    verdict = paired_verdict(train_with, train_without, np.asarray(train.labels), val_with, val_without,
+                             np.asarray(val.labels), noisy_with, noisy_without)
+    sampled = "" if keep_cache or not config.feature_cache else (
+        f"; measured on {len(train):,} training and {len(val):,} validation photos drawn at random")
+    return verdict.keep, f"{verdict.reason()}{sampled} [{time.time() - start:.0f}s]"
 
 
-def noisy_features(extractor, data: ImageData, config) -> np.ndarray:
-    """Features of the validation photos with PIXEL_NOISE added to their pixels (the same noise for both
-    extractors: a fixed seed), as an app's own decoder and resize would give them."""
-    from tfl.pipeline import make_pipeline
+# Larger sets are measured on a seeded sample of this many photos of each split: the probe's verdict is as clear on it
+# (the shared sets, up to 3,455 training photos, are measured whole), and a million photos are not passed through the
+# backbone twice before training.
+MEASURED_TRAIN, MEASURED_VAL = 5_000, 2_500
 
-    rng = np.random.default_rng(config.seed)
-    rows = []
-    for images, _ in make_pipeline(data.val, len(data.class_names), config.image_size, config.batch_size,
-                                   training=False):
-        pixels = np.asarray(images)
-        moved = np.clip(np.round(pixels + rng.uniform(-PIXEL_NOISE, PIXEL_NOISE, pixels.shape)), 0, 255)
-        rows.append(np.asarray(extractor.predict_on_batch(moved.astype(np.float32))))
-    return np.concatenate(rows)
+
+def measured(split, most: int, seed: int):
+    """The split, or a seeded random sample of `most` of its photos (in their order)."""
+    if len(split) <= most:
+        return split
+    return split.subset(np.sort(np.random.default_rng(seed).choice(len(split), most, replace=False)))
+
+
+@dataclasses.dataclass
+class Measurement:
+    """One pass over a split's photos through the backbone with and without the blur (each photo decoded once,
+    batches padded so each extractor traces once); the features written to the feature cache when `cache_dir` is
+    given (the head stage then reuses the ones chosen), and read from it when there."""
+
+    extractors: dict
+    config: object
+    classes: int
+    cache_dir: Path | None
+
+    def features(self, split, noise: np.random.Generator | None = None):
+        """((features with the blur, without), (the same of the pixels with app-like noise, or Nones))."""
+        from tfl.features import load_features, store_features
+
+        keys = {blur: self.cache_key(split, blur) for blur in (True, False)}
+        cached = {blur: load_features(self.cache_dir / key)[0] for blur, key in keys.items()
+                  if self.cache_dir is not None and (self.cache_dir / key / "features.npy").is_file()}
+        if len(cached) == 2 and noise is None:
+            return (cached[True], cached[False]), (None, None)
+        rows = {name: [] for name in ("with", "without", "noisy_with", "noisy_without", "labels")}
+        for pixels, one_hot, count in self.batches(split):
+            moved = None if noise is None else pixels.copy()  # the same noise for both extractors
+            if moved is not None:
+                noisy = pixels[:count] + noise.uniform(-PIXEL_NOISE, PIXEL_NOISE, pixels[:count].shape)
+                moved[:count] = np.clip(np.round(noisy), 0, 255)
+            for blur in (True, False):
+                name = "with" if blur else "without"
+                if blur not in cached:
+                    rows[name].append(self.run(blur, pixels, count))
+                if moved is not None:
+                    rows["noisy_" + name].append(self.run(blur, moved, count))
+            rows["labels"].append(one_hot)
+        joined = {name: np.concatenate(parts) if parts else None for name, parts in rows.items()}
+        for blur in (True, False):
+            if blur not in cached:
+                cached[blur] = joined["with" if blur else "without"]
+                if self.cache_dir is not None:  # read back as stored, so a later run's verdict is the same
+                    store_features(self.cache_dir / keys[blur], cached[blur], joined["labels"],
+                                   self.config.batch_size)
+                    cached[blur] = load_features(self.cache_dir / keys[blur])[0]
+        return (cached[True], cached[False]), (joined["noisy_with"], joined["noisy_without"])
+
+    def cache_key(self, split, blur: bool) -> str:
+        from tfl.features import cache_key
+
+        return cache_key(split, dataclasses.replace(self.config, low_pass=blur), self.config.image_size, 1)
+
+    def batches(self, split):
+        """(float32 pixels padded to a full batch, one-hot labels, how many rows are photos) of each batch."""
+        from tfl.pipeline import make_pipeline
+
+        size = self.config.batch_size
+        for images, one_hot in make_pipeline(split, self.classes, self.config.image_size, size, training=False):
+            pixels, count = np.asarray(images), len(one_hot)
+            if count < size:
+                pixels = np.concatenate([pixels, np.zeros((size - count, *pixels.shape[1:]), pixels.dtype)])
+            yield pixels, np.asarray(one_hot), count
+
+    def run(self, blur: bool, pixels: np.ndarray, count: int) -> np.ndarray:
+        return np.asarray(self.extractors[blur].predict_on_batch(pixels))[:count]
