@@ -175,9 +175,9 @@ def test_a_background_option_that_is_no_folder_is_said_before_training(tmp_path)
 def test_a_run_has_the_unknown_category_in_its_predictions_and_metrics(tiny_run):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert metrics["unknown"]["name"] == "unknown" and metrics["unknown"]["keep"] == 0.95
-    # MobileNetV2's detector reads two blocks' expanded inputs beside the pooled features (tfl/archs.py)
-    assert Detector.load(tiny_run / "unknown.npz").layers == ("block_16_expand_relu", "block_6_expand_relu")
-    assert "block_16_expand_relu, block_6_expand_relu" in metrics["unknown"]["method"]
+    # MobileNetV2's detector reads the last block's expanded input beside the pooled features (tfl/archs.py)
+    assert Detector.load(tiny_run / "unknown.npz").layers == ("block_16_expand_relu",)
+    assert "block_16_expand_relu" in metrics["unknown"]["method"]
     model = tfl.load(tiny_run)
     rows = model.predict(tiny_run.parent.parent / "data" / "red")
     assert rows and all(isinstance(row["unknown"], bool) and 0 <= row["unknown_score"] <= 1 for row in rows)
