@@ -5,8 +5,9 @@ by a level or two (MediaPipe's float32 file agreed with Keras on 98.0% of cats5 
 95.5% without either), and costs nothing where classes differ in shape and colour. Where they differ in fine detail
 (fur, ears) it costs accuracy: 3.5 points on ten dog breeds that are not shared. So each run weighs the two on its own
 photos, as cheaply as it can: the backbone's features of the training and validation photos with and without the
-blur (one pass over each split, each photo decoded once; the feature cache keeps them, so the head stage reuses the ones
-chosen), and of the validation photos with app-like pixel noise; a seeded sample of a large set; a linear probe fitted on each set of training features; then
+blur (one pass over each split, each photo decoded once; the feature cache keeps them, so the head stage reuses the
+ones chosen), and of the validation photos with app-like pixel noise (a seeded sample of a large set); a linear
+probe fitted on each set of training features; then
 - the cost: each validation photo's log-loss under the probe with and without the blur, paired, and the share of
   photos each gets right in expectation (the mean probability of the true class);
 - the gain: the share of validation photos whose answer the pixel noise moves, with and without.
@@ -161,7 +162,7 @@ def decide(config, data: ImageData, cache_dir: Path, distributed: bool) -> tuple
     (val_with, val_without), (noisy_with, noisy_without) = pass_.features(val, noise=np.random.default_rng(config.seed))
     verdict = paired_verdict(train_with, train_without, np.asarray(train.labels), val_with, val_without,
                              np.asarray(val.labels), noisy_with, noisy_without)
-    sampled = "" if keep_cache or not config.feature_cache else (
+    sampled = "" if len(train) == len(data.train) and len(val) == len(data.val) else (
         f"; measured on {len(train):,} training and {len(val):,} validation photos drawn at random")
     return verdict.keep, f"{verdict.reason()}{sampled} [{time.time() - start:.0f}s]"
 
@@ -200,7 +201,10 @@ class Measurement:
         if len(cached) == 2 and noise is None:
             return (cached[True], cached[False]), (None, None)
         rows = {name: [] for name in ("with", "without", "noisy_with", "noisy_without", "labels")}
-        for pixels, one_hot, count in self.batches(split):
+        from tfl.pipeline import padded_batches
+
+        for pixels, one_hot, count in padded_batches(split, self.classes, self.config.image_size,
+                                                     self.config.batch_size):
             moved = None if noise is None else pixels.copy()  # the same noise for both extractors
             if moved is not None:
                 noisy = pixels[:count] + noise.uniform(-PIXEL_NOISE, PIXEL_NOISE, pixels[:count].shape)
@@ -226,17 +230,6 @@ class Measurement:
         from tfl.features import cache_key
 
         return cache_key(split, dataclasses.replace(self.config, low_pass=blur), self.config.image_size, 1)
-
-    def batches(self, split):
-        """(float32 pixels padded to a full batch, one-hot labels, how many rows are photos) of each batch."""
-        from tfl.pipeline import make_pipeline
-
-        size = self.config.batch_size
-        for images, one_hot in make_pipeline(split, self.classes, self.config.image_size, size, training=False):
-            pixels, count = np.asarray(images), len(one_hot)
-            if count < size:
-                pixels = np.concatenate([pixels, np.zeros((size - count, *pixels.shape[1:]), pixels.dtype)])
-            yield pixels, np.asarray(one_hot), count
 
     def run(self, blur: bool, pixels: np.ndarray, count: int) -> np.ndarray:
         return np.asarray(self.extractors[blur].predict_on_batch(pixels))[:count]

@@ -255,6 +255,16 @@ def load_image_for_predict(path: str, image_size: int) -> np.ndarray:
     return pixels.numpy()
 
 
+def padded_batches(split: Split, num_classes: int, image_size: int, batch_size: int):
+    """(float32 pixels padded with zeros to a full batch, label rows, how many rows are photos) of each batch of a
+    split, in order: a model called on them is traced once (a last, smaller batch would trace it again)."""
+    for images, labels in make_pipeline(split, num_classes, image_size, batch_size, training=False):
+        pixels, count = np.asarray(images), len(labels)
+        if count < batch_size:
+            pixels = np.concatenate([pixels, np.zeros((batch_size - count, *pixels.shape[1:]), pixels.dtype)])
+        yield pixels, np.asarray(labels), count
+
+
 def readable_batches(paths: list[str], image_size: int, batch_size: int):
     """Batches of (paths, uint8 pixels) of the files that decode, as predict decodes them; the others are left out
     (a folder of photos of anything may hold other files)."""

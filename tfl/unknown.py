@@ -353,14 +353,12 @@ def features_of(extractor: keras.Model, split, num_classes: int, image_size: int
     """(pooled features, one-hot or multi-hot label rows) of a split, in its order: the features an array, or a
     list of arrays when the extractor has several outputs. Every batch is padded to `batch_size`, so that the
     extractor is traced once (a last, smaller batch traced it again: a second or two)."""
-    from tfl.pipeline import make_pipeline
+    from tfl.pipeline import padded_batches
 
     features, labels = [], []
-    for images, one_hot in make_pipeline(split, num_classes, image_size, batch_size, training=False):
-        images = np.asarray(images)
-        padded = np.concatenate([images, np.zeros((batch_size - len(images), *images.shape[1:]), images.dtype)])
-        features.append([np.asarray(x)[:len(images)] for x in as_parts(extractor.predict_on_batch(padded))])
-        labels.append(np.asarray(one_hot))
+    for padded, one_hot, count in padded_batches(split, num_classes, image_size, batch_size):
+        features.append([np.asarray(x)[:count] for x in as_parts(extractor.predict_on_batch(padded))])
+        labels.append(one_hot)
     return stacked(extractor, features), (np.concatenate(labels) if labels else np.zeros((0, num_classes), np.float32))
 
 
