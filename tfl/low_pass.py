@@ -156,13 +156,14 @@ def decide(config, data: ImageData, cache_dir: Path, distributed: bool) -> tuple
                             config.alpha, config.dropout, low_pass=True)
     extractors = {blur: feature_extractor(model, skip=() if blur else ("low_pass",)) for blur in (True, False)}
     train, val = measured(data.train, MEASURED_TRAIN, config.seed), measured(data.val, MEASURED_VAL, config.seed)
-    keep_cache = config.feature_cache and len(train) == len(data.train) and len(val) == len(data.val)
-    pass_ = Measurement(extractors, config, len(data.class_names), cache_dir if keep_cache else None)
+    whole = len(train) == len(data.train) and len(val) == len(data.val)  # a sample's features are no split's cache
+    kept_in = cache_dir if whole and config.feature_cache else None
+    pass_ = Measurement(extractors, config, len(data.class_names), kept_in)
     (train_with, train_without), _ = pass_.features(train)
     (val_with, val_without), (noisy_with, noisy_without) = pass_.features(val, noise=np.random.default_rng(config.seed))
     verdict = paired_verdict(train_with, train_without, np.asarray(train.labels), val_with, val_without,
                              np.asarray(val.labels), noisy_with, noisy_without)
-    sampled = "" if len(train) == len(data.train) and len(val) == len(data.val) else (
+    sampled = "" if whole else (
         f"; measured on {len(train):,} training and {len(val):,} validation photos drawn at random")
     return verdict.keep, f"{verdict.reason()}{sampled} [{time.time() - start:.0f}s]"
 
@@ -194,6 +195,7 @@ class Measurement:
     def features(self, split, noise: np.random.Generator | None = None):
         """((features with the blur, without), (the same of the pixels with app-like noise, or Nones))."""
         from tfl.features import load_features, store_features
+        from tfl.pipeline import padded_batches
 
         keys = {blur: self.cache_key(split, blur) for blur in (True, False)}
         cached = {blur: load_features(self.cache_dir / key)[0] for blur, key in keys.items()
@@ -201,8 +203,6 @@ class Measurement:
         if len(cached) == 2 and noise is None:
             return (cached[True], cached[False]), (None, None)
         rows = {name: [] for name in ("with", "without", "noisy_with", "noisy_without", "labels")}
-        from tfl.pipeline import padded_batches
-
         for pixels, one_hot, count in padded_batches(split, self.classes, self.config.image_size,
                                                      self.config.batch_size):
             moved = None if noise is None else pixels.copy()  # the same noise for both extractors
