@@ -252,11 +252,11 @@ def test_jpeg_scale_is_the_largest_that_keeps_the_model_size():
         assert REDUCTION_RATIOS[int(reduction_index(tf.constant(short_side), size))] == ratio, (short_side, size)
 
 
-def half_pixel_bilinear(image: np.ndarray, size: int) -> np.ndarray:
-    """Reference: bilinear interpolation with half-pixel centres and no antialiasing, as OpenCV's INTER_LINEAR
-    (which MediaPipe Tasks resizes with) and Android's createScaledBitmap compute it."""
+def corner_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """Reference: bilinear interpolation without antialiasing, output pixel i read at i * n / size (the photo's
+    corners mapped to the output's), as MediaPipe Tasks' CPU preprocessing computes it."""
     def axis(n):
-        x = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
+        x = np.clip(np.arange(size) * n / size, 0, n - 1)
         low = np.floor(x).astype(int)
         return low, np.minimum(low + 1, n - 1), x - low
     (y0, y1, fy), (x0, x1, fx) = axis(image.shape[0]), axis(image.shape[1])
@@ -277,14 +277,14 @@ def test_resize_pixels_keeps_images_at_size_and_resizes_others_as_app_runtimes_d
     np.testing.assert_array_equal(resized, 77)
     for shape in [(60, 45, 3), (40, 90, 3), (20, 24, 3)]:  # shrinking under 2x, also one side more, and enlarging
         photo = rng.integers(0, 256, shape).astype("uint8")
-        expected = half_pixel_bilinear(photo, 32)
+        expected = corner_bilinear(photo, 32)
         np.testing.assert_allclose(resize_pixels(tf.constant(photo), 32).numpy(), expected, atol=0.51)
     stripes = np.zeros((128, 128, 3), "uint8")
     stripes[:, 3::4] = 252  # every fourth column: bilinear at 1/4 would sample between columns 4j+1 and 4j+2 only
     np.testing.assert_allclose(resize_pixels(tf.constant(stripes), 32), 63, atol=1)  # boxed 4x4 first: averaged in
     big = rng.integers(0, 256, (150, 200, 3)).astype("uint8")  # 2x boxes, then bilinear from 75x100
     boxed = big.reshape(75, 2, 100, 2, 3).mean(axis=(1, 3))
-    np.testing.assert_allclose(resize_pixels(tf.constant(big), 64).numpy(), half_pixel_bilinear(boxed, 64), atol=0.51)
+    np.testing.assert_allclose(resize_pixels(tf.constant(big), 64).numpy(), corner_bilinear(boxed, 64), atol=0.51)
     traced = tf.function(lambda image: resize_pixels(image, 32)).get_concrete_function(
         tf.TensorSpec([None, None, 3], tf.uint8))
     assert traced.output_shapes == (32, 32, 3), "batching needs a static shape"

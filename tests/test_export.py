@@ -125,6 +125,36 @@ def test_every_tflite_loads_in_mediapipe_tasks_with_its_class_names(exported_run
     assert report["model_float32.tflite"]["mediapipe_unknown_agreement"] == 1.0  # the unknown category's decisions
 
 
+def test_mediapipe_given_photo_files_answers_as_keras_on_tfl_pixels(real_copy, tmp_path):
+    """MediaPipe Tasks decodes and resizes a photo itself; tfl trains on pixels made the way it makes them (libjpeg's
+    accurate DCT, bilinear with the photo's corners mapped to the tensor's), so its float32 file scores the photo
+    files as the Keras model scores tfl's pixels. Photos under twice the model's size: larger ones tfl first
+    averages in boxes, where MediaPipe samples the full photo."""
+    mp = pytest.importorskip("mediapipe", reason="MediaPipe Tasks is tfl's [mediapipe] extra (in [dev])")
+    from mediapipe.tasks.python import BaseOptions, vision
+    from PIL import Image
+
+    result = cli("export", real_copy, "--format", "tflite", "--quantize", "none", "--verify-images", "4")
+    assert result.exit_code == 0, result.output
+    photos = []
+    for k, path in enumerate(json.loads((real_copy / "splits.json").read_text())["val"]["paths"][:16]):
+        photo = tmp_path / f"{k}.jpg"  # 100-190 px wide, 0.6-1.7 times as high: shrunk and enlarged, either way
+        Image.open(path).convert("RGB").resize((100 + 6 * k, 160 - 3 * k)).save(photo, quality=92)
+        photos.append(str(photo))
+    size = int(__import__("yaml").safe_load((real_copy / "config.yaml").read_text())["image_size"])
+    keras = keras_scores(real_copy, np.stack([load_image_for_predict(photo, size) for photo in photos]))
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(
+        model_asset_path=str(real_copy / "model_float32.tflite")), max_results=-1)
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        seen = np.zeros_like(keras)
+        for row, photo in zip(seen, photos):
+            for category in classifier.classify(mp.Image.create_from_file(photo)).classifications[0].categories:
+                row[category.index] = category.score
+    apart = np.abs(seen - keras).max(axis=1)  # measured: median 0.003, at most 0.011 (half-pixel centres: 0.012, 0.038)
+    assert np.median(apart) < 0.006 and apart.max() < 0.02, apart.round(4)
+    assert (seen.argmax(axis=1) == keras.argmax(axis=1)).all()
+
+
 def test_tflite_runs_with_ai_edge_litert_and_matches_keras(exported_run):
     from ai_edge_litert.interpreter import Interpreter
 

@@ -15,8 +15,8 @@ from tfl.data import png_bytes_of, rgb_image
 from tfl.errors import TflError
 from tfl.split import Split
 
-DECODER_VERSION = 4  # changes whenever the decoder gives other pixels (2: EXIF orientation, 3: bilinear shrinking,
-# 4: libjpeg's accurate DCT); part of the feature cache key
+DECODER_VERSION = 5  # changes whenever the decoder gives other pixels (2: EXIF orientation, 3: bilinear shrinking,
+# 4: libjpeg's accurate DCT, 5: bilinear with pixel corners mapped to corners); part of the feature cache key
 MEMORY_CACHE_LIMIT_BYTES = 3 * 2**30  # decoded images beyond this are cached on disk instead
 
 REDUCTION_RATIOS = (1, 2, 4, 8)  # the scales libjpeg can decode a JPEG at; other images are boxed down alike
@@ -35,12 +35,15 @@ def resize_pixels(image: tf.Tensor, image_size: int) -> tf.Tensor:
         ratio = tf.gather(REDUCTION_RATIOS, reduction_index(tf.minimum(height, width), image_size))
         # A large image first averages boxes of 2x2, 4x4 or 8x8 pixels, as a large JPEG's reduced-scale decode does
         # (so a PNG and a JPEG of one photo get nearly the same pixels, and no pixel is skipped). Then plain
-        # bilinear with half-pixel centres, as the runtimes apps feed do (MediaPipe Tasks, Android's
-        # createScaledBitmap, TF.js): trained on those pixels, MediaPipe's float32 file agreed with the Keras model
-        # on 97.5-98.0% of cats5 in four runs against 96.0-99.0% when tfl shrank by area (benchmarks/README.md).
+        # bilinear with output pixel (i, j) read at (i * h / size, j * w / size): MediaPipe Tasks' CPU
+        # preprocessing maps the photo's corners to the tensor's (OpenCV's warpPerspective), as TF.js's
+        # resizeBilinear does by default. With half-pixel centres (tf.image.resize), every pixel sat a fraction of
+        # a pixel away from MediaPipe's, and its float32 file agreed with the Keras model on 97.0% of cats5; on
+        # MediaPipe's mapping the same model agreed on 100% (benchmarks/README.md, "Decoder 5").
         boxed = tf.cond(ratio > 1, lambda: tf.image.resize(image, [-(-height // ratio), -(-width // ratio)], "area"),
                         lambda: tf.cast(image, tf.float32))
-        resized = tf.image.resize(boxed, [image_size, image_size], method="bilinear", antialias=False)
+        resized = tf.raw_ops.ResizeBilinear(images=boxed[None], size=[image_size, image_size], align_corners=False,
+                                            half_pixel_centers=False)[0]
         return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
     # A photo already at the size is left alone: resizing would give back the same pixels at the cost of half a
@@ -65,14 +68,14 @@ JPEG_DCT = "INTEGER_ACCURATE"
 
 def decode_jpeg_reduced(data: tf.Tensor, image_size: int) -> tf.Tensor:
     """Decode a JPEG at 1/2, 1/4 or 1/8 scale in the DCT domain when it stays at least `image_size` on its short
-    side: a 12 MP photo for a 224 px model decodes about 8x faster."""
+    side (a 12 MP photo for a 224 px model decodes about 8x faster); not resized yet."""
     short_side = tf.reduce_min(tf.io.extract_jpeg_shape(data)[:2])
     image = tf.switch_case(reduction_index(short_side, image_size),
                            [lambda ratio=ratio: tf.io.decode_jpeg(data, channels=3, ratio=ratio,
                                                                   dct_method=JPEG_DCT)
                             for ratio in REDUCTION_RATIOS])
     image.set_shape([None, None, 3])
-    return resize_pixels(image, image_size)
+    return image
 
 
 EXIF_SEARCH_BYTES = 65536  # the APP1 segment that holds EXIF comes first in a JPEG, within its first 64 KiB
@@ -108,8 +111,9 @@ def exif_orientation(data: tf.Tensor) -> tf.Tensor:
 
 
 def upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
-    """A square image turned as EXIF `orientation` says (as Pillow's ImageOps.exif_transpose and photo viewers do).
-    Turning after the square resize gives the same pixels as before it, and keeps the shape."""
+    """An image turned as EXIF `orientation` says (as Pillow's ImageOps.exif_transpose and photo viewers do), before
+    it is resized: resizing maps the photo's top-left corner to the output's, so it is resized upright, as an app
+    resizes the upright photo it shows."""
     def transposed():
         return tf.transpose(image, [1, 0, 2])
 
@@ -131,7 +135,8 @@ def decode_image_bytes(data: tf.Tensor, image_size: int) -> tf.Tensor:
     Large JPEGs decode at reduced scale, everything else in full; JPEGs are turned upright by their EXIF
     orientation, as phone photos need."""
     return tf.cond(tf.io.is_jpeg(data),
-                   lambda: upright(decode_jpeg_reduced(data, image_size), exif_orientation(data)),
+                   lambda: resize_pixels(upright(decode_jpeg_reduced(data, image_size), exif_orientation(data)),
+                                          image_size),
                    lambda: decode_encoded(data, image_size))
 
 
