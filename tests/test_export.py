@@ -152,7 +152,9 @@ def test_mediapipe_given_photo_files_answers_as_keras_on_tfl_pixels(real_copy, t
                 row[category.index] = category.score
     apart = np.abs(seen - keras).max(axis=1)  # measured: median 0.003, at most 0.011 (half-pixel centres: 0.012, 0.038)
     assert np.median(apart) < 0.006 and apart.max() < 0.02, apart.round(4)
-    assert (seen.argmax(axis=1) == keras.argmax(axis=1)).all()
+    top_two = np.sort(keras, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 2 * apart.max()  # answers the scores' differences cannot swap
+    assert clear.sum() >= 8 and (seen.argmax(axis=1) == keras.argmax(axis=1))[clear].all()
 
 
 def test_tflite_runs_with_ai_edge_litert_and_matches_keras(exported_run):
