@@ -108,7 +108,7 @@ def test_a_second_layer_flags_photos_the_first_maps_among_the_classes_and_the_la
 def test_a_detector_saved_by_the_first_unknown_category_still_loads(fitted, tmp_path):
     detector, _, val_x, _ = fitted
     part = detector.parts[0]
-    np.savez(tmp_path / "unknown.npz", centres=part.centres, basis=part.basis, weights=part.weights,
+    np.savez(tmp_path / "unknown.npz", centres=part.centres + part.origin, basis=part.basis, weights=part.weights,
              numbers=np.array([detector.threshold, part.scale, detector.keep, detector.tau]), name=np.array("unknown"))
     loaded = Detector.load(tmp_path / "unknown.npz")
     assert loaded.layers == () and np.allclose(loaded.distances(val_x[:10]), detector.distances(val_x[:10]))
@@ -176,8 +176,8 @@ def test_a_run_has_the_unknown_category_in_its_predictions_and_metrics(tiny_run)
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert metrics["unknown"]["name"] == "unknown" and metrics["unknown"]["keep"] == 0.95
     # MobileNetV2's detector reads the last block's expanded input beside the pooled features (tfl/archs.py)
-    assert Detector.load(tiny_run / "unknown.npz").layers == ("block_16_expand_relu",)
-    assert "block_16_expand_relu" in metrics["unknown"]["method"]
+    assert Detector.load(tiny_run / "unknown.npz").layers == ("block_16_expand_relu", "block_6_expand_relu")
+    assert "block_16_expand_relu" in metrics["unknown"]["method"] and "block_6" in metrics["unknown"]["method"]
     model = tfl.load(tiny_run)
     rows = model.predict(tiny_run.parent.parent / "data" / "red")
     assert rows and all(isinstance(row["unknown"], bool) and 0 <= row["unknown_score"] <= 1 for row in rows)

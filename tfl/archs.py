@@ -144,7 +144,7 @@ ARCHS: dict[str, ArchSpec] = {
             block_ends=_MOBILENETV2_BLOCK_ENDS,
             stem_blocks=4,
             constructor_kwargs=("alpha",),
-            unknown_layers=("block_16_expand_relu",),  # the last block's input, expanded (block 6 too: tried, not kept)
+            unknown_layers=("block_16_expand_relu", "block_6_expand_relu"),  # the last block's input and the first at 1/16
             description="MobileNetV2 (alpha 0.35-1.4): small and fast, for phones",
         ),
         ArchSpec(

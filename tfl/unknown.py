@@ -37,6 +37,11 @@ MAX_SCORE = 0.999  # u is clipped here: the class scores p (1 - u) keep a sum to
 # of the unit-length features (trained ones measure about 1e-4), and one unit of the distances' spread (trained
 # ones measure hundreds), so that float16's or another runtime's rounding cannot move a distance by many spreads.
 MIN_VARIANCE = 1e-6
+# No direction counts as varying less than this share of the features' mean variance per direction: directions
+# where training photos hardly vary would turn float16's and int8's rounding into many spreads of distance (an
+# earlier block's part moved int8 files' decisions on 17% of photos without it), and far photos stand out as well
+# above it (benchmarks/README.md, "None of these", a floor).
+VARIANCE_FLOOR = 1.0
 # A photo exactly at the threshold stays with its class, by a margin that float rounding cannot cross (validation
 # statistics spread over several units).
 TIE_MARGIN = 1e-3
@@ -56,10 +61,14 @@ class Part:
     """One layer's share of the distance: its class centres, the top directions of its classes' spread and their
     weights, all scaled so that the in-model arithmetic stays near 1 (float16 and int8 files compute it too)."""
 
-    centres: np.ndarray  # [classes, features]: class means of the normalised features, times `scale`
+    centres: np.ndarray  # [classes, features]: class means of the normalised features, times `scale`, less `origin`
     basis: np.ndarray  # [features, components]: the top directions of the within-class spread
     weights: np.ndarray  # [components]: sigma2 / lambda - 1 (negative: those directions count less)
     scale: float  # multiplies the normalised features: 1 / sqrt(sigma2), then in units of the distances' spread
+    # [features]: the mean of the class means (times `scale`), subtracted from a photo's scaled features before its
+    # squared length is taken: a length of 1 / sqrt(sigma2) squared next to differences of a few units would lose
+    # them to float32's rounding (features that hardly vary: 1e-3 apart between Keras and a .tflite file)
+    origin: np.ndarray | float = 0.0
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         """The scaled distance of each row of pooled features to the nearest centre (numpy, float64: the reference
@@ -69,7 +78,7 @@ class Part:
         along_centres = centres @ basis
         rows = []
         for start in range(0, len(features), 1024):
-            z = normalised(features[start:start + 1024].astype(np.float64)) * self.scale
+            z = normalised(features[start:start + 1024].astype(np.float64)) * self.scale - self.origin
             iso = (z ** 2).sum(1)[:, None] - 2 * z @ centres.T + (centres ** 2).sum(1)[None]
             along = (z @ basis)[:, None, :] - along_centres[None]  # [rows, classes, components]
             rows.append((iso + (along ** 2 * self.weights).sum(-1)).min(axis=1))
@@ -77,7 +86,7 @@ class Part:
 
     def rescaled(self, factor: float) -> Part:
         """The same part with its distances times factor ** 2."""
-        return Part(self.centres * factor, self.basis, self.weights, self.scale * factor)
+        return Part(self.centres * factor, self.basis, self.weights, self.scale * factor, self.origin * factor)
 
 
 @dataclass
@@ -106,8 +115,8 @@ class Detector:
     def save(self, path: Path) -> None:
         from tfl.fileio import atomic_path
 
-        arrays = {f"{key}_{k}": getattr(part, key) for k, part in enumerate(self.parts)
-                  for key in ("centres", "basis", "weights")}
+        arrays = {f"{key}_{k}": np.asarray(getattr(part, key), np.float32) for k, part in enumerate(self.parts)
+                  for key in ("centres", "basis", "weights", "origin")}
         with atomic_path(path, force=True) as tmp:
             with open(tmp, "wb") as out:
                 np.savez(out, **arrays, scales=np.array([part.scale for part in self.parts]),
@@ -124,7 +133,8 @@ class Detector:
                 part = Part(saved["centres"], saved["basis"], saved["weights"], scale)
                 return cls([part], threshold, keep, str(saved["name"]), tau)
             threshold, keep, tau = (float(x) for x in saved["numbers"])
-            parts = [Part(saved[f"centres_{k}"], saved[f"basis_{k}"], saved[f"weights_{k}"], float(scale))
+            parts = [Part(saved[f"centres_{k}"], saved[f"basis_{k}"], saved[f"weights_{k}"], float(scale),
+                          saved[f"origin_{k}"] if f"origin_{k}" in saved else 0.0)  # (0: before tfl 0.4's origin)
                      for k, scale in enumerate(saved["scales"])]
             return cls(parts, threshold, keep, str(saved["name"]), tau, tuple(str(n) for n in saved["layers"]))
 
@@ -160,9 +170,11 @@ def fit_part(features: np.ndarray, labels: np.ndarray) -> Part:
     residuals = z - centres[np.searchsorted(present, labels)]
     values, vectors = np.linalg.eigh(residuals.T @ residuals / max(1, len(z)))
     components = max(1, min(COMPONENTS, len(values) - 1))
-    sigma2 = max(float(values[:-components].mean()), MIN_VARIANCE)
+    sigma2 = max(float(values[:-components].mean()), VARIANCE_FLOOR * float(values.mean()), MIN_VARIANCE)
     top = np.maximum(values[-components:], sigma2)
-    return Part(centres / math.sqrt(sigma2), vectors[:, -components:], sigma2 / top - 1.0, 1 / math.sqrt(sigma2))
+    origin = centres.mean(axis=0) / math.sqrt(sigma2)
+    return Part(centres / math.sqrt(sigma2) - origin, vectors[:, -components:], sigma2 / top - 1.0,
+                1 / math.sqrt(sigma2), origin)
 
 
 def spread(values: np.ndarray) -> float:
@@ -194,8 +206,8 @@ def fit_detector(train_features, train_labels: np.ndarray, val_features, val_pro
         flagged_share = {tau: float(flagged(with_tau(tau).scores(*background)).mean()) for tau in TAU_CHOICES}
         tau = max(TAU_CHOICES, key=lambda tau: (flagged_share[tau], -abs(math.log(tau))))
     detector = with_tau(tau)
-    detector.parts = [Part(*(a.astype(np.float32) for a in (p.centres, p.basis, p.weights)), p.scale)
-                      for p in detector.parts]
+    detector.parts = [Part(*(a.astype(np.float32) for a in (p.centres, p.basis, p.weights)), p.scale,
+                           np.asarray(p.origin, np.float32)) for p in detector.parts]
     return detector
 
 
@@ -240,8 +252,9 @@ class UnknownScores(keras.layers.Layer):
         self.constants = []
         for k, part in enumerate(self.detector.parts):
             made = []
-            for key in ("centres", "basis", "weights"):
-                value = getattr(part, key)
+            for key in ("centres", "basis", "weights", "origin"):
+                value = np.broadcast_to(np.asarray(getattr(part, key), np.float32),
+                                        (part.basis.shape[0],) if key == "origin" else np.shape(getattr(part, key)))
                 weight = self.add_weight(shape=value.shape, initializer="zeros", trainable=False, name=f"{key}_{k}")
                 weight.assign(value)
                 made.append(weight)
@@ -251,10 +264,10 @@ class UnknownScores(keras.layers.Layer):
         ops = keras.ops
         *features, probabilities = inputs
         distance = 0.0
-        for x, part, (centres, basis, weights) in zip(features, self.detector.parts, self.constants):
+        for x, part, (centres, basis, weights, origin) in zip(features, self.detector.parts, self.constants):
             x = ops.cast(x, "float32")
             # a product with rsqrt, not a division: int8 TFLite has no division that takes a quantized zero
-            z = x * (ops.rsqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + NORM_EPSILON) * part.scale)
+            z = x * (ops.rsqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + NORM_EPSILON) * part.scale) - origin
             # |z - c|^2 as |z|^2 - 2 z.c + |c|^2: [batch, classes], where the differences would be [batch, classes,
             # features] (164 MB for a batch of 32 with 1,000 classes)
             iso = (ops.sum(ops.square(z), axis=-1, keepdims=True) - 2.0 * ops.matmul(z, ops.transpose(centres))
