@@ -332,7 +332,9 @@ def test_the_decoder_turns_photos_upright_as_pillow_does(big_endian):
         turned.save(buffer, "PNG")
         expected = decode_image_bytes(tf.constant(buffer.getvalue()), 16).numpy().astype(int)
         got = decode_image_bytes(tf.constant(data), 16).numpy().astype(int)
-        assert np.abs(got - expected).mean() < 3, orientation  # a wrong turn differs by ~80 on noise
+        # turned before the resize, as the upright PNG is: the same pixels (measured 0.0); a wrong turn differs by
+        # ~80 on noise, and a turn after the corner-mapped resize by a fraction of a pixel's shift
+        assert np.abs(got - expected).mean() < 0.5, orientation
 
 
 def test_a_damaged_exif_segment_is_read_as_no_orientation():

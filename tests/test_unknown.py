@@ -103,6 +103,15 @@ def test_a_second_layer_flags_photos_the_first_maps_among_the_classes_and_the_la
     loaded = Detector.load(tmp_path / "unknown.npz")
     assert loaded.layers == ("block_mid",) and len(loaded.parts) == 2
     assert np.allclose(loaded.distances([odd_x, odd_mid]), both.distances([odd_x, odd_mid]))
+    # a file saved before parts had an origin: absolute centres, no origin_k; it loads and computes the same scores
+    with np.load(tmp_path / "unknown.npz") as saved:
+        arrays = {key: saved[key] for key in saved.files if not key.startswith("origin_")}
+    for k, part in enumerate(both.parts):
+        arrays[f"centres_{k}"] = part.centres + part.origin
+    np.savez(tmp_path / "old.npz", **arrays)
+    old = Detector.load(tmp_path / "old.npz")
+    assert np.allclose(old.distances([odd_x, odd_mid]), both.distances([odd_x, odd_mid]), rtol=1e-4)
+    assert np.allclose(np.asarray(UnknownScores(old)([odd_x[:40], odd_mid[:40], odd_p[:40]])), computed, atol=2e-4)
 
 
 def test_a_detector_saved_by_the_first_unknown_category_still_loads(fitted, tmp_path):
@@ -175,7 +184,7 @@ def test_a_background_option_that_is_no_folder_is_said_before_training(tmp_path)
 def test_a_run_has_the_unknown_category_in_its_predictions_and_metrics(tiny_run):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert metrics["unknown"]["name"] == "unknown" and metrics["unknown"]["keep"] == 0.95
-    # MobileNetV2's detector reads the last block's expanded input beside the pooled features (tfl/archs.py)
+    # MobileNetV2's detector reads the last block's and block 6's expanded inputs beside the pooled features (tfl/archs.py)
     assert Detector.load(tiny_run / "unknown.npz").layers == ("block_16_expand_relu", "block_6_expand_relu")
     assert "block_16_expand_relu" in metrics["unknown"]["method"] and "block_6" in metrics["unknown"]["method"]
     model = tfl.load(tiny_run)

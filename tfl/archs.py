@@ -144,7 +144,8 @@ ARCHS: dict[str, ArchSpec] = {
             block_ends=_MOBILENETV2_BLOCK_ENDS,
             stem_blocks=4,
             constructor_kwargs=("alpha",),
-            unknown_layers=("block_16_expand_relu", "block_6_expand_relu"),  # the last block's input and the first at 1/16
+            # the last block's input, and block 6's (at 1/8 of the photo's size, before its stride-2 convolution)
+            unknown_layers=("block_16_expand_relu", "block_6_expand_relu"),
             description="MobileNetV2 (alpha 0.35-1.4): small and fast, for phones",
         ),
         ArchSpec(

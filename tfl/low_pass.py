@@ -34,8 +34,9 @@ from tfl.data import ImageData
 STANDARD_ERRORS = 2.0  # how far worse, in standard errors of the paired log-loss difference, the blur must be to go
 # App-like pixel noise: uniform in +-2 levels, rounded, so its mean size is about 1 level: what another decoder
 # (TensorFlow's fast DCT against libjpeg's accurate one: 0.79-0.97 levels) or a resize with half-pixel centres (a
-# browser's canvas, Android's bitmaps: 1.6 levels on cats5's photos) does to tfl's pixels. MediaPipe Tasks now gets tfl's very pixels for photos
-# under twice the model's size, and differs by about 5 levels on larger ones (benchmarks/README.md, "Decoder 5").
+# browser's canvas, Android's bitmaps: 1.6 levels on cats5's photos) does to tfl's pixels. MediaPipe Tasks now gets
+# tfl's very pixels for photos under twice the model's size, and differs by about 5 levels on larger ones
+# (benchmarks/README.md, "Decoder 5").
 PIXEL_NOISE = 2.0
 
 

@@ -3,7 +3,7 @@ carries the decision into every artifact as one more category, `unknown`.
 
 The score is the Mahalanobis distance (Lee et al. 2018) of a photo's pooled backbone features, L2-normalised, to the
 nearest class centre, under the classes' shared spread modelled as probabilistic PCA (the top COMPONENTS directions
-of the within-class covariance, the rest one isotropic variance, floored at the mean variance per direction): the
+of the within-class covariance, the rest at the features' mean variance per direction): the
 full covariance of 1,280 features would be a matrix larger than the model, and keeping only its top directions
 loses what tells far photos apart (they differ where training photos vary least). Measured against the softmax's own confidence, deep nearest neighbours and the
 full covariance on the shared sets: benchmarks/README.md, "None of these".
@@ -37,11 +37,6 @@ MAX_SCORE = 0.999  # u is clipped here: the class scores p (1 - u) keep a sum to
 # of the unit-length features (trained ones measure about 1e-4), and one unit of the distances' spread (trained
 # ones measure hundreds), so that float16's or another runtime's rounding cannot move a distance by many spreads.
 MIN_VARIANCE = 1e-6
-# No direction counts as varying less than this share of the features' mean variance per direction: directions
-# where training photos hardly vary would turn float16's and int8's rounding into many spreads of distance (an
-# earlier block's part moved int8 files' decisions on 17% of photos without it), and far photos stand out as well
-# above it (benchmarks/README.md, "None of these", a floor).
-VARIANCE_FLOOR = 1.0
 # A photo exactly at the threshold stays with its class, by a margin that float rounding cannot cross (validation
 # statistics spread over several units).
 TIE_MARGIN = 1e-3
@@ -134,7 +129,7 @@ class Detector:
                 return cls([part], threshold, keep, str(saved["name"]), tau)
             threshold, keep, tau = (float(x) for x in saved["numbers"])
             parts = [Part(saved[f"centres_{k}"], saved[f"basis_{k}"], saved[f"weights_{k}"], float(scale),
-                          saved[f"origin_{k}"] if f"origin_{k}" in saved else 0.0)  # (0: before tfl 0.4's origin)
+                          saved[f"origin_{k}"] if f"origin_{k}" in saved else 0.0)  # 0: saved before origins
                      for k, scale in enumerate(saved["scales"])]
             return cls(parts, threshold, keep, str(saved["name"]), tau, tuple(str(n) for n in saved["layers"]))
 
@@ -170,7 +165,11 @@ def fit_part(features: np.ndarray, labels: np.ndarray) -> Part:
     residuals = z - centres[np.searchsorted(present, labels)]
     values, vectors = np.linalg.eigh(residuals.T @ residuals / max(1, len(z)))
     components = max(1, min(COMPONENTS, len(values) - 1))
-    sigma2 = max(float(values[:-components].mean()), VARIANCE_FLOOR * float(values.mean()), MIN_VARIANCE)
+    # The directions beyond the top ones count at the features' mean variance per direction (trace / features), not
+    # their own: where training photos hardly vary, float16's and int8's rounding would become many spreads of
+    # distance (block 6's part, before this and the origin, moved the small real run's int8 decisions on 17% of its
+    # photos), and far photos stand out as well at the mean (benchmarks/README.md, "Three layers with a floor").
+    sigma2 = max(float(values.mean()), MIN_VARIANCE)
     top = np.maximum(values[-components:], sigma2)
     origin = centres.mean(axis=0) / math.sqrt(sigma2)
     return Part(centres / math.sqrt(sigma2) - origin, vectors[:, -components:], sigma2 / top - 1.0,
