@@ -460,6 +460,32 @@ def test_web_page_classifies_a_photo_like_tfl_predict(real_copy, tmp_path):
     assert len(re.findall(r"<li data-label=", page.stdout)) == 3
 
 
+def test_web_page_resizes_a_photo_as_tfl_does(real_copy, tmp_path):
+    """The page's input to the model for a photo under twice the model's size is tfl's pixels for it (the canvas's
+    own scaling, half a pixel elsewhere, differed by up to 7 levels on this photo)."""
+    from PIL import Image
+
+    browser = chromium_binary()
+    result = cli("export", real_copy, "--format", "onnx", "--verify-images", "4")
+    assert result.exit_code == 0, result.output
+    site = web_example_folder(tmp_path / "site")
+    shutil.copy(real_copy / "model.onnx", site / "model.onnx")
+    photo = json.loads((real_copy / "splits.json").read_text())["val"]["paths"][0]
+    Image.open(photo).convert("RGB").resize((150, 121)).save(site / "photo.png")  # lossless: no decoder between them
+    with served(site) as address:
+        page = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=60000", "--dump-dom",
+             f"{address}/index.html?image=photo.png&pixels"], capture_output=True, text=True, timeout=180)
+    found = re.search(r'data-pixels="([^"]+)"', page.stdout)
+    assert found, "the page did not give its pixels"
+    size = int(__import__("yaml").safe_load((real_copy / "config.yaml").read_text())["image_size"])
+    seen = np.frombuffer(__import__("base64").b64decode(found.group(1)), np.uint8).reshape(size, size, 3)
+    expected = load_image_for_predict(str(site / "photo.png"), size)
+    assert np.abs(seen.astype(int) - expected).max() <= 1 and (seen == expected).mean() > 0.99
+
+
 def test_the_report_names_the_fastest_artifact_measured():
     from tfl.report import format_export_report as format_report
 

@@ -1,7 +1,7 @@
 // Classifies a photo with a tfl model.onnx: RGB pixels 0..255 in [1, size, size, 3], probabilities out, class names
 // in the model's metadata ("labels", one per line; when "unknown" names a category, it is the last label, and wins
 // for photos of none of the classes). ?model=URL picks the model (default model.onnx beside this page); ?image=URL
-// classifies that photo at once (how tests drive the page).
+// classifies that photo at once, and ?pixels puts the model's input on the status line (how tests drive the page).
 const params = new URLSearchParams(location.search);
 const status = document.getElementById("status");
 ort.env.wasm.wasmPaths = new URL("node_modules/onnxruntime-web/dist/", location.href).href;
@@ -50,18 +50,67 @@ function metadataValue(bytes, key) {
 }
 
 function pixels(image, size) {
+  // The photo resized as tfl resizes it in training (tfl/pipeline.py): upright (the browser applies EXIF), a photo at
+  // least twice the size averaged in boxes of 2, 4 or 8 pixels, then bilinear with output pixel (i, j) read at
+  // (i h / size, j w / size), as MediaPipe Tasks does. A canvas's own scaling puts pixels half a pixel elsewhere.
+  let width = image.naturalWidth, height = image.naturalHeight;
   const canvas = document.createElement("canvas");
-  canvas.width = canvas.height = size;
+  canvas.width = width;
+  canvas.height = height;
   const context = canvas.getContext("2d");
-  context.drawImage(image, 0, 0, size, size);
-  const rgba = context.getImageData(0, 0, size, size).data;
+  context.drawImage(image, 0, 0);
+  let source = Float32Array.from(context.getImageData(0, 0, width, height).data);  // RGBA
+  const ratio = [8, 4, 2].find((r) => Math.min(width, height) >= r * size) ?? 1;
+  if (ratio > 1) [source, width, height] = boxed(source, width, height, ratio);
   const rgb = new Float32Array(size * size * 3);
-  for (let i = 0, j = 0; i < rgba.length; i += 4) { rgb[j++] = rgba[i]; rgb[j++] = rgba[i + 1]; rgb[j++] = rgba[i + 2]; }
+  for (let i = 0, j = 0; i < size; i++) {
+    const y = width === size && height === size ? i : i * height / size;
+    const y0 = Math.floor(y), y1 = Math.min(y0 + 1, height - 1), fy = y - y0;
+    for (let k = 0; k < size; k++) {
+      const x = width === size && height === size ? k : k * width / size;
+      const x0 = Math.floor(x), x1 = Math.min(x0 + 1, width - 1), fx = x - x0;
+      for (let c = 0; c < 3; c++) {
+        const at = (row, col) => source[(row * width + col) * 4 + c];
+        const top = at(y0, x0) + (at(y0, x1) - at(y0, x0)) * fx;
+        const bottom = at(y1, x0) + (at(y1, x1) - at(y1, x0)) * fx;
+        rgb[j++] = roundHalfEven(top + (bottom - top) * fy);
+      }
+    }
+  }
   return new ort.Tensor("float32", rgb, [1, size, size, 3]);
 }
 
+function boxed(rgba, width, height, ratio) {
+  // The mean of each ratio x ratio box (the last row and column of boxes over the pixels they have).
+  const w = Math.ceil(width / ratio), h = Math.ceil(height / ratio), out = new Float32Array(w * h * 4);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) for (let c = 0; c < 4; c++) {
+    let sum = 0, count = 0;
+    for (let dy = 0; dy < ratio && y * ratio + dy < height; dy++) {
+      for (let dx = 0; dx < ratio && x * ratio + dx < width; dx++) {
+        sum += rgba[((y * ratio + dy) * width + x * ratio + dx) * 4 + c];
+        count++;
+      }
+    }
+    out[(y * w + x) * 4 + c] = sum / count;
+  }
+  return [out, w, h];
+}
+
+function roundHalfEven(value) {  // as TensorFlow's round
+  const floor = Math.floor(value), rest = value - floor;
+  const rounded = rest > 0.5 || (rest === 0.5 && floor % 2 !== 0) ? floor + 1 : floor;
+  return Math.min(255, Math.max(0, rounded));
+}
+
 async function classify(model, image) {
-  const feeds = { [model.session.inputNames[0]]: pixels(image, model.size) };
+  const input = pixels(image, model.size);
+  if (params.has("pixels")) {
+    const bytes = Uint8Array.from(input.data);
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 8192) text += String.fromCharCode(...bytes.subarray(i, i + 8192));
+    status.dataset.pixels = btoa(text);
+  }
+  const feeds = { [model.session.inputNames[0]]: input };
   const output = (await model.session.run(feeds))[model.session.outputNames[0]].data;
   const ranked = Array.from(output, (p, i) => [model.labels[i], p]).sort((a, b) => b[1] - a[1]).slice(0, 3);
   const list = document.getElementById("top");
