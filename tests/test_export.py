@@ -436,6 +436,16 @@ def served(folder: Path):
         server.shutdown()
 
 
+def web_page_dom(browser: str, site: Path, query: str, tmp_path: Path) -> str:
+    """The page served from `site`, loaded in headless Chromium with `query`, as its DOM once its scripts ran."""
+    with served(site) as address:
+        return subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=60000", "--dump-dom",
+             f"{address}/index.html?{query}"], capture_output=True, text=True, timeout=180).stdout
+
+
 def test_web_page_classifies_a_photo_like_tfl_predict(real_copy, tmp_path):
     """examples/web in headless Chromium: ONNX Runtime Web's top-1 for a real photo is tfl predict's."""
     browser = chromium_binary()
@@ -447,17 +457,12 @@ def test_web_page_classifies_a_photo_like_tfl_predict(real_copy, tmp_path):
     site = web_example_folder(tmp_path / "site")
     shutil.copy(real_copy / "model.onnx", site / "model.onnx")
     shutil.copy(confident["path"], site / "photo.jpg")
-    with served(site) as address:
-        page = subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=60000", "--dump-dom",
-             f"{address}/index.html?image=photo.jpg"], capture_output=True, text=True, timeout=180)
-    status = re.search(r'<p id="status"([^>]*)>([^<]*)</p>', page.stdout)
+    page = web_page_dom(browser, site, "image=photo.jpg", tmp_path)
+    status = re.search(r'<p id="status"([^>]*)>([^<]*)</p>', page)
     assert status and status.group(2) == "done", f"the page did not classify the photo: {status and status.group(2)}"
     top1 = re.search(r'data-top1="([^"]+)"', status.group(1)).group(1)
     assert top1 == ("unknown" if confident["unknown"] else confident["top"][0]["label"])
-    assert len(re.findall(r"<li data-label=", page.stdout)) == 3
+    assert len(re.findall(r"<li data-label=", page)) == 3
 
 
 def test_web_page_resizes_a_photo_as_tfl_does(real_copy, tmp_path):
@@ -472,13 +477,8 @@ def test_web_page_resizes_a_photo_as_tfl_does(real_copy, tmp_path):
     shutil.copy(real_copy / "model.onnx", site / "model.onnx")
     photo = json.loads((real_copy / "splits.json").read_text())["val"]["paths"][0]
     Image.open(photo).convert("RGB").resize((150, 121)).save(site / "photo.png")  # lossless: no decoder between them
-    with served(site) as address:
-        page = subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=60000", "--dump-dom",
-             f"{address}/index.html?image=photo.png&pixels"], capture_output=True, text=True, timeout=180)
-    found = re.search(r'data-pixels="([^"]+)"', page.stdout)
+    page = web_page_dom(browser, site, "image=photo.png&pixels", tmp_path)
+    found = re.search(r'data-pixels="([^"]+)"', page)
     assert found, "the page did not give its pixels"
     size = int(__import__("yaml").safe_load((real_copy / "config.yaml").read_text())["image_size"])
     seen = np.frombuffer(__import__("base64").b64decode(found.group(1)), np.uint8).reshape(size, size, 3)
