@@ -3,10 +3,10 @@ carries the decision into every artifact as one more category, `unknown`.
 
 The score is the Mahalanobis distance (Lee et al. 2018) of a photo's pooled backbone features, L2-normalised, to the
 nearest class centre, under the classes' shared spread modelled as probabilistic PCA (the top COMPONENTS directions
-of the within-class covariance, the rest at the features' mean variance per direction): the
-full covariance of 1,280 features would be a matrix larger than the model, and keeping only its top directions
-loses what tells far photos apart (they differ where training photos vary least). Measured against the softmax's own confidence, deep nearest neighbours and the
-full covariance on the shared sets: benchmarks/README.md, "None of these".
+of the within-class covariance, the rest at the features' mean variance per direction): the full covariance of
+1,280 features would be a matrix larger than the model, and keeping only its top directions loses what tells far
+photos apart (they differ where training photos vary least). Measured against the softmax's own confidence, deep
+nearest neighbours and the full covariance on the shared sets: benchmarks/README.md, "None of these".
 
 The decision is one more category: the model's scores become [p_1 (1 - u), ..., p_N (1 - u), u], a distribution
 over N + 1 outcomes with u = sigmoid(d / tau - theta), d the distance, tau the spread of the validation photos'
