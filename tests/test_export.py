@@ -165,19 +165,12 @@ def test_mediapipe_given_photo_files_answers_as_keras_on_tfl_pixels(real_copy, t
                 row[category.index] = category.score
     apart = np.abs(seen - keras).max(axis=1)  # measured: median 0.003, at most 0.011 (half-pixel centres: 0.012, 0.038)
     assert np.median(apart) < 0.006 and apart.max() < 0.02, apart.round(4)
-    from ai_edge_litert.interpreter import Interpreter  # and on a trained model the file computes Keras's N + 1 scores
-
-    pixels = val_images(real_copy, 16).astype("float32")
+    pixels = val_images(real_copy, 16).astype("float32")  # and on a trained model the files give Keras's N + 1 scores
     # measured: float32 3e-6; float16 0.022 on a class's score (this briefly trained model's weights rounded), 0.009 on
     # the unknown score
     for name, tolerance in {"model_float32.tflite": 1e-4, "model_float16.tflite": 3e-2}.items():
-        interpreter = Interpreter(model_path=str(real_copy / name))
-        interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], list(pixels.shape))
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], pixels)
-        interpreter.invoke()
-        got, want = interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), keras_scores(real_copy, pixels)
-        np.testing.assert_allclose(got, want, atol=tolerance, err_msg=name)
+        np.testing.assert_allclose(tfl.load(real_copy / name).scores(pixels), keras_scores(real_copy, pixels),
+                                   atol=tolerance, err_msg=name)  # (tfl's TFLitePredictor runs ai-edge-litert)
     top_two = np.sort(keras, axis=1)[:, -2:]
     clear = top_two[:, 1] - top_two[:, 0] > 2 * apart.max()  # answers the scores' differences cannot swap
     assert clear.sum() >= 8 and (seen.argmax(axis=1) == keras.argmax(axis=1))[clear].all()

@@ -63,7 +63,7 @@ class Part:
     # [features]: the mean of the class means (times `scale`), subtracted from a photo's scaled features before its
     # squared length is taken: a length of 1 / sqrt(sigma2) squared next to differences of a few units would lose
     # them to float32's rounding (features that hardly vary: 1e-3 apart between Keras and a .tflite file)
-    origin: np.ndarray | float = 0.0
+    origin: np.ndarray
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         """The scaled distance of each row of pooled features to the nearest centre (numpy, float64: the reference
@@ -125,13 +125,18 @@ class Detector:
         with np.load(path) as saved:
             if "centres" in saved:  # a run of tfl 0.1's first unknown category: the pooled features alone
                 threshold, scale, keep, tau = (float(x) for x in saved["numbers"])
-                part = Part(saved["centres"], saved["basis"], saved["weights"], scale)
+                part = Part(saved["centres"], saved["basis"], saved["weights"], scale, no_origin(saved["basis"]))
                 return cls([part], threshold, keep, str(saved["name"]), tau)
             threshold, keep, tau = (float(x) for x in saved["numbers"])
             parts = [Part(saved[f"centres_{k}"], saved[f"basis_{k}"], saved[f"weights_{k}"], float(scale),
-                          saved[f"origin_{k}"] if f"origin_{k}" in saved else 0.0)  # 0: saved before origins
+                          saved[f"origin_{k}"] if f"origin_{k}" in saved else no_origin(saved[f"basis_{k}"]))
                      for k, scale in enumerate(saved["scales"])]
             return cls(parts, threshold, keep, str(saved["name"]), tau, tuple(str(n) for n in saved["layers"]))
+
+
+def no_origin(basis: np.ndarray) -> np.ndarray:
+    """The origin of a part saved before parts had one: its centres are absolute."""
+    return np.zeros(basis.shape[0], np.float32)
 
 
 def as_parts(features, count: int | None = None) -> list[np.ndarray]:
@@ -206,7 +211,7 @@ def fit_detector(train_features, train_labels: np.ndarray, val_features, val_pro
         tau = max(TAU_CHOICES, key=lambda tau: (flagged_share[tau], -abs(math.log(tau))))
     detector = with_tau(tau)
     detector.parts = [Part(*(a.astype(np.float32) for a in (p.centres, p.basis, p.weights)), p.scale,
-                           np.asarray(p.origin, np.float32)) for p in detector.parts]
+                           p.origin.astype(np.float32)) for p in detector.parts]
     return detector
 
 
@@ -252,8 +257,7 @@ class UnknownScores(keras.layers.Layer):
         for k, part in enumerate(self.detector.parts):
             made = []
             for key in ("centres", "basis", "weights", "origin"):
-                value = np.broadcast_to(np.asarray(getattr(part, key), np.float32),
-                                        (part.basis.shape[0],) if key == "origin" else np.shape(getattr(part, key)))
+                value = np.asarray(getattr(part, key), np.float32)
                 weight = self.add_weight(shape=value.shape, initializer="zeros", trainable=False, name=f"{key}_{k}")
                 weight.assign(value)
                 made.append(weight)
