@@ -11,6 +11,8 @@ and writes benchmarks/results/quality.json.
     python benchmarks/quality.py [--plan auto|fixed] [--datasets flowers weather4 potato_leaf3 cats5 dogs10b]
                                  [--out ...] [--tfl-only]   (a change judged against an earlier file's tfl rows)
                                  [--variant NAME KEY=VALUE...]   (tfl again with these settings, side by side)
+                                 [--seeds 42 43 44]   (each seed another split and initialisation, for both; the
+                                                       summary gives each set's mean paired difference)
 """
 
 from __future__ import annotations
@@ -93,27 +95,43 @@ def main() -> None:
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
                         help="also run tfl with these settings (values read as YAML), e.g. --variant blurless "
                              "low_pass=false")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="one run of each per seed: tfl's seed "
+                        "chooses its split (which the recipe reads) and both initialise from it")
     parser.add_argument("--tfl-only", action="store_true", help="skip the hand recipe (its accuracy on tfl's split "
                         "does not change with tfl's code; its time does with the machine)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.datasets:
+        for name, seed in ((name, seed) for name in args.datasets for seed in args.seeds):
             data = source(name)
             if not data.exists() or not WEIGHTS.is_file():
                 raise SystemExit(f"needs {data} and {WEIGHTS} (the shared folder beside the repo)")
-            ours, splits, size = tfl_defaults(data, Path(tmp), args.plan)
+            seeded = {} if seed == 42 else {"seed": seed}  # 42: the config's default, as every earlier file
+            tag = "" if seed == 42 else f"-seed{seed}"
+            ours, splits, size = tfl_defaults(data, Path(tmp), args.plan, seeded, tag)
             classes = len(set(splits["train"].labels))
-            rows.append({"dataset": name, "train_images": len(splits["train"]),
+            rows.append({"dataset": name, "seed": seed, "train_images": len(splits["train"]),
                          "val_images": len(splits["val"]), "classes": classes, "image_size": size, "tfl": ours})
             for variant_name, *pairs in args.variant:
                 settings = {key: yaml.safe_load(value) for key, _, value in (p.partition("=") for p in pairs)}
-                rows[-1][variant_name] = tfl_defaults(data, Path(tmp), args.plan, settings, "-" + variant_name)[0]
+                rows[-1][variant_name] = tfl_defaults(data, Path(tmp), args.plan, {**seeded, **settings},
+                                                      f"{tag}-{variant_name}")[0]
                 rows[-1][variant_name]["settings"] = settings
             if not args.tfl_only:
-                theirs = rows[-1]["hand"] = hand_recipe(splits, classes, size)
+                theirs = rows[-1]["hand"] = hand_recipe(splits, classes, size, seed)
                 rows[-1]["difference_best"] = round(ours["val_best"] - theirs["val_best"], 4)
             print(json.dumps(rows[-1]), flush=True)
+    summary = {}
+    for name in args.datasets:
+        paired = [row for row in rows if row["dataset"] == name and "difference_best" in row]
+        if len(paired) > 1:
+            differences = [row["difference_best"] for row in paired]
+            summary[name] = {"seeds": [row["seed"] for row in paired],
+                             "tfl_mean": round(sum(row["tfl"]["val_best"] for row in paired) / len(paired), 4),
+                             "hand_mean": round(sum(row["hand"]["val_best"] for row in paired) / len(paired), 4),
+                             "difference_mean": round(sum(differences) / len(differences), 4),
+                             "time_ratio": round(sum(row["tfl"]["wall_seconds"] for row in paired)
+                                                 / sum(row["hand"]["wall_seconds"] for row in paired), 2)}
     header = (f"{'dataset':<13} {'train':>6} {'cls':>4} {'px':>4} | {'tfl best':>8} {'final':>6} {'time':>6} | "
               f"{'hand best':>9} {'final':>6} {'time':>6} | {'diff':>6} | {'test tfl / hand':>15}")
     print(header)
@@ -121,14 +139,19 @@ def main() -> None:
         ours, theirs = row["tfl"], row.get("hand", {"val_best": float("nan"), "val_final": float("nan"),
                                                     "wall_seconds": float("nan")})
         test = (f"{ours['test_best_model']:.3f} / {theirs['test_final']:.3f}" if "test_final" in theirs else "")
-        print(f"{row['dataset']:<13} {row['train_images']:>6} {row['classes']:>4} {row['image_size']:>4} | "
+        label = row["dataset"] + ("" if row.get("seed", 42) == 42 else f"/{row['seed']}")
+        print(f"{label:<13} {row['train_images']:>6} {row['classes']:>4} {row['image_size']:>4} | "
               f"{ours['val_best']:>8.4f} {ours['val_final']:>6.3f} {ours['wall_seconds']:>5.0f}s | "
               f"{theirs['val_best']:>9.4f} {theirs['val_final']:>6.3f} {theirs['wall_seconds']:>5.0f}s | "
               f"{row.get('difference_best', float('nan')):>+6.3f} | {test:>15}")
         for variant_name, *_ in args.variant:
             print(f"{'  ' + variant_name:<13} {'':>6} {'':>4} {'':>4} | {row[variant_name]['val_best']:>8.4f} "
                   f"{row[variant_name]['val_final']:>6.3f} {row[variant_name]['wall_seconds']:>5.0f}s |")
-    write_results(args.out, {"machine": machine(), "plan": args.plan or "config default", "rows": rows})
+    for name, cells in summary.items():
+        print(f"{name}, seeds {cells['seeds']}: tfl {cells['tfl_mean']:.4f}, recipe {cells['hand_mean']:.4f} on "
+              f"average, paired difference {cells['difference_mean']:+.4f}, time ratio {cells['time_ratio']:.2f}x")
+    write_results(args.out, {"machine": machine(), "plan": args.plan or "config default", "rows": rows,
+                             **({"summary": summary} if summary else {})})
 
 
 if __name__ == "__main__":
