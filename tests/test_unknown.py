@@ -69,6 +69,46 @@ def test_the_keras_layer_computes_what_the_detector_does(fitted):
     assert computed[:, -1].max() <= MAX_SCORE + 1e-7
 
 
+def head_softmax(features, kernel, bias):
+    logits = features.astype(np.float64) @ kernel + bias
+    exp = np.exp(logits - logits.max(1, keepdims=True))
+    return (exp / exp.sum(1, keepdims=True)).astype(np.float32)
+
+
+def test_photos_no_class_answers_strongly_are_unknown_though_the_softmax_is_sure(tmp_path):
+    """Weak activations in a class's direction (a blank wall, a dark photo): as near a class centre as its photos
+    once normalised, and the softmax as sure (the logits' gaps stay wide), but every logit low. The head's largest
+    logit flags them; a detector with the softmax's confidence (as saved before) does not. The layer computes the
+    same, and a saved detector keeps the head's weights."""
+    rng = np.random.default_rng(3)
+    block = FEATURES // CLASSES  # each class high on features of its own, as a trained head reads them
+    centres = rng.uniform(0, 1, (CLASSES, FEATURES)) + 5 * np.kron(np.eye(CLASSES), np.ones(block))
+    photos = lambda labels, scale=1.0: (scale * np.abs(  # noqa: E731
+        centres[labels] + rng.normal(0, 1, (len(labels), FEATURES)))).astype(np.float32)
+    train_y, labels = np.repeat(np.arange(CLASSES), 200), np.repeat(np.arange(CLASSES), 100)
+    train_x, val_x, weak = photos(train_y), photos(labels), photos(labels, 0.25)
+    head = (np.kron(np.eye(CLASSES), np.ones(block)).T.astype(np.float32), np.zeros(CLASSES, np.float32))
+    val_p, weak_p = head_softmax(val_x, *head), head_softmax(weak, *head)
+    assert weak_p.max(axis=1).mean() > 0.99  # the softmax is sure of the weak photos
+    logits = fit_detector(train_x, train_y, val_x, val_p, 0.95, list("abc"), head_weights=head)
+    softmax = fit_detector(train_x, train_y, val_x, val_p, 0.95, list("abc"))
+    assert abs(flagged(logits.scores(val_x, val_p)).mean() - 0.05) <= 0.01
+    assert flagged(logits.scores(weak, weak_p)).mean() >= 0.95
+    assert flagged(softmax.scores(weak, weak_p)).mean() <= 0.10
+    weak_scores = logits.scores(weak, weak_p)
+    assert np.array_equal(flagged(weak_scores), logits.statistic(weak, weak_p) > logits.threshold)
+    assert np.allclose(class_probabilities(weak_scores), weak_p, atol=1e-5)
+    features = np.concatenate([val_x[:40], weak[:40]])
+    probabilities = np.concatenate([val_p[:40], weak_p[:40]])
+    computed = np.asarray(UnknownScores(logits)([features, probabilities]))
+    assert np.allclose(computed, logits.scores(features, probabilities), atol=2e-4)
+    assert np.array_equal(flagged(computed), flagged(logits.scores(features, probabilities)))
+    logits.save(tmp_path / "unknown.npz")
+    loaded = Detector.load(tmp_path / "unknown.npz")
+    assert np.array_equal(loaded.logit_kernel, logits.logit_kernel)
+    assert np.allclose(loaded.scores(features, probabilities), logits.scores(features, probabilities), atol=1e-6)
+
+
 def test_a_saved_detector_loads_the_same(fitted, tmp_path):
     detector = fitted[0]
     detector.save(tmp_path / "unknown.npz")

@@ -9,11 +9,14 @@ photos apart (they differ where training photos vary least). Measured against th
 nearest neighbours and the full covariance on the shared sets: benchmarks/README.md, "None of these".
 
 The decision is one more category: the model's scores become [p_1 (1 - u), ..., p_N (1 - u), u], a distribution
-over N + 1 outcomes with u = sigmoid(d / tau - theta), d the distance, tau the spread of the validation photos'
-distances. `unknown` wins exactly when d / tau - log(max p) > theta, so a photo far from every class, or between
-classes with no confident answer, is unknown; theta is the quantile of that statistic on the validation photos
-that keeps `keep` of them (0.95 by default). MediaPipe Tasks, ONNX Runtime and TF Serving apps see `unknown` win
-as they see any class win."""
+over N + 1 outcomes with u = sigmoid(s - theta + log(max p)), where the statistic s = d / tau - m is the distance d
+in units of tau (the spread of the validation photos' distances) less the head's largest logit m in units of its
+validation spread. `unknown` wins exactly when s > theta, so a photo far from every class, or one that no class's
+logit answers strongly, is unknown; theta is the quantile of s on the validation photos that keeps `keep` of them
+(0.95 by default). The largest logit, not the softmax's confidence log(max p), which a detector saved before it used
+(the softmax only ranks classes against each other: a photo of none of them can still have one class far ahead):
+benchmarks/README.md, "The largest logit". MediaPipe Tasks, ONNX Runtime and TF Serving apps see `unknown` win as
+they see any class win."""
 
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ COMPONENTS = 64  # directions of the within-class spread modelled one by one; 16
 TRAIN_SAMPLE = 1000  # at most about this many training photos' features fit the class centres and the spread
 VAL_SAMPLE = 5000  # at most this many validation photos choose the threshold
 MAX_SCORE = 0.999  # u is clipped here: the class scores p (1 - u) keep a sum to read p back from (class_probabilities)
+# The floor of the spread of the validation photos' largest logits, in logits (trained heads measure 1-3): an
+# untrained head's hardly vary, and their rounding in another runtime must not become many spreads.
+MIN_LOGIT_SPREAD = 0.1
 # Floors for features that hardly vary (an untrained backbone's, a class of one photo): a variance per direction
 # of the unit-length features (trained ones measure about 1e-4), and one unit of the distances' spread (trained
 # ones measure hundreds), so that float16's or another runtime's rounding cannot move a distance by many spreads.
@@ -91,20 +97,40 @@ class Detector:
     units of its own spread times tau; and the threshold."""
 
     parts: list[Part]
-    threshold: float  # theta, on d / tau - log(max p)
+    threshold: float  # theta, on the statistic s
     keep: float  # the share of validation photos kept as known when theta was chosen
     name: str = UNKNOWN_NAME
     tau: float = 1.0  # in units of the validation distances' spread (a record: the parts' scales hold it)
     layers: tuple[str, ...] = ()  # the backbone layers whose pooled activations parts[1:] read
+    # The head's kernel [features, classes] and bias, over the spread of the validation photos' largest logits: s
+    # subtracts the largest of pooled features @ logit_kernel + logit_bias. None (a detector saved before): s
+    # subtracts log(max p) instead.
+    logit_kernel: np.ndarray | None = None
+    logit_bias: np.ndarray | None = None
 
     def distances(self, features) -> np.ndarray:
         """d / tau of each photo: `features` is the model's pooled features (an array), or a list of them and the
         pooled activations of `layers`, as the extractor of open_set_model gives them."""
         return sum(part.distances(x) for part, x in zip(self.parts, as_parts(features, len(self.parts))))
 
+    def confidence(self, features, probabilities: np.ndarray) -> np.ndarray:
+        """What s subtracts from the distance: the largest logit in units of its spread, or log(max p)."""
+        if self.logit_kernel is None:
+            return log_confidence(probabilities)
+        pooled = as_parts(features, len(self.parts))[0].astype(np.float64)
+        return (pooled @ self.logit_kernel.astype(np.float64) + self.logit_bias.astype(np.float64)).max(axis=1)
+
+    def statistic(self, features, probabilities: np.ndarray) -> np.ndarray:
+        """s of each photo: unknown when above the threshold."""
+        return self.distances(features) - self.confidence(features, probabilities)
+
     def scores(self, features, probabilities: np.ndarray) -> np.ndarray:
         """The N + 1 scores the artifacts give, in numpy."""
-        u = np.minimum(1 / (1 + np.exp(-(self.distances(features) - self.threshold))), MAX_SCORE)
+        if self.logit_kernel is None:  # s + log(max p) is the distance itself
+            odds = self.distances(features) - self.threshold
+        else:
+            odds = self.statistic(features, probabilities) - self.threshold + log_confidence(probabilities)
+        u = np.minimum(1 / (1 + np.exp(-odds)), MAX_SCORE)
         return np.concatenate([probabilities * (1 - u)[:, None], u[:, None]], axis=1)
 
     def save(self, path: Path) -> None:
@@ -112,6 +138,9 @@ class Detector:
 
         arrays = {f"{key}_{k}": np.asarray(getattr(part, key), np.float32) for k, part in enumerate(self.parts)
                   for key in ("centres", "basis", "weights", "origin")}
+        if self.logit_kernel is not None:
+            arrays |= {"logit_kernel": np.asarray(self.logit_kernel, np.float32),
+                       "logit_bias": np.asarray(self.logit_bias, np.float32)}
         with atomic_path(path, force=True) as tmp:
             with open(tmp, "wb") as out:
                 np.savez(out, **arrays, scales=np.array([part.scale for part in self.parts]),
@@ -131,7 +160,9 @@ class Detector:
             parts = [Part(saved[f"centres_{k}"], saved[f"basis_{k}"], saved[f"weights_{k}"], float(scale),
                           saved[f"origin_{k}"] if f"origin_{k}" in saved else no_origin(saved[f"basis_{k}"]))
                      for k, scale in enumerate(saved["scales"])]
-            return cls(parts, threshold, keep, str(saved["name"]), tau, tuple(str(n) for n in saved["layers"]))
+            logits = (saved["logit_kernel"], saved["logit_bias"]) if "logit_kernel" in saved else (None, None)
+            return cls(parts, threshold, keep, str(saved["name"]), tau, tuple(str(n) for n in saved["layers"]),
+                       *logits)
 
 
 def no_origin(basis: np.ndarray) -> np.ndarray:
@@ -187,21 +218,29 @@ def spread(values: np.ndarray) -> float:
 
 
 def fit_detector(train_features, train_labels: np.ndarray, val_features, val_probabilities: np.ndarray, keep: float,
-                 class_names: list[str], background: tuple | None = None, layers: tuple[str, ...] = ()) -> Detector:
+                 class_names: list[str], background: tuple | None = None, layers: tuple[str, ...] = (),
+                 head_weights: tuple[np.ndarray, np.ndarray] | None = None) -> Detector:
     """Centres and spread of each layer from the training features (an array, or a list: the pooled features,
     then the pooled activations of `layers`), tau and theta from the validation ones (whose calibrated
     probabilities the model gives); with `background` (features and probabilities of photos of none of the
-    classes), the tau of TAU_CHOICES that flags most of them at the same share of validation photos kept."""
+    classes), the tau of TAU_CHOICES that flags most of them at the same share of validation photos kept.
+    `head_weights`: the head's (kernel, bias), whose largest logit the statistic uses (without: log(max p))."""
     val_parts = as_parts(val_features)
     parts = [fit_part(x, train_labels) for x in as_parts(train_features, len(val_parts))]
     parts = [part.rescaled(1 / math.sqrt(spread(part.distances(x)))) for part, x in zip(parts, val_parts)]
+    logits = (None, None)
+    if head_weights is not None:
+        kernel, bias = (np.asarray(w, np.float64) for w in head_weights)
+        largest = (val_parts[0].astype(np.float64) @ kernel + bias).max(axis=1)
+        unit_spread = max(float(largest.std()), MIN_LOGIT_SPREAD) if len(largest) else 1.0
+        logits = (kernel / unit_spread, bias / unit_spread)
     unit = Detector(parts, 0.0, keep, unknown_name(class_names), layers=layers)
     whole = spread(unit.distances(val_parts))
 
     def with_tau(tau: float) -> Detector:
         detector = Detector([part.rescaled(1 / math.sqrt(whole * tau)) for part in parts], 0.0, keep, unit.name,
-                            tau, layers)
-        statistic = detector.distances(val_parts) - log_confidence(val_probabilities)
+                            tau, layers, *logits)
+        statistic = detector.statistic(val_parts, val_probabilities)
         detector.threshold = (float(np.quantile(statistic, keep)) if len(statistic) else 0.0) + TIE_MARGIN
         return detector
 
@@ -212,6 +251,8 @@ def fit_detector(train_features, train_labels: np.ndarray, val_features, val_pro
     detector = with_tau(tau)
     detector.parts = [Part(*(a.astype(np.float32) for a in (p.centres, p.basis, p.weights)), p.scale,
                            p.origin.astype(np.float32)) for p in detector.parts]
+    if detector.logit_kernel is not None:
+        detector.logit_kernel, detector.logit_bias = (w.astype(np.float32) for w in logits)
     return detector
 
 
@@ -246,7 +287,7 @@ def class_probabilities(scores: np.ndarray) -> np.ndarray:
 class UnknownScores(keras.layers.Layer):
     """[pooled features, (pooled activations of the detector's layers,) class probabilities] -> the N + 1 scores
     (the Detector's arithmetic as layers: per part a normalisation, two small matrix products, a minimum over the
-    classes; their sum)."""
+    classes; their sum; the head's largest logit again)."""
 
     def __init__(self, detector: Detector, **kwargs):
         super().__init__(**kwargs)
@@ -262,6 +303,14 @@ class UnknownScores(keras.layers.Layer):
                 weight.assign(value)
                 made.append(weight)
             self.constants.append(made)
+        self.logits = None
+        if self.detector.logit_kernel is not None:
+            self.logits = []
+            for key in ("logit_kernel", "logit_bias"):
+                value = np.asarray(getattr(self.detector, key), np.float32)
+                weight = self.add_weight(shape=value.shape, initializer="zeros", trainable=False, name=key)
+                weight.assign(value)
+                self.logits.append(weight)
 
     def call(self, inputs):
         ops = keras.ops
@@ -277,7 +326,13 @@ class UnknownScores(keras.layers.Layer):
                    + ops.expand_dims(ops.sum(ops.square(centres), axis=-1), 0))
             along = ops.expand_dims(ops.matmul(z, basis), 1) - ops.expand_dims(ops.matmul(centres, basis), 0)
             distance = distance + ops.min(iso + ops.sum(ops.square(along) * weights, axis=-1), axis=1, keepdims=True)
-        u = ops.minimum(ops.sigmoid(distance - self.detector.threshold), MAX_SCORE)
+        odds = distance - self.detector.threshold
+        if self.logits is not None:  # s + log(max p) - theta, s = d - the largest logit (over its spread)
+            kernel, bias = self.logits
+            largest = ops.max(ops.matmul(ops.cast(features[0], "float32"), kernel) + bias, axis=-1, keepdims=True)
+            confidence = ops.log(ops.maximum(ops.max(probabilities, axis=-1, keepdims=True), 1e-12))
+            odds = odds - largest + confidence
+        u = ops.minimum(ops.sigmoid(odds), MAX_SCORE)
         return ops.concatenate([probabilities * (1.0 - u), u], axis=-1)
 
     def compute_output_shape(self, input_shape):
@@ -300,6 +355,10 @@ def open_set_model(model: keras.Model, detector: Detector) -> keras.Model:
         fitted = " + ".join(str(part.basis.shape[0]) for part in detector.parts)
         raise TflError(f"The run's {UNKNOWN_FILE} was fitted on {fitted} features, and its model gives "
                        f"{' + '.join(map(str, sizes))}: {other_run}")
+    classes = int(get_head(model).output_shape[-1])
+    if detector.logit_kernel is not None and detector.logit_kernel.shape != (sizes[0], classes):
+        raise TflError(f"The run's {UNKNOWN_FILE} reads a head of {detector.logit_kernel.shape[1]} classes, and its "
+                       f"model has {classes}: {other_run}")
     pixels = keras.Input(model.input_shape[1:], name="pixels")
     features = as_parts(extractor(pixels))
     probabilities = get_head(model)(features[0])
@@ -337,13 +396,15 @@ def fit_for_run(extractor: keras.Model, head: keras.Model, train, val: Validatio
         outliers_x = pixel_features(extractor, [background[i] for i in chosen], image_size, batch_size)
         if len(as_parts(outliers_x)[0]):  # (checked before training: some file decodes)
             outliers = (outliers_x, np.asarray(head.predict_on_batch(as_parts(outliers_x)[0])))
-    detector = fit_detector(train_x, train_y, val_x, val_p, keep, class_names, outliers, layers)
+    detector = fit_detector(train_x, train_y, val_x, val_p, keep, class_names, outliers, layers,
+                            head.get_layer("probabilities").get_weights())
     val_scores = detector.scores(val_x, val_p)
     val_flagged = flagged(val_scores)
     val_paths = [val.paths[i] for i in chosen_val] if val.paths else []
     likeliest = [i for i in np.argsort(-unknown_statistic(val_scores)) if val_flagged[i]][:8]
     report = {"method": f"Mahalanobis distance to the nearest class ({COMPONENTS} components) of the pooled "
-                        f"features{''.join(', ' + layer for layer in layers)}, and the softmax, as one more category",
+                        f"features{''.join(', ' + layer for layer in layers)}, less the head's largest logit, as one "
+                        "more category",
               "name": detector.name, "keep": keep, "threshold": round(detector.threshold, 4),
               "fitted_on": {"train_photos": int(len(train_y)), "val_photos": int(len(val_y))},
               "val_flagged": round(float(val_flagged.mean()), 4) if len(val_y) else None,
