@@ -13,10 +13,10 @@ over N + 1 outcomes with u = sigmoid(s - theta + log(max p)), where the statisti
 in units of tau (the spread of the validation photos' distances) less the head's largest logit m in units of its
 validation spread. `unknown` wins exactly when s > theta, so a photo far from every class, or one that no class's
 logit answers strongly, is unknown; theta is the quantile of s on the validation photos that keeps `keep` of them
-(0.95 by default). The largest logit, not the softmax's confidence log(max p), which a detector saved before it used
-(the softmax only ranks classes against each other: a photo of none of them can still have one class far ahead):
-benchmarks/README.md, "The largest logit". MediaPipe Tasks, ONNX Runtime and TF Serving apps see `unknown` win as
-they see any class win."""
+(0.95 by default). The largest logit replaced the softmax's confidence log(max p), which detectors saved before
+still use: the softmax only ranks the classes against each other, so a photo of none of them can still have one
+class far ahead (benchmarks/README.md, "The head's largest logit"). MediaPipe Tasks, ONNX Runtime and TF Serving
+apps see `unknown` win as they see any class win."""
 
 from __future__ import annotations
 
