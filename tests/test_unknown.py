@@ -109,6 +109,24 @@ def test_photos_no_class_answers_strongly_are_unknown_though_the_softmax_is_sure
     assert np.allclose(loaded.scores(features, probabilities), logits.scores(features, probabilities), atol=1e-6)
 
 
+def test_a_detector_of_a_head_with_other_classes_is_refused_with_a_clear_error():
+    from tfl.archs import get_arch
+    from tfl.model import build_model
+    from tfl.unknown import Part, open_set_model
+
+    model = build_model(get_arch("mobilenetv2"), 3, 32, weights="none", alpha=0.35)
+    features = int(model.get_layer("pool").output.shape[-1])
+    part = Part(np.zeros((3, features), np.float32), np.zeros((features, 2), np.float32), np.zeros(2, np.float32), 1.0,
+                np.zeros(features, np.float32))
+    other = Detector([part], 0.0, 0.95, logit_kernel=np.zeros((features, 4), np.float32),
+                     logit_bias=np.zeros(4, np.float32))
+    with pytest.raises(TflError, match="head of 4 classes, and its model has 3"):
+        open_set_model(model, other)
+    same = Detector([part], 0.0, 0.95, logit_kernel=np.zeros((features, 3), np.float32),
+                    logit_bias=np.zeros(3, np.float32))
+    assert open_set_model(model, same).output_shape == (None, 4)
+
+
 def test_a_saved_detector_loads_the_same(fitted, tmp_path):
     detector = fitted[0]
     detector.save(tmp_path / "unknown.npz")

@@ -294,23 +294,18 @@ class UnknownScores(keras.layers.Layer):
         self.detector = detector
 
     def build(self, input_shape):
-        self.constants = []
-        for k, part in enumerate(self.detector.parts):
-            made = []
-            for key in ("centres", "basis", "weights", "origin"):
-                value = np.asarray(getattr(part, key), np.float32)
-                weight = self.add_weight(shape=value.shape, initializer="zeros", trainable=False, name=f"{key}_{k}")
-                weight.assign(value)
-                made.append(weight)
-            self.constants.append(made)
-        self.logits = None
-        if self.detector.logit_kernel is not None:
-            self.logits = []
-            for key in ("logit_kernel", "logit_bias"):
-                value = np.asarray(getattr(self.detector, key), np.float32)
-                weight = self.add_weight(shape=value.shape, initializer="zeros", trainable=False, name=key)
-                weight.assign(value)
-                self.logits.append(weight)
+        self.constants = [[self.constant(getattr(part, key), f"{key}_{k}")
+                           for key in ("centres", "basis", "weights", "origin")]
+                          for k, part in enumerate(self.detector.parts)]
+        self.logits = (None if self.detector.logit_kernel is None else
+                       [self.constant(getattr(self.detector, key), key) for key in ("logit_kernel", "logit_bias")])
+
+    def constant(self, value: np.ndarray, name: str):
+        """A non-trainable float32 weight holding `value` (saved with the model, as the converters read it)."""
+        value = np.asarray(value, np.float32)
+        weight = self.add_weight(shape=value.shape, initializer="zeros", trainable=False, name=name)
+        weight.assign(value)
+        return weight
 
     def call(self, inputs):
         ops = keras.ops
