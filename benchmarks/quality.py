@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,8 +31,10 @@ import tensorflow as tf
 import yaml
 
 import tfl
+from tfl.config import TrainConfig
 
 HEAD_EPOCHS, TUNE_EPOCHS, BATCH = 10, 10, 32
+DEFAULT_SEED = TrainConfig().seed  # every file before --seeds was this seed's split
 
 
 def file_dataset(paths, labels, size, training, seed=42):
@@ -95,7 +98,7 @@ def main() -> None:
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
                         help="also run tfl with these settings (values read as YAML), e.g. --variant blurless "
                              "low_pass=false")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="one run of each per seed: tfl's seed "
+    parser.add_argument("--seeds", nargs="+", type=int, default=[DEFAULT_SEED], help="one run of each per seed: tfl's seed "
                         "chooses its split (which the recipe reads) and both initialise from it")
     parser.add_argument("--tfl-only", action="store_true", help="skip the hand recipe (its accuracy on tfl's split "
                         "does not change with tfl's code; its time does with the machine)")
@@ -106,8 +109,8 @@ def main() -> None:
             data = source(name)
             if not data.exists() or not WEIGHTS.is_file():
                 raise SystemExit(f"needs {data} and {WEIGHTS} (the shared folder beside the repo)")
-            seeded = {} if seed == 42 else {"seed": seed}  # 42: the config's default, as every earlier file
-            tag = "" if seed == 42 else f"-seed{seed}"
+            seeded = {} if seed == DEFAULT_SEED else {"seed": seed}
+            tag = "" if seed == DEFAULT_SEED else f"-seed{seed}"
             ours, splits, size = tfl_defaults(data, Path(tmp), args.plan, seeded, tag)
             classes = len(set(splits["train"].labels))
             rows.append({"dataset": name, "seed": seed, "train_images": len(splits["train"]),
@@ -125,11 +128,11 @@ def main() -> None:
     for name in args.datasets:
         paired = [row for row in rows if row["dataset"] == name and "difference_best" in row]
         if len(paired) > 1:
-            differences = [row["difference_best"] for row in paired]
+            mean = lambda values: round(statistics.mean(values), 4)  # noqa: E731
             summary[name] = {"seeds": [row["seed"] for row in paired],
-                             "tfl_mean": round(sum(row["tfl"]["val_best"] for row in paired) / len(paired), 4),
-                             "hand_mean": round(sum(row["hand"]["val_best"] for row in paired) / len(paired), 4),
-                             "difference_mean": round(sum(differences) / len(differences), 4),
+                             "tfl_mean": mean(row["tfl"]["val_best"] for row in paired),
+                             "hand_mean": mean(row["hand"]["val_best"] for row in paired),
+                             "difference_mean": mean(row["difference_best"] for row in paired),
                              "time_ratio": round(sum(row["tfl"]["wall_seconds"] for row in paired)
                                                  / sum(row["hand"]["wall_seconds"] for row in paired), 2)}
     header = (f"{'dataset':<13} {'train':>6} {'cls':>4} {'px':>4} | {'tfl best':>8} {'final':>6} {'time':>6} | "
@@ -139,7 +142,7 @@ def main() -> None:
         ours, theirs = row["tfl"], row.get("hand", {"val_best": float("nan"), "val_final": float("nan"),
                                                     "wall_seconds": float("nan")})
         test = (f"{ours['test_best_model']:.3f} / {theirs['test_final']:.3f}" if "test_final" in theirs else "")
-        label = row["dataset"] + ("" if row.get("seed", 42) == 42 else f"/{row['seed']}")
+        label = row["dataset"] + ("" if row.get("seed", DEFAULT_SEED) == DEFAULT_SEED else f"/{row['seed']}")
         print(f"{label:<13} {row['train_images']:>6} {row['classes']:>4} {row['image_size']:>4} | "
               f"{ours['val_best']:>8.4f} {ours['val_final']:>6.3f} {ours['wall_seconds']:>5.0f}s | "
               f"{theirs['val_best']:>9.4f} {theirs['val_final']:>6.3f} {theirs['wall_seconds']:>5.0f}s | "
