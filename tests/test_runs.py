@@ -104,3 +104,11 @@ def test_runs_started_in_the_same_second_get_different_default_names(tmp_path, m
         with pytest.raises(TflError, match="being trained by another"):
             with claimed_run_name(tmp_path, "mine", "mobilenetv2"):
                 pass
+
+
+def test_a_run_made_from_a_string_path_has_a_path_its_files_join_to(tmp_path):
+    import tfl
+
+    run = tfl.Run(str(tmp_path))  # the class itself, as users type it; tfl.open_run also checks the folder
+    assert run.path == tmp_path and run.export_report_file == tmp_path / "export_report.json"
+    assert run == tfl.Run(tmp_path)

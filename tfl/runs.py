@@ -44,6 +44,9 @@ class RunFolder:
 
     path: Path
 
+    def __post_init__(self):  # tfl.Run("runs/x") as well as tfl.open_run: paths are joined with `/` below
+        object.__setattr__(self, "path", Path(self.path))
+
     @classmethod
     def open(cls, run: str | Path | None = None, root: str | Path = DEFAULT_ROOT):
         """A finished run: the folder `run`, or the newest run under `root`."""
