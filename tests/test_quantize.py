@@ -285,6 +285,20 @@ def test_int8_fallback_may_keep_the_adds_pooling_and_softmax_in_float_as_well_as
                  == quantize.probabilities(float_content, calibration.photos).argmax(1)).mean()
     assert agreement >= 0.5, "the file with float adds must still classify"
 
+    # with the unknown category, its operations stay in float in every file, outside the ranking and the caps
+    from tfl.unknown import open_set_model
+
+    predictor = tfl.load(run.path)
+    open_set = open_set_model(predictor.model, predictor.detector)
+    open_content = quantize.convert(open_set, "none", None)
+    fallback = quantize.Int8Layers(open_set, calibration, open_content)
+    assert fallback.kept and all("/unknown" in name for name in fallback.kept)
+    assert not set(fallback.kept) & set(fallback.all) and not any("/unknown" in name for name in fallback.all)
+    graph = schema.ModelT.InitFromPackedBuf(fallback.build([]), 0).subgraphs[0]
+    types = {graph.tensors[op.outputs[0]].name.decode(): graph.tensors[op.outputs[0]].type for op in graph.operators}
+    assert all(types[name] == schema.TensorType.FLOAT32 for name in fallback.kept)
+    assert any(types[name] == schema.TensorType.INT8 for name in fallback.all)
+
 
 def test_the_converters_int8_file_takes_raw_uint8_pixels(tiny_run):
     """The fully int8 file's input is uint8 at scale 1 and zero point 0, so that a uint8 pixel is its own value, as
