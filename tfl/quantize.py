@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from tfl.backend import native_stderr_held
 from tfl.tflite_metadata import packed
+from tfl.unknown import LAYER_NAME
 
 TARGETS = {"none": 0.999, "float16": 0.99, "dynamic": 0.99, "int8": 0.97}  # top-1 agreement with the Keras model
 MAX_ACCURACY_DROP = 0.01
@@ -229,13 +230,13 @@ def layers(content: bytes, ops: set[str] | None = QUANTIZABLE) -> list[Layer]:
     return found
 
 
-# The unknown category's operations (tfl/unknown.py's layer, named "unknown" in the open-set model) stay in float in
+# The unknown category's operations (tfl/unknown.py's layer, LAYER_NAME in the open-set model) stay in float in
 # every file the fallback builds, and count against none of its caps: vector operations and small products beside the
 # backbone's convolutions, whose rounding moves the one threshold apps act on. Ranked with the rest, they took 32 of
 # the 70 operations a dogs10b int8 file kept in float, where the cap on operations (max_float_share) is there for
 # the convolutions' time. Kept in float, the three int8 files of eight that missed their target within the caps met it
 # (their unknown decisions 99.6-100%), at the same speed (benchmarks/README.md, "The unknown category in float").
-ALWAYS_IN_FLOAT = re.compile(r"(^|/)unknown(_\d+)?/")
+ALWAYS_IN_FLOAT = re.compile(rf"(^|/){LAYER_NAME}(_\d+)?/")
 
 
 class LayerFallback:

@@ -32,6 +32,7 @@ from tfl.model import feature_extractor, get_head
 
 UNKNOWN_FILE = "unknown.npz"  # the detector of a run, beside its model.keras
 UNKNOWN_NAME = "unknown"  # the extra category's name (another, when a class has it)
+LAYER_NAME = "unknown"  # the open-set model's layer that computes it (tfl/quantize.py keeps its operations in float)
 COMPONENTS = 64  # directions of the within-class spread modelled one by one; 16-256 measured alike on flowers
 TRAIN_SAMPLE = 1000  # at most about this many training photos' features fit the class centres and the spread
 VAL_SAMPLE = 5000  # at most this many validation photos choose the threshold
@@ -357,7 +358,7 @@ def open_set_model(model: keras.Model, detector: Detector) -> keras.Model:
     pixels = keras.Input(model.input_shape[1:], name="pixels")
     features = as_parts(extractor(pixels))
     probabilities = get_head(model)(features[0])
-    scores = UnknownScores(detector, name="unknown")([*features, probabilities])
+    scores = UnknownScores(detector, name=LAYER_NAME)([*features, probabilities])
     return keras.Model(pixels, scores, name=f"{model.name}_open_set")
 
 
