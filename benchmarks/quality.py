@@ -98,8 +98,9 @@ def main() -> None:
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
                         help="also run tfl with these settings (values read as YAML), e.g. --variant blurless "
                              "low_pass=false")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[DEFAULT_SEED], help="one run of each per seed: tfl's seed "
-                        "chooses its split (which the recipe reads) and both initialise from it")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[DEFAULT_SEED],
+                        help="one run of each per seed: tfl's seed chooses its split (which the recipe reads) and "
+                             "both initialise from it")
     parser.add_argument("--tfl-only", action="store_true", help="skip the hand recipe (its accuracy on tfl's split "
                         "does not change with tfl's code; its time does with the machine)")
     args = parser.parse_args()
