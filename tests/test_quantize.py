@@ -32,7 +32,7 @@ def test_the_search_keeps_the_fewest_layers_in_float_that_meet_the_target(monkey
         return {"agreement": 0.9 + steps / 1000, "met": steps >= 11}
 
     monkeypatch.setattr(quantize, "convert", lambda model, q, calibration: (0).to_bytes(2, "big"))
-    monkeypatch.setattr(quantize, "ranked", lambda fallback, content, images: fallback.all[::-1])
+    monkeypatch.setattr(quantize, "ranked", lambda fallback, content, images, unknown: fallback.all[::-1])
     monkeypatch.setattr(quantize, "FALLBACKS", {"int8": FakeLayers})
     monkeypatch.setattr(quantize.Goal, "measure", measure)
     goal = quantize.Goal(np.zeros((4, 8, 8, 3), np.uint8), np.eye(4))
@@ -84,7 +84,7 @@ def test_a_file_that_only_just_meets_its_target_is_searched_and_kept_when_nothin
         return {"agreement": agreement, "met": agreement >= 0.97 + margin * 0.03 - 1e-9}
 
     monkeypatch.setattr(quantize, "convert", lambda model, q, calibration: (0).to_bytes(2, "big"))
-    monkeypatch.setattr(quantize, "ranked", lambda fallback, content, images: fallback.all)
+    monkeypatch.setattr(quantize, "ranked", lambda fallback, content, images, unknown: fallback.all)
     monkeypatch.setattr(quantize, "FALLBACKS", {"int8": FakeLayers})
     monkeypatch.setattr(quantize.Goal, "measure", measure)
     goal = quantize.Goal(np.zeros((4, 8, 8, 3), np.uint8), np.eye(4))
@@ -96,6 +96,29 @@ def test_a_file_that_only_just_meets_its_target_is_searched_and_kept_when_nothin
     content, report = quantize.quantized_file(None, "int8", None, goal)
     assert content == (0).to_bytes(2, "big") and report["fallback"]["layers_in_float"] == 0
     assert report["fallback"]["target_met"] is True and report["fallback"]["fully_quantized_met_target"] is True
+
+
+def test_with_the_unknown_category_the_ranking_weighs_what_moves_its_decision(monkeypatch):
+    """Of two operations, one moves a photo's unknown score across the threshold and one shifts another photo's
+    class scores a little more: ranked on all N + 1 scores alone the second comes first; with the unknown category
+    the first does, since its decision is what apps act on."""
+    reference = np.array([[0.36, 0.16, 0.16, 0.32], [0.60, 0.20, 0.10, 0.10]])  # 3 classes, then unknown
+    quantized = {b"threshold": np.array([[0.32, 0.16, 0.16, 0.36], reference[1]]),  # photo 1 becomes unknown
+                 b"classes": np.array([reference[0], [0.55, 0.25, 0.10, 0.10]])}
+
+    class TwoOperations:
+        all = ["threshold", "classes"]
+
+        def build(self, in_float):  # the file with the one operation not in float quantized
+            return next(name for name in self.all if name not in in_float).encode()
+
+    monkeypatch.setattr(quantize, "probabilities",
+                        lambda content, images: reference if content == b"float" else quantized[content])
+    assert quantize.ranked(TwoOperations(), b"float", None) == ["classes", "threshold"]
+    assert quantize.ranked(TwoOperations(), b"float", None, unknown=True) == ["threshold", "classes"]
+    assert quantize.unknown_divergence(reference, reference) == pytest.approx(0.0, abs=1e-12)
+    assert quantize.unknown_divergence(reference, quantized[b"threshold"]) > 10 * quantize.unknown_divergence(
+        reference, quantized[b"classes"])
 
 
 def test_goal_needs_agreement_and_accuracy(monkeypatch):
@@ -255,49 +278,40 @@ def test_bias_correction_brings_each_int8_layers_mean_output_back_to_the_float_f
 
 def test_int8_fallback_may_keep_the_adds_pooling_and_softmax_in_float_as_well_as_layers(real_run):
     """int8 rounds every tensor between operations, so its fallback ranks every operation but those that only move
-    values; one kept in float computes in float32 while the layers around it stay int8."""
+    values; one kept in float computes in float32 while the layers around it stay int8. The unknown category's
+    operations stay in float in every file, outside the ranking and the caps."""
     import tfl
     from ai_edge_litert import schema_py_generated as schema
 
     from tfl.export import representative_images
+    from tfl.unknown import open_set_model
 
     run = tfl.Run(real_run)
-    model = tfl.load(run.path).model
+    predictor = tfl.load(run.path)
+    model = open_set_model(predictor.model, predictor.detector)  # as every artifact is exported
     calibration = representative_images(list(run.splits["train"].paths), int(model.input_shape[1]), 8)
     float_content = quantize.convert(model, "none", None)
     fallback = quantize.Int8Layers(model, calibration, float_content)
-    ops = {layer.name: layer for layer in fallback.found}
+    ops = {layer.name: layer for layer in fallback.found if layer.name in fallback.all}  # the backbone's and head's
     kinds = {layer.op for layer in ops.values()}
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MEAN", "SOFTMAX"} <= kinds
-    assert not kinds & quantize.NOT_KEPT_IN_FLOAT
-    assert len(ops) > len(quantize.layers(float_content))  # more than the layers with weights
-    adds = [name for name, layer in ops.items() if layer.op == "ADD"]
+    assert not {layer.op for layer in fallback.found} & quantize.NOT_KEPT_IN_FLOAT
+    assert len(ops) > len([layer for layer in quantize.layers(float_content) if layer.name in ops])  # not only
+    adds = [name for name, layer in ops.items() if layer.op == "ADD"]  # the layers with weights
     assert adds and all(ops[name].weights == 0 for name in adds)
     assert all(layer.weights > 0 for layer in ops.values() if layer.op in quantize.QUANTIZABLE)
+    assert fallback.kept and all("/unknown" in name for name in fallback.kept)
+    assert not set(fallback.kept) & set(fallback.all) and not any("/unknown" in name for name in fallback.all)
 
     content = fallback.build(adds)
     graph = schema.ModelT.InitFromPackedBuf(content, 0).subgraphs[0]
     types = {graph.tensors[op.outputs[0]].name.decode(): graph.tensors[op.outputs[0]].type for op in graph.operators}
-    assert all(types[name] == schema.TensorType.FLOAT32 for name in adds)
+    assert all(types[name] == schema.TensorType.FLOAT32 for name in [*adds, *fallback.kept])
     convolutions = [name for name, layer in ops.items() if layer.op == "CONV_2D"]
     assert all(types[name] == schema.TensorType.INT8 for name in convolutions)
     agreement = (quantize.probabilities(content, calibration.photos).argmax(1)
                  == quantize.probabilities(float_content, calibration.photos).argmax(1)).mean()
     assert agreement >= 0.5, "the file with float adds must still classify"
-
-    # with the unknown category, its operations stay in float in every file, outside the ranking and the caps
-    from tfl.unknown import open_set_model
-
-    predictor = tfl.load(run.path)
-    open_set = open_set_model(predictor.model, predictor.detector)
-    open_content = quantize.convert(open_set, "none", None)
-    fallback = quantize.Int8Layers(open_set, calibration, open_content)
-    assert fallback.kept and all("/unknown" in name for name in fallback.kept)
-    assert not set(fallback.kept) & set(fallback.all) and not any("/unknown" in name for name in fallback.all)
-    graph = schema.ModelT.InitFromPackedBuf(fallback.build([]), 0).subgraphs[0]
-    types = {graph.tensors[op.outputs[0]].name.decode(): graph.tensors[op.outputs[0]].type for op in graph.operators}
-    assert all(types[name] == schema.TensorType.FLOAT32 for name in fallback.kept)
-    assert any(types[name] == schema.TensorType.INT8 for name in fallback.all)
 
 
 def test_the_converters_int8_file_takes_raw_uint8_pixels(tiny_run):
