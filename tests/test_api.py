@@ -30,6 +30,9 @@ def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     write_class_folders(tmp_path / "more_photos", per_class=3, seed=500)
     os.symlink(weights, tmp_path / weights.name)
     monkeypatch.chdir(tmp_path)
+    # int8's search for operations to keep in float, tested on a real run in tests/test_quantize.py, would be half
+    # of this test's time on its 24 generated photos
+    monkeypatch.setattr("tfl.quantize.FALLBACKS", {})
     names: dict = {}
     exec(compile(readme_python_example(), "README.md", "exec"), names)  # noqa: S102 - the README's own code
     run, artifact, rows = names["run"], names["artifact"], names["rows"]

@@ -179,13 +179,15 @@ def test_a_full_disk_while_computing_the_feature_cache_leaves_nothing(tiny_folde
 def test_a_full_disk_while_exporting_keeps_what_was_finished(own_run, monkeypatch):
     import tfl.export
 
-    monkeypatch.setattr(tfl.export, "write_onnx", disk_full)
+    monkeypatch.setattr(tfl.export, "write_tflite", disk_full)  # the second of saved_model, tflite, onnx
     result = cli("export", own_run, "--format", "all", "--verify-images", "4")
     assert result.exit_code == 1 and "The disk filled up while exporting" in result.output
     assert "Every artifact finished before is kept" in result.output
     report = json.loads((own_run / "export_report.json").read_text())
-    assert {"export/saved_model/1", "model_float32.tflite"} <= set(report) and "model.onnx" not in report
-    assert not (own_run / "model.onnx").exists() and not list(own_run.glob(".model.onnx.*"))
+    assert "export/saved_model/1" in report and not {"model_float32.tflite", "model.onnx"} & set(report)
+    assert (own_run / "export" / "saved_model" / "1" / "saved_model.pb").is_file()
+    assert not (own_run / "model_float32.tflite").exists() and not list(own_run.glob(".model_float32.tflite*"))
+    assert not (own_run / "model.onnx").exists()
 
 
 # --- the Python API is as strict as the CLI ----------------------------------------------------------------------

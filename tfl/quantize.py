@@ -11,10 +11,11 @@ cats5 model it took the converter's file from 93.5% to 97.0% top-1 agreement and
 The fallback, for float16, dynamic and int8 files that miss their target (TARGETS, and 1 point of accuracy when labels
 exist), with a margin (SEARCH_MARGIN):
 1. rank the operations it may keep in float by the damage each does alone: the divergence of the file's
-   probabilities from the float file's when only that one is quantized, on 300 verification photos. For float16 and
-   dynamic these are the layers with weights (convolutions, the dense head); for int8 also the residual adds, the
-   pooling and the softmax, since int8 rounds every tensor between operations (on a cats5 model, every layer in
-   float still left 97% agreement; with those too, 100%);
+   probabilities from the float file's when only that one is quantized, on 300 verification photos (with the
+   unknown category, and to its decision: `ranked`). For float16 and dynamic these are the layers with weights
+   (convolutions, the dense head); for int8 also the residual adds, the pooling and the softmax, since int8 rounds
+   every tensor between operations (on a cats5 model, every layer in float still left 97% agreement; with those
+   too, 100%);
 2. keep the 1, 2, 4, 8... most damaging ones in float (then the fewest between the last two tried) until the file
    meets its target, with a margin, on the verification photos, within the fallback's limit; past it the closest is
    kept and the report says it misses.
@@ -235,8 +236,8 @@ def layers(content: bytes, ops: set[str] | None = QUANTIZABLE) -> list[Layer]:
 # backbone's convolutions, whose rounding moves the one threshold apps act on. Ranked with the rest, they took 32 of
 # the 70 operations a dogs10b int8 file kept in float, where the cap on operations (max_float_share) is there for
 # the convolutions' time. Kept in float, the three int8 files of eight that missed their target within the caps met it
-# (their unknown decisions 99.6-100%), at the same speed; a fresh dogs10b file still stops at 98.9% within the
-# caps, and its report says so (benchmarks/README.md, "The unknown category in float").
+# (their unknown decisions 99.6-100%), at the same speed (benchmarks/README.md, "The unknown category in float").
+# The backbone's operations are ranked by their damage to its decision too (`ranked`).
 ALWAYS_IN_FLOAT = re.compile(rf"(^|/){LAYER_NAME}(_\d+)?/")
 
 
