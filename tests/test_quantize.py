@@ -296,8 +296,9 @@ def test_int8_fallback_may_keep_the_adds_pooling_and_softmax_in_float_as_well_as
     kinds = {layer.op for layer in ops.values()}
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MEAN", "SOFTMAX"} <= kinds
     assert not {layer.op for layer in fallback.found} & quantize.NOT_KEPT_IN_FLOAT
-    assert len(ops) > len([layer for layer in quantize.layers(float_content) if layer.name in ops])  # not only
-    adds = [name for name, layer in ops.items() if layer.op == "ADD"]  # the layers with weights
+    with_weights = [layer for layer in quantize.layers(float_content) if layer.name in ops]
+    assert len(ops) > len(with_weights)  # more than the layers with weights
+    adds = [name for name, layer in ops.items() if layer.op == "ADD"]
     assert adds and all(ops[name].weights == 0 for name in adds)
     assert all(layer.weights > 0 for layer in ops.values() if layer.op in quantize.QUANTIZABLE)
     assert fallback.kept and all("/unknown" in name for name in fallback.kept)

@@ -460,7 +460,7 @@ def ranked(fallback, float_content: bytes, images: np.ndarray, unknown: bool = F
         return divergence(reference, quantized), unknown_divergence(reference, quantized) if unknown else 0.0
 
     measured = {name: damage(name) for name in fallback.all}
-    totals = [max(sum(values), 1e-12) for values in zip(*measured.values())] or [1.0, 1.0]
+    totals = [max(sum(values), 1e-12) for values in zip(*measured.values())]
     return sorted(fallback.all, key=lambda name: sum(v / t for v, t in zip(measured[name], totals)), reverse=True)
 
 
