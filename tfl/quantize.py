@@ -435,12 +435,11 @@ def divergence(reference: np.ndarray, probabilities_: np.ndarray) -> float:
 def unknown_divergence(reference: np.ndarray, probabilities_: np.ndarray) -> float:
     """Mean Kullback-Leibler divergence of the unknown decision, sigmoid(log(u / best class score)), from the
     reference's: a change that moves a photo towards the threshold weighs more than one far from it."""
-    def decision(scores: np.ndarray) -> np.ndarray:
-        return np.clip(1 / (1 + np.exp(-np.clip(unknown_statistic(scores), -50, 50))), 1e-7, 1 - 1e-7)
+    def decision(scores: np.ndarray) -> np.ndarray:  # [known, unknown] per photo
+        unknown = 1 / (1 + np.exp(-np.clip(unknown_statistic(scores), -50, 50)))
+        return np.stack([1 - unknown, unknown], axis=1)
 
-    reference, probabilities_ = decision(reference), decision(probabilities_)
-    return float(np.mean(reference * np.log(reference / probabilities_)
-                         + (1 - reference) * np.log((1 - reference) / (1 - probabilities_))))
+    return divergence(decision(reference), decision(probabilities_))
 
 
 def ranked(fallback, float_content: bytes, images: np.ndarray, unknown: bool = False) -> list[str]:
